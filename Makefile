@@ -1,0 +1,58 @@
+# ClinAlign. On a fresh machine: `make demo` (installs and runs the pipeline) or `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON_SYS ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install protos lint test test-fast demo up bootstrap bench clean
+
+# Installs are stamped so repeated `make test` runs skip them until an input changes.
+$(VENV)/.stamp-install: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+node_modules/.stamp-npm: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(VENV)/.stamp-protos: $(VENV)/.stamp-install $(shell find protos -name '*.proto')
+	PYTHON=$(PY) scripts/gen_protos.sh
+	touch $@
+
+install: $(VENV)/.stamp-install node_modules/.stamp-npm $(VENV)/.stamp-protos ## venv, pinned deps, buf, stubs
+
+protos: $(VENV)/.stamp-install ## regenerate Python/gRPC/mypy stubs from protos/
+	PYTHON=$(PY) scripts/gen_protos.sh
+	touch $(VENV)/.stamp-protos
+
+lint: install ## buf lint, ruff, mypy
+	cd protos && ../node_modules/.bin/buf lint
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/mypy
+
+test: install lint ## lint, then the whole test suite (PostgreSQL too when CLINALIGN_TEST_DATABASE_URL is set)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## tests without the slow marker, no lint
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bootstrap: install ## build the embedded foundation model
+	$(VENV)/bin/clinalign bootstrap
+
+up: install ## start all five services on loopback
+	$(VENV)/bin/clinalign up
+
+demo: install ## build the model, start the stack, run the pipeline end to end
+	$(VENV)/bin/clinalign demo
+
+bench: install ## run the benchmarks under bench/
+	@for b in $(wildcard bench/*.py); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) node_modules .clinalign

@@ -1,0 +1,27 @@
+"""Per-request context carried in ``contextvars``: request id and the calling principal."""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+
+from clinalign.common.auth import Principal
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "principal", default=None
+)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str:
+    return request_id_var.get()
+
+
+def current_principal() -> Principal | None:
+    return principal_var.get()

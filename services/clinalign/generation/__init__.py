@@ -1,0 +1,1 @@
+"""Generation service: serves the aligned policy to EHR systems."""

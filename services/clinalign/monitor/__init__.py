@@ -1,0 +1,1 @@
+"""Monitor service: production outputs, clinician flags, drift and the retraining loop."""

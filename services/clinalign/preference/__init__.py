@@ -1,0 +1,1 @@
+"""Preference store: clinician feedback, de-identified, audited and snapshotted."""

@@ -1,0 +1,1 @@
+"""Reward service: scores (prompt, response) pairs with a clinician-preference reward model."""

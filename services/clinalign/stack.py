@@ -1,0 +1,174 @@
+"""Runs the five services as local processes on loopback: the embedded default that
+``clinalign up`` and ``clinalign demo`` use, and that end-to-end tests start for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clinalign.common.auth import generate_tokens
+from clinalign.common.channels import open_channel
+from clinalign.common.config import CommonSettings, ServiceSettings
+from clinalign.generation.config import GenerationSettings
+from clinalign.monitor.config import MonitorSettings
+from clinalign.preference.config import PreferenceSettings
+from clinalign.reward.config import RewardSettings
+from clinalign.trainer.config import TrainerSettings
+
+SERVICES: dict[str, tuple[str, type[ServiceSettings]]] = {
+    "generation": ("clinalign.generation.v1.GenerationService", GenerationSettings),
+    "reward": ("clinalign.reward.v1.RewardService", RewardSettings),
+    "preference": ("clinalign.preference.v1.PreferenceService", PreferenceSettings),
+    "trainer": ("clinalign.trainer.v1.TrainerService", TrainerSettings),
+    "monitor": ("clinalign.monitor.v1.MonitorService", MonitorSettings),
+}
+
+
+@dataclass
+class Endpoint:
+    service: str
+    full_name: str
+    grpc_port: int
+    metrics_port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+@dataclass
+class HealthReport:
+    service: str
+    target: str
+    process: str  # SERVING | NOT_SERVING | UNREACHABLE
+    service_status: str  # the service name's own entry
+
+
+def endpoints(common: CommonSettings) -> list[Endpoint]:
+    """Where each service listens, from its settings (ports from CLINALIGN_<SVC>_PORT)."""
+    result = []
+    for name, (full_name, settings_type) in SERVICES.items():
+        s = settings_type()
+        result.append(Endpoint(name, full_name, s.port, s.metrics_port, common.host))
+    return result
+
+
+def ensure_tokens(common: CommonSettings) -> Path:
+    path = common.resolved_tokens_file
+    if not path.exists():
+        generate_tokens(path)
+    return path
+
+
+class Stack:
+    """The five service processes, started together and stopped together."""
+
+    def __init__(self, common: CommonSettings, extra_env: dict[str, str] | None = None) -> None:
+        self.common = common
+        self.endpoints = endpoints(common)
+        self.extra_env = extra_env or {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.log_dir = common.data_dir / "logs"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CLINALIGN_DATA_DIR"] = str(self.common.data_dir.resolve())
+        env["CLINALIGN_TOKENS_FILE"] = str(self.common.resolved_tokens_file.resolve())
+        for ep in self.endpoints:
+            # Peers find each other on the ports this stack starts them on.
+            env[f"CLINALIGN_{ep.service.upper()}_TARGET"] = ep.target
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        self.common.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        ensure_tokens(self.common)
+        env = self.env()
+        for ep in self.endpoints:
+            log = (self.log_dir / f"{ep.service}.log").open("ab")
+            self.procs[ep.service] = subprocess.Popen(
+                [sys.executable, "-m", f"clinalign.{ep.service}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them
+            )
+        (self.common.data_dir / "endpoints.json").write_text(
+            json.dumps(
+                {
+                    e.service: {"grpc": e.target, "metrics_port": e.metrics_port}
+                    for e in self.endpoints
+                },
+                indent=2,
+            )
+        )
+
+    def wait_ready(self, timeout_s: float = 180.0) -> list[HealthReport]:
+        """Waits until every process reports SERVING; raises if one exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with status {proc.returncode}; see "
+                        f"{self.log_dir / (name + '.log')}"
+                    )
+            reports = asyncio.run(check_health(self.endpoints, self.common, timeout_s=2.0))
+            if all(r.process == "SERVING" for r in reports):
+                return reports
+            if time.monotonic() > deadline:
+                waiting = [r.service for r in reports if r.process != "SERVING"]
+                raise TimeoutError(f"services not SERVING after {timeout_s:.0f}s: {waiting}")
+            time.sleep(0.5)
+
+    def stop(self, grace_s: float = 15.0) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        codes: dict[str, int | None] = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+
+async def check_health(
+    eps: list[Endpoint], common: CommonSettings, timeout_s: float = 3.0
+) -> list[HealthReport]:
+    """Asks each service's grpc.health.v1 endpoint for the process and the service status."""
+
+    async def one(ep: Endpoint) -> HealthReport:
+        channel = open_channel(ep.target, common, token=None)
+        try:
+            stub = health_pb2_grpc.HealthStub(channel)
+            statuses = []
+            for name in ("", ep.full_name):
+                resp = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=name), timeout=timeout_s
+                )
+                statuses.append(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+            return HealthReport(ep.service, ep.target, statuses[0], statuses[1])
+        except grpc.aio.AioRpcError:
+            return HealthReport(ep.service, ep.target, "UNREACHABLE", "UNREACHABLE")
+        finally:
+            await channel.close()
+
+    return list(await asyncio.gather(*(one(ep) for ep in eps)))

@@ -1,0 +1,1 @@
+"""Trainer service: training jobs, the model registry and the promotion gate."""

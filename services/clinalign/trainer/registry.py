@@ -1,0 +1,208 @@
+"""The model registry: immutable model versions with their lineage, and which version of
+each kind is served.
+
+A registered version's artefacts are copied into ``<data_dir>/registry/<version>/`` and
+made read-only; its row records the weights hash, parent, snapshot and metrics. Serving
+history is append-only, so a rollback restores exactly the previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import DateTime, Integer, String, Text, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from clinalign.common.errors import InvalidArgument, NotFound
+from clinalign.common.hashing import weights_hash
+
+POLICY = "policy"
+REWARD = "reward"
+KINDS = (POLICY, REWARD)
+MANIFEST_NAME = "clinalign_manifest.json"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16), default="registered")
+    base_model: Mapped[str] = mapped_column(Text, default="")
+    adapter_path: Mapped[str] = mapped_column(Text, default="")
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    weights_hash: Mapped[str] = mapped_column(String(64))
+    parent_version: Mapped[str] = mapped_column(String(64), default="")
+    snapshot_hash: Mapped[str] = mapped_column(String(64), default="")
+    job_id: Mapped[str] = mapped_column(String(64), default="")
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    manifest_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ServingEventRow(Base):
+    """Append-only history of which version served each kind."""
+
+    __tablename__ = "serving_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback | initial
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    name: str
+    kind: str
+    stage: str
+    base_model: str
+    adapter_path: str
+    artifact_uri: str
+    weights_hash: str
+    parent_version: str
+    snapshot_hash: str
+    job_id: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    manifest: dict[str, object] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def from_row(cls, row: ModelVersionRow) -> ModelVersion:
+        return cls(
+            version=row.version,
+            name=row.name,
+            kind=row.kind,
+            stage=row.stage,
+            base_model=row.base_model,
+            adapter_path=row.adapter_path,
+            artifact_uri=row.artifact_uri,
+            weights_hash=row.weights_hash,
+            parent_version=row.parent_version,
+            snapshot_hash=row.snapshot_hash,
+            job_id=row.job_id,
+            metrics=json.loads(row.metrics_json),
+            manifest=json.loads(row.manifest_json),
+            created_at=row.created_at,
+        )
+
+
+def _make_read_only(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+class Registry:
+    """Registry operations on a session; the caller owns the transaction."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def register(
+        self,
+        session: Session,
+        source: Path,
+        kind: str,
+        *,
+        serve_if_none: bool = False,
+        parent_version: str = "",
+        job_id: str = "",
+    ) -> ModelVersion:
+        if kind not in KINDS:
+            raise InvalidArgument("kind", f"must be one of {', '.join(KINDS)}")
+        if not source.is_dir():
+            raise InvalidArgument("path", f"{source} is not a directory")
+        if not (source / "config.json").is_file():
+            raise InvalidArgument("path", f"{source} is not a Hugging Face model directory")
+        manifest: dict[str, object] = {}
+        if (source / MANIFEST_NAME).is_file():
+            manifest = json.loads((source / MANIFEST_NAME).read_text())
+        seq = (
+            session.scalar(
+                select(func.max(ModelVersionRow.seq)).where(ModelVersionRow.kind == kind)
+            )
+            or 0
+        ) + 1
+        version = f"{kind}-v{seq}"
+        target = self.root / version
+        if target.exists():
+            shutil.rmtree(target)  # leftover of a registration that did not commit
+        staging = self.root / f".{version}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        staging.rename(target)
+        _make_read_only(target)
+        metrics = manifest.get("metrics", {})
+        row = ModelVersionRow(
+            version=version,
+            name=f"clinalign-{kind}",
+            kind=kind,
+            seq=seq,
+            stage="registered",
+            base_model=str(manifest.get("base_model", "")),
+            adapter_path="",
+            artifact_uri=str(target.resolve()),
+            weights_hash=weights_hash(target),
+            parent_version=parent_version or str(manifest.get("parent_version", "")),
+            snapshot_hash=str(manifest.get("snapshot_hash", "")),
+            job_id=job_id,
+            metrics_json=json.dumps(metrics if isinstance(metrics, dict) else {}),
+            manifest_json=json.dumps(manifest),
+            created_at=datetime.now(UTC),
+        )
+        session.add(row)
+        if serve_if_none and self.served(session, kind) is None:
+            self._serve(session, row, "initial")
+        session.flush()
+        return ModelVersion.from_row(row)
+
+    def get(self, session: Session, version: str) -> ModelVersion:
+        row = session.get(ModelVersionRow, version)
+        if row is None:
+            raise NotFound("model version", version, field="version")
+        return ModelVersion.from_row(row)
+
+    def list(
+        self, session: Session, kind: str | None, limit: int, offset: int
+    ) -> list[ModelVersion]:
+        query = select(ModelVersionRow).order_by(
+            ModelVersionRow.created_at.desc(), ModelVersionRow.seq.desc()
+        )
+        if kind:
+            query = query.where(ModelVersionRow.kind == kind)
+        rows = session.scalars(query.limit(limit).offset(offset))
+        return [ModelVersion.from_row(r) for r in rows]
+
+    def served(self, session: Session, kind: str) -> ModelVersion | None:
+        row = session.scalar(
+            select(ModelVersionRow).where(
+                ModelVersionRow.kind == kind, ModelVersionRow.stage == "serving"
+            )
+        )
+        return ModelVersion.from_row(row) if row else None
+
+    def _serve(self, session: Session, row: ModelVersionRow, action: str) -> None:
+        for current in session.scalars(
+            select(ModelVersionRow).where(
+                ModelVersionRow.kind == row.kind, ModelVersionRow.stage == "serving"
+            )
+        ):
+            current.stage = "retired"
+        row.stage = "serving"
+        session.add(
+            ServingEventRow(kind=row.kind, version=row.version, action=action, at=datetime.now(UTC))
+        )

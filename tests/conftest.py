@@ -1,0 +1,115 @@
+"""Shared fixtures: a tiny model built in seconds, tokens, databases (SQLite always,
+PostgreSQL when CLINALIGN_TEST_DATABASE_URL is set), and in-process servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from clinalign.common.auth import Role, TokenAuthenticator, generate_tokens, token_for_role
+from clinalign.common.channels import open_channel
+from clinalign.common.config import CommonSettings, ServiceSettings
+from clinalign.common.server import RunningServer, ServiceApp, create_server
+
+PG_URL = os.environ.get("CLINALIGN_TEST_DATABASE_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama causal LM with the project's tokenizer and chat template (seconds)."""
+    from clinalign.foundation import build_tiny_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    build_tiny_model(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sequence-classification head on the tiny model: an untrained reward model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("models") / "tiny-reward"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def common(tmp_path: Path) -> CommonSettings:
+    """Settings for one test: its own data dir and tokens file."""
+    settings = CommonSettings(data_dir=tmp_path / "data")
+    generate_tokens(settings.resolved_tokens_file)
+    return settings
+
+
+@pytest.fixture
+def token(common: CommonSettings) -> Callable[[Role], str]:
+    return lambda role: token_for_role(common.resolved_tokens_file, role)
+
+
+def _database_params() -> list[Any]:
+    params: list[Any] = ["sqlite"]
+    params.append(
+        pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL"))
+    )
+    return params
+
+
+@pytest.fixture(params=_database_params())
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each DB-backed test runs on SQLite and, in CI, on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    assert PG_URL is not None
+    yield PG_URL
+
+
+def reset_tables(url: str, base: type[DeclarativeBase]) -> None:
+    """Empties a PostgreSQL test database's tables for one service's schema."""
+    if url.startswith("sqlite"):
+        return
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@asynccontextmanager
+async def serving(
+    app: ServiceApp, common: CommonSettings, settings: ServiceSettings | None = None
+) -> AsyncIterator[RunningServer]:
+    """Starts an app on a free loopback port, runs its start-up, stops it afterwards."""
+    settings = settings or ServiceSettings(port=0, metrics_port=0)
+    settings = settings.model_copy(update={"port": 0})
+    auth = TokenAuthenticator.from_file(common.resolved_tokens_file)
+    running = await create_server(app, common, settings, auth)
+    try:
+        await running.start_app()
+        yield running
+    finally:
+        await running.stop(0)
+
+
+def client(running: RunningServer, common: CommonSettings, token: str | None) -> grpc.aio.Channel:
+    return open_channel(f"127.0.0.1:{running.port}", common, token)

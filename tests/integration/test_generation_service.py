@@ -1,0 +1,139 @@
+"""GenerationService through real gRPC on the tiny model: a real Generate, provenance,
+validation, and the monitor hand-off that never fails a call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from clinalign.common.auth import Role
+from clinalign.common.config import CommonSettings
+from clinalign.common.hashing import weights_hash
+from clinalign.generation.config import GenerationSettings
+from clinalign.generation.reporter import DROPPED
+from clinalign.generation.server import GenerationApp
+from clinalign.generation.v1 import generation_pb2 as pb
+from clinalign.generation.v1 import generation_pb2_grpc
+from clinalign.monitor.config import MonitorSettings
+from clinalign.monitor.server import MonitorApp
+from clinalign.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from tests.conftest import client, free_port, serving
+
+Token = Callable[[Role], str]
+QUESTION = "I have had a fever and a cough for three days. What should I do?"
+
+
+def _settings(model: Path, **kw: object) -> GenerationSettings:
+    return GenerationSettings(port=0, model_path=model, device="cpu", **kw)  # type: ignore[arg-type]
+
+
+def _request(prompt: str = QUESTION, **sampling: object) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        input=pb.GenerationInput(prompt=prompt),
+        sampling=pb.SamplingParams(**{"max_new_tokens": 12, "temperature": 0.0, **sampling}),
+    )
+
+
+async def test_generate_returns_text_with_full_provenance(
+    common: CommonSettings, token: Token, tiny_model_dir: Path
+) -> None:
+    app = GenerationApp(common, _settings(tiny_model_dir, report_to_monitor=False))
+    async with serving(app, common) as running:
+        async with client(running, common, token(Role.EHR_CLIENT)) as ch:
+            stub = generation_pb2_grpc.GenerationServiceStub(ch)
+            first = (await stub.Generate(_request())).completion
+            again = (await stub.Generate(_request())).completion
+            listed = await stub.ListModels(pb.ListModelsRequest())
+    assert first.completion_tokens > 0 and first.prompt_tokens > 0
+    assert first.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
+    assert first.text == again.text  # greedy decoding is deterministic
+    p = first.provenance
+    assert p.output_id.startswith("out-") and p.output_id != again.provenance.output_id
+    assert p.model_name == "clinalign-policy" and p.model_version == "foundation"
+    assert p.weights_hash == weights_hash(tiny_model_dir)
+    assert "AI-generated draft" in p.notice and "clinician" in p.notice
+    assert p.create_time.seconds > 0
+    assert listed.models[0].model.weights_hash == p.weights_hash
+    assert listed.models[0].traffic_fraction == 1.0
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.GenerateRequest(), "input"),
+        (_request(prompt="   "), "input.prompt"),
+        (_request(top_p=1.5), "sampling.top_p"),
+        (_request(temperature=3.0), "sampling.temperature"),
+        (_request(max_new_tokens=100_000), "sampling.max_new_tokens"),
+        (_request(top_k=-1), "sampling.top_k"),
+        (_request(stop=[""]), "sampling.stop[0]"),
+        (_request(prompt="word " * 5000), "input.prompt"),
+    ],
+)
+async def test_bad_requests_are_invalid_argument_naming_the_field(
+    common: CommonSettings,
+    token: Token,
+    tiny_model_dir: Path,
+    request_: pb.GenerateRequest,
+    field: str,
+) -> None:
+    app = GenerationApp(common, _settings(tiny_model_dir, report_to_monitor=False))
+    async with serving(app, common) as running:
+        async with client(running, common, token(Role.EHR_CLIENT)) as ch:
+            stub = generation_pb2_grpc.GenerationServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Generate(request_)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith(f"{field}:")
+
+
+async def test_outputs_reach_the_monitor(
+    common: CommonSettings, token: Token, tiny_model_dir: Path
+) -> None:
+    monitor = MonitorApp(common, MonitorSettings(port=0))
+    async with serving(monitor, common) as mon:
+        wired = common.model_copy(update={"monitor_target": f"127.0.0.1:{mon.port}"})
+        app = GenerationApp(wired, _settings(tiny_model_dir))
+        async with serving(app, wired) as running:
+            async with client(running, common, token(Role.EHR_CLIENT)) as ch:
+                stub = generation_pb2_grpc.GenerationServiceStub(ch)
+                ids = [
+                    (await stub.Generate(_request())).completion.provenance.output_id
+                    for _ in range(3)
+                ]
+            async with client(mon, common, token(Role.ML_ENGINEER)) as ch:
+                mstub = monitor_pb2_grpc.MonitorServiceStub(ch)
+                for _ in range(50):
+                    stats = await mstub.GetStats(monitor_pb2.GetStatsRequest())
+                    if stats.versions and stats.versions[0].outputs == len(ids):
+                        break
+                    await asyncio.sleep(0.1)
+    assert stats.versions[0].model_version == "foundation"
+    assert stats.versions[0].outputs == 3
+    assert stats.versions[0].latency_s.count == 3
+
+
+async def test_monitor_down_never_fails_generate_and_drops_are_counted(
+    common: CommonSettings, token: Token, tiny_model_dir: Path
+) -> None:
+    dead = common.model_copy(update={"monitor_target": f"127.0.0.1:{free_port()}"})
+    before = DROPPED.labels("retries_exhausted")._value.get()
+    app = GenerationApp(dead, _settings(tiny_model_dir))
+    assert app.reporter is not None
+    app.reporter._backoff_s = 0.01  # keep the retry schedule short in the test
+    app.reporter._max_attempts = 2
+    async with serving(app, dead) as running:
+        async with client(running, common, token(Role.EHR_CLIENT)) as ch:
+            stub = generation_pb2_grpc.GenerationServiceStub(ch)
+            resp = await stub.Generate(_request(), timeout=30)
+            assert resp.completion.completion_tokens > 0
+        for _ in range(100):
+            if DROPPED.labels("retries_exhausted")._value.get() > before:
+                break
+            await asyncio.sleep(0.05)
+    assert DROPPED.labels("retries_exhausted")._value.get() == before + 1

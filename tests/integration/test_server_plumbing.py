@@ -1,0 +1,218 @@
+"""The shared server plumbing through real gRPC on loopback: health, reflection, auth,
+error mapping, overload, request ids, metrics, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from clinalign.common.auth import Role
+from clinalign.common.config import CommonSettings
+from clinalign.common.metrics import start_metrics_server
+from clinalign.monitor.config import MonitorSettings
+from clinalign.monitor.server import MonitorApp
+from clinalign.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from tests.conftest import client, serving
+
+Token = Callable[[Role], str]
+
+
+def _app(common: CommonSettings) -> MonitorApp:
+    return MonitorApp(common, MonitorSettings(port=0, metrics_port=0))
+
+
+def _output(oid: str = "out-1") -> monitor_pb2.ProductionOutput:
+    return monitor_pb2.ProductionOutput(output_id=oid, model_version="v1", latency_s=0.1)
+
+
+async def test_health_is_not_serving_until_started_then_serving(common: CommonSettings) -> None:
+    from clinalign.common.auth import TokenAuthenticator
+    from clinalign.common.server import create_server
+
+    app = _app(common)
+    auth = TokenAuthenticator.from_file(common.resolved_tokens_file)
+    running = await create_server(app, common, MonitorSettings(port=0), auth)
+    try:
+        async with client(running, common, None) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            for name in ("", app.full_name):
+                before = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+                assert before.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            await running.start_app()
+            for name in ("", app.full_name):
+                after = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+                assert after.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await running.stop(0)
+
+
+async def test_reflection_lists_the_service(common: CommonSettings) -> None:
+    app = _app(common)
+    async with serving(app, common) as running, client(running, common, None) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = stub.ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        resp = await call.read()
+        await call.done_writing()
+        names = {s.name for s in resp.list_services_response.service}
+        assert app.full_name in names
+        assert "grpc.health.v1.Health" in names
+
+
+async def _code(coro: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await coro
+    return info.value.code(), info.value.details() or ""
+
+
+async def test_missing_or_unknown_token_is_unauthenticated(common: CommonSettings) -> None:
+    async with serving(_app(common), common) as running:
+        for tok in (None, "not-a-token"):
+            async with client(running, common, tok) as ch:
+                stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+                code, _ = await _code(stub.GetStats(monitor_pb2.GetStatsRequest()))
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_wrong_role_is_permission_denied(common: CommonSettings, token: Token) -> None:
+    async with serving(_app(common), common) as running:
+        async with client(running, common, token(Role.EHR_CLIENT)) as ch:
+            stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+            code, details = await _code(
+                stub.RecordOutputs(monitor_pb2.RecordOutputsRequest(outputs=[_output()]))
+            )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "role 'ehr-client' may not call" in details
+
+
+async def test_bad_input_is_invalid_argument_naming_the_field(
+    common: CommonSettings, token: Token
+) -> None:
+    async with serving(_app(common), common) as running:
+        async with client(running, common, token(Role.SERVICE)) as ch:
+            stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+            bad = monitor_pb2.ProductionOutput(output_id="x", model_version="v", latency_s=-1)
+            code, details = await _code(
+                stub.RecordOutputs(monitor_pb2.RecordOutputsRequest(outputs=[_output(), bad]))
+            )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("outputs[1].latency_s:")
+
+
+async def test_rpc_of_a_later_release_is_unimplemented(
+    common: CommonSettings, token: Token
+) -> None:
+    async with serving(_app(common), common) as running:
+        async with client(running, common, token(Role.CLINICIAN)) as ch:
+            stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+            code, details = await _code(stub.FlagOutput(monitor_pb2.FlagOutputRequest()))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert "FlagOutput is not implemented" in details
+
+
+async def test_unexpected_exception_is_internal_without_its_text(
+    common: CommonSettings, token: Token, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _app(common)
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("patient Jane Roe, MRN 1234567")
+
+    monkeypatch.setattr(app.servicer, "GetStats", broken)
+    async with serving(app, common) as running:
+        async with client(running, common, token(Role.ML_ENGINEER)) as ch:
+            stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+            code, details = await _code(stub.GetStats(monitor_pb2.GetStatsRequest()))
+    assert code == grpc.StatusCode.INTERNAL
+    assert "request id" in details
+    assert "Jane" not in details and "1234567" not in details
+
+
+async def test_beyond_concurrency_limit_is_resource_exhausted(
+    common: CommonSettings, token: Token, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _app(common)
+    release = asyncio.Event()
+
+    async def slow(request: Any, context: Any) -> monitor_pb2.GetStatsResponse:
+        await release.wait()
+        return monitor_pb2.GetStatsResponse()
+
+    monkeypatch.setattr(app.servicer, "GetStats", slow)
+    settings = MonitorSettings(port=0, max_concurrent_rpcs=1)
+    async with serving(app, common, settings) as running:
+        async with client(running, common, token(Role.ML_ENGINEER)) as ch:
+            stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+            first = asyncio.ensure_future(stub.GetStats(monitor_pb2.GetStatsRequest()))
+            await asyncio.sleep(0.3)
+            code, _ = await _code(stub.GetStats(monitor_pb2.GetStatsRequest(), timeout=5))
+            release.set()
+            await first
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_request_id_is_echoed_and_generated(common: CommonSettings, token: Token) -> None:
+    async with serving(_app(common), common) as running:
+        async with client(running, common, token(Role.ML_ENGINEER)) as ch:
+            stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+            call = stub.GetStats(
+                monitor_pb2.GetStatsRequest(), metadata=(("x-request-id", "req-abc"),)
+            )
+            await call
+            trailing = dict(await call.trailing_metadata() or ())
+            assert trailing["x-request-id"] == "req-abc"
+
+
+async def test_rpc_metrics_are_exported(common: CommonSettings, token: Token) -> None:
+    metrics = start_metrics_server("127.0.0.1", 0)
+    try:
+        async with serving(_app(common), common) as running:
+            async with client(running, common, token(Role.SERVICE)) as ch:
+                stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+                await stub.RecordOutputs(monitor_pb2.RecordOutputsRequest(outputs=[_output()]))
+        url = f"http://127.0.0.1:{metrics.port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+    finally:
+        metrics.stop()
+    assert (
+        'rpc_server_requests_total{rpc_grpc_status_code="OK",rpc_method="RecordOutputs",'
+        'service="monitor"}' in body
+    )
+    assert "rpc_server_duration_seconds_bucket" in body
+
+
+async def test_graceful_stop_lets_in_flight_rpc_finish(
+    common: CommonSettings, token: Token, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clinalign.common.auth import TokenAuthenticator
+    from clinalign.common.server import create_server
+
+    app = _app(common)
+
+    async def slow(request: Any, context: Any) -> monitor_pb2.GetStatsResponse:
+        await asyncio.sleep(0.5)
+        return monitor_pb2.GetStatsResponse()
+
+    monkeypatch.setattr(app.servicer, "GetStats", slow)
+    auth = TokenAuthenticator.from_file(common.resolved_tokens_file)
+    running = await create_server(app, common, MonitorSettings(port=0), auth)
+    await running.start_app()
+    async with client(running, common, token(Role.ML_ENGINEER)) as ch:
+        stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)
+        call = asyncio.ensure_future(stub.GetStats(monitor_pb2.GetStatsRequest()))
+        await asyncio.sleep(0.1)
+        stopping = asyncio.ensure_future(running.stop(5.0))
+        await asyncio.sleep(0.05)
+        assert isinstance(await call, monitor_pb2.GetStatsResponse)
+        await stopping
+        with pytest.raises(grpc.aio.AioRpcError):
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=1)

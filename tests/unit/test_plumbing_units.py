@@ -1,0 +1,114 @@
+"""Small pure pieces of the plumbing: JSON logs, page tokens, weights hash, sampling
+validation, and the monitor reporter's buffering, retry and drop accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from clinalign.common.context import request_id_var
+from clinalign.common.errors import InvalidArgument
+from clinalign.common.hashing import weights_hash
+from clinalign.common.logs import JsonFormatter
+from clinalign.common.pagination import next_token, page_bounds
+from clinalign.generation.params import validate_sampling
+from clinalign.generation.reporter import DROPPED, SENT, MonitorReporter
+from clinalign.monitor.v1 import monitor_pb2
+
+
+def test_json_log_carries_request_id_and_fields_but_only_exception_type() -> None:
+    token = request_id_var.set("req-1")
+    try:
+        try:
+            raise ValueError("patient Jane Roe")
+        except ValueError:
+            record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, None)
+            import sys
+
+            record.exc_info = sys.exc_info()
+        record.fields = {"batch": 3}
+        entry = json.loads(JsonFormatter("monitor").format(record))
+    finally:
+        request_id_var.reset(token)
+    assert entry["request_id"] == "req-1" and entry["service"] == "monitor"
+    assert entry["batch"] == 3 and entry["exc_type"] == "ValueError"
+    assert "Jane" not in json.dumps(entry)
+
+
+def test_page_tokens_round_trip_and_reject_garbage() -> None:
+    limit, offset = page_bounds(10, "")
+    assert (limit, offset) == (10, 0)
+    token = next_token(offset, limit, returned=10)
+    assert page_bounds(10, token) == (10, 10)
+    assert next_token(10, 10, returned=3) == ""
+    with pytest.raises(InvalidArgument, match=r"^page_token:"):
+        page_bounds(10, "!!not-a-token")
+    with pytest.raises(InvalidArgument, match=r"^page_size:"):
+        page_bounds(1000, "")
+
+
+def test_weights_hash_changes_with_content_and_needs_weights(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    first = weights_hash(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"abd")
+    assert weights_hash(tmp_path) != first
+    with pytest.raises(FileNotFoundError, match="no weight files"):
+        weights_hash(tmp_path / "missing")
+
+
+def test_sampling_defaults_and_greedy() -> None:
+    s = validate_sampling(
+        temperature=0.0,
+        top_p=None,
+        top_k=None,
+        max_new_tokens=None,
+        stop=["\n\n"],
+        seed=7,
+        default_max_new_tokens=64,
+        max_new_tokens_limit=128,
+    )
+    assert s.greedy and s.max_new_tokens == 64 and s.top_p == 1.0 and s.stop == ("\n\n",)
+
+
+def _out(i: int) -> monitor_pb2.ProductionOutput:
+    return monitor_pb2.ProductionOutput(output_id=f"o{i}", model_version="v")
+
+
+async def test_reporter_batches_retries_and_counts_drops() -> None:
+    calls: list[int] = []
+    failures = {"left": 1}
+
+    async def send(batch: list[monitor_pb2.ProductionOutput]) -> None:
+        calls.append(len(batch))
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("monitor down")
+
+    sent_before = SENT._value.get()
+    full_before = DROPPED.labels("buffer_full")._value.get()
+    reporter = MonitorReporter(send, capacity=3, batch=2, max_attempts=3, backoff_s=0.001)
+    assert [reporter.submit(_out(i)) for i in range(4)] == [True, True, True, False]
+    reporter.start()
+    await asyncio.wait_for(reporter._queue.join(), 5)
+    await reporter.stop()
+    assert calls == [2, 2, 1]  # first batch failed once and was retried whole
+    assert SENT._value.get() == sent_before + 3
+    assert DROPPED.labels("buffer_full")._value.get() == full_before + 1
+
+
+async def test_reporter_gives_up_after_max_attempts() -> None:
+    async def send(batch: list[monitor_pb2.ProductionOutput]) -> None:
+        raise ConnectionError("monitor down")
+
+    before = DROPPED.labels("retries_exhausted")._value.get()
+    reporter = MonitorReporter(send, capacity=8, batch=8, max_attempts=2, backoff_s=0.001)
+    reporter.submit(_out(1))
+    reporter.submit(_out(2))
+    reporter.start()
+    await asyncio.wait_for(reporter._queue.join(), 5)
+    await reporter.stop()
+    assert DROPPED.labels("retries_exhausted")._value.get() == before + 2
