@@ -53,7 +53,7 @@ def bootstrap(
     seed: Annotated[int, typer.Option(help="Random seed for corpus, tokenizer and model.")] = 0,
     force: Annotated[bool, typer.Option(help="Rebuild even if a model exists.")] = False,
 ) -> None:
-    """Build the embedded foundation model offline (about 3-4 minutes on 2 CPU cores)."""
+    """Build the embedded foundation model offline (about 3 minutes on 2 CPU cores)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from clinalign.foundation import bootstrap as build
@@ -72,7 +72,10 @@ def bootstrap(
         def report(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, total=total, loss=f"{loss:.3f}")
 
-        manifest = build(target, seed=seed, force=force, progress=report)
+        try:
+            manifest = build(target, seed=seed, force=force, progress=report)
+        except FileExistsError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--out") from exc
     typer.echo(
         f"foundation model: {target}\n"
         f"  parameters {manifest.get('parameters', '?')}, steps {manifest.get('steps', '?')}, "
