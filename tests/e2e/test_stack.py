@@ -30,7 +30,7 @@ from clinalign.preference.v1 import preference_pb2, preference_pb2_grpc
 from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
 from clinalign.stack import SERVICES
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from tests.conftest import free_port
+from tests.conftest import free_ports
 
 QUESTION = "My ankle is swollen after a fall yesterday. How should I care for it?"
 
@@ -41,10 +41,11 @@ def stack(tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     shutil.copytree(tiny_model_dir, data / "models" / "foundation")
     env = dict(os.environ)
     ports = {}
+    chosen = iter(free_ports(2 * len(SERVICES)))
     for name in SERVICES:
-        ports[name] = free_port()
+        ports[name] = next(chosen)
         env[f"CLINALIGN_{name.upper()}_PORT"] = str(ports[name])
-        env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(free_port())
+        env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(next(chosen))
         env[f"CLINALIGN_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
     env.update(
         CLINALIGN_DATA_DIR=str(data),

@@ -216,3 +216,15 @@ async def test_graceful_stop_lets_in_flight_rpc_finish(
         await stopping
         with pytest.raises(grpc.aio.AioRpcError):
             await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+
+
+async def test_a_second_server_cannot_take_a_port_in_use(common: CommonSettings) -> None:
+    async with serving(_app(common), common) as running:
+        settings = MonitorSettings(port=running.port)
+        from clinalign.common.auth import TokenAuthenticator
+        from clinalign.common.errors import FailedPrecondition
+        from clinalign.common.server import create_server
+
+        auth = TokenAuthenticator.from_file(common.resolved_tokens_file)
+        with pytest.raises(FailedPrecondition, match=r"cannot listen on 127\.0\.0\.1:"):
+            await create_server(_app(common), common, settings, auth)

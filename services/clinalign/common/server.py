@@ -27,7 +27,7 @@ from clinalign.common.auth import Role, TokenAuthenticator
 from clinalign.common.channels import channel_options
 from clinalign.common.config import CommonSettings, ServiceSettings
 from clinalign.common.db import Database
-from clinalign.common.errors import ClinAlignError
+from clinalign.common.errors import ClinAlignError, FailedPrecondition
 from clinalign.common.interceptors import ServerInterceptor
 from clinalign.common.logs import configure_logging
 from clinalign.common.metrics import SERVICE_UP, MetricsServer, start_metrics_server
@@ -125,6 +125,8 @@ async def create_server(
         options=[
             *channel_options(common),
             ("grpc.keepalive_permit_without_calls", 1),
+            # A second process on the same port must fail to start, not share the traffic.
+            ("grpc.so_reuseport", 0),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -142,11 +144,16 @@ async def create_server(
     )
     address = f"{common.host}:{settings.port}"
     creds = _server_credentials(common)
-    port = (
-        server.add_secure_port(address, creds)
-        if creds is not None
-        else server.add_insecure_port(address)
-    )
+    try:
+        port = (
+            server.add_secure_port(address, creds)
+            if creds is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:
+        raise FailedPrecondition(
+            f"cannot listen on {address}: the port is in use or not allowed"
+        ) from exc
     await server.start()
     await health.set("", NOT_SERVING)
     await health.set(app.full_name, NOT_SERVING)
