@@ -56,8 +56,10 @@ def bootstrap(
     """Build the embedded foundation model offline (about 3 minutes on 2 CPU cores)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from clinalign.common.logs import quiet_library_progress
     from clinalign.foundation import bootstrap as build
 
+    quiet_library_progress()
     target = out or foundation_dir(_common(data_dir))
     with Progress(
         TextColumn("[bold]pretraining"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -47,12 +48,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def quiet_library_progress() -> None:
+    """Turns off transformers' and huggingface_hub's tqdm bars, which would break the
+    one-JSON-object-a-line log format and clutter the CLI's own progress display."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_library_progress()
     # Libraries that log request bodies at DEBUG stay at WARNING whatever our level is.
     for noisy in ("httpx", "urllib3", "transformers", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
