@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc.aio
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import DeclarativeBase
 
 from clinalign.common.auth import Role, TokenAuthenticator, generate_tokens, token_for_role
@@ -102,6 +102,9 @@ def reset_tables(url: str, base: type[DeclarativeBase]) -> None:
         return
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     base.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        for table in ("alembic_version_preference",):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     engine.dispose()
 
 

@@ -28,12 +28,9 @@ def _metadata(token: str | None, existing: Any) -> list[tuple[str, str]]:
     return md
 
 
-class _AuthInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _AuthMetadata:
+    """Adds the bearer token and request id to a call's metadata."""
+
     def __init__(self, token: str | None) -> None:
         self._token = token
 
@@ -46,21 +43,31 @@ class _AuthInterceptor(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+# grpc.aio files an interceptor under the first call type it implements only, so each
+# call type gets its own class.
+class _UnaryUnary(_AuthMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _UnaryStream(_AuthMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamUnary(_AuthMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, it: Any
     ) -> Any:
         return await continuation(self._details(details), it)
 
+
+class _StreamStream(_AuthMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, it: Any
     ) -> Any:
@@ -85,7 +92,9 @@ def open_channel(
     client_cert: tuple[Path, Path] | None = None,
 ) -> grpc.aio.Channel:
     """An asyncio channel to a ClinAlign service, authenticated with ``token``."""
-    interceptors = [_AuthInterceptor(token)]
+    interceptors: list[grpc.aio.ClientInterceptor] = [
+        cls(token) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    ]
     options = channel_options(settings)
     if settings.tls_ca_file is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

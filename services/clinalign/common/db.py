@@ -6,11 +6,13 @@ asyncio loop that serves RPCs never blocks on I/O.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 T = TypeVar("T")
@@ -18,6 +20,27 @@ T = TypeVar("T")
 
 def default_sqlite_url(data_dir: Path, name: str) -> str:
     return f"sqlite:///{(data_dir / f'{name}.db').resolve()}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Plain ``postgresql://`` URLs use the psycopg 3 driver."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def migrate(engine: Engine, script_location: Path, version_table: str) -> None:
+    """Upgrades a database to the newest Alembic revision of a service's migrations. Each
+    service keeps its own version table, so services may share one database."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        cfg.attributes["version_table"] = version_table
+        command.upgrade(cfg, "head")
 
 
 def make_engine(url: str) -> Engine:
@@ -40,22 +63,31 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
 class Database:
     """An engine, a session factory and a helper to run blocking work off the loop."""
 
-    def __init__(self, url: str, base: type[DeclarativeBase]) -> None:
+    def __init__(
+        self, url: str, base: type[DeclarativeBase], migrations: Path | None = None
+    ) -> None:
         self.url = url
+        self._migrations = migrations
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._base = base
+        # SQLite allows one writer; taking turns in-process avoids its busy errors (a
+        # deferred transaction that read first cannot upgrade once another wrote).
+        self._write_lock = threading.Lock() if url.startswith("sqlite") else None
 
     def create_schema(self) -> None:
-        self._base.metadata.create_all(self.engine)
+        """Alembic migrations where the service has them, else the models' tables."""
+        if self._migrations is not None:
+            name = self._migrations.parent.name
+            migrate(self.engine, self._migrations, f"alembic_version_{name}")
+        else:
+            self._base.metadata.create_all(self.engine)
 
     async def run_sync(self, fn: Callable[[Session], T]) -> T:
         """Runs ``fn(session)`` in a worker thread inside one transaction."""
@@ -63,6 +95,25 @@ class Database:
         def work() -> T:
             with self.sessions.begin() as session:
                 return fn(session)
+
+        return await asyncio.to_thread(work)
+
+    async def run_write(self, fn: Callable[[Session], T], *, retries: int = 1) -> T:
+        """Runs a write transaction; on a uniqueness race (two callers, one idempotency
+        key) it runs once more, when ``fn`` finds the winner's result and replays it."""
+
+        def work() -> T:
+            for attempt in range(retries + 1):
+                try:
+                    if self._write_lock is None:
+                        with self.sessions.begin() as session:
+                            return fn(session)
+                    with self._write_lock, self.sessions.begin() as session:
+                        return fn(session)
+                except IntegrityError:
+                    if attempt == retries:
+                        raise
+            raise AssertionError("unreachable")
 
         return await asyncio.to_thread(work)
 

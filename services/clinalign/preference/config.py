@@ -18,3 +18,9 @@ class PreferenceSettings(ServiceSettings):
         description="SQLAlchemy URL of the store; default sqlite:///<data_dir>/preference.db. "
         "PostgreSQL in production, e.g. postgresql://user@host:5432/clinalign.",
     )
+    max_text_chars: int = Field(
+        20_000, ge=1, le=1_000_000, description="Longest free-text field accepted, in characters."
+    )
+    max_batch: int = Field(
+        1_000, ge=1, le=100_000, description="Most items one Submit* call may carry."
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc.aio
 
 from clinalign.common.config import CommonSettings
@@ -9,8 +11,19 @@ from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.server import DatabaseApp, run_main
 from clinalign.preference import store
 from clinalign.preference.config import PreferenceSettings
+from clinalign.preference.models import Base
 from clinalign.preference.servicer import ROLES, PreferenceServicer
 from clinalign.preference.v1 import preference_pb2_grpc
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def build_redactor() -> store.Redactor:
+    """The shared de-identification, configured from CLINALIGN_DEID_* settings."""
+    from clinalign.common.deid import Deidentifier, DeidSettings
+
+    deid = Deidentifier(DeidSettings())
+    return lambda text: deid.redact(text).text
 
 
 class PreferenceApp(DatabaseApp):
@@ -18,10 +31,16 @@ class PreferenceApp(DatabaseApp):
     full_name = "clinalign.preference.v1.PreferenceService"
     roles = ROLES
 
-    def __init__(self, common: CommonSettings, settings: PreferenceSettings) -> None:
+    def __init__(
+        self,
+        common: CommonSettings,
+        settings: PreferenceSettings,
+        redact: store.Redactor | None = None,
+    ) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "preference")
-        super().__init__(Database(url, store.Base))
-        self.servicer = PreferenceServicer(self.db)
+        super().__init__(Database(url, Base, migrations=MIGRATIONS))
+        limits = store.Limits(max_text_chars=settings.max_text_chars, max_batch=settings.max_batch)
+        self.servicer = PreferenceServicer(self.db, redact or build_redactor(), limits)
 
     def register(self, server: grpc.aio.Server) -> None:
         preference_pb2_grpc.add_PreferenceServiceServicer_to_server(self.servicer, server)

@@ -1,34 +1,82 @@
-"""Storage of the preference service. Today: annotators. Prompts, responses, labels,
-tasks, snapshots and the audit log join it with the preference-store issue."""
+"""The preference store's write path: validate, de-identify, write, audit, all in one
+transaction keyed by the caller's idempotency key.
+
+A batch is written whole or not at all. Its ids are recorded under its idempotency key in
+the same transaction, so a retried batch (after a lost acknowledgement, a crash or a
+timeout) returns the ids of the first attempt and writes nothing twice. The service
+acknowledges only after the commit, and SQLite runs with synchronous=FULL, so an
+acknowledged batch is on disk.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
-from sqlalchemy import DateTime, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from clinalign.common.errors import InvalidArgument
+from clinalign.common.errors import InvalidArgument, NotFound
+from clinalign.preference import audit
+from clinalign.preference.models import (
+    AnnotatorRow,
+    ComparisonRow,
+    CorrectionRow,
+    ErrorAnnotationRow,
+    GuidelineRow,
+    IdempotencyRow,
+    PromptRow,
+    RankingRow,
+    RatingRow,
+    ResponseRow,
+)
+from clinalign.preference.models import Base as Base  # re-export for the app and tests
 
 # Pseudonymous ids only: letters, digits and - _ . so a name or e-mail cannot pass as one.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+
+SOURCES = ("curated", "production", "flagged")
+PREFERENCES = ("a", "b", "tie")
+AXES = ("accuracy", "safety", "completeness", "clarity")
+CATEGORIES = (
+    "factual_error",
+    "unsafe_advice",
+    "omission",
+    "hallucinated_reference",
+    "inappropriate_certainty",
+    "bias",
+    "privacy_leak",
+)
+RATING_SCALE = (1, 5)
 
 
-class Base(DeclarativeBase):
-    pass
+class Redactor(Protocol):
+    """De-identifies free text before it is stored (``clinalign.common.deid``)."""
+
+    def __call__(self, text: str) -> str: ...
 
 
-class AnnotatorRow(Base):
-    __tablename__ = "annotators"
+@dataclass(frozen=True)
+class Limits:
+    max_text_chars: int = 20_000
+    max_batch: int = 1_000
+    max_tags: int = 16
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    role: Mapped[str] = mapped_column(String(64))
-    specialty: Mapped[str] = mapped_column(String(64), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -36,6 +84,78 @@ class Annotator:
     id: str
     role: str
     specialty: str
+
+
+@dataclass(frozen=True)
+class PromptIn:
+    text: str
+    source: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResponseIn:
+    prompt_id: str
+    text: str
+    model_version: str = ""
+    generation_params: str = ""
+
+
+@dataclass(frozen=True)
+class LabelMeta:
+    annotator_id: str
+    guideline_version: str
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ComparisonIn:
+    meta: LabelMeta
+    response_a_id: str
+    response_b_id: str
+    preference: str  # a | b | tie
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class RankingIn:
+    meta: LabelMeta
+    response_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RatingIn:
+    meta: LabelMeta
+    response_id: str
+    axis: str
+    score: int
+
+
+@dataclass(frozen=True)
+class CorrectionIn:
+    meta: LabelMeta
+    response_id: str
+    corrected_text: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class ErrorAnnotationIn:
+    meta: LabelMeta
+    response_id: str
+    category: str
+    comment: str = ""
+
+
+@dataclass
+class Batch:
+    """Results of one submit call."""
+
+    ids: list[str] = field(default_factory=list)
+    replayed: bool = False
+
+
+# --- validation ------------------------------------------------------------------------
 
 
 def validate_annotator(a: Annotator) -> None:
@@ -49,16 +169,420 @@ def validate_annotator(a: Annotator) -> None:
         raise InvalidArgument("annotator.specialty", "must be lower-case, such as 'cardiology'")
 
 
-def upsert_annotator(session: Session, a: Annotator) -> Annotator:
+def check_key(key: str) -> None:
+    if not 8 <= len(key) <= 128 or not key.isprintable():
+        raise InvalidArgument("idempotency_key", "is required: 8 to 128 printable characters")
+
+
+def check_batch(field_name: str, items: Sequence[object], limits: Limits) -> None:
+    if not items:
+        raise InvalidArgument(field_name, "must hold at least one item")
+    if len(items) > limits.max_batch:
+        raise InvalidArgument(
+            field_name, f"holds {len(items)}; at most {limits.max_batch} per call"
+        )
+
+
+def check_text(field_name: str, text: str, limits: Limits, *, required: bool = True) -> None:
+    if required and not text.strip():
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(text) > limits.max_text_chars:
+        raise InvalidArgument(
+            field_name, f"is {len(text)} characters; at most {limits.max_text_chars}"
+        )
+
+
+def check_prompt(f: str, p: PromptIn, limits: Limits) -> None:
+    check_text(f"{f}.text", p.text, limits)
+    if p.source not in SOURCES:
+        raise InvalidArgument(f"{f}.source", f"must be one of {', '.join(SOURCES)}")
+    if len(p.tags) > limits.max_tags:
+        raise InvalidArgument(f"{f}.tags", f"at most {limits.max_tags} tags")
+    for j, tag in enumerate(p.tags):
+        if not _TAG.match(tag):
+            raise InvalidArgument(
+                f"{f}.tags[{j}]", "must be lower-case, such as 'specialty:cardiology'"
+            )
+
+
+def check_meta(f: str, meta: LabelMeta) -> None:
+    if not meta.annotator_id:
+        raise InvalidArgument(f"{f}.context.annotator_id", "is required")
+    if not meta.guideline_version:
+        raise InvalidArgument(f"{f}.context.guideline_version", "is required")
+
+
+# --- the transaction -------------------------------------------------------------------
+
+
+def idempotent(
+    session: Session, key: str, rpc: str, principal: str, write: Callable[[], list[str]]
+) -> Batch:
+    """Runs ``write`` once per key: a replay returns the first attempt's ids."""
+    check_key(key)
+    existing = session.get(IdempotencyRow, key)
+    if existing is not None:
+        if existing.rpc != rpc:
+            raise InvalidArgument("idempotency_key", f"was already used for {existing.rpc}")
+        return Batch(list(existing.result), replayed=True)
+    ids = write()
+    session.add(IdempotencyRow(key=key, rpc=rpc, principal=principal, result=ids, created_at=now()))
+    audit.append(session, principal, rpc, f"key={key} n={len(ids)}")
+    return Batch(ids)
+
+
+def _annotators(session: Session, metas: Sequence[tuple[str, LabelMeta]]) -> None:
+    wanted = {m.annotator_id for _, m in metas}
+    found = set(session.scalars(select(AnnotatorRow.id).where(AnnotatorRow.id.in_(wanted))))
+    for f, m in metas:
+        if m.annotator_id not in found:
+            raise NotFound("annotator", m.annotator_id, field=f"{f}.context.annotator_id")
+
+
+def _responses(session: Session, refs: Sequence[tuple[str, str]]) -> dict[str, ResponseRow]:
+    """Loads referenced responses; NOT_FOUND names the first missing field."""
+    wanted = {rid for _, rid in refs}
+    rows = {r.id: r for r in session.scalars(select(ResponseRow).where(ResponseRow.id.in_(wanted)))}
+    for f, rid in refs:
+        if rid not in rows:
+            raise NotFound("response", rid, field=f)
+    return rows
+
+
+def upsert_annotator(session: Session, principal: str, a: Annotator) -> Annotator:
     validate_annotator(a)
-    now = datetime.now(UTC)
+    t = now()
     row = session.get(AnnotatorRow, a.id)
     if row is None:
         session.add(
-            AnnotatorRow(
-                id=a.id, role=a.role, specialty=a.specialty, created_at=now, updated_at=now
-            )
+            AnnotatorRow(id=a.id, role=a.role, specialty=a.specialty, created_at=t, updated_at=t)
         )
     else:
-        row.role, row.specialty, row.updated_at = a.role, a.specialty, now
+        row.role, row.specialty, row.updated_at = a.role, a.specialty, t
+    audit.append(session, principal, "register_annotator", a.id)
     return a
+
+
+def add_prompts(
+    session: Session, prompts: Sequence[PromptIn], redact: Redactor, principal: str
+) -> list[str]:
+    t = now()
+    ids = []
+    for p in prompts:
+        clean = redact(p.text)
+        pid = new_id("p")
+        session.add(
+            PromptRow(
+                id=pid,
+                text=clean,
+                text_sha256=hashlib.sha256(clean.encode()).hexdigest(),
+                source=p.source,
+                tags=list(p.tags),
+                created_by=principal,
+                created_at=t,
+            )
+        )
+        ids.append(pid)
+    return ids
+
+
+def add_responses(
+    session: Session, responses: Sequence[ResponseIn], redact: Redactor, principal: str
+) -> list[str]:
+    wanted = {r.prompt_id for r in responses}
+    found = set(session.scalars(select(PromptRow.id).where(PromptRow.id.in_(wanted))))
+    for i, r in enumerate(responses):
+        if r.prompt_id not in found:
+            raise NotFound("prompt", r.prompt_id, field=f"responses[{i}].prompt_id")
+    t = now()
+    ids = []
+    for r in responses:
+        rid = new_id("r")
+        session.add(
+            ResponseRow(
+                id=rid,
+                prompt_id=r.prompt_id,
+                text=redact(r.text),
+                model_version=r.model_version,
+                generation_params=r.generation_params,
+                created_by=principal,
+                created_at=t,
+            )
+        )
+        ids.append(rid)
+    return ids
+
+
+def add_comparisons(session: Session, items: Sequence[ComparisonIn]) -> list[str]:
+    fields = [f"comparisons[{i}]" for i in range(len(items))]
+    _annotators(session, list(zip(fields, (c.meta for c in items), strict=True)))
+    rows = _responses(
+        session,
+        [
+            (f"{f}.response_{s}_id", getattr(c, f"response_{s}_id"))
+            for f, c in zip(fields, items, strict=True)
+            for s in ("a", "b")
+        ],
+    )
+    t = now()
+    ids = []
+    for f, c in zip(fields, items, strict=True):
+        a, b = rows[c.response_a_id], rows[c.response_b_id]
+        if a.prompt_id != b.prompt_id:
+            raise InvalidArgument(
+                f"{f}.response_b_id", "answers a different prompt than response_a_id"
+            )
+        cid = new_id("c")
+        session.add(
+            ComparisonRow(
+                id=cid,
+                prompt_id=a.prompt_id,
+                response_a_id=a.id,
+                response_b_id=b.id,
+                preference=c.preference,
+                strength=0.0 if c.preference == "tie" else c.strength,
+                annotator_id=c.meta.annotator_id,
+                guideline_version=c.meta.guideline_version,
+                task_id=c.meta.task_id,
+                created_at=t,
+            )
+        )
+        ids.append(cid)
+    return ids
+
+
+def check_comparison(f: str, c: ComparisonIn) -> None:
+    check_meta(f, c.meta)
+    if not c.response_a_id:
+        raise InvalidArgument(f"{f}.response_a_id", "is required")
+    if not c.response_b_id:
+        raise InvalidArgument(f"{f}.response_b_id", "is required")
+    if c.response_a_id == c.response_b_id:
+        raise InvalidArgument(f"{f}.response_b_id", "compares a response with itself")
+    if c.preference not in PREFERENCES:
+        raise InvalidArgument(
+            f"{f}.preference", "must be PREFERENCE_A, PREFERENCE_B or PREFERENCE_TIE"
+        )
+    if not 0.0 <= c.strength <= 1.0:
+        raise InvalidArgument(f"{f}.strength", f"must be in [0, 1], got {c.strength:g}")
+
+
+def check_ranking(f: str, r: RankingIn) -> None:
+    check_meta(f, r.meta)
+    if len(r.response_ids) < 2:
+        raise InvalidArgument(f"{f}.response_ids", "must rank at least two responses")
+    if len(set(r.response_ids)) != len(r.response_ids):
+        raise InvalidArgument(f"{f}.response_ids", "must not repeat a response")
+
+
+def add_rankings(session: Session, items: Sequence[RankingIn]) -> list[str]:
+    fields = [f"rankings[{i}]" for i in range(len(items))]
+    _annotators(session, list(zip(fields, (r.meta for r in items), strict=True)))
+    rows = _responses(
+        session,
+        [
+            (f"{f}.response_ids[{j}]", rid)
+            for f, r in zip(fields, items, strict=True)
+            for j, rid in enumerate(r.response_ids)
+        ],
+    )
+    t = now()
+    ids = []
+    for f, r in zip(fields, items, strict=True):
+        prompts = {rows[rid].prompt_id for rid in r.response_ids}
+        if len(prompts) != 1:
+            raise InvalidArgument(f"{f}.response_ids", "must all answer the same prompt")
+        rid_ = new_id("k")
+        session.add(
+            RankingRow(
+                id=rid_,
+                prompt_id=prompts.pop(),
+                response_ids=list(r.response_ids),
+                annotator_id=r.meta.annotator_id,
+                guideline_version=r.meta.guideline_version,
+                task_id=r.meta.task_id,
+                created_at=t,
+            )
+        )
+        ids.append(rid_)
+    return ids
+
+
+def check_rating(f: str, r: RatingIn) -> None:
+    check_meta(f, r.meta)
+    if not r.response_id:
+        raise InvalidArgument(f"{f}.response_id", "is required")
+    if r.axis not in AXES:
+        raise InvalidArgument(f"{f}.axis", f"must be one of {', '.join(AXES)}")
+    lo, hi = RATING_SCALE
+    if not lo <= r.score <= hi:
+        raise InvalidArgument(f"{f}.score", f"must be between {lo} and {hi}, got {r.score}")
+
+
+def add_ratings(session: Session, items: Sequence[RatingIn]) -> list[str]:
+    fields = [f"ratings[{i}]" for i in range(len(items))]
+    _annotators(session, list(zip(fields, (r.meta for r in items), strict=True)))
+    _responses(
+        session, [(f"{f}.response_id", r.response_id) for f, r in zip(fields, items, strict=True)]
+    )
+    t = now()
+    ids = []
+    for r in items:
+        rid = new_id("t")
+        session.add(
+            RatingRow(
+                id=rid,
+                response_id=r.response_id,
+                axis=r.axis,
+                score=r.score,
+                annotator_id=r.meta.annotator_id,
+                guideline_version=r.meta.guideline_version,
+                task_id=r.meta.task_id,
+                created_at=t,
+            )
+        )
+        ids.append(rid)
+    return ids
+
+
+def check_correction(f: str, c: CorrectionIn, limits: Limits) -> None:
+    check_meta(f, c.meta)
+    if not c.response_id:
+        raise InvalidArgument(f"{f}.response_id", "is required")
+    check_text(f"{f}.corrected_text", c.corrected_text, limits)
+    check_text(f"{f}.comment", c.comment, limits, required=False)
+
+
+def add_corrections(
+    session: Session, items: Sequence[CorrectionIn], redact: Redactor, principal: str
+) -> list[str]:
+    """Each correction stores the rewrite as a human response and an implicit comparison
+    preferring it over the original (strength 1), attributed to the correcting clinician."""
+    fields = [f"corrections[{i}]" for i in range(len(items))]
+    _annotators(session, list(zip(fields, (c.meta for c in items), strict=True)))
+    originals = _responses(
+        session, [(f"{f}.response_id", c.response_id) for f, c in zip(fields, items, strict=True)]
+    )
+    t = now()
+    fixed_ids = [new_id("r") for _ in items]
+    ids = [new_id("x") for _ in items]
+    # Rows of three tables reference each other without ORM relationships, so each table
+    # is flushed before the next one points at it.
+    for c, fixed_id in zip(items, fixed_ids, strict=True):
+        session.add(
+            ResponseRow(
+                id=fixed_id,
+                prompt_id=originals[c.response_id].prompt_id,
+                text=redact(c.corrected_text),
+                model_version=f"human:{c.meta.annotator_id}",
+                generation_params="",
+                created_by=principal,
+                created_at=t,
+            )
+        )
+    session.flush()
+    for c, fixed_id, cid in zip(items, fixed_ids, ids, strict=True):
+        session.add(
+            CorrectionRow(
+                id=cid,
+                response_id=c.response_id,
+                corrected_response_id=fixed_id,
+                comment=redact(c.comment) if c.comment else "",
+                annotator_id=c.meta.annotator_id,
+                guideline_version=c.meta.guideline_version,
+                task_id=c.meta.task_id,
+                created_at=t,
+            )
+        )
+        session.add(
+            ComparisonRow(
+                id=new_id("c"),
+                prompt_id=originals[c.response_id].prompt_id,
+                response_a_id=fixed_id,
+                response_b_id=c.response_id,
+                preference="a",
+                strength=1.0,
+                correction_id=cid,
+                annotator_id=c.meta.annotator_id,
+                guideline_version=c.meta.guideline_version,
+                task_id=c.meta.task_id,
+                created_at=t,
+            )
+        )
+    return ids
+
+
+def check_annotation(f: str, a: ErrorAnnotationIn, limits: Limits) -> None:
+    check_meta(f, a.meta)
+    if not a.response_id:
+        raise InvalidArgument(f"{f}.response_id", "is required")
+    if a.category not in CATEGORIES:
+        raise InvalidArgument(f"{f}.category", "must be a category of the clinical taxonomy")
+    check_text(f"{f}.comment", a.comment, limits, required=False)
+
+
+def add_annotations(
+    session: Session, items: Sequence[ErrorAnnotationIn], redact: Redactor
+) -> list[str]:
+    fields = [f"annotations[{i}]" for i in range(len(items))]
+    _annotators(session, list(zip(fields, (a.meta for a in items), strict=True)))
+    _responses(
+        session, [(f"{f}.response_id", a.response_id) for f, a in zip(fields, items, strict=True)]
+    )
+    t = now()
+    ids = []
+    for a in items:
+        aid = new_id("e")
+        session.add(
+            ErrorAnnotationRow(
+                id=aid,
+                response_id=a.response_id,
+                category=a.category,
+                comment=redact(a.comment) if a.comment else "",
+                annotator_id=a.meta.annotator_id,
+                guideline_version=a.meta.guideline_version,
+                task_id=a.meta.task_id,
+                created_at=t,
+            )
+        )
+        ids.append(aid)
+    return ids
+
+
+def get_prompt(session: Session, prompt_id: str) -> tuple[PromptRow, list[ResponseRow]]:
+    prompt = session.get(PromptRow, prompt_id)
+    if prompt is None:
+        raise NotFound("prompt", prompt_id, field="id")
+    responses = list(
+        session.scalars(
+            select(ResponseRow)
+            .where(ResponseRow.prompt_id == prompt_id)
+            .order_by(ResponseRow.created_at, ResponseRow.id)
+        )
+    )
+    return prompt, responses
+
+
+def publish_guidelines(session: Session, principal: str, version: str, text: str) -> str:
+    if not _TAG.match(version):
+        raise InvalidArgument("version", "is required: lower-case letters, digits, '.', '-', ':'")
+    if not text.strip():
+        raise InvalidArgument("text", "must not be empty")
+    existing = session.get(GuidelineRow, version)
+    if existing is not None:
+        if existing.text != text:
+            raise InvalidArgument("version", f"{version!r} is published already and immutable")
+        return version
+    session.add(GuidelineRow(version=version, text=text, created_at=now()))
+    audit.append(session, principal, "publish_guidelines", version)
+    return version
+
+
+def generation_params_json(params: str, field_name: str) -> str:
+    if not params:
+        return ""
+    try:
+        json.loads(params)
+    except ValueError as exc:
+        raise InvalidArgument(field_name, "must be JSON") from exc
+    return params
