@@ -23,6 +23,7 @@ from clinalign.common.config import CommonSettings
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="ClinAlign: closed-loop RLHF for clinical language models.",
 )
@@ -226,6 +227,68 @@ def demo(
     report = run_demo(_common(data_dir), echo=typer.echo)
     if as_json:
         typer.echo(json.dumps(report))
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    data_dir: DataDir = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Preference-store database (default: CLINALIGN_PREFERENCE_DATABASE_URL"
+            " or <data_dir>/preference.db)."
+        ),
+    ] = None,
+) -> None:
+    """Verify the hash chain of the audit log (exit status 1 if any entry was edited,
+    deleted, reordered or cut off)."""
+    from clinalign.common.db import Database, default_sqlite_url
+    from clinalign.preference import audit
+    from clinalign.preference.config import PreferenceSettings
+    from clinalign.preference.models import Base
+
+    common = _common(data_dir)
+    url = (
+        database_url
+        or PreferenceSettings().database_url
+        or default_sqlite_url(common.data_dir, "preference")
+    )
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    db = Database(url, Base)
+    try:
+        with db.sessions() as session:
+            result = audit.verify(session)
+    except (OperationalError, ProgrammingError) as exc:
+        typer.echo(
+            f"{url}: no preference-store schema here ({type(exc).__name__}); start the "
+            "preference service once to migrate it",
+            err=True,
+        )
+        raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
+    if result.ok:
+        typer.echo(f"audit log intact: {result.entries} entries")
+        return
+    typer.echo(f"audit log BROKEN at entry {result.first_bad_sequence}: {result.message}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def deid(
+    as_json: Annotated[bool, typer.Option("--json", help="Print spans and types as JSON.")] = False,
+) -> None:
+    """De-identify clinical text: text on stdin, redacted text on stdout (settings:
+    CLINALIGN_DEID_*)."""
+    from clinalign.common.deid import DeidSettings
+    from clinalign.common.deid.cli import deid_cli
+
+    typer.echo(deid_cli(sys.stdin.read(), as_json=as_json, settings=DeidSettings()), nl=False)
 
 
 def main() -> None:

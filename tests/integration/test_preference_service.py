@@ -525,3 +525,44 @@ async def test_audit_chain_detects_edits_deletions_and_reordering(h: Harness) ->
     deleted = await tamper("DELETE FROM audit_log WHERE seq = 3")
     assert (deleted.ok, deleted.first_bad_sequence) == (False, 3)
     assert "missing" in deleted.message
+
+
+async def test_snapshot_anchors_reveal_a_truncated_audit_log(h: Harness) -> None:
+    await h.setup()
+    _, (a, b) = await h.prompt_with(2)
+    await h.stub.SubmitComparisons(
+        pb.SubmitComparisonsRequest(
+            idempotency_key=h.key(),
+            comparisons=[
+                pb.Comparison(
+                    context=h.ctx(), response_a_id=a, response_b_id=b, preference=pb.PREFERENCE_A
+                )
+            ],
+        )
+    )
+    snap = (await h.stub.CreateSnapshot(pb.CreateSnapshotRequest())).snapshot
+    anchored = json.loads(snap.manifest_json)["audit_entry"]["sequence"]
+    await h.app.db.run_write(
+        lambda s: s.execute(text(f"DELETE FROM audit_log WHERE seq >= {anchored}"))
+    )
+    result = await h.stub.VerifyAudit(pb.VerifyAuditRequest())
+    assert (result.ok, result.first_bad_sequence) == (False, anchored)
+    assert "truncated" in result.message
+
+
+async def test_audit_verify_cli(h: Harness) -> None:
+    from typer.testing import CliRunner
+
+    from clinalign.cli import app
+
+    if not h.app.db.url.startswith("sqlite"):
+        pytest.skip("the CLI reads the same database either way; one backend suffices")
+    await h.setup()
+    runner = CliRunner()
+    ok = runner.invoke(app, ["audit", "verify", "--database-url", h.app.db.url])
+    assert ok.exit_code == 0 and "audit log intact: 3 entries" in ok.output
+    await h.app.db.run_write(
+        lambda s: s.execute(text("UPDATE audit_log SET action = 'nothing' WHERE seq = 1"))
+    )
+    bad = runner.invoke(app, ["audit", "verify", "--database-url", h.app.db.url])
+    assert bad.exit_code == 1 and "BROKEN at entry 1" in bad.output

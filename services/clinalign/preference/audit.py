@@ -71,7 +71,31 @@ class Verification:
 
 
 def verify(session: Session) -> Verification:
-    """Walks the chain in sequence order; reports the first entry that does not hold."""
+    """Walks the chain in sequence order; reports the first entry that does not hold.
+
+    A chain alone cannot show that its newest entries were cut off, so every snapshot's
+    manifest records the entry written with it: each such anchor must still be in the
+    chain with the same hash."""
+    from clinalign.preference.models import SnapshotRow
+
+    anchors = {}
+    for manifest in session.scalars(select(SnapshotRow.manifest)):
+        entry = manifest.get("audit_entry") if isinstance(manifest, dict) else None
+        if isinstance(entry, dict):
+            anchors[int(entry["sequence"])] = str(entry["hash"])
+    result = _walk(session, anchors)
+    if result.ok and anchors and max(anchors) > result.entries:
+        seq = max(anchors)
+        return Verification(
+            False,
+            result.entries,
+            seq,
+            f"entry {seq}, anchored by a snapshot, is missing: log truncated",
+        )
+    return result
+
+
+def _walk(session: Session, anchors: dict[int, str]) -> Verification:
     prev = GENESIS
     expected_seq = 1
     count = 0
@@ -92,6 +116,10 @@ def verify(session: Session) -> Verification:
             prev, row.seq, row.principal, row.action, row.object, row.at
         ):
             return Verification(False, count, row.seq, f"entry {row.seq} was altered")
+        if anchors.get(row.seq, row.entry_hash) != row.entry_hash:
+            return Verification(
+                False, count, row.seq, f"entry {row.seq} differs from the one a snapshot recorded"
+            )
         prev = row.entry_hash
         expected_seq += 1
     return Verification(True, count, 0, "")
