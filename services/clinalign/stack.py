@@ -172,3 +172,22 @@ async def check_health(
             await channel.close()
 
     return list(await asyncio.gather(*(one(ep) for ep in eps)))
+
+
+async def wait_serving(
+    target: str, common: CommonSettings, full_name: str, timeout_s: float = 60.0
+) -> None:
+    """Waits until one service's own health entry reports SERVING."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with open_channel(target, common, None) as channel:
+            try:
+                resp = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=full_name), timeout=1
+                )
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{full_name} at {target} not SERVING after {timeout_s:.0f}s")

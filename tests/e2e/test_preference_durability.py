@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, func, select
 
 from clinalign.common.auth import Role, generate_tokens, token_for_role
@@ -25,9 +24,11 @@ from clinalign.common.config import CommonSettings
 from clinalign.preference import models
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
+from clinalign.stack import wait_serving
 from tests.conftest import PG_URL, free_ports, reset_tables
 
 CLIENTS, BATCHES, BATCH = 4, 12, 10
+FULL_NAME = "clinalign.preference.v1.PreferenceService"
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -39,31 +40,12 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def _wait_serving(target: str, common: CommonSettings) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        async with open_channel(target, common, None) as ch:
-            try:
-                resp = await health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(
-                        service="clinalign.preference.v1.PreferenceService"
-                    ),
-                    timeout=1,
-                )
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError("preference service did not come up")
-
-
 async def _scenario(
     env: dict[str, str], common: CommonSettings, target: str, log: Path
 ) -> tuple[dict[str, list[str]], int]:
     token = token_for_role(common.resolved_tokens_file, Role.ADMIN)
     proc = _start(env, log)
-    await _wait_serving(target, common)
+    await wait_serving(target, common, FULL_NAME)
     async with open_channel(target, common, token) as ch:
         stub = preference_pb2_grpc.PreferenceServiceStub(ch)
         await stub.RegisterAnnotator(
