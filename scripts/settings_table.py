@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic_settings import BaseSettings
 
 from clinalign.common.config import CommonSettings
+from clinalign.common.deid import DeidSettings
 from clinalign.stack import SERVICES
 
 
@@ -25,6 +26,9 @@ def main() -> None:
     for name, (_, cls) in SERVICES.items():
         print(f"\n**{name}**\n\n| variable | default | meaning |\n| --- | --- | --- |")
         print("\n".join(rows(cls)))
+    print("\n**de-identification** (preference store, monitor, `clinalign deid`)\n")
+    print("| variable | default | meaning |\n| --- | --- | --- |")
+    print("\n".join(rows(DeidSettings)))
 
 
 if __name__ == "__main__":

@@ -285,10 +285,18 @@ def deid(
 ) -> None:
     """De-identify clinical text: text on stdin, redacted text on stdout (settings:
     CLINALIGN_DEID_*)."""
+    from pydantic import ValidationError
+
     from clinalign.common.deid import DeidSettings
     from clinalign.common.deid.cli import deid_cli
 
-    typer.echo(deid_cli(sys.stdin.read(), as_json=as_json, settings=DeidSettings()), nl=False)
+    try:
+        settings = DeidSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"invalid CLINALIGN_DEID_* settings: {problems}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(deid_cli(sys.stdin.read(), as_json=as_json, settings=settings), nl=False)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clinalign.cli import app
 from clinalign.common.config import CommonSettings
+from clinalign.common.deid import DeidSettings
 from clinalign.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,7 +15,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme() -> None:
-    for cls in [CommonSettings, *(c for _, c in SERVICES.values())]:
+    for cls in [CommonSettings, DeidSettings, *(c for _, c in SERVICES.values())]:
         prefix = cls.model_config.get("env_prefix", "")
         for name in cls.model_fields:
             assert f"`{prefix}{name.upper()}`" in README, f"{prefix}{name.upper()} undocumented"

@@ -17,9 +17,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument, NotFound
@@ -252,11 +252,17 @@ def _responses(session: Session, refs: Sequence[tuple[str, str]]) -> dict[str, R
 def _response_prompts(session: Session, refs: Sequence[tuple[str, str]]) -> dict[str, str]:
     """response id -> prompt id for referenced responses (two columns, not whole rows)."""
     wanted = {rid for _, rid in refs}
-    found = dict(
-        session.execute(
-            select(ResponseRow.id, ResponseRow.prompt_id).where(ResponseRow.id.in_(wanted))
-        ).all()
-    )
+    conn = session.connection()
+    # One array parameter instead of thousands of bound values: the lookup is on the hot
+    # path of every label batch.
+    if conn.dialect.name == "sqlite":
+        query = text(
+            "SELECT id, prompt_id FROM responses WHERE id IN (SELECT value FROM json_each(:ids))"
+        )
+        found = dict(conn.execute(query, {"ids": json.dumps(sorted(wanted))}).all())
+    else:
+        query = text("SELECT id, prompt_id FROM responses WHERE id = ANY(:ids)")
+        found = dict(conn.execute(query, {"ids": sorted(wanted)}).all())
     for f, rid in refs:
         if rid not in found:
             raise NotFound("response", rid, field=f)
@@ -297,7 +303,7 @@ def add_prompts(
                 "created_at": t,
             }
         )
-    session.execute(insert(PromptRow), rows)
+    session.connection().execute(insert(cast(Table, PromptRow.__table__)), rows)
     return [r["id"] for r in rows]
 
 
@@ -322,7 +328,7 @@ def add_responses(
         }
         for r in responses
     ]
-    session.execute(insert(ResponseRow), rows)
+    session.connection().execute(insert(cast(Table, ResponseRow.__table__)), rows)
     return [r["id"] for r in rows]
 
 
@@ -360,7 +366,7 @@ def add_comparisons(session: Session, items: Sequence[ComparisonIn]) -> list[str
                 "created_at": t,
             }
         )
-    session.execute(insert(ComparisonRow), rows)
+    session.connection().execute(insert(cast(Table, ComparisonRow.__table__)), rows)
     return [r["id"] for r in rows]
 
 
