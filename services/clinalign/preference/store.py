@@ -259,10 +259,11 @@ def _response_prompts(session: Session, refs: Sequence[tuple[str, str]]) -> dict
         query = text(
             "SELECT id, prompt_id FROM responses WHERE id IN (SELECT value FROM json_each(:ids))"
         )
-        found = dict(conn.execute(query, {"ids": json.dumps(sorted(wanted))}).all())
+        rows = conn.execute(query, {"ids": json.dumps(sorted(wanted))}).all()
     else:
         query = text("SELECT id, prompt_id FROM responses WHERE id = ANY(:ids)")
-        found = dict(conn.execute(query, {"ids": sorted(wanted)}).all())
+        rows = conn.execute(query, {"ids": sorted(wanted)}).all()
+    found: dict[str, str] = {str(r[0]): str(r[1]) for r in rows}
     for f, rid in refs:
         if rid not in found:
             raise NotFound("response", rid, field=f)
