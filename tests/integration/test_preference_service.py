@@ -522,6 +522,19 @@ async def test_audit_chain_detects_edits_deletions_and_reordering(h: Harness) ->
     assert (edited.ok, edited.first_bad_sequence) == (False, 2)
     await tamper("UPDATE audit_log SET principal = 'local-admin' WHERE seq = 2")
     assert (await h.stub.VerifyAudit(pb.VerifyAuditRequest())).ok
+    # Swap entries 2 and 3 (each keeps its own hashes): a reordering.
+    swap = (
+        "UPDATE audit_log SET seq = -1 WHERE seq = 2; "
+        "UPDATE audit_log SET seq = 2 WHERE seq = 3; "
+        "UPDATE audit_log SET seq = 3 WHERE seq = -1"
+    )
+    for statement in swap.split("; ")[:-1]:
+        await h.app.db.run_write(lambda s, q=statement: s.execute(text(q)))
+    swapped = await tamper(swap.split("; ")[-1])
+    assert (swapped.ok, swapped.first_bad_sequence) == (False, 2)
+    for statement in swap.split("; ")[:-1]:
+        await h.app.db.run_write(lambda s, q=statement: s.execute(text(q)))
+    assert (await tamper(swap.split("; ")[-1])).ok
     deleted = await tamper("DELETE FROM audit_log WHERE seq = 3")
     assert (deleted.ok, deleted.first_bad_sequence) == (False, 3)
     assert "missing" in deleted.message
