@@ -71,16 +71,19 @@ def create_tasks(
 ) -> list[str]:
     if session.get(GuidelineRow, guideline) is None:
         raise NotFound("guideline version", guideline, field="guideline_version")
-    wanted = {rid for s in specs for rid in s.response_ids}
-    rows = {r.id: r for r in session.scalars(select(ResponseRow).where(ResponseRow.id.in_(wanted)))}
+    prompt_of = store.response_prompts(
+        session,
+        [
+            (f"tasks[{i}].response_ids[{j}]", rid)
+            for i, spec in enumerate(specs)
+            for j, rid in enumerate(spec.response_ids)
+        ],
+    )
     t = store.now()
     ids = []
     for i, spec in enumerate(specs):
         for j, rid in enumerate(spec.response_ids):
-            row = rows.get(rid)
-            if row is None:
-                raise NotFound("response", rid, field=f"tasks[{i}].response_ids[{j}]")
-            if row.prompt_id != spec.prompt_id:
+            if prompt_of[rid] != spec.prompt_id:
                 raise InvalidArgument(
                     f"tasks[{i}].response_ids[{j}]", f"does not answer prompt {spec.prompt_id}"
                 )

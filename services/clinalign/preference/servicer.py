@@ -71,7 +71,6 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
         check: Callable[[str, Item], None],
         write: Callable[[Session, Sequence[Item]], list[str]],
     ) -> store.Batch:
-        store.check_key(key)
         store.check_batch(field, items, self.limits)
         for i, item in enumerate(items):
             check(f"{field}[{i}]", item)
@@ -264,7 +263,6 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
         queue.check_create(
             request.batch_id, specs, request.overlap, request.guideline_version, self.limits
         )
-        store.check_key(request.idempotency_key)
         who = principal_name()
         batch = await self.db.run_write(
             lambda s: store.idempotent(

@@ -239,17 +239,7 @@ def _annotators(session: Session, metas: Sequence[tuple[str, LabelMeta]]) -> Non
             raise NotFound("annotator", m.annotator_id, field=f"{f}.context.annotator_id")
 
 
-def _responses(session: Session, refs: Sequence[tuple[str, str]]) -> dict[str, ResponseRow]:
-    """Loads referenced responses; NOT_FOUND names the first missing field."""
-    wanted = {rid for _, rid in refs}
-    rows = {r.id: r for r in session.scalars(select(ResponseRow).where(ResponseRow.id.in_(wanted)))}
-    for f, rid in refs:
-        if rid not in rows:
-            raise NotFound("response", rid, field=f)
-    return rows
-
-
-def _response_prompts(session: Session, refs: Sequence[tuple[str, str]]) -> dict[str, str]:
+def response_prompts(session: Session, refs: Sequence[tuple[str, str]]) -> dict[str, str]:
     """response id -> prompt id for referenced responses (two columns, not whole rows)."""
     wanted = {rid for _, rid in refs}
     conn = session.connection()
@@ -336,7 +326,7 @@ def add_responses(
 def add_comparisons(session: Session, items: Sequence[ComparisonIn]) -> list[str]:
     fields = [f"comparisons[{i}]" for i in range(len(items))]
     _annotators(session, list(zip(fields, (c.meta for c in items), strict=True)))
-    prompt_of = _response_prompts(
+    prompt_of = response_prompts(
         session,
         [
             (f"{f}.response_{s}_id", getattr(c, f"response_{s}_id"))
@@ -398,7 +388,7 @@ def check_ranking(f: str, r: RankingIn) -> None:
 def add_rankings(session: Session, items: Sequence[RankingIn]) -> list[str]:
     fields = [f"rankings[{i}]" for i in range(len(items))]
     _annotators(session, list(zip(fields, (r.meta for r in items), strict=True)))
-    rows = _responses(
+    prompt_of = response_prompts(
         session,
         [
             (f"{f}.response_ids[{j}]", rid)
@@ -409,7 +399,7 @@ def add_rankings(session: Session, items: Sequence[RankingIn]) -> list[str]:
     t = now()
     ids = []
     for f, r in zip(fields, items, strict=True):
-        prompts = {rows[rid].prompt_id for rid in r.response_ids}
+        prompts = {prompt_of[rid] for rid in r.response_ids}
         if len(prompts) != 1:
             raise InvalidArgument(f"{f}.response_ids", "must all answer the same prompt")
         rid_ = new_id("k")
@@ -442,7 +432,7 @@ def check_rating(f: str, r: RatingIn) -> None:
 def add_ratings(session: Session, items: Sequence[RatingIn]) -> list[str]:
     fields = [f"ratings[{i}]" for i in range(len(items))]
     _annotators(session, list(zip(fields, (r.meta for r in items), strict=True)))
-    _responses(
+    response_prompts(
         session, [(f"{f}.response_id", r.response_id) for f, r in zip(fields, items, strict=True)]
     )
     t = now()
@@ -480,7 +470,7 @@ def add_corrections(
     preferring it over the original (strength 1), attributed to the correcting clinician."""
     fields = [f"corrections[{i}]" for i in range(len(items))]
     _annotators(session, list(zip(fields, (c.meta for c in items), strict=True)))
-    originals = _responses(
+    originals = response_prompts(
         session, [(f"{f}.response_id", c.response_id) for f, c in zip(fields, items, strict=True)]
     )
     t = now()
@@ -492,7 +482,7 @@ def add_corrections(
         session.add(
             ResponseRow(
                 id=fixed_id,
-                prompt_id=originals[c.response_id].prompt_id,
+                prompt_id=originals[c.response_id],
                 text=redact(c.corrected_text),
                 model_version=f"human:{c.meta.annotator_id}",
                 generation_params="",
@@ -517,7 +507,7 @@ def add_corrections(
         session.add(
             ComparisonRow(
                 id=new_id("c"),
-                prompt_id=originals[c.response_id].prompt_id,
+                prompt_id=originals[c.response_id],
                 response_a_id=fixed_id,
                 response_b_id=c.response_id,
                 preference="a",
@@ -546,7 +536,7 @@ def add_annotations(
 ) -> list[str]:
     fields = [f"annotations[{i}]" for i in range(len(items))]
     _annotators(session, list(zip(fields, (a.meta for a in items), strict=True)))
-    _responses(
+    response_prompts(
         session, [(f"{f}.response_id", a.response_id) for f, a in zip(fields, items, strict=True)]
     )
     t = now()
