@@ -568,8 +568,6 @@ async def test_audit_verify_cli(h: Harness) -> None:
 
     from clinalign.cli import app
 
-    if not h.app.db.url.startswith("sqlite"):
-        pytest.skip("the CLI reads the same database either way; one backend suffices")
     await h.setup()
     runner = CliRunner()
     ok = runner.invoke(app, ["audit", "verify", "--database-url", h.app.db.url])
