@@ -16,8 +16,24 @@ class GenerationSettings(ServiceSettings):
 
     port: int = Field(50051, ge=0, le=65535, description="gRPC port.")
     metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port.")
-    backend: Literal["local"] = Field(
-        "local", description="`local`: transformers in this process (remote TGI/vLLM: issue 4)."
+    backend: Literal["local", "remote"] = Field(
+        "local",
+        description="`local`: transformers (+peft) in this process with dynamic batching; "
+        "`remote`: a TGI or OpenAI-compatible (vLLM) server at remote_url.",
+    )
+    remote_url: str = Field(
+        "", description="Base URL of the remote server, e.g. http://tgi:8080 (backend=remote)."
+    )
+    remote_api: Literal["tgi", "openai"] = Field(
+        "tgi",
+        description="Remote protocol: `tgi` (text-generation-inference /generate_stream) or "
+        "`openai` (an OpenAI-compatible /v1/chat/completions such as vLLM).",
+    )
+    remote_model: str = Field(
+        "", description="Model id sent to an OpenAI-compatible server (remote_api=openai)."
+    )
+    remote_timeout_s: float = Field(
+        120.0, gt=0, description="Per-request timeout toward the remote server, in seconds."
     )
     model_path: Path | None = Field(
         None,
@@ -31,6 +47,13 @@ class GenerationSettings(ServiceSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the local backend runs; auto picks CUDA when present."
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="PyTorch intra-op threads for the local backend; 0 keeps PyTorch's "
+        "default (one per core). Small models on few cores run best with 1.",
+    )
     default_max_new_tokens: int = Field(
         128, ge=1, le=4096, description="max_new_tokens when a request leaves it unset."
     )
@@ -41,7 +64,13 @@ class GenerationSettings(ServiceSettings):
         16_000, ge=1, description="Longest prompt accepted, in characters, before tokenising."
     )
     max_queue: int = Field(
-        64, ge=1, description="Requests waiting for the model; beyond it RESOURCE_EXHAUSTED."
+        64,
+        ge=1,
+        description="Requests admitted and not finished (running + waiting); beyond it "
+        "RESOURCE_EXHAUSTED at once.",
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=512, description="Sequences decoded together by the local backend."
     )
     monitor_buffer: int = Field(
         4096, ge=1, description="Outputs buffered toward the monitor; overflow is dropped, counted."

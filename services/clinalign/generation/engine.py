@@ -1,17 +1,11 @@
-"""The local backend: a Hugging Face causal LM served in this process.
-
-This first version runs one request at a time in a worker thread behind a bounded
-admission count; the dynamic-batching scheduler of the generation issue replaces
-``_generate_blocking`` without changing this interface.
-"""
+"""The local backend: a Hugging Face causal LM (optionally a base model plus a LoRA
+adapter) served in this process by the continuous-batching :class:`Scheduler`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -20,72 +14,105 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from clinalign.common.hashing import weights_hash
+from clinalign.generation import metrics
+from clinalign.generation.backend import Event, Generated, ModelInfo
 from clinalign.generation.params import Sampling
+from clinalign.generation.scheduler import Scheduler, Sequence
 
 log = logging.getLogger("clinalign.generation.engine")
 
-EOS, LENGTH, STOP = "eos", "length", "stop"
 
-
-@dataclass(frozen=True)
-class LoadedModel:
-    name: str
-    version: str
-    path: Path
-    weights_hash: str
-
-
-@dataclass(frozen=True)
-class Generated:
-    text: str
-    finish_reason: str  # eos | length | stop
-    prompt_tokens: int
-    completion_tokens: int
-    model: LoadedModel
-    queue_s: float
-    duration_s: float
-
-
-def _pick_device(device: str) -> torch.device:
+def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-class LocalEngine:
-    def __init__(self, path: Path, name: str, version: str, device: str, max_queue: int) -> None:
-        self.path = path
-        self.name = name
-        self.version = version
-        self.device = _pick_device(device)
-        self.max_queue = max_queue
-        self._waiting = 0
-        self._lock = threading.Lock()
-        self.model: Any = None
-        self.tokenizer: Any = None
-        self.loaded: LoadedModel | None = None
-        self.context_tokens = 0
+def load_causal_lm(path: Path, adapter: Path | None, device: torch.device) -> tuple[Any, Any]:
+    """Tokenizer and eval-mode model; a LoRA adapter is merged into the base weights so
+    serving pays nothing for it per token."""
+    if not (path / "config.json").is_file():
+        raise FailedPrecondition(
+            f"no model at {path}; run `clinalign bootstrap` or set CLINALIGN_GENERATION_MODEL_PATH"
+        )
+    has_own = adapter is not None and (adapter / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(adapter if has_own else path)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
 
-    def load(self) -> LoadedModel:
-        if not (self.path / "config.json").is_file():
-            raise FailedPrecondition(
-                f"no model at {self.path}; run `clinalign bootstrap` or set "
-                "CLINALIGN_GENERATION_MODEL_PATH"
-            )
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
-        self.model.to(self.device).eval()
-        self.context_tokens = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.loaded = LoadedModel(self.name, self.version, self.path, weights_hash(self.path))
+        if not (adapter / "adapter_config.json").is_file():
+            raise FailedPrecondition(f"no LoRA adapter at {adapter} (adapter_config.json missing)")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    return tokenizer, model
+
+
+class LocalBackend:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str,
+        version: str,
+        device: str,
+        max_queue: int,
+        max_batch: int,
+        adapter: Path | None = None,
+        weights_hash: str = "",
+    ) -> None:
+        self.path = path
+        self.adapter = adapter
+        self.device = pick_device(device)
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.info = ModelInfo(
+            name=name,
+            version=version,
+            uri=str(adapter or path),
+            weights_hash=weights_hash,
+            base_model=str(path) if adapter else "",
+            adapter_path=str(adapter or ""),
+        )
+        self.tokenizer: Any = None
+        self.context_tokens = 0
+        self._scheduler: Scheduler | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    async def start(self) -> ModelInfo:
+        self.tokenizer, model = await asyncio.to_thread(
+            load_causal_lm, self.path, self.adapter, self.device
+        )
+        self.context_tokens = int(getattr(model.config, "max_position_embeddings", 2048))
+        if not self.info.weights_hash:
+            digest = await asyncio.to_thread(weights_hash, self.adapter or self.path)
+            self.info = ModelInfo(**{**self.info.__dict__, "weights_hash": digest})
+        self._scheduler = Scheduler(
+            model,
+            self.tokenizer,
+            self.info,
+            device=self.device,
+            max_batch=self.max_batch,
+            loop=asyncio.get_running_loop(),
+        )
+        self._scheduler.start()
         log.info(
             "model loaded",
-            extra={"fields": {"model_version": self.version, "device": self.device.type}},
+            extra={"fields": {"model_version": self.info.version, "device": self.device.type}},
         )
-        return self.loaded
+        return self.info
+
+    @property
+    def queue_depth(self) -> int:
+        return self._inflight
 
     def render(self, prompt: str) -> str:
-        """The prompt as the model was trained to see it (its chat template, if any)."""
+        """The user message as the model was trained to see it (its chat template)."""
         if getattr(self.tokenizer, "chat_template", None):
             return str(
                 self.tokenizer.apply_chat_template(
@@ -96,60 +123,51 @@ class LocalEngine:
             )
         return prompt
 
-    async def generate(self, prompt: str, sampling: Sampling) -> Generated:
-        if self.loaded is None:
-            raise FailedPrecondition("the model is still loading")
-        if self._waiting >= self.max_queue:
+    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
+        ids: list[int] = self.tokenizer(self.render(prompt), add_special_tokens=False).input_ids
+        if len(ids) + max_new_tokens > self.context_tokens:
+            raise InvalidArgument(
+                "input.prompt",
+                f"{len(ids)} prompt tokens + max_new_tokens {max_new_tokens} exceed the "
+                f"model's context of {self.context_tokens} tokens; shorten the prompt or "
+                "lower sampling.max_new_tokens",
+            )
+        return ids
+
+    async def stream(
+        self, prompt: str, sampling: Sampling, *, deltas: bool = True
+    ) -> AsyncGenerator[Event, None]:
+        if self._scheduler is None or self._closing:
+            raise FailedPrecondition(f"model version {self.info.version} is not being served")
+        if self._inflight >= self.max_queue:
             raise ResourceExhausted(
                 f"generation queue is full ({self.max_queue} requests); retry with backoff"
             )
-        self._waiting += 1
-        enqueued = time.perf_counter()
+        seq = Sequence(
+            self.encode(prompt, sampling.max_new_tokens), sampling, asyncio.Queue(), deltas
+        )
+        self._inflight += 1
+        self._idle.clear()
+        metrics.QUEUE_DEPTH.labels(self.info.version).set(self._inflight)
+        self._scheduler.submit(seq)
         try:
-            return await asyncio.to_thread(self._generate_blocking, prompt, sampling, enqueued)
+            while True:
+                event = await seq.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Generated):
+                    return
         finally:
-            self._waiting -= 1
+            seq.cancelled = True  # no-op when finished; frees the batch slot otherwise
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+            metrics.QUEUE_DEPTH.labels(self.info.version).set(self._inflight)
 
-    def _generate_blocking(self, prompt: str, sampling: Sampling, enqueued: float) -> Generated:
-        with self._lock:
-            started = time.perf_counter()
-            ids = self.tokenizer(self.render(prompt), return_tensors="pt").input_ids
-            if ids.shape[1] + sampling.max_new_tokens > self.context_tokens:
-                raise InvalidArgument(
-                    "input.prompt",
-                    f"{ids.shape[1]} prompt tokens + max_new_tokens {sampling.max_new_tokens} "
-                    f"exceed the model's context of {self.context_tokens} tokens",
-                )
-            generator_kwargs: dict[str, Any] = {
-                "max_new_tokens": sampling.max_new_tokens,
-                "do_sample": not sampling.greedy,
-                "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                "eos_token_id": self.tokenizer.eos_token_id,
-            }
-            if not sampling.greedy:
-                generator_kwargs.update(
-                    temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k
-                )
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-            with torch.inference_mode():
-                out = self.model.generate(ids.to(self.device), **generator_kwargs)
-            new = out[0, ids.shape[1] :].tolist()
-            finish = LENGTH
-            if new and new[-1] == self.tokenizer.eos_token_id:
-                new, finish = new[:-1], EOS
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            for stop in sampling.stop:
-                cut = text.find(stop)
-                if cut >= 0:
-                    text, finish = text[:cut], STOP
-            assert self.loaded is not None
-            return Generated(
-                text=text,
-                finish_reason=finish,
-                prompt_tokens=int(ids.shape[1]),
-                completion_tokens=len(new),
-                model=self.loaded,
-                queue_s=started - enqueued,
-                duration_s=time.perf_counter() - enqueued,
-            )
+    async def close(self) -> None:
+        self._closing = True
+        await self._idle.wait()
+        if self._scheduler is not None:
+            await asyncio.to_thread(self._scheduler.stop)
+            self._scheduler = None

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
+import grpc
 import grpc.aio
 
 from clinalign.common.channels import open_channel, service_token
 from clinalign.common.config import CommonSettings
+from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from clinalign.common.server import Readiness, run_main
+from clinalign.common.v1 import common_pb2
+from clinalign.generation.backend import Backend
 from clinalign.generation.config import GenerationSettings
-from clinalign.generation.engine import LocalEngine
+from clinalign.generation.engine import LocalBackend
 from clinalign.generation.reporter import MonitorReporter
+from clinalign.generation.router import Router
 from clinalign.generation.servicer import ROLES, GenerationServicer
 from clinalign.generation.v1 import generation_pb2_grpc
 from clinalign.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 MONITOR_TIMEOUT_S = 10.0
+REGISTRY_TIMEOUT_S = 10.0
 
 
 class GenerationApp:
@@ -27,11 +36,8 @@ class GenerationApp:
     def __init__(self, common: CommonSettings, settings: GenerationSettings) -> None:
         self.common = common
         self.settings = settings
-        path = settings.model_path or common.data_dir / "models" / "foundation"
-        self.engine = LocalEngine(
-            path, settings.model_name, settings.model_version, settings.device, settings.max_queue
-        )
-        self._channel: grpc.aio.Channel | None = None
+        self.model_path = settings.model_path or common.data_dir / "models" / "foundation"
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self.reporter: MonitorReporter | None = None
         if settings.report_to_monitor:
             self.reporter = MonitorReporter(
@@ -39,32 +45,120 @@ class GenerationApp:
                 capacity=settings.monitor_buffer,
                 batch=settings.monitor_batch,
             )
-        self.servicer = GenerationServicer(settings, self.engine, self.reporter)
+        self.router = Router(self._load_version)
+        self.servicer = GenerationServicer(settings, self.router, self.reporter)
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        if target not in self._channels:
+            self._channels[target] = open_channel(target, self.common, service_token(self.common))
+        return self._channels[target]
 
     async def _send_to_monitor(self, batch: list[monitor_pb2.ProductionOutput]) -> None:
-        if self._channel is None:
-            self._channel = open_channel(
-                self.common.monitor_target, self.common, service_token(self.common)
-            )
-        stub = monitor_pb2_grpc.MonitorServiceStub(self._channel)
+        stub = monitor_pb2_grpc.MonitorServiceStub(self._channel(self.common.monitor_target))
         await stub.RecordOutputs(
             monitor_pb2.RecordOutputsRequest(outputs=batch), timeout=MONITOR_TIMEOUT_S
         )
+
+    def _local(
+        self, path: Path, version: str, adapter: Path | None = None, digest: str = ""
+    ) -> LocalBackend:
+        s = self.settings
+        return LocalBackend(
+            path,
+            name=s.model_name,
+            version=version,
+            device=s.device,
+            max_queue=s.max_queue,
+            max_batch=s.max_batch_size,
+            adapter=adapter,
+            weights_hash=digest,
+        )
+
+    def _initial_backend(self) -> Backend:
+        s = self.settings
+        if s.backend == "remote":
+            from clinalign.generation.remote import RemoteBackend
+
+            return RemoteBackend(
+                s,
+                name=s.model_name,
+                version=s.model_version,
+                render=_chat_renderer(self.model_path),
+            )
+        return self._local(self.model_path, s.model_version)
+
+    async def _load_version(self, version: str) -> Backend:
+        """Resolves a registry version through the trainer service and loads it."""
+        if self.settings.backend == "remote":
+            raise FailedPrecondition(
+                "backend=remote serves the model its TGI/vLLM server loaded; switch versions by "
+                "redeploying that server (or run backend=local)"
+            )
+        stub = trainer_pb2_grpc.TrainerServiceStub(self._channel(self.common.trainer_target))
+        try:
+            reply = await stub.GetModelVersion(
+                trainer_pb2.GetModelVersionRequest(version=version), timeout=REGISTRY_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound("model version", version, field="version") from None
+            raise Unavailable(
+                f"model registry (trainer service at {self.common.trainer_target}) failed: "
+                f"{err.code().name}"
+            ) from None
+        mv = reply.version
+        if mv.kind != common_pb2.MODEL_KIND_POLICY:
+            raise InvalidArgument("version", f"{version} is not a policy model")
+        if mv.adapter_path:
+            backend = self._local(
+                Path(mv.base_model), version, Path(mv.adapter_path), mv.weights_hash
+            )
+        else:
+            backend = self._local(Path(mv.artifact_uri), version, None, mv.weights_hash)
+        await backend.start()
+        return backend
 
     def register(self, server: grpc.aio.Server) -> None:
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(self.servicer, server)
 
     async def start(self, readiness: Readiness) -> None:
-        await asyncio.to_thread(self.engine.load)
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        backend = self._initial_backend()
+        await backend.start()
+        self.router.serve(backend)
         if self.reporter is not None:
             self.reporter.start()
         await readiness.set(True)
 
     async def stop(self) -> None:
+        await self.router.close()
         if self.reporter is not None:
             await self.reporter.stop()
-        if self._channel is not None:
-            await self._channel.close()
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()))
+
+
+def _chat_renderer(model_path: Path) -> Callable[[str], str] | None:
+    """The served model's chat template, when its tokenizer is mounted beside the service
+    (TGI's /generate takes raw text; an OpenAI-compatible server applies it itself)."""
+    if not (model_path / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(prompt: str) -> str:
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        )
+
+    return render
 
 
 def main() -> None:

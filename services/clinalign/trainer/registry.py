@@ -8,6 +8,7 @@ history is append-only, so a rollback restores exactly the previous version.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import stat
@@ -100,6 +101,25 @@ class ModelVersion:
         )
 
 
+def _adapter_base(session: Session, source: Path) -> Path | None:
+    """For a LoRA adapter directory (peft's adapter_config.json), the base model directory
+    it applies to: its ``base_model_name_or_path``, a directory or a registry version."""
+    config = source / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = str(json.loads(config.read_text()).get("base_model_name_or_path") or "")
+    if Path(base).is_dir() and (Path(base) / "config.json").is_file():
+        return Path(base).resolve()
+    row = session.get(ModelVersionRow, base) if base else None
+    if row is not None and not row.adapter_path:
+        return Path(row.artifact_uri)
+    raise InvalidArgument(
+        "path",
+        f"the adapter's base_model_name_or_path {base!r} is neither a model directory nor a "
+        "registered full-weight version",
+    )
+
+
 def _make_read_only(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
@@ -126,8 +146,11 @@ class Registry:
             raise InvalidArgument("kind", f"must be one of {', '.join(KINDS)}")
         if not source.is_dir():
             raise InvalidArgument("path", f"{source} is not a directory")
-        if not (source / "config.json").is_file():
-            raise InvalidArgument("path", f"{source} is not a Hugging Face model directory")
+        base_model = _adapter_base(session, source)
+        if base_model is None and not (source / "config.json").is_file():
+            raise InvalidArgument(
+                "path", f"{source} is neither a Hugging Face model nor a LoRA adapter directory"
+            )
         manifest: dict[str, object] = {}
         if (source / MANIFEST_NAME).is_file():
             manifest = json.loads((source / MANIFEST_NAME).read_text())
@@ -153,10 +176,17 @@ class Registry:
             kind=kind,
             seq=seq,
             stage="registered",
-            base_model=str(manifest.get("base_model", "")),
-            adapter_path="",
+            base_model=str(base_model or manifest.get("base_model", "")),
+            adapter_path=str(target.resolve()) if base_model else "",
             artifact_uri=str(target.resolve()),
-            weights_hash=weights_hash(target),
+            weights_hash=(
+                # what is served is base + adapter, so the hash covers both
+                hashlib.sha256(
+                    f"{weights_hash(base_model)}:{weights_hash(target)}".encode()
+                ).hexdigest()
+                if base_model
+                else weights_hash(target)
+            ),
             parent_version=parent_version or str(manifest.get("parent_version", "")),
             snapshot_hash=str(manifest.get("snapshot_hash", "")),
             job_id=job_id,
