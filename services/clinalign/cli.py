@@ -3,7 +3,7 @@
 clinalign bootstrap        build the embedded foundation model
 clinalign up               start all five services on loopback
 clinalign status           health of every service
-clinalign generate TEXT    an EHR-style Generate call
+clinalign generate TEXT    an EHR-style Generate call (or --fhir BUNDLE.json)
 clinalign demo             bootstrap, start, and run the pipeline end to end
 """
 
@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -172,45 +173,97 @@ def status(data_dir: DataDir = None) -> None:
         raise typer.Exit(1)
 
 
+class Task(StrEnum):
+    patient_question = "patient-question"
+    summary = "summary"
+    discharge_instructions = "discharge-instructions"
+
+
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="Prompt text, such as a patient's question.")],
-    data_dir: DataDir = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="Prompt text, such as a patient's question.")
+    ] = None,
+    fhir: Annotated[
+        Path | None,
+        typer.Option(help="FHIR R4 Bundle (JSON file) to render with a clinical template."),
+    ] = None,
+    task: Annotated[Task, typer.Option(help="Template for --fhir.")] = Task.patient_question,
+    question: Annotated[str, typer.Option(help="The patient's question (--fhir).")] = "",
+    template_version: Annotated[str, typer.Option(help="Template version; default current.")] = "",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 96,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus mass in (0, 1].")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Top-k cut-off; 0 disables it.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop sequence (repeatable).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they arrive.")] = False,
+    data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the response as JSON.")] = False,
 ) -> None:
-    """Call GenerationService.Generate as an EHR client would."""
+    """Call GenerationService as an EHR client would, with a prompt or a FHIR Bundle."""
+    import grpc
     from google.protobuf.json_format import MessageToDict
 
     from clinalign.client import channel_for
     from clinalign.common.auth import Role
-    from clinalign.generation.v1 import generation_pb2, generation_pb2_grpc
+    from clinalign.generation.v1 import generation_pb2 as pb
+    from clinalign.generation.v1 import generation_pb2_grpc
 
-    async def call() -> generation_pb2.GenerateResponse:
+    if (prompt is None) == (fhir is None):
+        raise typer.BadParameter("give either a PROMPT or --fhir BUNDLE.json")
+    if fhir is not None:
+        source = pb.GenerationInput(
+            fhir=pb.FhirContext(
+                bundle_json=fhir.read_text(encoding="utf-8"),
+                task=pb.ClinicalTask.Value("CLINICAL_TASK_" + task.name.upper()),
+                question=question,
+                template_version=template_version,
+            )
+        )
+    else:
+        source = pb.GenerationInput(prompt=prompt or "")
+    sampling = pb.SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop=stop or [],
+        seed=seed,
+    )
+
+    async def call() -> pb.Completion:
         async with channel_for("generation", Role.EHR_CLIENT, _common(data_dir)) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
-            return await stub.Generate(
-                generation_pb2.GenerateRequest(
-                    input=generation_pb2.GenerationInput(prompt=prompt),
-                    sampling=generation_pb2.SamplingParams(
-                        max_new_tokens=max_new_tokens, temperature=temperature
-                    ),
-                ),
-                timeout=120,
-            )
+            if not stream:
+                request = pb.GenerateRequest(input=source, sampling=sampling)
+                return (await stub.Generate(request, timeout=120)).completion
+            request_s = pb.GenerateStreamRequest(input=source, sampling=sampling)
+            async for message in stub.GenerateStream(request_s, timeout=120):
+                if message.HasField("completion"):
+                    return message.completion
+                if not as_json:
+                    sys.stdout.write(message.text_delta)
+                    sys.stdout.flush()
+            raise RuntimeError("the stream ended without a completion")
 
-    response = asyncio.run(call())
+    try:
+        c = asyncio.run(call())
+    except grpc.aio.AioRpcError as err:
+        typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
+        raise typer.Exit(1) from None
     if as_json:
-        typer.echo(json.dumps(MessageToDict(response, preserving_proto_field_name=True)))
+        typer.echo(json.dumps(MessageToDict(c, preserving_proto_field_name=True)))
         return
-    c = response.completion
-    typer.echo(c.text)
+    typer.echo("" if stream else c.text)
+    p = c.provenance
+    template = f" · template {p.prompt_template_version}" if p.prompt_template_version else ""
     typer.echo(
-        f"\n[{c.provenance.notice}]\n"
-        f"output {c.provenance.output_id} · model {c.provenance.model_name} "
-        f"{c.provenance.model_version} · weights {c.provenance.weights_hash[:12]} · "
-        f"{c.prompt_tokens}+{c.completion_tokens} tokens"
+        f"\n[{p.notice}]\n"
+        f"output {p.output_id} · model {p.model_name} {p.model_version} · "
+        f"weights {p.weights_hash[:12]}{template} · "
+        f"{c.prompt_tokens}+{c.completion_tokens} tokens · "
+        f"{pb.FinishReason.Name(c.finish_reason).removeprefix('FINISH_REASON_').lower()}"
     )
 
 
