@@ -179,6 +179,37 @@ def test_up_status_auth_metrics_trace_and_clean_stop(stack: dict[str, Any]) -> N
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         assert f'service="{name}"' in body.decode() and b"rpc_server_requests_total" in body
 
+    gen_metrics = env["CLINALIGN_GENERATION_METRICS_PORT"]
+    body = urllib.request.urlopen(f"http://127.0.0.1:{gen_metrics}/metrics", timeout=5).read()
+    assert b"gen_ai_server_time_to_first_token_seconds_count" in body
+
+    # The EHR-style command-line call with a FHIR Bundle, streamed; and a broken Bundle.
+    bundle = (
+        Path(__file__).parents[2] / "services/clinalign/generation/examples/patient_bundle.json"
+    )
+    cli = [sys.executable, "-m", "clinalign.cli", "generate", "--max-new-tokens", "8"]
+    fhir = subprocess.run(
+        [*cli, "--fhir", str(bundle), "--task", "summary", "--stream", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert fhir.returncode == 0, fhir.stderr
+    drafted = json.loads(fhir.stdout.splitlines()[-1])
+    assert drafted["provenance"]["prompt_template_version"].startswith("summary/")
+    broken = data / "broken.json"
+    broken.write_text('{"resourceType": "Bundle", "entry": []}')
+    refused = subprocess.run(
+        [*cli, "--fhir", str(broken), "--task", "summary"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert "INVALID_ARGUMENT: input.fhir.bundle_json: Bundle has no Patient" in refused.stderr
+
     # One trace id runs from the Generate call into the monitor's RecordOutputs.
     gen_spans = _spans(data, "generation")
     generate = [

@@ -354,3 +354,38 @@ async def test_activate_switches_versions_without_dropping_in_flight_requests(
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.INVALID_ARGUMENT,
     ]
+
+
+async def test_metrics_follow_the_genai_conventions(
+    common: CommonSettings, token: Token, tiny_model_dir: Path
+) -> None:
+    from prometheus_client import REGISTRY
+
+    version = {"gen_ai_response_model": "metrics-v"}
+    names = [
+        "gen_ai_server_time_to_first_token_seconds_count",
+        "gen_ai_server_time_per_output_token_seconds_count",
+        "gen_ai_server_request_duration_seconds_count",
+    ]
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    before = {n: value(n, version) for n in names}
+    queue_before = value("clinalign_generation_queue_time_seconds_count")
+    steps_before = value("clinalign_generation_batch_size_count")
+    output_tokens = value(
+        "gen_ai_server_token_usage_tokens_sum", {**version, "gen_ai_token_type": "output"}
+    )
+    settings = _settings(tiny_model_dir, model_version="metrics-v")
+    async with _generation(common, token, settings) as (_, stub):
+        replies = await asyncio.gather(*(stub.Generate(_ask(max_new_tokens=8)) for _ in range(3)))
+    generated = sum(r.completion.completion_tokens for r in replies)
+    assert all(value(n, version) == before[n] + 3 for n in names)
+    assert value("clinalign_generation_queue_time_seconds_count") == queue_before + 3
+    assert value("clinalign_generation_batch_size_count") > steps_before
+    assert (
+        value("gen_ai_server_token_usage_tokens_sum", {**version, "gen_ai_token_type": "output"})
+        == output_tokens + generated
+    )
+    assert value("clinalign_generation_queue_depth", version) == 0
