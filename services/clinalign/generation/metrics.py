@@ -10,6 +10,7 @@ token type, never request content.
 
 from __future__ import annotations
 
+from opentelemetry import trace
 from prometheus_client import Gauge, Histogram
 
 from clinalign.generation.backend import Generated
@@ -59,8 +60,18 @@ QUEUE_DEPTH = Gauge(
 
 
 def observe(result: Generated) -> None:
-    """Records one finished request."""
+    """Records one finished request in the metrics and on the request's span (GenAI span
+    attributes: counts and the finish reason, never text)."""
     version = result.model.version
+    trace.get_current_span().set_attributes(
+        {
+            "gen_ai.operation.name": "text_completion",
+            "gen_ai.response.model": version,
+            "gen_ai.response.finish_reasons": [result.finish_reason],
+            "gen_ai.usage.input_tokens": result.prompt_tokens,
+            "gen_ai.usage.output_tokens": result.completion_tokens,
+        }
+    )
     TIME_TO_FIRST_TOKEN.labels(version).observe(result.ttft_s)
     REQUEST_DURATION.labels(version).observe(result.duration_s)
     if result.completion_tokens > 1:
