@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from clinalign.common.hashing import weights_hash
 from clinalign.generation import metrics
-from clinalign.generation.backend import Event, Generated, ModelInfo
+from clinalign.generation.backend import Delta, Event, Generated, ModelInfo
 from clinalign.generation.params import Sampling
 from clinalign.generation.scheduler import Scheduler, Sequence
 
@@ -152,12 +152,12 @@ class LocalBackend:
         self._scheduler.submit(seq)
         try:
             while True:
-                event = await seq.events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if isinstance(event, Generated):
-                    return
+                for event in _coalesced(await seq.events.get(), seq.events):
+                    if isinstance(event, BaseException):
+                        raise event
+                    yield event
+                    if isinstance(event, Generated):
+                        return
         finally:
             seq.cancelled = True  # no-op when finished; frees the batch slot otherwise
             self._inflight -= 1
@@ -171,3 +171,19 @@ class LocalBackend:
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.stop)
             self._scheduler = None
+
+
+def _coalesced(
+    first: Event | BaseException, queue: asyncio.Queue[Event | BaseException]
+) -> list[Event | BaseException]:
+    """first plus whatever else is already queued, with consecutive deltas merged: a
+    consumer that falls behind the decoder gets one message per wake-up, not per token."""
+    out = [first]
+    while not queue.empty():
+        event = queue.get_nowait()
+        last = out[-1]
+        if isinstance(last, Delta) and isinstance(event, Delta):
+            out[-1] = Delta(last.text + event.text, event.completion_tokens)
+        else:
+            out.append(event)
+    return out
