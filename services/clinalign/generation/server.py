@@ -11,7 +11,8 @@ import grpc.aio
 
 from clinalign.common.channels import open_channel, service_token
 from clinalign.common.config import CommonSettings
-from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from clinalign.common.errors import FailedPrecondition
+from clinalign.common.registry_client import resolve_version
 from clinalign.common.server import Readiness, run_main
 from clinalign.common.v1 import common_pb2
 from clinalign.generation.backend import Backend
@@ -22,10 +23,8 @@ from clinalign.generation.router import Router
 from clinalign.generation.servicer import ROLES, GenerationServicer
 from clinalign.generation.v1 import generation_pb2_grpc
 from clinalign.monitor.v1 import monitor_pb2, monitor_pb2_grpc
-from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 MONITOR_TIMEOUT_S = 10.0
-REGISTRY_TIMEOUT_S = 10.0
 
 
 class GenerationApp:
@@ -94,21 +93,10 @@ class GenerationApp:
                 "backend=remote serves the model its TGI/vLLM server loaded; switch versions by "
                 "redeploying that server (or run backend=local)"
             )
-        stub = trainer_pb2_grpc.TrainerServiceStub(self._channel(self.common.trainer_target))
-        try:
-            reply = await stub.GetModelVersion(
-                trainer_pb2.GetModelVersionRequest(version=version), timeout=REGISTRY_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound("model version", version, field="version") from None
-            raise Unavailable(
-                f"model registry (trainer service at {self.common.trainer_target}) failed: "
-                f"{err.code().name}"
-            ) from None
-        mv = reply.version
-        if mv.kind != common_pb2.MODEL_KIND_POLICY:
-            raise InvalidArgument("version", f"{version} is not a policy model")
+        target = self.common.trainer_target
+        mv = await resolve_version(
+            self._channel(target), target, version, common_pb2.MODEL_KIND_POLICY
+        )
         if mv.adapter_path:
             backend = self._local(
                 Path(mv.base_model), version, Path(mv.adapter_path), mv.weights_hash
