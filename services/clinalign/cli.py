@@ -5,6 +5,8 @@ clinalign up               start all five services on loopback
 clinalign status           health of every service
 clinalign generate TEXT    an EHR-style Generate call (or --fhir BUNDLE.json)
 clinalign demo             bootstrap, start, and run the pipeline end to end
+clinalign snapshot export  a preference snapshot as JSONL (with its manifest)
+clinalign train reward-model / clinalign eval reward-model
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from clinalign.cli_train import eval_app, snapshot_app, train_app
 from clinalign.common.config import CommonSettings
 
 app = typer.Typer(
@@ -281,6 +284,10 @@ def demo(
     if as_json:
         typer.echo(json.dumps(report))
 
+
+app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")
 app.add_typer(audit_app, name="audit")

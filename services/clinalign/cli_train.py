@@ -1,0 +1,145 @@
+"""``clinalign snapshot``, ``clinalign train`` and ``clinalign eval``: the ML engineer's
+commands for data, training and evaluation, mounted on the main ``clinalign`` app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from clinalign.common.config import CommonSettings
+
+snapshot_app = typer.Typer(no_args_is_help=True, help="Preference-store snapshots.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a model (runs in this process).")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model and check the gate.")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Data directory (tokens, endpoints); default CLINALIGN_DATA_DIR."),
+]
+REFUSED_EXIT = 3  # `clinalign eval` exit status when the promotion gate refuses the model
+
+
+def _common(data_dir: Path | None) -> CommonSettings:
+    return CommonSettings() if data_dir is None else CommonSettings(data_dir=data_dir)
+
+
+@snapshot_app.command("export")
+def snapshot_export(
+    snapshot_id: Annotated[str, typer.Argument(help="Snapshot id or content hash.")],
+    out: Annotated[Path, typer.Option(help="JSONL file to write (both splits).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Export a snapshot's preference pairs as JSONL, with its manifest beside it
+    (`<out>.manifest.json`) so training records the snapshot's content hash."""
+    import grpc
+
+    from clinalign.client import channel_for
+    from clinalign.common.auth import Role
+    from clinalign.preference.v1 import preference_pb2 as pb
+    from clinalign.preference.v1 import preference_pb2_grpc
+    from clinalign.reward.commands import MANIFEST_SUFFIX
+
+    async def fetch() -> tuple[bytes, str, int]:
+        async with channel_for("preference", Role.ML_ENGINEER, _common(data_dir)) as channel:
+            stub = preference_pb2_grpc.PreferenceServiceStub(channel)
+            got = await stub.GetSnapshot(pb.GetSnapshotRequest(id=snapshot_id), timeout=30)
+            chunks, records = [], 0
+            request = pb.ExportSnapshotRequest(
+                id=snapshot_id,
+                format=pb.EXPORT_FORMAT_JSONL,
+                kind=pb.EXPORT_KIND_PREFERENCE,
+            )
+            async for part in stub.ExportSnapshot(request, timeout=600):
+                chunks.append(part.chunk)
+                records = records or part.records
+            return b"".join(chunks), got.snapshot.manifest_json, records
+
+    try:
+        data, manifest, records = asyncio.run(fetch())
+    except grpc.aio.AioRpcError as err:
+        typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
+        raise typer.Exit(1) from None
+    out.write_bytes(data)
+    out.with_name(out.name + MANIFEST_SUFFIX).write_text(manifest)
+    typer.echo(f"{records} preference records -> {out} (manifest beside it)")
+
+
+@train_app.command("reward-model")
+def train_reward_model(
+    snapshot: Annotated[Path, typer.Option(help="Snapshot export (`clinalign snapshot export`).")],
+    base_model: Annotated[Path, typer.Option(help="The policy's model directory.")],
+    out: Annotated[Path, typer.Option(help="New model directory to write.")],
+    epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = 1.0,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(help="Pairs per optimiser step.")] = 8,
+    max_length: Annotated[int, typer.Option(help="Longest pair in tokens.")] = 1024,
+    seed: Annotated[int, typer.Option(help="Seed for data order, init and sampling.")] = 0,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 trains all weights.")] = 0,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha; default 2 x rank.")] = None,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
+) -> None:
+    """Fit a Bradley-Terry reward model to a snapshot's train split (TRL RewardTrainer)."""
+    from rich.progress import Progress
+
+    from clinalign.common.errors import ClinAlignError
+    from clinalign.reward.commands import train_command
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("reward model", total=None)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
+
+        try:
+            manifest = train_command(
+                snapshot,
+                base_model,
+                out,
+                lora_r=lora_r,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                max_length=max_length,
+                seed=seed,
+                progress=progress,
+            )
+        except ClinAlignError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+    metrics: dict[str, Any] = manifest.get("metrics", {})
+    typer.echo(f"reward model -> {out}")
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+@eval_app.command("reward-model")
+def eval_reward_model(
+    model: Annotated[Path, typer.Option(help="Reward-model directory to evaluate.")],
+    snapshot: Annotated[Path, typer.Option(help="Snapshot export; its eval split is used.")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="The model it would replace, scored on the same pairs.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the report here (.md)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Held-out accuracy with a bootstrap CI, per category and tag, calibration, the
+    annotators' own agreement, and the promotion verdict (exit 3 when refused)."""
+    from clinalign.common.errors import ClinAlignError
+    from clinalign.reward.commands import eval_command
+    from clinalign.reward.evaluation import promotion_check
+
+    try:
+        result = eval_command(model, snapshot, baseline)
+    except ClinAlignError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if report is not None:
+        report.write_text(result.to_markdown())
+    typer.echo(result.to_json() if as_json else result.to_markdown())
+    if promotion_check(result):
+        raise typer.Exit(REFUSED_EXIT)

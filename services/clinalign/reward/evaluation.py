@@ -1,0 +1,341 @@
+"""Reward-model evaluation on a snapshot's held-out split, and the promotion rule.
+
+Figures, all over the ``eval`` split's preference pairs:
+
+- pairwise accuracy: the share of labelled (non-tie) pairs whose chosen response scores
+  higher (an exact draw counts one half), with a percentile bootstrap interval that
+  resamples whole prompts (``bt.bootstrap_ci``);
+- the same accuracy per error category of the rejected response (``none`` for pairs
+  without one) and per prompt tag (``specialty:...`` among them);
+- expected calibration error of the Bradley-Terry probability sigmoid(Δ) against the
+  label, both orientations of every pair counted, ties as 0.5
+  (``bt.expected_calibration_error``);
+- the agreement ceiling (``agreement_ceiling``): how well one annotator's label is
+  predicted by the other annotators of the same pair, next to the model's accuracy on
+  the very same labels. It needs a snapshot cut with ``deduplicate=false``, which keeps
+  every annotator's label of a pair.
+
+A baseline model (the one a candidate would replace) is evaluated on the same pairs and
+reported beside it. ``promotion_check`` lists what stops a promotion.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from clinalign.common.errors import FailedPrecondition, InvalidArgument
+from clinalign.reward import bt
+from clinalign.reward.formatting import Pair, pair_deltas, preference_pairs
+
+CHANCE = 0.5
+NO_CATEGORY = "none"
+
+
+@dataclass(frozen=True)
+class Figure:
+    accuracy: float
+    n: int
+
+
+@dataclass
+class Report:
+    model: str  # the model directory's name: a registry version such as reward-v2
+    snapshot_hash: str
+    n: int  # labelled (non-tie) pairs behind the accuracy
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    ties: int  # tie pairs: in the calibration, not in the accuracy
+    truncated: int  # inputs longer than the model's context, scored on their last tokens
+    ece: float
+    ece_bins: int
+    per_category: dict[str, Figure] = field(default_factory=dict)
+    per_tag: dict[str, Figure] = field(default_factory=dict)
+    agreement_ceiling: float | None = None  # None: no pair labelled by two annotators
+    ceiling_n: int = 0  # labels behind the ceiling
+    ceiling_model_accuracy: float | None = None  # the model on those same labels
+    baseline: Report | None = None
+
+    @property
+    def baseline_accuracy(self) -> float | None:
+        return self.baseline.accuracy if self.baseline else None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def to_markdown(self) -> str:
+        """A table with the candidate, the baseline (if any) and the annotators side by
+        side, then the promotion verdict."""
+        reports = [self, *([self.baseline] if self.baseline else [])]
+        head = [
+            "figure",
+            f"{self.model} (candidate)",
+            *(f"{r.model} (baseline)" for r in reports[1:]),
+            "annotators",
+        ]
+        rows = [
+            [
+                "pairwise accuracy",
+                *(
+                    f"{r.accuracy:.3f} ({r.ci_level:.0%} CI {r.ci_low:.3f} to {r.ci_high:.3f}), "
+                    f"n={r.n}"
+                    for r in reports
+                ),
+                "",
+            ],
+            [
+                "accuracy on doubly-labelled items",
+                *(_cell(r.ceiling_model_accuracy, r.ceiling_n) for r in reports),
+                _cell(self.agreement_ceiling, self.ceiling_n),
+            ],
+            [
+                f"calibration error (ECE, {self.ece_bins} bins)",
+                *(f"{r.ece:.3f}" for r in reports),
+                "",
+            ],
+        ]
+        for title, figures in (("category", "per_category"), ("tag", "per_tag")):
+            for key in sorted(getattr(self, figures)):
+                cells = [getattr(r, figures).get(key) for r in reports]
+                rows.append(
+                    [
+                        f"{title}: {key}",
+                        *(_cell(f.accuracy, f.n) if f else "n/a" for f in cells),
+                        "",
+                    ]
+                )
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        failures = promotion_check(self)
+        verdict = (
+            "Promotion: refused. " + " ".join(f"{f}." for f in failures)
+            if failures
+            else "Promotion: allowed."
+        )
+        notes = [f"Snapshot {self.snapshot_hash or '(unknown)'}, eval split."]
+        if self.ties:
+            notes.append(f"{self.ties} tie pairs count in the calibration only.")
+        if self.truncated:
+            notes.append(f"{self.truncated} inputs were truncated to the model's context.")
+        return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n\n" + verdict + "\n"
+
+
+def _cell(value: float | None, n: int) -> str:
+    return "n/a" if value is None else f"{value:.3f} (n={n})"
+
+
+# -- the agreement ceiling -------------------------------------------------------------
+
+
+def agreement_ceiling(pairs: Sequence[Pair]) -> tuple[float | None, list[int]]:
+    """Leave-one-annotator-out agreement on items labelled by two or more annotators.
+
+    An item is a prompt and an unordered pair of its responses. For every label of an item
+    that other annotators labelled too, the credit is 1 when the label prefers the response
+    the majority of the other annotators' labels prefers, 0 when it prefers the other one,
+    and 0.5 when the other labels split evenly (a random guess's expected credit). The
+    ceiling is the mean credit over those labels: the accuracy with which annotators
+    predict a held-out annotator, the figure a reward model's accuracy on the same labels
+    is compared with (InstructGPT, Ouyang et al. 2022, reports labeller agreement beside
+    reward-model accuracy in the same way). Ties carry no preferred response and are left
+    out, as they are from the accuracy; so are an annotator's repeat labels of the same
+    item, from the votes of the others.
+
+    Returns the ceiling (None when no item has two annotators) and the indices into
+    ``pairs`` of the labels it was computed over.
+    """
+    items: dict[tuple[str, frozenset[str]], list[int]] = defaultdict(list)
+    for i, p in enumerate(pairs):
+        if not p.tie:
+            items[_item_key(p)].append(i)
+    credits: list[float] = []
+    used: list[int] = []
+    for members in items.values():
+        if len({pairs[i].annotator_id for i in members}) < 2:
+            continue
+        for i in members:
+            others = Counter(
+                _preferred(pairs[j])
+                for j in members
+                if pairs[j].annotator_id != pairs[i].annotator_id
+            )
+            mine = _preferred(pairs[i])
+            against = sum(n for response, n in others.items() if response != mine)
+            credits.append(
+                1.0 if others[mine] > against else 0.0 if others[mine] < against else 0.5
+            )
+            used.append(i)
+    return (float(np.mean(credits)) if credits else None), used
+
+
+def _item_key(p: Pair) -> tuple[str, frozenset[str]]:
+    # Response ids name responses in the store; the texts stand in where ids are absent.
+    return (
+        p.prompt_id or p.prompt,
+        frozenset({p.chosen_id or p.chosen, p.rejected_id or p.rejected}),
+    )
+
+
+def _preferred(p: Pair) -> str:
+    return p.chosen_id or p.chosen
+
+
+# -- evaluation --------------------------------------------------------------------------
+
+
+def evaluate_reward_model(
+    model_dir: Path,
+    records: Sequence[Mapping[str, Any]],
+    baseline_dir: Path | None = None,
+    *,
+    snapshot_hash: str = "",
+    split: str = "eval",
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    n_bins: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> Report:
+    """Score the split's pairs with the model (and the baseline) and compute the figures."""
+    pairs = preference_pairs(records, split)
+    if not any(not p.tie for p in pairs):
+        raise InvalidArgument(
+            "snapshot",
+            f"holds no labelled (non-tie) preference pairs in its {split} split; cut it with "
+            "eval_fraction > 0 or from more labels",
+        )
+    baseline = (
+        evaluate_reward_model(
+            baseline_dir,
+            records,
+            snapshot_hash=snapshot_hash,
+            split=split,
+            level=level,
+            n_resamples=n_resamples,
+            n_bins=n_bins,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        if baseline_dir is not None
+        else None
+    )
+    b_delta, truncated = _score(Path(model_dir), pairs, batch_size)
+    figures = report_figures(
+        pairs, b_delta, level=level, n_resamples=n_resamples, n_bins=n_bins, seed=seed
+    )
+    return Report(
+        model=Path(model_dir).name,
+        snapshot_hash=snapshot_hash,
+        truncated=truncated,
+        baseline=baseline,
+        **figures,
+    )
+
+
+def _score(model_dir: Path, pairs: Sequence[Pair], batch_size: int) -> tuple[np.ndarray, int]:
+    if not (model_dir / "config.json").is_file():
+        raise InvalidArgument("model", f"{model_dir} is not a Hugging Face model directory")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device).eval()
+    # The scorer's context: inputs beyond it lose their oldest tokens, as in the service.
+    context = int(getattr(model.config, "max_position_embeddings", 2048))
+    return pair_deltas(model, tokenizer, pairs, batch_size=batch_size, max_length=context)
+
+
+def report_figures(
+    pairs: Sequence[Pair],
+    b_delta: np.ndarray,
+    *,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    n_bins: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The report's figures from each pair's Δ = r(chosen) - r(rejected), shape (B,)."""
+    b_tie = np.array([p.tie for p in pairs])
+    b_correct = bt.pairwise_correct(b_delta)  # (B,)
+    labelled = [i for i, p in enumerate(pairs) if not p.tie]
+    ci_low, ci_high = bt.bootstrap_ci(
+        b_correct[labelled],
+        groups=[pairs[i].prompt_id or pairs[i].prompt for i in labelled],
+        level=level,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    by_category: dict[str, list[int]] = defaultdict(list)
+    by_tag: dict[str, list[int]] = defaultdict(list)
+    for i in labelled:
+        for category in pairs[i].rejected_error_categories or (NO_CATEGORY,):
+            by_category[category].append(i)
+        for tag in pairs[i].tags:
+            by_tag[tag].append(i)
+    ceiling, ceiling_labels = agreement_ceiling(pairs)
+    b_prob = 0.5 * (1.0 + np.tanh(b_delta / 2.0))  # sigmoid(Δ) without overflow
+    return {
+        "n": len(labelled),
+        "accuracy": float(b_correct[labelled].mean()),
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "ci_level": level,
+        "ties": int(b_tie.sum()),
+        "ece": bt.expected_calibration_error(b_prob, np.where(b_tie, bt.TIE_TARGET, 1.0), n_bins),
+        "ece_bins": n_bins,
+        "per_category": {k: _figure(b_correct, v) for k, v in sorted(by_category.items())},
+        "per_tag": {k: _figure(b_correct, v) for k, v in sorted(by_tag.items())},
+        "agreement_ceiling": ceiling,
+        "ceiling_n": len(ceiling_labels),
+        "ceiling_model_accuracy": (
+            float(b_correct[ceiling_labels].mean()) if ceiling_labels else None
+        ),
+    }
+
+
+def _figure(b_correct: np.ndarray, index: list[int]) -> Figure:
+    return Figure(float(b_correct[index].mean()), len(index))
+
+
+# -- promotion ----------------------------------------------------------------------------
+
+
+def promotion_check(report: Report) -> list[str]:
+    """Why the model must not be promoted; empty when it may be. A reward model must be
+    above chance with confidence (its interval's lower end above 0.5) and must not be less
+    accurate than the model it would replace on the same pairs."""
+    failures = []
+    if report.ci_low <= CHANCE:
+        failures.append(
+            f"pairwise accuracy {report.accuracy:.2f} ({report.ci_level:.0%} CI "
+            f"{report.ci_low:.2f} to {report.ci_high:.2f}) is not above chance ({CHANCE}) "
+            "with confidence"
+        )
+    base = report.baseline
+    if base is not None and report.accuracy < base.accuracy:
+        digits = 2 if round(report.accuracy, 2) != round(base.accuracy, 2) else 4
+        failures.append(
+            f"pairwise accuracy {report.accuracy:.{digits}f} is below {base.model}'s "
+            f"{base.accuracy:.{digits}f} on the same pairs"
+        )
+    return failures
+
+
+def require_promotable(report: Report) -> None:
+    """Raise ``FailedPrecondition`` naming every failed figure, for a promotion gate."""
+    failures = promotion_check(report)
+    if failures:
+        raise FailedPrecondition(
+            f"reward model {report.model} is refused for promotion: " + "; ".join(failures)
+        )

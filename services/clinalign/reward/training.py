@@ -1,0 +1,515 @@
+"""Reward-model training: a preference snapshot in, a scoring-ready model directory out.
+
+``train_reward_model`` fits a sequence-classification reward model with TRL's
+``RewardTrainer`` (Bradley-Terry loss on chosen/rejected), optionally through a LoRA
+adapter, starting from the policy's base model so that the tokenizer is the policy's.
+The directory it writes is what the reward service loads: full weights, the tokenizer,
+``clinalign_reward.json`` (the normalisation) and ``clinalign_manifest.json`` (lineage, in
+the keys the model registry reads).
+
+Details, each from the RLHF literature and each recorded in the manifest:
+
+- Inputs are formatted exactly as the scorer formats them (``formatting.reward_ids``):
+  the chat template over user and assistant messages, ending in EOS, where the reward is
+  read (the last non-padding token). Pairs longer than ``max_length`` are left out (TRL's
+  filter) and counted.
+- Ties are kept, as soft labels: a tie is the target P(chosen ≻ rejected) = 0.5, whose
+  loss -½(log sigmoid(Δ) + log sigmoid(-Δ)) pulls the two rewards together
+  (``bt.bt_loss``). Dropping ties throws away the only evidence that two answers are
+  equally good; feeding them in both orders gives each tie twice a label's weight.
+  Snapshots cut with ``tie_handling=drop`` simply contain none.
+- The reward head starts at N(0, 1/(d_model+1)) (``bt.head_init_std``).
+- The normalisation is the mean and std of the trained model's raw rewards over responses
+  the reference policy (the base model) samples for up to ``norm_prompts`` training
+  prompts, at the temperature PPO samples at; the reward service subtracts and divides
+  by them, so PPO starts from rewards of mean 0 and std 1 (Ziegler et al. 2019,
+  lm-human-preferences ``train_reward.py``). Samples of the policy, not the labelled
+  responses, because they are the distribution PPO will score.
+- With LoRA the adapter is merged into the weights at save time: the output is an
+  ordinary full model that the scorer loads like any other, and the adapter's rank is a
+  training detail, not a serving one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import peft
+import torch
+import transformers
+import trl
+from datasets import Dataset
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PrinterCallback,
+    TrainerCallback,
+    set_seed,
+)
+from trl import RewardConfig, RewardTrainer
+from trl.trainer.reward_trainer import DataCollatorForPreference, suppress_seqcls_warning
+
+from clinalign import __version__
+from clinalign.common.errors import InvalidArgument
+from clinalign.reward import bt
+from clinalign.reward.formatting import Pair, pair_deltas, preference_pairs, raw_rewards, reward_ids
+from clinalign.reward.scorer import NORMALISATION_FILE
+from clinalign.trainer.registry import MANIFEST_NAME, REWARD
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss), as in foundation
+
+
+@dataclass(frozen=True)
+class RewardHyperparameters:
+    """Everything besides the data and the base model that determines the trained model."""
+
+    epochs: float = 1.0
+    learning_rate: float = 1e-5
+    batch_size: int = 8  # pairs per optimiser step and device (each pair is two sequences)
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "linear"
+    max_length: int = 1024  # tokens of a formatted (prompt, response); longer pairs are left out
+    seed: int = 0
+    # Llama 2's margin (Touvron et al. 2023, eq. 2): Δ must exceed scale * label strength.
+    margin_scale: float = 0.0
+    # Eisenstein et al. 2023, eq. 2 (TRL's center_rewards_coefficient); None turns it off.
+    center_rewards_coefficient: float | None = None
+    # Recompute activations in the backward pass (gradient checkpointing): saves memory on
+    # large models for ~20 % more time.
+    activation_checkpointing: bool = False
+    bf16: bool | None = None  # None: bf16 on a CUDA device that supports it, fp32 elsewhere
+    # Normalisation: reference-policy samples for this many training prompts.
+    norm_prompts: int = 64
+    norm_max_new_tokens: int = 64
+    norm_temperature: float = 1.0  # the temperature PPO samples at
+    eval_batch_size: int = 32
+
+    def validate(self) -> None:
+        positive = {
+            "epochs": self.epochs,
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "max_length": self.max_length,
+            "norm_prompts": self.norm_prompts,
+            "norm_max_new_tokens": self.norm_max_new_tokens,
+            "norm_temperature": self.norm_temperature,
+            "eval_batch_size": self.eval_batch_size,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise InvalidArgument(name, f"must be positive, got {value}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise InvalidArgument("warmup_ratio", "must be in [0, 1)")
+        if self.margin_scale < 0:
+            raise InvalidArgument("margin_scale", "must be 0 (off) or positive")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA adapter (Hu et al. 2021) on the base model; the reward head trains in full."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # "all-linear": every linear layer but the head, which QLoRA (Dettmers et al. 2023,
+    # §4) found needed to match full fine-tuning; or a list of module names.
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+# -- TRL adaptations --------------------------------------------------------------------
+
+
+@dataclass
+class _SoftLabelCollator(DataCollatorForPreference):
+    """TRL's collator (chosen rows, then rejected rows, right-padded) plus the soft target
+    of each pair, which TRL's collator does not carry."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().torch_call(examples)
+        batch["target"] = torch.tensor([e["target"] for e in examples], dtype=torch.float)
+        return batch
+
+
+class _SoftLabelRewardTrainer(RewardTrainer):
+    """TRL 1.16's ``RewardTrainer`` with soft Bradley-Terry targets.
+
+    TRL's loss is -log sigmoid(Δ - margin): it can only say "chosen is better", so a tie would
+    have to be dropped or fed twice. This subclass keeps TRL's forward pass, metrics and
+    centring term and replaces only the likelihood term by ``bt.bt_loss`` with the pair's
+    target (1 for a label, 0.5 for a tie), which equals TRL's loss when every target is 1.
+    """
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            columns = ["chosen_ids", "rejected_ids", "margin", "target"]
+            self._signature_columns = columns  # type: ignore[assignment]  # declared None
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        b_target = inputs.pop("target")  # (B,)
+        _, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        b_reward_chosen, b_reward_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        loss = bt.bt_loss(b_reward_chosen, b_reward_rejected, b_target, inputs.get("margin"))
+        coefficient = cast(RewardConfig, self.args).center_rewards_coefficient
+        if coefficient is not None:
+            loss = loss + coefficient * torch.mean((b_reward_chosen + b_reward_rejected) ** 2)
+        return (loss, outputs) if return_outputs else loss
+
+
+class _Progress(TrainerCallback):
+    def __init__(self, progress: ProgressFn | None) -> None:
+        self.progress = progress
+        self.loss_curve: list[tuple[int, float]] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+        if logs and "loss" in logs:  # the end-of-training summary has train_loss instead
+            self.loss_curve.append((int(state.global_step), float(logs["loss"])))
+            if self.progress is not None:
+                self.progress(int(state.global_step), int(state.max_steps), float(logs["loss"]))
+
+
+# -- training ---------------------------------------------------------------------------
+
+
+def train_reward_model(
+    records: Sequence[Mapping[str, Any]],
+    snapshot_hash: str,
+    base_model: Path,
+    out_dir: Path,
+    hyper: RewardHyperparameters | None = None,
+    *,
+    lora: LoraSettings | None = None,
+    parent_version: str = "",
+    snapshot_hash_source: str = "manifest",
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train on the snapshot's ``train`` split, measure on its ``eval`` split, write the
+    model directory ``out_dir`` (which must not exist or be empty) and return its
+    manifest. Deterministic given ``hyper.seed`` on a given device and library versions."""
+    started = time.monotonic()
+    hyper = hyper or RewardHyperparameters()
+    hyper.validate()
+    base_model, out_dir = Path(base_model).resolve(), Path(out_dir)
+    if not (base_model / "config.json").is_file():
+        raise InvalidArgument("base_model", f"{base_model} is not a Hugging Face model directory")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InvalidArgument("out", f"{out_dir} exists and is not empty; choose a new directory")
+    train_pairs, eval_pairs = preference_pairs(records, "train"), preference_pairs(records, "eval")
+    if not train_pairs:
+        raise InvalidArgument("snapshot", "holds no preference pairs in its train split")
+
+    # -- model: the base model with a small fresh reward head ---------------------------
+    set_seed(hyper.seed)  # before loading: from_pretrained draws the head's first weights
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    with suppress_seqcls_warning():  # the missing head and unused LM head are expected
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model, num_labels=1, dtype=torch.float32
+        )
+    _init_reward_head(model, hyper.seed)
+
+    # -- data: token ids exactly as the scorer makes them --------------------------------
+    rows = _dataset_rows(tokenizer, train_pairs, hyper)
+    kept = sum(
+        len(r["chosen_ids"]) <= hyper.max_length and len(r["rejected_ids"]) <= hyper.max_length
+        for r in rows
+    )
+    if kept == 0:
+        raise InvalidArgument(
+            "max_length", f"every training pair is longer than {hyper.max_length} tokens"
+        )
+
+    # -- trainer --------------------------------------------------------------------------
+    callback = _Progress(progress)
+    with tempfile.TemporaryDirectory(prefix="clinalign-rm-") as scratch:
+        trainer = _SoftLabelRewardTrainer(
+            model=model,
+            args=_reward_config(hyper, scratch),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            data_collator=_SoftLabelCollator(pad_token_id=tokenizer.pad_token_id),
+            callbacks=[callback],
+            peft_config=_peft_config(lora) if lora else None,
+        )
+        # Progress goes to ``progress`` and the manifest; Trainer would print every log.
+        trainer.remove_callback(PrinterCallback)
+        summary = trainer.train()
+    trained: Any = trainer.model
+    if lora is not None:
+        trained = trained.merge_and_unload()
+    trained.eval()
+
+    # -- normalisation and held-out accuracy ---------------------------------------------
+    normalisation = _normalisation(trained, tokenizer, base_model, train_pairs, hyper)
+    metrics = {
+        "train_pairs": float(len(train_pairs)),
+        "train_pairs_used": float(kept),
+        "train_ties": float(sum(p.tie for p in train_pairs)),
+        "train_steps": float(summary.global_step),
+        "train_loss": float(summary.training_loss),
+        "train_loss_first": callback.loss_curve[0][1] if callback.loss_curve else float("nan"),
+        "train_loss_last": callback.loss_curve[-1][1] if callback.loss_curve else float("nan"),
+    }
+    metrics.update(_eval_accuracy(trained, tokenizer, eval_pairs, hyper))
+
+    # -- save: full weights, tokenizer, normalisation, manifest --------------------------
+    manifest: dict[str, Any] = {
+        "kind": REWARD,
+        "format_version": FORMAT_VERSION,
+        "snapshot_hash": snapshot_hash,
+        "snapshot_hash_source": snapshot_hash_source,  # "manifest" or "file_sha256"
+        "base_model": str(base_model),
+        "parent_version": parent_version,
+        "seed": hyper.seed,
+        "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
+        "method": {
+            "loss": "Bradley-Terry (TRL RewardTrainer), ties as soft label 0.5",
+            "reward_token": "last non-padding token (EOS of the chat template)",
+            "head_init_std": bt.head_init_std(_hidden_size(model)),
+            "lora": "merged into full weights" if lora else None,
+        },
+        "normalisation": normalisation,
+        "metrics": metrics,
+        "loss_curve": [[s, round(v, 6)] for s, v in callback.loss_curve],
+        "code_version": _code_version(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+            "peft": peft.__version__,
+        },
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - started, 2),
+    }
+    _save(trained, tokenizer, normalisation, manifest, out_dir)
+    log.info(
+        "reward model trained",
+        extra={"fields": {"path": str(out_dir), **{k: metrics[k] for k in sorted(metrics)}}},
+    )
+    return manifest
+
+
+def _dataset_rows(
+    tokenizer: Any, pairs: Sequence[Pair], hyper: RewardHyperparameters
+) -> list[dict[str, Any]]:
+    """TRL's tokenised preference format (``chosen_ids``, ``rejected_ids``, optional
+    ``margin``) plus each pair's soft ``target``."""
+    rows = []
+    for p in pairs:
+        row: dict[str, Any] = {
+            "chosen_ids": reward_ids(tokenizer, p.prompt, p.chosen),
+            "rejected_ids": reward_ids(tokenizer, p.prompt, p.rejected),
+            "target": bt.TIE_TARGET if p.tie else 1.0,
+        }
+        if hyper.margin_scale > 0:
+            row["margin"] = 0.0 if p.tie else hyper.margin_scale * p.strength
+        rows.append(row)
+    return rows
+
+
+def _normalisation(
+    model: Any,
+    tokenizer: Any,
+    base_model: Path,
+    pairs: Sequence[Pair],
+    hyper: RewardHyperparameters,
+) -> dict[str, Any]:
+    reference = reference_responses(base_model, [p.prompt for p in pairs], hyper)
+    rewards, _ = raw_rewards(model, tokenizer, reference, batch_size=hyper.eval_batch_size)
+    mean, std = bt.normalisation_stats(rewards)
+    return {
+        "mean": mean,
+        "std": std,
+        "n": len(rewards),
+        "source": (
+            f"reference policy {base_model.name}: {len(reference)} sampled responses "
+            f"(temperature {hyper.norm_temperature:g}, up to {hyper.norm_max_new_tokens} new "
+            "tokens) to training prompts"
+        ),
+    }
+
+
+def _reward_config(hyper: RewardHyperparameters, output_dir: str) -> RewardConfig:
+    bf16 = hyper.bf16
+    if bf16 is None:
+        # TRL defaults bf16 to True everywhere, CPUs included, where it is slower without
+        # native bf16 and differs between machines; use it only where it pays.
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return RewardConfig(
+        output_dir=output_dir,
+        num_train_epochs=hyper.epochs,
+        per_device_train_batch_size=hyper.batch_size,
+        gradient_accumulation_steps=hyper.gradient_accumulation_steps,
+        learning_rate=hyper.learning_rate,
+        weight_decay=hyper.weight_decay,
+        warmup_steps=hyper.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
+        lr_scheduler_type=hyper.lr_scheduler,
+        max_length=hyper.max_length,
+        center_rewards_coefficient=hyper.center_rewards_coefficient,
+        # transformers 5 renamed gradient_checkpointing; TRL still sets the old name (True by
+        # default) unless the new one is given.
+        activation_checkpointing=hyper.activation_checkpointing,
+        bf16=bf16,
+        seed=hyper.seed,
+        data_seed=hyper.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _peft_config(lora: LoraSettings) -> peft.LoraConfig:
+    targets = lora.target_modules
+    return peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        modules_to_save=["score"],  # the head is new: train it in full, not through LoRA
+    )
+
+
+def _hidden_size(model: Any) -> int:
+    return int(model.config.get_text_config().hidden_size)
+
+
+def _init_reward_head(model: Any, seed: int) -> None:
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise InvalidArgument(
+            "base_model", f"{type(model).__name__} has no linear 'score' head to initialise"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = torch.randn(head.weight.shape, generator=generator)
+        head.weight.copy_(weight * bt.head_init_std(_hidden_size(model)))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def reference_responses(
+    base_model: Path, prompts: Sequence[str], hyper: RewardHyperparameters
+) -> list[tuple[str, str]]:
+    """(prompt, response) for up to ``norm_prompts`` distinct training prompts, picked by
+    the seed, each answered by one sample of the reference policy."""
+    distinct = sorted(set(prompts))
+    chosen = random.Random(hyper.seed).sample(distinct, min(hyper.norm_prompts, len(distinct)))
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer.padding_side = "left"  # batched generation continues every row at its end
+    policy: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy.to(device).eval()
+    out: list[tuple[str, str]] = []
+    torch.manual_seed(hyper.seed)
+    for start in range(0, len(chosen), hyper.eval_batch_size):
+        batch_prompts = chosen[start : start + hyper.eval_batch_size]
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            if tokenizer.chat_template
+            else p
+            for p in batch_prompts
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(device)
+        with torch.inference_mode():
+            generated = policy.generate(
+                **batch,
+                do_sample=True,
+                temperature=hyper.norm_temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=hyper.norm_max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        responses = tokenizer.batch_decode(
+            generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True
+        )
+        out.extend(zip(batch_prompts, (r.strip() for r in responses), strict=True))
+    return out
+
+
+def _eval_accuracy(
+    model: Any, tokenizer: Any, pairs: Sequence[Pair], hyper: RewardHyperparameters
+) -> dict[str, float]:
+    labelled = [p for p in pairs if not p.tie]
+    if not labelled:
+        return {"eval_pairs": 0.0}
+    b_delta, _ = pair_deltas(model, tokenizer, labelled, batch_size=hyper.eval_batch_size)
+    return {
+        "eval_pairs": float(len(labelled)),
+        "eval_accuracy": float(bt.pairwise_correct(b_delta).mean()),
+    }
+
+
+def _code_version() -> dict[str, str | None]:
+    commit = None
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if result.returncode == 0:
+            commit = result.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass  # an installed package has no git checkout
+    return {"package": __version__, "git_commit": commit}
+
+
+def _save(
+    model: Any,
+    tokenizer: Any,
+    normalisation: dict[str, Any],
+    manifest: dict[str, Any],
+    out_dir: Path,
+) -> None:
+    """Written in a sibling directory and renamed into place, so ``out_dir`` is never
+    half-written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.writing-", dir=out_dir.parent))
+    try:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging, save_jinja_files=False)  # as the base model
+        (staging / NORMALISATION_FILE).write_text(json.dumps(normalisation, indent=2) + "\n")
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        # Other processes and containers (often another user) read a model directory.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if out_dir.exists():
+            out_dir.rmdir()  # checked empty before training
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
