@@ -1,15 +1,22 @@
 """Scoring with a sequence-classification reward model.
 
-The score is the classification head's single logit at the last non-padding token (the
-Hugging Face sequence-classification models pool there), then the per-model normalisation
-stored with the model in ``clinalign_reward.json`` (mean and std over the reference
-policy's responses; identity when absent).
+The text of a pair is :func:`clinalign.reward.formatting.reward_text`, the one shared with
+training. The score is the classification head's single logit at the last non-padding
+token (the Hugging Face sequence-classification models pool there), then the per-model
+normalisation stored with the model in ``clinalign_reward.json`` (mean and std over the
+reference policy's responses; identity when absent).
+
+Scoring is two steps so that the service can batch across callers: :meth:`Scorer.encode`
+validates and tokenises one caller's pairs (any thread), and :meth:`Scorer.forward` scores
+rows of token ids from any number of callers in one pass (the batcher's worker thread).
+:meth:`Scorer.score` does both, for in-process use.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +26,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.hashing import weights_hash
+from clinalign.reward.formatting import reward_text
 
 NORMALISATION_FILE = "clinalign_reward.json"
+DEFAULT_NAME = "clinalign-reward"
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,16 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """One pair's token ids, at most the model's context long."""
+
+    ids: list[int]
+    truncated: bool
+
+
+@dataclass(frozen=True)
 class RewardModelInfo:
+    name: str
     version: str
     path: Path
     weights_hash: str
@@ -40,7 +58,15 @@ class RewardModelInfo:
 
 
 class Scorer:
-    def __init__(self, path: Path, version: str, device: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        version: str,
+        device: str,
+        *,
+        name: str = DEFAULT_NAME,
+        digest: str = "",
+    ) -> None:
         if not (path / "config.json").is_file():
             raise FailedPrecondition(f"no reward model at {path}")
         self.device = torch.device(
@@ -53,50 +79,75 @@ class Scorer:
         self.model: Any = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if self.model.config.pad_token_id is None:
+            raise FailedPrecondition(f"the reward model at {path} has no padding token")
+        self.pad_id = int(self.model.config.pad_token_id)
         self.model.to(self.device).eval()
         self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         norm: dict[str, float] = {}
         if (path / NORMALISATION_FILE).is_file():
             norm = json.loads((path / NORMALISATION_FILE).read_text())
         self.info = RewardModelInfo(
+            name=name,
             version=version or path.name,
             path=path,
-            weights_hash=weights_hash(path),
+            weights_hash=digest or weights_hash(path),
             mean=float(norm.get("mean", 0.0)),
             std=float(norm.get("std", 1.0)) or 1.0,
         )
-        self._lock = threading.Lock()
+        # A fast tokenizer changes its Rust state when truncation is switched on and off
+        # and refuses concurrent use meanwhile ("Already borrowed"), so calls are serialised.
+        self._tokenizer_lock = threading.Lock()
 
-    def _text(self, prompt: str, response: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(
-                self.tokenizer.apply_chat_template(
-                    [
-                        {"role": "user", "content": prompt},
-                        {"role": "assistant", "content": response},
-                    ],
-                    tokenize=False,
+    def encode(self, pairs: Sequence[tuple[str, str]], truncate: bool) -> list[Encoded]:
+        """Token ids of each pair. A pair longer than the context is INVALID_ARGUMENT naming
+        ``items[i]``, or with truncate loses the oldest tokens of its prompt."""
+        texts = [reward_text(self.tokenizer, p, r) for p, r in pairs]
+        with self._tokenizer_lock:
+            rows: list[list[int]] = self.tokenizer(texts).input_ids
+            too_long = [i for i, ids in enumerate(rows) if len(ids) > self.context]
+            if too_long and not truncate:
+                i = too_long[0]
+                raise InvalidArgument(
+                    f"items[{i}]",
+                    f"is {len(rows[i])} tokens; the reward model's context is {self.context}. "
+                    "Shorten it or set truncate=true",
                 )
-            )
-        return prompt + response
+            cut: list[list[int]] = []
+            if too_long:
+                cut = self.tokenizer(
+                    [texts[i] for i in too_long], truncation=True, max_length=self.context
+                ).input_ids
+        for i, ids in zip(too_long, cut, strict=True):
+            rows[i] = ids
+        long = set(too_long)
+        return [Encoded(list(ids), i in long) for i, ids in enumerate(rows)]
 
-    def score(self, pairs: list[tuple[str, str]], truncate: bool) -> list[Scored]:
-        texts = [self._text(p, r) for p, r in pairs]
-        lengths = [len(ids) for ids in self.tokenizer(texts).input_ids]
-        too_long = [i for i, n in enumerate(lengths) if n > self.context]
-        if too_long and not truncate:
-            i = too_long[0]
-            raise InvalidArgument(
-                f"items[{i}]",
-                f"is {lengths[i]} tokens; the reward model's context is {self.context}. "
-                "Shorten it or set truncate=true",
+    def forward(self, rows: Sequence[Sequence[int]]) -> list[float]:
+        """Raw rewards of rows of token ids, in one forward pass over right-padded rows."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        padded = any(len(r) != width for r in rows)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(self.device),
+                # Without padding the model needs no mask, and takes a faster path.
+                attention_mask=mask.to(self.device) if padded else None,
             )
-        with self._lock, torch.inference_mode():
-            batch = self.tokenizer(
-                texts, return_tensors="pt", padding=True, truncation=True, max_length=self.context
-            ).to(self.device)
-            raw = self.model(**batch).logits[:, 0].float().cpu().tolist()
+            return [float(x) for x in out.logits[:, 0].float().cpu().tolist()]
+
+    def normalise(self, raw: float) -> float:
+        return (raw - self.info.mean) / self.info.std
+
+    def score(self, pairs: Sequence[tuple[str, str]], truncate: bool) -> list[Scored]:
+        """Encodes and scores pairs in one forward pass (in process, no batching across
+        callers)."""
+        encoded = self.encode(pairs, truncate)
+        raw = self.forward([e.ids for e in encoded])
         return [
-            Scored((r - self.info.mean) / self.info.std, r, lengths[i] > self.context)
-            for i, r in enumerate(raw)
+            Scored(self.normalise(r), r, e.truncated) for r, e in zip(raw, encoded, strict=True)
         ]

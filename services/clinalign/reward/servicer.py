@@ -1,17 +1,26 @@
-"""gRPC surface of the reward service."""
+"""gRPC surface of the reward service: validate → the active batcher → protobuf.
+
+ScoreStream answers each request message with one response message, in order, and
+scores up to ``STREAM_WINDOW`` of a stream's messages at once so that a long stream keeps
+the batcher busy. An error in a message ends the stream after the responses to the
+messages before it; its status message starts with the message's 0-based index on the
+stream, then the field: ``message 2: items[0].response: must not be empty``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import grpc.aio
 
 from clinalign.common.auth import ALL_ROLES, Role, roles
-from clinalign.common.errors import FailedPrecondition, InvalidArgument
+from clinalign.common.errors import ClinAlignError, InvalidArgument
 from clinalign.common.v1 import common_pb2
+from clinalign.reward.batcher import ActiveModel, Batcher
 from clinalign.reward.config import RewardSettings
-from clinalign.reward.scorer import Scorer
+from clinalign.reward.scorer import Scored
 from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
 
 _SVC = "/clinalign.reward.v1.RewardService/"
@@ -22,59 +31,120 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "ListModels": ALL_ROLES,
     _SVC + "ActivateModel": _SCORE,
 }
+STREAM_WINDOW = 4  # messages of one ScoreStream being scored at once
+
+
+def validate_items(
+    items: Sequence[reward_pb2.ScoreItem], settings: RewardSettings
+) -> list[tuple[str, str]]:
+    if not items:
+        raise InvalidArgument("items", "must hold at least one pair")
+    if len(items) > settings.max_batch:
+        raise InvalidArgument(
+            "items", f"holds {len(items)} pairs; at most {settings.max_batch} per request"
+        )
+    limit = settings.max_text_chars
+    for i, item in enumerate(items):
+        if not item.response.strip():
+            raise InvalidArgument(f"items[{i}].response", "must not be empty")
+        for name in ("prompt", "response"):
+            if len(getattr(item, name)) > limit:
+                raise InvalidArgument(f"items[{i}].{name}", f"longer than {limit} characters")
+    return [(item.prompt, item.response) for item in items]
+
+
+def model_version_pb(batcher: Batcher) -> common_pb2.ModelVersion:
+    info = batcher.info
+    return common_pb2.ModelVersion(
+        ref=common_pb2.ModelRef(name=info.name, version=info.version),
+        kind=common_pb2.MODEL_KIND_REWARD,
+        stage=common_pb2.MODEL_STAGE_SERVING,
+        artifact_uri=str(info.path),
+        weights_hash=info.weights_hash,
+    )
+
+
+def _results(scored: list[Scored]) -> list[reward_pb2.ScoreResult]:
+    return [
+        reward_pb2.ScoreResult(score=s.score, raw_score=s.raw_score, truncated=s.truncated)
+        for s in scored
+    ]
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    """Score and ListModels are live; server-side batching across callers, streaming and
-    hot swapping arrive with the reward issue."""
-
-    def __init__(self, settings: RewardSettings) -> None:
+    def __init__(self, settings: RewardSettings, models: ActiveModel) -> None:
         self.settings = settings
-        self.scorer: Scorer | None = None
+        self.models = models
 
-    def _validate(self, items: list[reward_pb2.ScoreItem]) -> list[tuple[str, str]]:
-        if not items:
-            raise InvalidArgument("items", "must hold at least one pair")
-        if len(items) > self.settings.max_batch:
-            raise InvalidArgument(
-                "items", f"holds {len(items)} pairs; at most {self.settings.max_batch} per call"
-            )
-        limit = self.settings.max_text_chars
-        for i, item in enumerate(items):
-            if not item.response.strip():
-                raise InvalidArgument(f"items[{i}].response", "must not be empty")
-            for name in ("prompt", "response"):
-                if len(getattr(item, name)) > limit:
-                    raise InvalidArgument(f"items[{i}].{name}", f"longer than {limit} characters")
-        return [(item.prompt, item.response) for item in items]
+    async def _score(
+        self, items: Sequence[reward_pb2.ScoreItem], truncate: bool
+    ) -> tuple[list[reward_pb2.ScoreResult], str]:
+        pairs = validate_items(items, self.settings)
+        batcher = self.models.pick()
+        scored = await batcher.score(pairs, truncate)
+        return _results(scored), batcher.info.version
 
     async def Score(
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreResponse:
-        pairs = self._validate(list(request.items))
-        scorer = self.scorer
-        if scorer is None:
-            raise FailedPrecondition("no reward model is active; train one and ActivateModel")
-        scored = await asyncio.to_thread(scorer.score, pairs, request.truncate)
-        return reward_pb2.ScoreResponse(
-            results=[
-                reward_pb2.ScoreResult(score=s.score, raw_score=s.raw_score, truncated=s.truncated)
-                for s in scored
-            ],
-            model_version=scorer.info.version,
-        )
+        results, version = await self._score(request.items, request.truncate)
+        return reward_pb2.ScoreResponse(results=results, model_version=version)
+
+    async def ScoreStream(
+        self,
+        request_iterator: AsyncIterator[reward_pb2.ScoreStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[reward_pb2.ScoreStreamResponse]:
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        order: asyncio.Queue[asyncio.Task[reward_pb2.ScoreStreamResponse] | None] = asyncio.Queue()
+
+        async def one(i: int, req: reward_pb2.ScoreStreamRequest) -> reward_pb2.ScoreStreamResponse:
+            try:
+                results, version = await self._score(req.items, req.truncate)
+            except ClinAlignError as exc:
+                exc.message = f"message {i}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+            return reward_pb2.ScoreStreamResponse(results=results, model_version=version)
+
+        async def read() -> None:
+            try:
+                i = 0
+                async for req in request_iterator:
+                    await window.acquire()
+                    order.put_nowait(asyncio.create_task(one(i, req)))
+                    i += 1
+            finally:
+                order.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await order.get()) is not None:
+                response = await task
+                window.release()
+                yield response
+            await reader  # a failed read ends the stream with its error
+        finally:
+            reader.cancel()
+            unanswered: list[asyncio.Task[Any]] = [reader]
+            while not order.empty():
+                if (task := order.get_nowait()) is not None:
+                    task.cancel()
+                    unanswered.append(task)
+            await asyncio.gather(*unanswered, return_exceptions=True)
 
     async def ListModels(
         self, request: reward_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ListModelsResponse:
-        if self.scorer is None:
+        batcher = self.models.current
+        if batcher is None:
             return reward_pb2.ListModelsResponse()
-        info = self.scorer.info
-        model = common_pb2.ModelVersion(
-            ref=common_pb2.ModelRef(name="clinalign-reward", version=info.version),
-            kind=common_pb2.MODEL_KIND_REWARD,
-            stage=common_pb2.MODEL_STAGE_SERVING,
-            artifact_uri=str(info.path),
-            weights_hash=info.weights_hash,
+        return reward_pb2.ListModelsResponse(
+            models=[model_version_pb(batcher)], active_version=batcher.info.version
         )
-        return reward_pb2.ListModelsResponse(models=[model], active_version=info.version)
+
+    async def ActivateModel(
+        self, request: reward_pb2.ActivateModelRequest, context: grpc.aio.ServicerContext
+    ) -> reward_pb2.ActivateModelResponse:
+        batcher = await self.models.activate(request.version)
+        return reward_pb2.ActivateModelResponse(model=model_version_pb(batcher))
