@@ -1,6 +1,8 @@
-"""The trainer service process: its store, registry and servicer."""
+"""The trainer service process: its store, registry, job executor and servicer."""
 
 from __future__ import annotations
+
+import asyncio
 
 import grpc.aio
 
@@ -9,6 +11,7 @@ from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.server import DatabaseApp, Readiness, run_main
 from clinalign.trainer import registry
 from clinalign.trainer.config import TrainerSettings
+from clinalign.trainer.executor import LocalExecutor
 from clinalign.trainer.servicer import ROLES, TrainerServicer
 from clinalign.trainer.v1 import trainer_pb2_grpc
 
@@ -22,14 +25,22 @@ class TrainerApp(DatabaseApp):
         url = settings.database_url or default_sqlite_url(common.data_dir, "trainer")
         super().__init__(Database(url, registry.Base))
         self.registry = registry.Registry(common.data_dir / "registry")
-        self.servicer = TrainerServicer(self.db, self.registry)
+        self.executor = LocalExecutor(self.db, common, settings, url)
+        self.servicer = TrainerServicer(self.db, self.registry, self.executor, settings)
 
     def register(self, server: grpc.aio.Server) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(self.servicer, server)
 
     async def start(self, readiness: Readiness) -> None:
         self.registry.root.mkdir(parents=True, exist_ok=True)
-        await super().start(readiness)
+        await asyncio.to_thread(self.db.create_schema)
+        # Jobs an earlier trainer left are settled before the service reports ready.
+        await self.executor.start()
+        await readiness.set(True)
+
+    async def stop(self) -> None:
+        await self.executor.stop()
+        await super().stop()
 
 
 def main() -> None:

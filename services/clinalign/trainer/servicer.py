@@ -1,19 +1,27 @@
-"""gRPC surface of the trainer: converts protobuf ↔ domain and calls the registry."""
+"""gRPC surface of the trainer: converts protobuf ↔ domain and calls the registry, the job
+store and the executor."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
+from google.protobuf import json_format
+from sqlalchemy.orm import Session
 
 from clinalign.common.auth import ALL_ROLES, Role, roles
 from clinalign.common.db import Database
-from clinalign.common.errors import InvalidArgument
+from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.protos import KIND_FROM_PROTO, KIND_TO_PROTO, STAGE_TO_PROTO, timestamp
 from clinalign.common.v1 import common_pb2
+from clinalign.trainer import jobs, reward_job
+from clinalign.trainer.config import TrainerSettings
+from clinalign.trainer.errors import NotAvailableYet
+from clinalign.trainer.executor import LocalExecutor
 from clinalign.trainer.registry import ModelVersion, Registry
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -31,6 +39,70 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "PromoteModel": _JOBS,
     _SVC + "RollbackModel": roles(Role.ML_ENGINEER),
 }
+
+
+KIND_TO_PROTO_JOB = {
+    "sft": trainer_pb2.JOB_KIND_SFT,
+    "reward_model": trainer_pb2.JOB_KIND_REWARD_MODEL,
+    "ppo": trainer_pb2.JOB_KIND_PPO,
+    "dpo": trainer_pb2.JOB_KIND_DPO,
+}
+KIND_FROM_PROTO_JOB: dict[int, str] = {v: k for k, v in KIND_TO_PROTO_JOB.items()}
+STATE_TO_PROTO = {
+    jobs.QUEUED: trainer_pb2.JOB_STATE_QUEUED,
+    jobs.RUNNING: trainer_pb2.JOB_STATE_RUNNING,
+    jobs.SUCCEEDED: trainer_pb2.JOB_STATE_SUCCEEDED,
+    jobs.FAILED: trainer_pb2.JOB_STATE_FAILED,
+    jobs.CANCELLED: trainer_pb2.JOB_STATE_CANCELLED,
+}
+STATE_FROM_PROTO: dict[int, str] = {v: k for k, v in STATE_TO_PROTO.items()}
+EXECUTOR_TO_PROTO = {
+    "local": trainer_pb2.EXECUTOR_KIND_LOCAL,
+    "kubernetes": trainer_pb2.EXECUTOR_KIND_KUBERNETES,
+}
+EXECUTOR_FROM_PROTO: dict[int, str] = {v: k for k, v in EXECUTOR_TO_PROTO.items()}
+# Which work brings the job kinds this release does not run yet.
+_COMING = {
+    "ppo": "PPO jobs arrive with the PPO trainer issue (clinalign.trainer.ppo)",
+    "sft": "SFT jobs arrive with the SFT issue",
+    "dpo": "DPO jobs arrive with the DPO issue",
+}
+
+# How each runnable kind checks its spec and resolves its inputs at submission.
+_SPEC_CHECKS: dict[str, Callable[[Session, dict[str, Any]], dict[str, Any]]] = {
+    "reward_model": reward_job.check_spec,
+}
+
+
+def job_to_proto(job: jobs.Job) -> trainer_pb2.Job:
+    out = trainer_pb2.Job(
+        id=job.id,
+        spec=json_format.ParseDict(job.spec, trainer_pb2.JobSpec()),
+        state=STATE_TO_PROTO[job.state],
+        step=job.step,
+        total_steps=job.total_steps,
+        metrics=job.metrics,
+        failure_reason=job.failure_reason,
+        model_version=job.model_version,
+        report_uri=job.report_uri,
+        executor=EXECUTOR_TO_PROTO[job.executor],
+        create_time=timestamp(job.created_at),
+    )
+    if job.started_at is not None:
+        out.start_time.CopyFrom(timestamp(job.started_at))
+    if job.ended_at is not None:
+        out.end_time.CopyFrom(timestamp(job.ended_at))
+    return out
+
+
+def _job_kind(value: int) -> str:
+    kind = KIND_FROM_PROTO_JOB.get(value)
+    if kind is None:
+        names = ", ".join(trainer_pb2.JobKind.Name(v) for v in KIND_TO_PROTO_JOB.values())
+        raise InvalidArgument("spec.kind", f"is required: one of {names}")
+    if kind in _COMING:
+        raise NotAvailableYet(f"spec.kind: {kind} jobs are not available yet; {_COMING[kind]}")
+    return kind
 
 
 def version_to_proto(mv: ModelVersion) -> common_pb2.ModelVersion:
@@ -51,11 +123,87 @@ def version_to_proto(mv: ModelVersion) -> common_pb2.ModelVersion:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    """Registry RPCs are live; job RPCs answer UNIMPLEMENTED until the jobs issue lands."""
+    """Registry and job RPCs; promotion and rollback answer UNIMPLEMENTED until the gate
+    issue lands."""
 
-    def __init__(self, db: Database, registry: Registry) -> None:
+    def __init__(
+        self, db: Database, registry: Registry, executor: LocalExecutor, settings: TrainerSettings
+    ) -> None:
         self.db = db
         self.registry = registry
+        self.executor = executor
+        self.settings = settings
+
+    async def SubmitJob(
+        self, request: trainer_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.SubmitJobResponse:
+        spec = request.spec
+        key = spec.idempotency_key
+        if key:
+            found = await self.db.run_sync(lambda s: jobs.find_by_key(s, key))
+            if found is not None:
+                return trainer_pb2.SubmitJobResponse(job=job_to_proto(found), replayed=True)
+        kind = _job_kind(spec.kind)
+        executor = EXECUTOR_FROM_PROTO.get(int(spec.executor), str(self.settings.executor))
+        if executor != "local":
+            raise FailedPrecondition(
+                f"spec.executor: the {executor} executor is not available yet; use "
+                "EXECUTOR_KIND_LOCAL"
+            )
+        as_dict = json_format.MessageToDict(spec, preserving_proto_field_name=True)
+        check = _SPEC_CHECKS[kind]
+        inputs = await self.db.run_sync(lambda s: check(s, as_dict))
+        job, replayed = await self.db.run_write(
+            lambda s: jobs.submit(s, kind, executor, as_dict, inputs, key)
+        )
+        if not replayed:
+            await self.executor.kick()
+            job = await self.db.run_sync(lambda s: jobs.get(s, job.id))
+        return trainer_pb2.SubmitJobResponse(job=job_to_proto(job), replayed=replayed)
+
+    async def GetJob(
+        self, request: trainer_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.GetJobResponse:
+        if not request.id:
+            raise InvalidArgument("id", "is required")
+        job = await self.db.run_sync(lambda s: jobs.get(s, request.id))
+        return trainer_pb2.GetJobResponse(job=job_to_proto(job))
+
+    async def ListJobs(
+        self, request: trainer_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.ListJobsResponse:
+        limit, offset = page_bounds(request.page_size, request.page_token)
+        states = [STATE_FROM_PROTO.get(v) for v in request.states]
+        kinds = [KIND_FROM_PROTO_JOB.get(v) for v in request.kinds]
+        if None in states:
+            raise InvalidArgument("states", "holds an unknown or unspecified job state")
+        if None in kinds:
+            raise InvalidArgument("kinds", "holds an unknown or unspecified job kind")
+        found = await self.db.run_sync(
+            lambda s: jobs.list_jobs(
+                s, [x for x in states if x], [x for x in kinds if x], limit, offset
+            )
+        )
+        return trainer_pb2.ListJobsResponse(
+            jobs=[job_to_proto(j) for j in found],
+            next_page_token=next_token(offset, limit, len(found)),
+        )
+
+    async def CancelJob(
+        self, request: trainer_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.CancelJobResponse:
+        if not request.id:
+            raise InvalidArgument("id", "is required")
+        job = await self.executor.cancel(request.id)
+        return trainer_pb2.CancelJobResponse(job=job_to_proto(job))
+
+    async def WatchJob(
+        self, request: trainer_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[trainer_pb2.WatchJobResponse]:
+        if not request.id:
+            raise InvalidArgument("id", "is required")
+        async for job, step_metrics in jobs.watch(self.db, request.id, self.settings.watch_poll_s):
+            yield trainer_pb2.WatchJobResponse(job=job_to_proto(job), step_metrics=step_metrics)
 
     async def RegisterModel(
         self, request: trainer_pb2.RegisterModelRequest, context: grpc.aio.ServicerContext
