@@ -182,23 +182,27 @@ async def test_prompt_beyond_the_context_is_invalid_argument(
 async def test_full_queue_is_resource_exhausted_at_once(
     common: CommonSettings, token: Token, tiny_model_dir: Path
 ) -> None:
+    # Three long requests at once against room for two (one decoding, one waiting): the
+    # two admitted run for hundreds of milliseconds, so whichever arrives third is
+    # refused at once rather than queued.
     settings = _settings(tiny_model_dir, max_queue=2, max_batch_size=1)
-    async with _generation(common, token, settings) as (app, stub):
-        long = pb.GenerateStreamRequest(input=pb.GenerationInput(prompt=QUESTION), sampling=LONG)
-        busy = [stub.GenerateStream(long) for _ in range(2)]
-        await busy[0].read()  # generating; the second waits for the batch slot
-        backend = app.router.pick()
-        for _ in range(200):
-            if backend.queue_depth == 2:
-                break
-            await asyncio.sleep(0.005)
-        assert backend.queue_depth == 2
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Generate(_ask(), timeout=5)
-        for call in busy:
+    long = pb.GenerateStreamRequest(input=pb.GenerationInput(prompt=QUESTION), sampling=LONG)
+
+    async def first_message(stub: generation_pb2_grpc.GenerationServiceStub) -> object:
+        call = stub.GenerateStream(long, timeout=30)
+        try:
+            return await call.read()
+        except grpc.aio.AioRpcError as err:
+            return err
+        finally:
             call.cancel()
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "queue is full" in (info.value.details() or "")
+
+    async with _generation(common, token, settings) as (_, stub):
+        outcomes = await asyncio.gather(*(first_message(stub) for _ in range(3)))
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(refused) == 1, outcomes
+    assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in (refused[0].details() or "")
 
 
 async def test_deadline_and_cancel_stop_the_work(
