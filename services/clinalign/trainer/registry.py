@@ -3,11 +3,14 @@ each kind is served.
 
 A registered version's artefacts are copied into ``<data_dir>/registry/<version>/`` and
 made read-only; its row records the weights hash, parent, snapshot and metrics. Serving
-history is append-only, so a rollback restores exactly the previous version.
+history is append-only, so a rollback restores exactly the previous version. Every
+decision of the promotion gate, promotion or refusal, is kept with the figures it checked
+and who asked (``gate_decisions``): the trainer's audit trail of what may be served.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import shutil
@@ -16,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import DateTime, Integer, String, Text, func, select
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from clinalign.common.errors import InvalidArgument, NotFound
+from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from clinalign.common.hashing import weights_hash
 
 POLICY = "policy"
@@ -64,6 +67,22 @@ class ServingEventRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class GateDecisionRow(Base):
+    """Append-only record of each promotion-gate decision. A table of its own, so that
+    ``create_all`` adds it to a store an earlier release created."""
+
+    __tablename__ = "gate_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    version: Mapped[str] = mapped_column(String(64), index=True)
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    # [{"name", "value", "threshold", "passed", "message"}]: figures and rule texts only
+    checks_json: Mapped[str] = mapped_column(Text, default="[]")
+    principal: Mapped[str] = mapped_column(String(128), default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     version: str
@@ -99,6 +118,16 @@ class ModelVersion:
             manifest=json.loads(row.manifest_json),
             created_at=row.created_at,
         )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    kind: str
+    version: str
+    promoted: bool
+    checks: list[dict[str, object]]
+    principal: str
+    at: datetime
 
 
 def _adapter_base(session: Session, source: Path) -> Path | None:
@@ -236,3 +265,84 @@ class Registry:
         session.add(
             ServingEventRow(kind=row.kind, version=row.version, action=action, at=datetime.now(UTC))
         )
+
+    def decide(
+        self,
+        session: Session,
+        version: str,
+        promoted: bool,
+        checks: builtins.list[dict[str, object]],
+        principal: str = "",
+    ) -> ModelVersion:
+        """Applies a gate decision and records it: a promoted version serves and the one it
+        replaces retires; a refused one is REJECTED, except a RETIRED version, which stays
+        a rollback target."""
+        row = session.get(ModelVersionRow, version)
+        if row is None:
+            raise NotFound("model version", version, field="version")
+        if promoted:
+            self._serve(session, row, "promote")
+        elif row.stage != "retired":
+            row.stage = "rejected"
+        session.add(
+            GateDecisionRow(
+                kind=row.kind,
+                version=version,
+                promoted=promoted,
+                checks_json=json.dumps(checks),
+                principal=principal,
+                at=datetime.now(UTC),
+            )
+        )
+        session.flush()
+        return ModelVersion.from_row(row)
+
+    def decisions(
+        self, session: Session, version: str | None = None
+    ) -> builtins.list[GateDecision]:
+        """Gate decisions, oldest first; only those about ``version`` when given."""
+        query = select(GateDecisionRow).order_by(GateDecisionRow.id)
+        if version:
+            query = query.where(GateDecisionRow.version == version)
+        return [
+            GateDecision(
+                r.kind, r.version, r.promoted, json.loads(r.checks_json), r.principal, r.at
+            )
+            for r in session.scalars(query)
+        ]
+
+    def serving_history(self, session: Session, kind: str) -> builtins.list[str]:
+        """The versions a rollback can walk back through, oldest first, the served one last:
+        each promotion pushes its version and each rollback pops the one it replaced."""
+        stack: builtins.list[str] = []
+        events = session.scalars(
+            select(ServingEventRow).where(ServingEventRow.kind == kind).order_by(ServingEventRow.id)
+        )
+        for event in events:
+            if event.action == "rollback":
+                if stack:
+                    stack.pop()
+            else:
+                stack.append(event.version)
+        return stack
+
+    def rollback(self, session: Session, kind: str) -> ModelVersion:
+        """Serves again the version served before the current one of ``kind``."""
+        if kind not in KINDS:
+            raise InvalidArgument("kind", f"must be one of {', '.join(KINDS)}")
+        served = self.served(session, kind)
+        if served is None:
+            raise FailedPrecondition(
+                f"no {kind} version is served, so there is nothing to roll back"
+            )
+        history = self.serving_history(session, kind)
+        if len(history) < 2:
+            raise FailedPrecondition(
+                f"{served.version} is the first {kind} version served; there is no earlier "
+                "version to roll back to"
+            )
+        row = session.get(ModelVersionRow, history[-2])
+        assert row is not None  # serving events name registered versions only
+        self._serve(session, row, "rollback")
+        session.flush()
+        return ModelVersion.from_row(row)

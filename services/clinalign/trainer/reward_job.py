@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument
-from clinalign.trainer.registry import POLICY, ModelVersionRow, Registry
+from clinalign.trainer.registry import POLICY, ModelVersionRow
 
 ProgressFn = Callable[[int, int, float], None]
 SNAPSHOT_FILE = "snapshot.jsonl"
@@ -35,7 +35,7 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
-# RewardHyperparameters' annotations (strings under `from __future__ import annotations`)
+# A hyperparameter dataclass's annotations (strings under `from __future__ import annotations`)
 # → how to read a value of that type from the spec's string map.
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "float": float,
@@ -53,7 +53,13 @@ def parse_hyperparameters(values: dict[str, str], seed: int) -> dict[str, Any]:
     # reward-model job is submitted.
     from clinalign.reward.training import RewardHyperparameters
 
-    known = {f.name: str(f.type) for f in dataclasses.fields(RewardHyperparameters)}
+    return parse_fields(values, seed, RewardHyperparameters)
+
+
+def parse_fields(values: dict[str, str], seed: int, hyper_class: Any) -> dict[str, Any]:
+    """The spec's ``hyperparameters`` map as fields of the dataclass ``hyper_class`` (which
+    has ``seed`` and ``validate()``), checked; errors name ``spec.hyperparameters[<key>]``."""
+    known = {f.name: str(f.type) for f in dataclasses.fields(hyper_class)}
     parsed: dict[str, Any] = {"seed": seed} if seed else {}
     for key, text in sorted(values.items()):
         where = f"spec.hyperparameters[{key}]"
@@ -71,7 +77,7 @@ def parse_hyperparameters(values: dict[str, str], seed: int) -> dict[str, Any]:
             kind = annotation.removesuffix("| None").strip()
             raise InvalidArgument(where, f"{text!r} is not a valid {kind}") from None
     try:
-        RewardHyperparameters(**parsed).validate()
+        hyper_class(**parsed).validate()
     except InvalidArgument as err:
         raise InvalidArgument(
             f"spec.hyperparameters[{err.field}]", err.message.split(": ", 1)[-1]
@@ -179,16 +185,6 @@ def train(
         progress=progress,
     )
     return out, manifest
-
-
-def register(
-    session: Session, registry: Registry, job_id: str, out: Path, parent_version: str
-) -> str:
-    """Registers the trained directory as a reward version; its version id."""
-    version = registry.register(
-        session, out, "reward", parent_version=parent_version, job_id=job_id
-    )
-    return version.version
 
 
 def write_snapshot(job_dir: Path, data: bytes, manifest_json: str) -> Path:

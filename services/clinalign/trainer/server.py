@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import grpc.aio
 
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
+from clinalign.common.errors import FailedPrecondition
 from clinalign.common.server import DatabaseApp, Readiness, run_main
-from clinalign.trainer import registry
+from clinalign.trainer import gate, registry, worker
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.executor import LocalExecutor
 from clinalign.trainer.servicer import ROLES, TrainerServicer
 from clinalign.trainer.v1 import trainer_pb2_grpc
+
+
+def snapshot_fetcher(common: CommonSettings) -> gate.SnapshotFetcher:
+    """Reads a snapshot's records and content hash from the preference service, as jobs
+    do; its errors become the gate's failed precondition."""
+
+    async def fetch(snapshot_id: str) -> tuple[list[dict[str, Any]], str]:
+        try:
+            data, manifest_json = await worker.fetch_snapshot(common, snapshot_id)
+        except grpc.aio.AioRpcError as err:
+            raise FailedPrecondition(
+                f"snapshot {snapshot_id!r} for the gate: preference service: "
+                f"{err.code().name}: {err.details()}"
+            ) from None
+        content_hash = json.loads(manifest_json).get("content_hash", "") if manifest_json else ""
+        return gate.records_from_export(data), str(content_hash or snapshot_id)
+
+    return fetch
 
 
 class TrainerApp(DatabaseApp):
@@ -26,7 +47,9 @@ class TrainerApp(DatabaseApp):
         super().__init__(Database(url, registry.Base))
         self.registry = registry.Registry(common.data_dir / "registry")
         self.executor = LocalExecutor(self.db, common, settings, url)
-        self.servicer = TrainerServicer(self.db, self.registry, self.executor, settings)
+        self.servicer = TrainerServicer(
+            self.db, self.registry, self.executor, settings, snapshot_fetcher(common)
+        )
 
     def register(self, server: grpc.aio.Server) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(self.servicer, server)

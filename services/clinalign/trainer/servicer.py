@@ -13,12 +13,13 @@ from google.protobuf import json_format
 from sqlalchemy.orm import Session
 
 from clinalign.common.auth import ALL_ROLES, Role, roles
+from clinalign.common.context import current_principal
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.protos import KIND_FROM_PROTO, KIND_TO_PROTO, STAGE_TO_PROTO, timestamp
 from clinalign.common.v1 import common_pb2
-from clinalign.trainer import jobs, reward_job
+from clinalign.trainer import gate, jobs, policy_jobs, reward_job
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.errors import NotAvailableYet
 from clinalign.trainer.executor import LocalExecutor
@@ -64,13 +65,13 @@ EXECUTOR_FROM_PROTO: dict[int, str] = {v: k for k, v in EXECUTOR_TO_PROTO.items(
 # Which work brings the job kinds this release does not run yet.
 _COMING = {
     "ppo": "PPO jobs arrive with the PPO trainer issue (clinalign.trainer.ppo)",
-    "sft": "SFT jobs arrive with the SFT issue",
-    "dpo": "DPO jobs arrive with the DPO issue",
 }
 
 # How each runnable kind checks its spec and resolves its inputs at submission.
 _SPEC_CHECKS: dict[str, Callable[[Session, dict[str, Any]], dict[str, Any]]] = {
     "reward_model": reward_job.check_spec,
+    "sft": policy_jobs.check_sft_spec,
+    "dpo": policy_jobs.check_dpo_spec,
 }
 
 
@@ -123,16 +124,22 @@ def version_to_proto(mv: ModelVersion) -> common_pb2.ModelVersion:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    """Registry and job RPCs; promotion and rollback answer UNIMPLEMENTED until the gate
-    issue lands."""
+    """Registry, job, promotion and rollback RPCs. ``fetch_snapshot`` reads a preference
+    snapshot for the promotion gate; without one, PromoteModel fails its precondition."""
 
     def __init__(
-        self, db: Database, registry: Registry, executor: LocalExecutor, settings: TrainerSettings
+        self,
+        db: Database,
+        registry: Registry,
+        executor: LocalExecutor,
+        settings: TrainerSettings,
+        fetch_snapshot: gate.SnapshotFetcher | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
         self.executor = executor
         self.settings = settings
+        self.fetch_snapshot = fetch_snapshot
 
     async def SubmitJob(
         self, request: trainer_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
@@ -241,3 +248,42 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             versions=[version_to_proto(v) for v in versions],
             next_page_token=next_token(offset, limit, len(versions)),
         )
+
+    async def PromoteModel(
+        self, request: trainer_pb2.PromoteModelRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.PromoteModelResponse:
+        if not request.version:
+            raise InvalidArgument("version", "is required: the registry version to promote")
+        if self.fetch_snapshot is None:
+            raise FailedPrecondition("this trainer has no preference service to run the gate on")
+        principal = current_principal()
+        decision = await gate.promote(
+            self.db,
+            self.registry,
+            request.version,
+            self.fetch_snapshot,
+            principal=principal.name if principal else "",
+        )
+        return trainer_pb2.PromoteModelResponse(
+            promoted=decision.promoted,
+            checks=[
+                trainer_pb2.GateCheck(
+                    name=c.name,
+                    value=c.value,
+                    threshold=c.threshold,
+                    passed=c.passed,
+                    message=c.message,
+                )
+                for c in decision.checks
+            ],
+            version=version_to_proto(decision.version),
+        )
+
+    async def RollbackModel(
+        self, request: trainer_pb2.RollbackModelRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.RollbackModelResponse:
+        kind = KIND_FROM_PROTO.get(request.kind)
+        if kind is None:
+            raise InvalidArgument("kind", "must be MODEL_KIND_POLICY or MODEL_KIND_REWARD")
+        version = await self.db.run_write(lambda s: self.registry.rollback(s, kind))
+        return trainer_pb2.RollbackModelResponse(version=version_to_proto(version))

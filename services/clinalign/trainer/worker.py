@@ -16,6 +16,9 @@ import logging
 import math
 import shutil
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc.aio
 
@@ -26,12 +29,21 @@ from clinalign.common.errors import ClinAlignError
 from clinalign.common.logs import configure_logging
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.trainer import jobs, registry, reward_job
+from clinalign.trainer import jobs, policy_jobs, registry, reward_job
 from clinalign.trainer.config import TrainerSettings
 
 log = logging.getLogger("clinalign.trainer.worker")
 EXPORT_TIMEOUT_S = 600.0
 REPORT_FILE = "metrics.json"
+
+TrainFn = Callable[[Path, Path, dict[str, Any], reward_job.ProgressFn], tuple[Path, dict[str, Any]]]
+# Each kind the worker runs: the snapshot export it trains on, how it trains, and the
+# registry kind of what it makes.
+KINDS: dict[str, tuple[pb.ExportKind.ValueType, TrainFn, str]] = {
+    "reward_model": (pb.EXPORT_KIND_PREFERENCE, reward_job.train, registry.REWARD),
+    "sft": (pb.EXPORT_KIND_SFT, policy_jobs.train_sft_job, registry.POLICY),
+    "dpo": (pb.EXPORT_KIND_PREFERENCE, policy_jobs.train_dpo_job, registry.POLICY),
+}
 
 
 class _Cancelled(Exception):
@@ -50,16 +62,18 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-async def fetch_snapshot(common: CommonSettings, snapshot_id: str) -> tuple[bytes, str]:
-    """(JSONL export of both splits, the snapshot's manifest JSON), as `clinalign snapshot
-    export` fetches them, with the service token."""
+async def fetch_snapshot(
+    common: CommonSettings,
+    snapshot_id: str,
+    kind: pb.ExportKind.ValueType = pb.EXPORT_KIND_PREFERENCE,
+) -> tuple[bytes, str]:
+    """(JSONL export of both splits of one record kind, the snapshot's manifest JSON), as
+    `clinalign snapshot export` fetches them, with the service token."""
     target = common.preference_target
     async with open_channel(target, common, service_token(common)) as channel:
         stub = preference_pb2_grpc.PreferenceServiceStub(channel)
         got = await stub.GetSnapshot(pb.GetSnapshotRequest(id=snapshot_id), timeout=30)
-        request = pb.ExportSnapshotRequest(
-            id=snapshot_id, format=pb.EXPORT_FORMAT_JSONL, kind=pb.EXPORT_KIND_PREFERENCE
-        )
+        request = pb.ExportSnapshotRequest(id=snapshot_id, format=pb.EXPORT_FORMAT_JSONL, kind=kind)
         chunks = [
             part.chunk async for part in stub.ExportSnapshot(request, timeout=EXPORT_TIMEOUT_S)
         ]
@@ -80,11 +94,14 @@ def run_job(db: Database, common: CommonSettings, job_id: str) -> None:
                 raise _Cancelled(job_id)
 
     try:
-        if job.kind != "reward_model":
+        if job.kind not in KINDS:
             raise NotImplementedError(f"the worker cannot run {job.kind} jobs yet")
-        data, manifest_json = asyncio.run(fetch_snapshot(common, str(job.spec["snapshot_id"])))
+        export_kind, train, registry_kind = KINDS[job.kind]
+        data, manifest_json = asyncio.run(
+            fetch_snapshot(common, str(job.spec["snapshot_id"]), export_kind)
+        )
         snapshot = reward_job.write_snapshot(job_dir, data, manifest_json)
-        out, manifest = reward_job.train(job_dir, snapshot, job.inputs, progress)
+        out, manifest = train(job_dir, snapshot, job.inputs, progress)
         metrics = {
             k: float(v)
             for k, v in dict(manifest.get("metrics", {})).items()
@@ -95,9 +112,13 @@ def run_job(db: Database, common: CommonSettings, job_id: str) -> None:
         (job_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
         reg = registry.Registry(common.data_dir / "registry")
         with db.sessions.begin() as session:
-            version = reward_job.register(
-                session, reg, job_id, out, str(job.inputs.get("parent_version", ""))
-            )
+            version = reg.register(
+                session,
+                out,
+                registry_kind,
+                parent_version=str(job.inputs.get("parent_version", "")),
+                job_id=job_id,
+            ).version
             jobs.transition(
                 session,
                 job_id,

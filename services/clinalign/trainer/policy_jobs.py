@@ -1,0 +1,106 @@
+"""The ``sft`` and ``dpo`` job kinds: checking their specs at submission, and running them
+in the worker process.
+
+As for ``reward_model`` (``clinalign.trainer.reward_job``, whose base-model, LoRA and
+hyperparameter checks these reuse), submission resolves the base model directory and its
+registry version, the hyperparameters and the LoRA settings into the job's ``inputs``.
+The run trains on the snapshot export the worker fetched (SFT records for ``sft``,
+preference pairs for ``dpo``) and the worker registers the result as a policy version
+whose parent is the base model's version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from clinalign.common.errors import InvalidArgument
+from clinalign.trainer import reward_job
+from clinalign.trainer.reward_job import MODEL_DIR, ProgressFn
+
+
+def _check(session: Session, spec: dict[str, Any], kind: str, hyper_class: Any) -> dict[str, Any]:
+    if not spec.get("snapshot_id"):
+        raise InvalidArgument(
+            "spec.snapshot_id", "is required: the preference snapshot id or content hash"
+        )
+    if spec.get("resume_job_id"):
+        raise InvalidArgument(
+            "spec.resume_job_id", f"{kind} jobs cannot resume yet; submit a new job"
+        )
+    base_dir, parent = reward_job.resolve_base_model(session, str(spec.get("base_model", "")))
+    return {
+        "base_model_dir": base_dir,
+        "parent_version": parent,
+        "hyperparameters": reward_job.parse_fields(
+            dict(spec.get("hyperparameters", {})), int(spec.get("seed", 0)), hyper_class
+        ),
+        "lora": reward_job.parse_lora(dict(spec.get("lora", {}))),
+    }
+
+
+def check_sft_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
+    """Checks an sft spec (protobuf JSON form); returns the job's inputs."""
+    # Imported here: it loads torch and TRL, which the trainer needs only once a job of
+    # this kind is submitted.
+    from clinalign.trainer.sft import SFTHyperparameters
+
+    return _check(session, spec, "sft", SFTHyperparameters)
+
+
+def check_dpo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
+    """Checks a dpo spec (protobuf JSON form); returns the job's inputs."""
+    from clinalign.trainer.dpo import DPOHyperparameters
+
+    return _check(session, spec, "dpo", DPOHyperparameters)
+
+
+def _train(
+    trainer: Callable[..., dict[str, Any]],
+    hyper_class: Any,
+    job_dir: Path,
+    snapshot: Path,
+    inputs: dict[str, Any],
+    progress: ProgressFn,
+) -> tuple[Path, dict[str, Any]]:
+    from clinalign.reward.commands import read_snapshot
+    from clinalign.reward.training import LoraSettings
+
+    data = read_snapshot(snapshot)
+    lora = inputs.get("lora")
+    if lora and isinstance(lora.get("target_modules"), list):
+        lora = {**lora, "target_modules": tuple(lora["target_modules"])}
+    out = job_dir / MODEL_DIR
+    manifest = trainer(
+        data.records,
+        data.snapshot_hash,
+        Path(inputs["base_model_dir"]),
+        out,
+        hyper_class(**inputs["hyperparameters"]),
+        lora=LoraSettings(**lora) if lora else None,
+        parent_version=str(inputs.get("parent_version", "")),
+        snapshot_hash_source=data.hash_source,
+        progress=progress,
+    )
+    return out, manifest
+
+
+def train_sft_job(
+    job_dir: Path, snapshot: Path, inputs: dict[str, Any], progress: ProgressFn
+) -> tuple[Path, dict[str, Any]]:
+    """Fine-tunes the policy on the SFT export into ``<job_dir>/model``; (dir, manifest)."""
+    from clinalign.trainer.sft import SFTHyperparameters, train_sft
+
+    return _train(train_sft, SFTHyperparameters, job_dir, snapshot, inputs, progress)
+
+
+def train_dpo_job(
+    job_dir: Path, snapshot: Path, inputs: dict[str, Any], progress: ProgressFn
+) -> tuple[Path, dict[str, Any]]:
+    """DPO on the preference export into ``<job_dir>/model``; (dir, manifest)."""
+    from clinalign.trainer.dpo import DPOHyperparameters, train_dpo
+
+    return _train(train_dpo, DPOHyperparameters, job_dir, snapshot, inputs, progress)

@@ -1,0 +1,158 @@
+"""Supervised fine-tuning: a snapshot's SFT records in, a policy model directory out.
+
+``train_sft`` fine-tunes a causal LM with TRL's ``SFTTrainer`` on the ``prompt`` /
+``completion`` records of a snapshot (clinician demonstrations and corrections,
+``clinalign.preference.snapshots``), optionally through a LoRA adapter merged at save.
+
+- Each record is TRL's conversational prompt-completion form (user = prompt, assistant =
+  completion), rendered by the tokenizer's chat template: the model learns the exact
+  format the generation service prompts it with.
+- The loss covers the completion tokens only: TRL 1.16's ``completion_only_loss`` (its
+  default for prompt-completion data, set explicitly here) masks the prompt. Its
+  ``assistant_only_loss`` would need ``{% generation %}`` markers in the chat template,
+  which the project's template does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from clinalign.common.errors import InvalidArgument
+from clinalign.reward.training import LoraSettings
+from clinalign.trainer import policy_training as common
+from clinalign.trainer.policy_training import ProgressFn
+from clinalign.trainer.registry import POLICY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SFTHyperparameters(common.PolicyHyperparameters):
+    """Everything besides the data and the base model that determines the SFT model."""
+
+    learning_rate: float = 2e-5
+
+
+def sft_examples(records: Sequence[Mapping[str, Any]], split: str) -> list[dict[str, Any]]:
+    """The SFT records of one split in TRL's conversational prompt-completion form. A
+    record without ``split`` (the export of one split) counts as training data."""
+    out = []
+    for r in records:
+        if "completion" not in r or r.get("split", "train") != split:
+            continue
+        prompt, completion = common.conversation(str(r["prompt"]), str(r["completion"]))
+        out.append({"prompt": prompt, "completion": completion})
+    return out
+
+
+def sft_trainer(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    hyper: SFTHyperparameters,
+    scratch: str,
+    lora: LoraSettings | None = None,
+    callback: common.Progress | None = None,
+) -> SFTTrainer:
+    """TRL's trainer as ``train_sft`` configures it. TRL 1.16 applies
+    ``completion_only_loss`` while tokenising: the prompt's ``labels`` are -100 (there is no
+    ``completion_mask`` column), and the completion keeps the template's closing EOS."""
+    args = SFTConfig(
+        **common.trainer_arguments(hyper, scratch), completion_only_loss=True, packing=False
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[callback] if callback else None,
+        peft_config=common.lora_config(**asdict(lora)) if lora else None,
+    )
+    # Progress goes to ``progress`` and the manifest; Trainer would print every log.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def train_sft(
+    records: Sequence[Mapping[str, Any]],
+    snapshot_hash: str,
+    base_model: Path,
+    out_dir: Path,
+    hyper: SFTHyperparameters | None = None,
+    *,
+    lora: LoraSettings | None = None,
+    parent_version: str = "",
+    snapshot_hash_source: str = "manifest",
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train on the snapshot's ``train`` split of SFT records, write the model directory
+    ``out_dir`` (which must not exist or be empty) and return its manifest."""
+    started = time.monotonic()
+    hyper = hyper or SFTHyperparameters()
+    hyper.validate()
+    base_model, out_dir = common.check_paths(base_model, out_dir)
+    train_rows = sft_examples(records, "train")
+    if not train_rows:
+        raise InvalidArgument(
+            "snapshot", "holds no SFT records (demonstrations or corrections) in its train split"
+        )
+
+    # -- model ---------------------------------------------------------------------------
+    set_seed(hyper.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+
+    # -- trainer -------------------------------------------------------------------------
+    callback = common.Progress(progress)
+    with tempfile.TemporaryDirectory(prefix="clinalign-sft-") as scratch:
+        trainer = sft_trainer(model, tokenizer, train_rows, hyper, scratch, lora, callback)
+        summary = trainer.train()
+    trained: Any = trainer.model
+    if lora is not None:
+        trained = trained.merge_and_unload()
+    trained.eval()
+
+    metrics = {
+        "train_examples": float(len(train_rows)),
+        "train_steps": float(summary.global_step),
+        "train_loss": float(summary.training_loss),
+        "train_loss_first": callback.loss_curve[0][1] if callback.loss_curve else float("nan"),
+        "train_loss_last": callback.loss_curve[-1][1] if callback.loss_curve else float("nan"),
+    }
+    manifest: dict[str, Any] = {
+        "kind": POLICY,
+        "format_version": common.FORMAT_VERSION,
+        "snapshot_hash": snapshot_hash,
+        "snapshot_hash_source": snapshot_hash_source,
+        "base_model": str(base_model),
+        "parent_version": parent_version,
+        "seed": hyper.seed,
+        "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
+        "method": {
+            "name": "sft",
+            "loss": "token NLL on the completion only (TRL SFTTrainer, completion_only_loss)",
+            "format": "tokenizer chat template: user = prompt, assistant = completion",
+            "lora": "merged into full weights" if lora else None,
+        },
+        "metrics": metrics,
+        "loss_curve": [[s, round(v, 6)] for s, v in callback.loss_curve],
+        "code_version": common.code_version(),
+        "versions": common.library_versions(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - started, 2),
+    }
+    common.save_policy(trained, tokenizer, manifest, out_dir)
+    log.info("sft policy trained", extra={"fields": {"path": str(out_dir), **metrics}})
+    return manifest
