@@ -36,7 +36,7 @@ from clinalign.trainer.reward_job import parse_hyperparameters
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
-from tests.conftest import client, free_ports, serving
+from tests.conftest import client, free_ports, reset_tables, serving
 from tests.e2e.test_reward_pipeline import _populate
 
 Token = Callable[[Role], str]
@@ -81,8 +81,9 @@ async def _until(
 
 @pytest.mark.slow
 async def test_reward_model_job_trains_registers_and_cancels(
-    common: CommonSettings, token: Token, tiny_model_dir: Path
+    common: CommonSettings, token: Token, tiny_model_dir: Path, database_url: str
 ) -> None:
+    reset_tables(database_url, registry.Base)
     preference = PreferenceApp(common, PreferenceSettings(port=0))
     async with serving(preference, common) as pref:
         async with client(pref, common, token(Role.ADMIN)) as ch:
@@ -90,7 +91,9 @@ async def test_reward_model_job_trains_registers_and_cancels(
             snapshot_id = await _populate(pstub, 16)
             snapshot = (await pstub.GetSnapshot(pb.GetSnapshotRequest(id=snapshot_id))).snapshot
         wired = common.model_copy(update={"preference_target": f"127.0.0.1:{pref.port}"})
-        trainer = TrainerApp(wired, TrainerSettings(port=0, watch_poll_s=0.1))
+        trainer = TrainerApp(
+            wired, TrainerSettings(port=0, watch_poll_s=0.1, database_url=database_url)
+        )
         async with serving(trainer, wired) as running:
             async with client(running, wired, token(Role.ML_ENGINEER)) as ch:
                 stub = trainer_pb2_grpc.TrainerServiceStub(ch)
