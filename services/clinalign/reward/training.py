@@ -32,14 +32,11 @@ Details, each from the RLHF literature and each recorded in the manifest:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import shutil
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,22 +44,25 @@ from typing import Any, cast
 
 import peft
 import torch
-import transformers
-import trl
 from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PrinterCallback,
-    TrainerCallback,
     set_seed,
 )
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference, suppress_seqcls_warning
 
-from clinalign import __version__
 from clinalign.common.errors import InvalidArgument
+from clinalign.common.training import (
+    Progress,
+    ProgressFn,
+    code_version,
+    library_versions,
+    write_model_dir,
+)
 from clinalign.reward import bt
 from clinalign.reward.formatting import Pair, pair_deltas, preference_pairs, raw_rewards, reward_ids
 from clinalign.reward.scorer import NORMALISATION_FILE
@@ -71,7 +71,6 @@ from clinalign.trainer.registry import MANIFEST_NAME, REWARD
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss), as in foundation
 
 
 @dataclass(frozen=True)
@@ -179,18 +178,6 @@ class _SoftLabelRewardTrainer(RewardTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class _Progress(TrainerCallback):
-    def __init__(self, progress: ProgressFn | None) -> None:
-        self.progress = progress
-        self.loss_curve: list[tuple[int, float]] = []
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
-        if logs and "loss" in logs:  # the end-of-training summary has train_loss instead
-            self.loss_curve.append((int(state.global_step), float(logs["loss"])))
-            if self.progress is not None:
-                self.progress(int(state.global_step), int(state.max_steps), float(logs["loss"]))
-
-
 # -- training ---------------------------------------------------------------------------
 
 
@@ -242,7 +229,7 @@ def train_reward_model(
         )
 
     # -- trainer --------------------------------------------------------------------------
-    callback = _Progress(progress)
+    callback = Progress(progress)
     with tempfile.TemporaryDirectory(prefix="clinalign-rm-") as scratch:
         trainer = _SoftLabelRewardTrainer(
             model=model,
@@ -293,17 +280,14 @@ def train_reward_model(
         "normalisation": normalisation,
         "metrics": metrics,
         "loss_curve": [[s, round(v, 6)] for s, v in callback.loss_curve],
-        "code_version": _code_version(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-            "peft": peft.__version__,
-        },
+        "code_version": code_version(),
+        "versions": library_versions(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - started, 2),
     }
-    _save(trained, tokenizer, normalisation, manifest, out_dir)
+    write_model_dir(
+        trained, tokenizer, out_dir, {NORMALISATION_FILE: normalisation, MANIFEST_NAME: manifest}
+    )
     log.info(
         "reward model trained",
         extra={"fields": {"path": str(out_dir), **{k: metrics[k] for k in sorted(metrics)}}},
@@ -466,50 +450,3 @@ def _eval_accuracy(
         "eval_pairs": float(len(labelled)),
         "eval_accuracy": float(bt.pairwise_correct(b_delta).mean()),
     }
-
-
-def _code_version() -> dict[str, str | None]:
-    commit = None
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        if result.returncode == 0:
-            commit = result.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass  # an installed package has no git checkout
-    return {"package": __version__, "git_commit": commit}
-
-
-def _save(
-    model: Any,
-    tokenizer: Any,
-    normalisation: dict[str, Any],
-    manifest: dict[str, Any],
-    out_dir: Path,
-) -> None:
-    """Written in a sibling directory and renamed into place, so ``out_dir`` is never
-    half-written."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.writing-", dir=out_dir.parent))
-    try:
-        model.config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging, save_jinja_files=False)  # as the base model
-        (staging / NORMALISATION_FILE).write_text(json.dumps(normalisation, indent=2) + "\n")
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        # Other processes and containers (often another user) read a model directory.
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out_dir.exists():
-            out_dir.rmdir()  # checked empty before training
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

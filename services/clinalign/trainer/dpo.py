@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from clinalign.common.errors import InvalidArgument
 from clinalign.reward.training import LoraSettings
 from clinalign.trainer import policy_training as common
 from clinalign.trainer.policy_training import ProgressFn
-from clinalign.trainer.registry import POLICY
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +135,7 @@ def train_dpo(
     metrics = {
         "train_pairs": float(len(train_rows)),
         "train_ties_dropped": float(train_ties),
-        "train_steps": float(summary.global_step),
-        "train_loss": float(summary.training_loss),
-        "train_loss_first": callback.loss_curve[0][1] if callback.loss_curve else float("nan"),
-        "train_loss_last": callback.loss_curve[-1][1] if callback.loss_curve else float("nan"),
+        **common.loss_metrics(summary, callback),
         "eval_pairs": float(len(eval_rows)),
     }
     if "rewards/accuracies" in callback.last:
@@ -149,30 +144,26 @@ def train_dpo(
         metrics["eval_loss"] = float(held_out["eval_loss"])
         metrics["eval_reward_accuracy"] = float(held_out["eval_rewards/accuracies"])
         metrics["eval_reward_margin"] = float(held_out["eval_rewards/margins"])
-    manifest: dict[str, Any] = {
-        "kind": POLICY,
-        "format_version": common.FORMAT_VERSION,
-        "snapshot_hash": snapshot_hash,
-        "snapshot_hash_source": snapshot_hash_source,
-        "base_model": str(base_model),
-        "parent_version": parent_version,
-        "seed": hyper.seed,
-        "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
-        "method": {
+    manifest = common.policy_manifest(
+        method={
             "name": "dpo",
             "loss": "sigmoid DPO (Rafailov et al. 2023, Eq. 7; TRL DPOTrainer)",
             "reference": "the base model" + (" (LoRA adapter disabled)" if lora else ""),
             "ties": "dropped",
             "format": "tokenizer chat template: user = prompt, assistant = response",
-            "lora": "merged into full weights" if lora else None,
         },
-        "metrics": metrics,
-        "loss_curve": [[s, round(v, 6)] for s, v in callback.loss_curve],
-        "code_version": common.code_version(),
-        "versions": common.library_versions(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_s": round(time.monotonic() - started, 2),
-    }
+        hyper=hyper,
+        lora=lora,
+        metrics=metrics,
+        callback=callback,
+        lineage={
+            "snapshot_hash": snapshot_hash,
+            "snapshot_hash_source": snapshot_hash_source,
+            "base_model": str(base_model),
+            "parent_version": parent_version,
+        },
+        started=started,
+    )
     common.save_policy(trained, tokenizer, manifest, out_dir)
     log.info("dpo policy trained", extra={"fields": {"path": str(out_dir), **metrics}})
     return manifest

@@ -11,7 +11,6 @@ whose parent is the base model's version.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument
 from clinalign.trainer import reward_job
-from clinalign.trainer.reward_job import MODEL_DIR, ProgressFn
+from clinalign.trainer.reward_job import ProgressFn, run_trainer
 
 
 def _check(session: Session, spec: dict[str, Any], kind: str, hyper_class: Any) -> dict[str, Any]:
@@ -58,43 +57,13 @@ def check_dpo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     return _check(session, spec, "dpo", DPOHyperparameters)
 
 
-def _train(
-    trainer: Callable[..., dict[str, Any]],
-    hyper_class: Any,
-    job_dir: Path,
-    snapshot: Path,
-    inputs: dict[str, Any],
-    progress: ProgressFn,
-) -> tuple[Path, dict[str, Any]]:
-    from clinalign.reward.commands import read_snapshot
-    from clinalign.reward.training import LoraSettings
-
-    data = read_snapshot(snapshot)
-    lora = inputs.get("lora")
-    if lora and isinstance(lora.get("target_modules"), list):
-        lora = {**lora, "target_modules": tuple(lora["target_modules"])}
-    out = job_dir / MODEL_DIR
-    manifest = trainer(
-        data.records,
-        data.snapshot_hash,
-        Path(inputs["base_model_dir"]),
-        out,
-        hyper_class(**inputs["hyperparameters"]),
-        lora=LoraSettings(**lora) if lora else None,
-        parent_version=str(inputs.get("parent_version", "")),
-        snapshot_hash_source=data.hash_source,
-        progress=progress,
-    )
-    return out, manifest
-
-
 def train_sft_job(
     job_dir: Path, snapshot: Path, inputs: dict[str, Any], progress: ProgressFn
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tunes the policy on the SFT export into ``<job_dir>/model``; (dir, manifest)."""
     from clinalign.trainer.sft import SFTHyperparameters, train_sft
 
-    return _train(train_sft, SFTHyperparameters, job_dir, snapshot, inputs, progress)
+    return run_trainer(train_sft, SFTHyperparameters, job_dir, snapshot, inputs, progress)
 
 
 def train_dpo_job(
@@ -103,4 +72,4 @@ def train_dpo_job(
     """DPO on the preference export into ``<job_dir>/model``; (dir, manifest)."""
     from clinalign.trainer.dpo import DPOHyperparameters, train_dpo
 
-    return _train(train_dpo, DPOHyperparameters, job_dir, snapshot, inputs, progress)
+    return run_trainer(train_dpo, DPOHyperparameters, job_dir, snapshot, inputs, progress)

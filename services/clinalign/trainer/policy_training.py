@@ -9,27 +9,24 @@ output is an ordinary full model, and the manifest in the keys the registry read
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import peft
 import torch
-import transformers
-import trl
-from transformers import TrainerCallback
 
-from clinalign import __version__
 from clinalign.common.errors import InvalidArgument
-from clinalign.trainer.registry import MANIFEST_NAME
+from clinalign.common.training import Progress as Progress
+from clinalign.common.training import ProgressFn as ProgressFn
+from clinalign.common.training import code_version as code_version
+from clinalign.common.training import library_versions as library_versions
+from clinalign.common.training import write_model_dir
+from clinalign.trainer.registry import MANIFEST_NAME, POLICY
 
 FORMAT_VERSION = 1
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 @dataclass(frozen=True)
@@ -123,68 +120,44 @@ def conversation(prompt: str, answer: str) -> tuple[list[dict[str, str]], list[d
     return [{"role": "user", "content": prompt}], [{"role": "assistant", "content": answer}]
 
 
-class Progress(TrainerCallback):
-    """Reports each logged loss to ``progress`` and keeps the loss curve and the last
-    values of the other logged metrics."""
-
-    def __init__(self, progress: ProgressFn | None) -> None:
-        self.progress = progress
-        self.loss_curve: list[tuple[int, float]] = []
-        self.last: dict[str, float] = {}
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
-        if not logs or "loss" not in logs:  # the end-of-training summary has train_loss
-            return
-        self.loss_curve.append((int(state.global_step), float(logs["loss"])))
-        self.last = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
-        if self.progress is not None:
-            self.progress(int(state.global_step), int(state.max_steps), float(logs["loss"]))
+def save_policy(model: Any, tokenizer: Any, manifest: dict[str, Any], out_dir: Path) -> None:
+    write_model_dir(model, tokenizer, out_dir, {MANIFEST_NAME: manifest})
 
 
-def code_version() -> dict[str, str | None]:
-    commit = None
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        if result.returncode == 0:
-            commit = result.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass  # an installed package has no git checkout
-    return {"package": __version__, "git_commit": commit}
-
-
-def library_versions() -> dict[str, str]:
+def loss_metrics(summary: Any, callback: Progress) -> dict[str, float]:
+    """Steps and losses of a finished TRL run, for the manifest."""
+    curve = callback.loss_curve
     return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "peft": peft.__version__,
+        "train_steps": float(summary.global_step),
+        "train_loss": float(summary.training_loss),
+        "train_loss_first": curve[0][1] if curve else float("nan"),
+        "train_loss_last": curve[-1][1] if curve else float("nan"),
     }
 
 
-def save_policy(model: Any, tokenizer: Any, manifest: dict[str, Any], out_dir: Path) -> None:
-    """Written in a sibling directory and renamed into place, so ``out_dir`` is never
-    half-written."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.writing-", dir=out_dir.parent))
-    try:
-        model.config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging, save_jinja_files=False)  # as the base model
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        # Other processes and containers (often another user) read a model directory.
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out_dir.exists():
-            out_dir.rmdir()  # checked empty before training
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def policy_manifest(
+    *,
+    method: dict[str, Any],
+    hyper: PolicyHyperparameters,
+    lora: Any,
+    metrics: dict[str, float],
+    callback: Progress,
+    lineage: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """The manifest of a trained policy (the registry reads kind, lineage and metrics).
+    ``lineage``: snapshot_hash, snapshot_hash_source, base_model, parent_version."""
+    return {
+        "kind": POLICY,
+        "format_version": FORMAT_VERSION,
+        **lineage,
+        "seed": hyper.seed,
+        "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
+        "method": {**method, "lora": "merged into full weights" if lora else None},
+        "metrics": metrics,
+        "loss_curve": [[s, round(v, 6)] for s, v in callback.loss_curve],
+        "code_version": code_version(),
+        "versions": library_versions(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - started, 2),
+    }

@@ -161,30 +161,47 @@ def check_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def train(
-    job_dir: Path, snapshot: Path, inputs: dict[str, Any], progress: ProgressFn
+def run_trainer(
+    trainer: Callable[..., dict[str, Any]],
+    hyper_class: Any,
+    job_dir: Path,
+    snapshot: Path,
+    inputs: dict[str, Any],
+    progress: ProgressFn,
 ) -> tuple[Path, dict[str, Any]]:
-    """Trains the reward model into ``<job_dir>/model``; (directory, manifest)."""
+    """Runs a training function (reward model, SFT, DPO: they share one signature) on the
+    job's snapshot export into ``<job_dir>/model``; (directory, manifest)."""
     from clinalign.reward.commands import read_snapshot
-    from clinalign.reward.training import LoraSettings, RewardHyperparameters, train_reward_model
+    from clinalign.reward.training import LoraSettings
 
     data = read_snapshot(snapshot)
     lora = inputs.get("lora")
     if lora and isinstance(lora.get("target_modules"), list):
         lora = {**lora, "target_modules": tuple(lora["target_modules"])}
     out = job_dir / MODEL_DIR
-    manifest = train_reward_model(
+    manifest = trainer(
         data.records,
         data.snapshot_hash,
         Path(inputs["base_model_dir"]),
         out,
-        RewardHyperparameters(**inputs["hyperparameters"]),
+        hyper_class(**inputs["hyperparameters"]),
         lora=LoraSettings(**lora) if lora else None,
         parent_version=str(inputs.get("parent_version", "")),
         snapshot_hash_source=data.hash_source,
         progress=progress,
     )
     return out, manifest
+
+
+def train(
+    job_dir: Path, snapshot: Path, inputs: dict[str, Any], progress: ProgressFn
+) -> tuple[Path, dict[str, Any]]:
+    """Trains the reward model into ``<job_dir>/model``; (directory, manifest)."""
+    from clinalign.reward.training import RewardHyperparameters, train_reward_model
+
+    return run_trainer(
+        train_reward_model, RewardHyperparameters, job_dir, snapshot, inputs, progress
+    )
 
 
 def write_snapshot(job_dir: Path, data: bytes, manifest_json: str) -> Path:
