@@ -23,6 +23,7 @@ from .prompt import (
     USER_TOKEN,
     format_document,
     format_prompt,
+    render_user_prompt,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "iter_qa_examples",
     "iter_qa_pairs",
     "read_manifest",
+    "render_user_prompt",
 ]
 
 # The build functions pull in torch and transformers (seconds to import); they load on

@@ -17,6 +17,8 @@ whole model input.
 
 from __future__ import annotations
 
+from typing import Any
+
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 PAD_TOKEN = "<pad>"
@@ -53,6 +55,18 @@ CHAT_TEMPLATE = (
 def format_prompt(question: str) -> str:
     """Return the model input for one patient question, ending where the answer starts."""
     return f"{USER_TOKEN}\n{question}\n{ASSISTANT_TOKEN}\n"
+
+
+def render_user_prompt(tokenizer: Any, prompt: str) -> str:
+    """A user message as a model's tokenizer renders it for generation: its chat template
+    with the assistant turn opened, or the text itself when it has no template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt
+    return str(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+    )
 
 
 def format_document(question: str, answer: str) -> str:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from clinalign.common.hashing import weights_hash
+from clinalign.foundation import render_user_prompt
 from clinalign.generation import metrics
 from clinalign.generation.backend import Delta, Event, Generated, ModelInfo
 from clinalign.generation.params import Sampling
@@ -113,15 +114,7 @@ class LocalBackend:
 
     def render(self, prompt: str) -> str:
         """The user message as the model was trained to see it (its chat template)."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    add_generation_prompt=True,
-                    tokenize=False,
-                )
-            )
-        return prompt
+        return render_user_prompt(self.tokenizer, prompt)
 
     def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
         ids: list[int] = self.tokenizer(self.render(prompt), add_special_tokens=False).input_ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from clinalign.common.errors import FailedPrecondition
 from clinalign.common.registry_client import resolve_version
 from clinalign.common.server import Readiness, run_main
 from clinalign.common.v1 import common_pb2
+from clinalign.foundation import render_user_prompt
 from clinalign.generation.backend import Backend
 from clinalign.generation.config import GenerationSettings
 from clinalign.generation.engine import LocalBackend
@@ -139,14 +141,7 @@ def _chat_renderer(model_path: Path) -> Callable[[str], str] | None:
     if not getattr(tokenizer, "chat_template", None):
         return None
 
-    def render(prompt: str) -> str:
-        return str(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-        )
-
-    return render
+    return functools.partial(render_user_prompt, tokenizer)
 
 
 def main() -> None:

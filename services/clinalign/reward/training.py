@@ -63,6 +63,7 @@ from clinalign.common.training import (
     library_versions,
     write_model_dir,
 )
+from clinalign.foundation import render_user_prompt
 from clinalign.reward import bt
 from clinalign.reward.formatting import Pair, pair_deltas, preference_pairs, raw_rewards, reward_ids
 from clinalign.reward.scorer import NORMALISATION_FILE
@@ -413,14 +414,7 @@ def reference_responses(
     torch.manual_seed(hyper.seed)
     for start in range(0, len(chosen), hyper.eval_batch_size):
         batch_prompts = chosen[start : start + hyper.eval_batch_size]
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            )
-            if tokenizer.chat_template
-            else p
-            for p in batch_prompts
-        ]
+        texts = [render_user_prompt(tokenizer, p) for p in batch_prompts]
         batch = tokenizer(texts, return_tensors="pt", padding=True).to(device)
         with torch.inference_mode():
             generated = policy.generate(
