@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,7 +92,8 @@ def train_reward_model(
     with Progress(transient=True) as bar:
         task = bar.add_task("reward model", total=None)
 
-        def progress(step: int, total: int, loss: float) -> None:
+        def progress(step: int, total: int, metrics: Mapping[str, float]) -> None:
+            loss = metrics.get("loss", float("nan"))
             bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
 
         try:

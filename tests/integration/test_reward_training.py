@@ -238,7 +238,7 @@ def test_training_is_deterministic_and_reports_progress(
 ) -> None:
     subset = [r for r in RECORDS if r["split"] == "train"][:32]
     hyper = RewardHyperparameters(epochs=1.0, learning_rate=1e-3, batch_size=8, norm_prompts=4)
-    steps: list[tuple[int, int, float]] = []
+    steps: list[tuple[int, int, dict[str, float]]] = []
     first = train_reward_model(
         subset,
         SNAPSHOT_HASH,
@@ -254,6 +254,7 @@ def test_training_is_deterministic_and_reports_progress(
     ).read_text()
     assert [s for s, _, _ in steps] == list(range(1, len(steps) + 1))
     assert len(steps) == first["metrics"]["train_steps"] == steps[0][1]
+    assert all("loss" in logged for _, _, logged in steps)
     assert first["metrics"]["eval_pairs"] == 0  # the subset has no held-out split
 
 

@@ -1,16 +1,19 @@
-"""What every training run shares (reward model, SFT, DPO): the progress callback, the
-code and library versions recorded in manifests, and writing a model directory atomically.
+"""What every training run shares (reward model, SFT, DPO): the progress callback,
+checkpoints and resuming from them, the code and library versions recorded in manifests,
+and writing a model directory atomically.
 
 Imported only by training code: it pulls in torch, transformers, TRL and peft.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +22,37 @@ import torch
 import transformers
 import trl
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from clinalign import __version__
+from clinalign.common.errors import InvalidArgument
 
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss), as in foundation
+# (step, total_steps, metrics logged at that step: "loss" and whatever else the run logs)
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+
+
+# What transformers' Trainer writes last into a checkpoint directory (``_save_checkpoint``):
+# a directory without it was cut short while saving.
+TRAINER_STATE_FILE = "trainer_state.json"
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 class Progress(TrainerCallback):
     """Reports each logged loss to ``progress`` and keeps the loss curve and the last
-    values of the other logged metrics."""
+    values of the other logged metrics. A resumed run's curve starts with the steps the
+    checkpoint's log history holds; only the new steps go to ``progress``."""
 
     def __init__(self, progress: ProgressFn | None) -> None:
         self.progress = progress
         self.loss_curve: list[tuple[int, float]] = []
         self.last: dict[str, float] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.loss_curve = [
+            (int(entry["step"]), float(entry["loss"]))
+            for entry in state.log_history
+            if "loss" in entry and "step" in entry
+        ]
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
         if not logs or "loss" not in logs:  # the end-of-training summary has train_loss
@@ -40,7 +60,51 @@ class Progress(TrainerCallback):
         self.loss_curve.append((int(state.global_step), float(logs["loss"])))
         self.last = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
         if self.progress is not None:
-            self.progress(int(state.global_step), int(state.max_steps), float(logs["loss"]))
+            self.progress(int(state.global_step), int(state.max_steps), dict(self.last))
+
+
+def checkpoint_arguments(checkpoint_dir: Path | None, every: int) -> dict[str, Any]:
+    """``TrainingArguments`` for checkpoints: every ``every`` optimiser steps into the run's
+    output directory, keeping only the latest (weights, optimiser, scheduler, RNG states and
+    the trainer state, which holds the data position); none without ``checkpoint_dir``."""
+    if checkpoint_dir is None:
+        return {"save_strategy": "no"}
+    return {"save_strategy": "steps", "save_steps": every, "save_total_limit": 1}
+
+
+@contextlib.contextmanager
+def trainer_output_dir(checkpoint_dir: Path | None, prefix: str) -> Iterator[str]:
+    """The Trainer's ``output_dir``: ``checkpoint_dir`` (created) when checkpointing, else a
+    scratch directory removed afterwards."""
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        yield str(checkpoint_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        yield scratch
+
+
+def last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete ``checkpoint-<step>`` directory under ``checkpoint_dir``, or None.
+    As ``transformers.trainer_utils.get_last_checkpoint``, but a directory the Trainer was
+    stopped while writing (no trainer state yet) is passed over for the one before it."""
+    if not checkpoint_dir.is_dir():
+        return None
+    steps = {
+        int(m.group(1)): path
+        for path in checkpoint_dir.iterdir()
+        if (m := _CHECKPOINT.match(path.name)) and (path / TRAINER_STATE_FILE).is_file()
+    }
+    return steps[max(steps)] if steps else None
+
+
+def check_resume(resume_from: Path | None) -> str | None:
+    """``resume_from`` as ``Trainer.train(resume_from_checkpoint=...)`` takes it, checked."""
+    if resume_from is None:
+        return None
+    if not (Path(resume_from) / TRAINER_STATE_FILE).is_file():
+        raise InvalidArgument("resume_from", f"{resume_from} is not a complete Trainer checkpoint")
+    return str(resume_from)
 
 
 def code_version() -> dict[str, str | None]:
@@ -72,7 +136,11 @@ def library_versions() -> dict[str, str]:
 
 
 def write_model_dir(
-    model: Any, tokenizer: Any, out_dir: Path, json_files: Mapping[str, Any]
+    model: Any,
+    tokenizer: Any,
+    out_dir: Path,
+    json_files: Mapping[str, Any],
+    extra: Callable[[Path], None] | None = None,
 ) -> None:
     """Weights, tokenizer and the given JSON files, written in a sibling directory and
     renamed into place, so ``out_dir`` (absent or empty) is never half-written."""
@@ -84,10 +152,12 @@ def write_model_dir(
         tokenizer.save_pretrained(staging, save_jinja_files=False)  # as the base model
         for name, content in json_files.items():
             (staging / name).write_text(json.dumps(content, indent=2) + "\n")
+        if extra is not None:
+            extra(staging)  # more files the caller writes into the directory
         # Other processes and containers (often another user) read a model directory.
         staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
+        for path in staging.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty before training
         staging.rename(out_dir)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from clinalign.common.errors import InvalidArgument
+from clinalign.common.training import ProgressFn
 from clinalign.reward.evaluation import Report, evaluate_reward_model
 from clinalign.reward.training import LoraSettings, RewardHyperparameters, train_reward_model
 
@@ -74,7 +74,7 @@ def train_command(
     lora_alpha: int | None = None,
     lora_dropout: float = 0.0,
     parent_version: str = "",
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: ProgressFn | None = None,
     **hyper: Any,
 ) -> dict[str, Any]:
     """Train from an export; ``hyper`` holds ``RewardHyperparameters`` fields by name and

@@ -28,13 +28,16 @@ Details, each from the RLHF literature and each recorded in the manifest:
 - With LoRA the adapter is merged into the weights at save time: the output is an
   ordinary full model that the scorer loads like any other, and the adapter's rank is a
   training detail, not a serving one.
+- With ``checkpoint_dir`` the Trainer checkpoints there every ``checkpoint_steps`` steps
+  (weights, optimiser, scheduler, RNG states, data position; the latest is kept);
+  ``resume_from``, one such ``checkpoint-<step>`` directory, continues a stopped run.
+  The normalisation and held-out accuracy are computed after training either way.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -59,8 +62,11 @@ from clinalign.common.errors import InvalidArgument
 from clinalign.common.training import (
     Progress,
     ProgressFn,
+    check_resume,
+    checkpoint_arguments,
     code_version,
     library_versions,
+    trainer_output_dir,
     write_model_dir,
 )
 from clinalign.foundation import render_user_prompt
@@ -100,6 +106,8 @@ class RewardHyperparameters:
     norm_max_new_tokens: int = 64
     norm_temperature: float = 1.0  # the temperature PPO samples at
     eval_batch_size: int = 32
+    # Optimiser steps between the checkpoints a job resumes from (the latest is kept).
+    checkpoint_steps: int = 50
 
     def validate(self) -> None:
         positive = {
@@ -112,6 +120,7 @@ class RewardHyperparameters:
             "norm_max_new_tokens": self.norm_max_new_tokens,
             "norm_temperature": self.norm_temperature,
             "eval_batch_size": self.eval_batch_size,
+            "checkpoint_steps": self.checkpoint_steps,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -193,10 +202,14 @@ def train_reward_model(
     parent_version: str = "",
     snapshot_hash_source: str = "manifest",
     progress: ProgressFn | None = None,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train on the snapshot's ``train`` split, measure on its ``eval`` split, write the
     model directory ``out_dir`` (which must not exist or be empty) and return its
-    manifest. Deterministic given ``hyper.seed`` on a given device and library versions."""
+    manifest. Deterministic given ``hyper.seed`` on a given device and library versions.
+    Checkpoints go to ``checkpoint_dir`` (none without it); ``resume_from`` continues from
+    a checkpoint."""
     started = time.monotonic()
     hyper = hyper or RewardHyperparameters()
     hyper.validate()
@@ -206,6 +219,7 @@ def train_reward_model(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InvalidArgument("out", f"{out_dir} exists and is not empty; choose a new directory")
     train_pairs, eval_pairs = preference_pairs(records, "train"), preference_pairs(records, "eval")
+    resume = check_resume(resume_from)
     if not train_pairs:
         raise InvalidArgument("snapshot", "holds no preference pairs in its train split")
 
@@ -231,10 +245,10 @@ def train_reward_model(
 
     # -- trainer --------------------------------------------------------------------------
     callback = Progress(progress)
-    with tempfile.TemporaryDirectory(prefix="clinalign-rm-") as scratch:
+    with trainer_output_dir(checkpoint_dir, "clinalign-rm-") as scratch:
         trainer = _SoftLabelRewardTrainer(
             model=model,
-            args=_reward_config(hyper, scratch),
+            args=_reward_config(hyper, scratch, checkpoints=checkpoint_dir is not None),
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
             data_collator=_SoftLabelCollator(pad_token_id=tokenizer.pad_token_id),
@@ -243,7 +257,7 @@ def train_reward_model(
         )
         # Progress goes to ``progress`` and the manifest; Trainer would print every log.
         trainer.remove_callback(PrinterCallback)
-        summary = trainer.train()
+        summary = trainer.train(resume_from_checkpoint=resume)
     trained: Any = trainer.model
     if lora is not None:
         trained = trained.merge_and_unload()
@@ -336,7 +350,9 @@ def _normalisation(
     }
 
 
-def _reward_config(hyper: RewardHyperparameters, output_dir: str) -> RewardConfig:
+def _reward_config(
+    hyper: RewardHyperparameters, output_dir: str, *, checkpoints: bool = False
+) -> RewardConfig:
     bf16 = hyper.bf16
     if bf16 is None:
         # TRL defaults bf16 to True everywhere, CPUs included, where it is slower without
@@ -360,7 +376,7 @@ def _reward_config(hyper: RewardHyperparameters, output_dir: str) -> RewardConfi
         seed=hyper.seed,
         data_seed=hyper.seed,
         logging_steps=1,
-        save_strategy="no",
+        **checkpoint_arguments(Path(output_dir) if checkpoints else None, hyper.checkpoint_steps),
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,

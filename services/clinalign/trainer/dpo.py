@@ -15,12 +15,12 @@ through a LoRA adapter merged at save.
 - β defaults to 0.1, the paper's and TRL's default.
 - The held-out metrics are DPO loss and implicit-reward accuracy (the share of eval pairs
   whose chosen answer gets the larger β·log-ratio) on the snapshot's eval split.
+- Checkpoints and resuming as in ``clinalign.trainer.sft``.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -87,14 +87,18 @@ def train_dpo(
     parent_version: str = "",
     snapshot_hash_source: str = "manifest",
     progress: ProgressFn | None = None,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train on the snapshot's ``train`` split, measure on its ``eval`` split, write the
     model directory ``out_dir`` (which must not exist or be empty) and return its
-    manifest."""
+    manifest. Checkpoints go to ``checkpoint_dir`` (none without it); ``resume_from``
+    continues from a checkpoint."""
     started = time.monotonic()
     hyper = hyper or DPOHyperparameters()
     hyper.validate()
     base_model, out_dir = common.check_paths(base_model, out_dir)
+    resume = common.check_resume(resume_from)
     train_rows, train_ties = dpo_examples(records, "train")
     eval_rows, _ = dpo_examples(records, "eval")
     if not train_rows:
@@ -107,9 +111,9 @@ def train_dpo(
 
     # -- trainer -------------------------------------------------------------------------
     callback = common.Progress(progress)
-    with tempfile.TemporaryDirectory(prefix="clinalign-dpo-") as scratch:
+    with common.trainer_output_dir(checkpoint_dir, "clinalign-dpo-") as scratch:
         args = DPOConfig(
-            **common.trainer_arguments(hyper, scratch),
+            **common.trainer_arguments(hyper, scratch, checkpoints=checkpoint_dir is not None),
             beta=hyper.beta,
             per_device_eval_batch_size=hyper.eval_batch_size,
         )
@@ -125,7 +129,7 @@ def train_dpo(
         )
         # Progress goes to ``progress`` and the manifest; Trainer would print every log.
         trainer.remove_callback(PrinterCallback)
-        summary = trainer.train()
+        summary = trainer.train(resume_from_checkpoint=resume)
         held_out = trainer.evaluate() if eval_rows else {}
     trained: Any = trainer.model
     if lora is not None:

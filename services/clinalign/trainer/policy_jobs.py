@@ -3,7 +3,9 @@ in the worker process.
 
 As for ``reward_model`` (``clinalign.trainer.reward_job``, whose base-model, LoRA and
 hyperparameter checks these reuse), submission resolves the base model directory and its
-registry version, the hyperparameters and the LoRA settings into the job's ``inputs``.
+registry version, the hyperparameters and the LoRA settings into the job's ``inputs``, and
+a spec with ``resume_job_id`` continues a failed or cancelled job of its kind from its
+last checkpoint (``reward_job.resume_inputs``).
 The run trains on the snapshot export the worker fetched (SFT records for ``sft``,
 preference pairs for ``dpo``) and the worker registers the result as a policy version
 whose parent is the base model's version.
@@ -22,13 +24,11 @@ from clinalign.trainer.reward_job import ProgressFn, run_trainer
 
 
 def _check(session: Session, spec: dict[str, Any], kind: str, hyper_class: Any) -> dict[str, Any]:
+    if spec.get("resume_job_id"):
+        return reward_job.resume_inputs(session, spec, kind)
     if not spec.get("snapshot_id"):
         raise InvalidArgument(
             "spec.snapshot_id", "is required: the preference snapshot id or content hash"
-        )
-    if spec.get("resume_job_id"):
-        raise InvalidArgument(
-            "spec.resume_job_id", f"{kind} jobs cannot resume yet; submit a new job"
         )
     base_dir, parent = reward_job.resolve_base_model(session, str(spec.get("base_model", "")))
     return {

@@ -1,6 +1,7 @@
 """What the SFT and DPO trainers share: their hyperparameters, the TRL arguments common to
-both, the progress callback, the lineage manifest and the atomic save of a causal-LM
-model directory (tokenizer included) that the generation service and the registry load.
+both (checkpoints included), the progress callback, the lineage manifest and the atomic
+save of a causal-LM model directory (tokenizer included) that the generation service and
+the registry load.
 
 The pattern is ``clinalign.reward.training``'s: a frozen hyperparameter dataclass whose
 fields are what a job's ``spec.hyperparameters`` may set, LoRA merged at save so the
@@ -21,9 +22,11 @@ import torch
 from clinalign.common.errors import InvalidArgument
 from clinalign.common.training import Progress as Progress
 from clinalign.common.training import ProgressFn as ProgressFn
+from clinalign.common.training import check_resume as check_resume
+from clinalign.common.training import checkpoint_arguments, write_model_dir
 from clinalign.common.training import code_version as code_version
 from clinalign.common.training import library_versions as library_versions
-from clinalign.common.training import write_model_dir
+from clinalign.common.training import trainer_output_dir as trainer_output_dir
 from clinalign.trainer.registry import MANIFEST_NAME, POLICY
 
 FORMAT_VERSION = 1
@@ -45,6 +48,8 @@ class PolicyHyperparameters:
     # Recompute activations in the backward pass: less memory for ~20 % more time.
     activation_checkpointing: bool = False
     bf16: bool | None = None  # None: bf16 on a CUDA device that supports it, fp32 elsewhere
+    # Optimiser steps between the checkpoints a job resumes from (the latest is kept).
+    checkpoint_steps: int = 50
 
     def validate(self) -> None:
         positive = {
@@ -53,6 +58,7 @@ class PolicyHyperparameters:
             "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "max_length": self.max_length,
+            "checkpoint_steps": self.checkpoint_steps,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -70,8 +76,11 @@ def check_paths(base_model: Path, out_dir: Path) -> tuple[Path, Path]:
     return base_model, out_dir
 
 
-def trainer_arguments(hyper: PolicyHyperparameters, output_dir: str) -> dict[str, Any]:
-    """``SFTConfig``/``DPOConfig`` keyword arguments common to both."""
+def trainer_arguments(
+    hyper: PolicyHyperparameters, output_dir: str, *, checkpoints: bool = False
+) -> dict[str, Any]:
+    """``SFTConfig``/``DPOConfig`` keyword arguments common to both; with ``checkpoints``,
+    a checkpoint in ``output_dir`` every ``hyper.checkpoint_steps`` steps."""
     bf16 = hyper.bf16
     if bf16 is None:
         # TRL defaults bf16 to True everywhere, CPUs included, where it is slower without
@@ -94,7 +103,7 @@ def trainer_arguments(hyper: PolicyHyperparameters, output_dir: str) -> dict[str
         "seed": hyper.seed,
         "data_seed": hyper.seed,
         "logging_steps": 1,
-        "save_strategy": "no",
+        **checkpoint_arguments(Path(output_dir) if checkpoints else None, hyper.checkpoint_steps),
         "report_to": "none",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,

@@ -6,24 +6,45 @@ registry version, the hyperparameters, the LoRA settings) into the job's ``input
 a job runs what was accepted even if the served policy changes while it waits. The run
 fetches the snapshot export from the preference service, trains with
 ``clinalign.reward.training.train_reward_model`` and registers the result.
+
+Every run checkpoints into ``<job_dir>/checkpoints`` (the latest checkpoint is kept, and
+removed once the run has trained). A spec with ``resume_job_id`` names a FAILED or
+CANCELLED job of the same kind: the new job takes that job's inputs (base model,
+hyperparameters, LoRA; the spec must name the same snapshot) and continues from the
+newest checkpoint the job, or a job it resumed in turn, left. The same rules serve
+``sft`` and ``dpo`` (``clinalign.trainer.policy_jobs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from clinalign.common.errors import InvalidArgument
+from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from clinalign.trainer import jobs
 from clinalign.trainer.registry import POLICY, ModelVersionRow
 
-ProgressFn = Callable[[int, int, float], None]
+# (step, total steps, metrics logged at that step), as clinalign.common.training.ProgressFn
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 SNAPSHOT_FILE = "snapshot.jsonl"
 MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+RESUMABLE = frozenset({jobs.FAILED, jobs.CANCELLED})
+# Spec fields whose values a resumed job takes from the job it resumes.
+_INHERITED = (
+    "base_model",
+    "hyperparameters",
+    "lora",
+    "seed",
+    "prompt_set",
+    "reward_model_version",
+)
 
 
 def _parse_bool(text: str) -> bool:
@@ -140,15 +161,50 @@ def resolve_base_model(session: Session, base_model: str) -> tuple[str, str]:
     return str(path.resolve()), ""
 
 
+def resume_inputs(session: Session, spec: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The inputs of a job that resumes ``spec["resume_job_id"]``: the resumed job's, with
+    the chain of jobs whose checkpoints it may continue from (newest first). Refuses a job
+    that is missing, of another kind or not FAILED or CANCELLED, a different snapshot, and
+    settings that differ from the resumed job's (a resumed job trains what it trained)."""
+    old_id = str(spec["resume_job_id"])
+    try:
+        old = jobs.get(session, old_id)
+    except NotFound:
+        raise NotFound("job", old_id, field="spec.resume_job_id") from None
+    if old.kind != kind:
+        raise InvalidArgument(
+            "spec.resume_job_id",
+            f"job {old_id} is a {old.kind} job; a {kind} job resumes a {kind} job",
+        )
+    if old.state not in RESUMABLE:
+        raise InvalidArgument(
+            "spec.resume_job_id",
+            f"job {old_id} is {old.state}; only a failed or cancelled job can be resumed",
+        )
+    snapshot = str(old.spec.get("snapshot_id", ""))
+    if str(spec.get("snapshot_id", "")) != snapshot:
+        raise InvalidArgument(
+            "spec.snapshot_id",
+            f"must be {snapshot!r}, the snapshot of the resumed job {old_id}",
+        )
+    for name in _INHERITED:
+        if spec.get(name) and spec.get(name) != old.spec.get(name):
+            raise InvalidArgument(
+                f"spec.{name}",
+                f"differs from the resumed job {old_id}'s; leave it empty to train what that "
+                "job trained, or submit a new job",
+            )
+    chain = [old_id, *old.inputs.get("resume_chain", [])]
+    return {**old.inputs, "resume_job_id": old_id, "resume_chain": chain}
+
+
 def check_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     """Checks a reward_model spec (protobuf JSON form); returns the job's inputs."""
+    if spec.get("resume_job_id"):
+        return resume_inputs(session, spec, "reward_model")
     if not spec.get("snapshot_id"):
         raise InvalidArgument(
             "spec.snapshot_id", "is required: the preference snapshot id or content hash"
-        )
-    if spec.get("resume_job_id"):
-        raise InvalidArgument(
-            "spec.resume_job_id", "reward_model jobs cannot resume yet; submit a new job"
         )
     base_dir, parent = resolve_base_model(session, str(spec.get("base_model", "")))
     return {
@@ -161,6 +217,29 @@ def check_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def resume_checkpoint(
+    job_dir: Path,
+    inputs: dict[str, Any],
+    last_checkpoint: Callable[[Path], Path | None] | None = None,
+) -> Path | None:
+    """The checkpoint a resuming job continues from: the newest complete one of the first
+    job in its resume chain that left one (job directories are siblings); None for a job
+    that does not resume. ``last_checkpoint`` finds the newest complete checkpoint in a
+    directory (the HF Trainer's layout by default)."""
+    if last_checkpoint is None:
+        from clinalign.common.training import last_checkpoint as hf_last_checkpoint
+
+        last_checkpoint = hf_last_checkpoint
+    chain = [str(j) for j in inputs.get("resume_chain") or [inputs.get("resume_job_id")] if j]
+    for old_id in chain:
+        found = last_checkpoint(job_dir.parent / old_id / CHECKPOINT_DIR)
+        if found is not None:
+            return found
+    if chain:
+        raise FailedPrecondition(f"job {chain[0]} left no checkpoint; submit a new job")
+    return None
+
+
 def run_trainer(
     trainer: Callable[..., dict[str, Any]],
     hyper_class: Any,
@@ -170,15 +249,18 @@ def run_trainer(
     progress: ProgressFn,
 ) -> tuple[Path, dict[str, Any]]:
     """Runs a training function (reward model, SFT, DPO: they share one signature) on the
-    job's snapshot export into ``<job_dir>/model``; (directory, manifest)."""
+    job's snapshot export into ``<job_dir>/model``, checkpointing into
+    ``<job_dir>/checkpoints`` and continuing from the resumed job's checkpoint, if any;
+    (directory, manifest). The checkpoints go once the model is written."""
     from clinalign.reward.commands import read_snapshot
     from clinalign.reward.training import LoraSettings
 
+    resume_from = resume_checkpoint(job_dir, inputs)
     data = read_snapshot(snapshot)
     lora = inputs.get("lora")
     if lora and isinstance(lora.get("target_modules"), list):
         lora = {**lora, "target_modules": tuple(lora["target_modules"])}
-    out = job_dir / MODEL_DIR
+    out, checkpoints = job_dir / MODEL_DIR, job_dir / CHECKPOINT_DIR
     manifest = trainer(
         data.records,
         data.snapshot_hash,
@@ -189,7 +271,12 @@ def run_trainer(
         parent_version=str(inputs.get("parent_version", "")),
         snapshot_hash_source=data.hash_source,
         progress=progress,
+        checkpoint_dir=checkpoints,
+        resume_from=resume_from,
     )
+    # A trained job is not resumed (only failed and cancelled ones are); its optimiser
+    # state would only hold disk.
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return out, manifest
 
 
@@ -204,12 +291,14 @@ def train(
     )
 
 
-def write_snapshot(job_dir: Path, data: bytes, manifest_json: str) -> Path:
+def write_snapshot(
+    job_dir: Path, data: bytes, manifest_json: str, name: str = SNAPSHOT_FILE
+) -> Path:
     """Writes the export and its manifest sidecar (see ``clinalign.reward.commands``)."""
     from clinalign.reward.commands import MANIFEST_SUFFIX
 
     job_dir.mkdir(parents=True, exist_ok=True)
-    path = job_dir / SNAPSHOT_FILE
+    path = job_dir / name
     path.write_bytes(data)
     if manifest_json:
         path.with_name(path.name + MANIFEST_SUFFIX).write_text(manifest_json)

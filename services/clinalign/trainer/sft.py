@@ -11,12 +11,14 @@
   default for prompt-completion data, set explicitly here) masks the prompt. Its
   ``assistant_only_loss`` would need ``{% generation %}`` markers in the chat template,
   which the project's template does not have.
+- With ``checkpoint_dir`` the Trainer checkpoints there every ``checkpoint_steps`` steps;
+  ``resume_from`` (one such ``checkpoint-<step>`` directory) continues a stopped run where
+  its checkpoint left it: weights, optimiser, scheduler, RNG states and data position.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -63,12 +65,16 @@ def sft_trainer(
     scratch: str,
     lora: LoraSettings | None = None,
     callback: common.Progress | None = None,
+    checkpoints: bool = False,
 ) -> SFTTrainer:
-    """TRL's trainer as ``train_sft`` configures it. TRL 1.16 applies
-    ``completion_only_loss`` while tokenising: the prompt's ``labels`` are -100 (there is no
-    ``completion_mask`` column), and the completion keeps the template's closing EOS."""
+    """TRL's trainer as ``train_sft`` configures it, writing into ``scratch`` (its
+    checkpoints too, with ``checkpoints``). TRL 1.16 applies ``completion_only_loss`` while
+    tokenising: the prompt's ``labels`` are -100 (there is no ``completion_mask`` column),
+    and the completion keeps the template's closing EOS."""
     args = SFTConfig(
-        **common.trainer_arguments(hyper, scratch), completion_only_loss=True, packing=False
+        **common.trainer_arguments(hyper, scratch, checkpoints=checkpoints),
+        completion_only_loss=True,
+        packing=False,
     )
     trainer = SFTTrainer(
         model=model,
@@ -94,13 +100,17 @@ def train_sft(
     parent_version: str = "",
     snapshot_hash_source: str = "manifest",
     progress: ProgressFn | None = None,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train on the snapshot's ``train`` split of SFT records, write the model directory
-    ``out_dir`` (which must not exist or be empty) and return its manifest."""
+    ``out_dir`` (which must not exist or be empty) and return its manifest. Checkpoints go
+    to ``checkpoint_dir`` (none without it); ``resume_from`` continues from a checkpoint."""
     started = time.monotonic()
     hyper = hyper or SFTHyperparameters()
     hyper.validate()
     base_model, out_dir = common.check_paths(base_model, out_dir)
+    resume = common.check_resume(resume_from)
     train_rows = sft_examples(records, "train")
     if not train_rows:
         raise InvalidArgument(
@@ -114,9 +124,11 @@ def train_sft(
 
     # -- trainer -------------------------------------------------------------------------
     callback = common.Progress(progress)
-    with tempfile.TemporaryDirectory(prefix="clinalign-sft-") as scratch:
-        trainer = sft_trainer(model, tokenizer, train_rows, hyper, scratch, lora, callback)
-        summary = trainer.train()
+    with common.trainer_output_dir(checkpoint_dir, "clinalign-sft-") as scratch:
+        trainer = sft_trainer(
+            model, tokenizer, train_rows, hyper, scratch, lora, callback, checkpoint_dir is not None
+        )
+        summary = trainer.train(resume_from_checkpoint=resume)
     trained: Any = trainer.model
     if lora is not None:
         trained = trained.merge_and_unload()
