@@ -16,9 +16,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -55,18 +55,72 @@ def is_worker(pid: int, job_id: str) -> bool:
         return False
 
 
-class LocalExecutor:
+class ExecutorBase:
+    """What every executor shares: starting ``QUEUED`` jobs of its own (``name``) oldest
+    first while fewer than ``limit`` run, following them with tasks it owns, and failing
+    a job whose run ended without a result."""
+
+    name = ""
+
+    def __init__(self, db: Database, settings: TrainerSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def limit(self) -> int:
+        raise NotImplementedError
+
+    async def _launch(self, job: jobs.Job) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stops following; the runs go on and a new trainer re-attaches."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def kick(self) -> None:
+        """Starts QUEUED jobs, oldest first, while fewer than ``limit`` run."""
+        async with self._lock:
+            while True:
+                running = await self.db.run_sync(lambda s: jobs.count_running(s, self.name))
+                if running >= self.limit:
+                    return
+                queued = await self.db.run_sync(lambda s: jobs.in_state(s, jobs.QUEUED, self.name))
+                if not queued:
+                    return
+                await self._launch(queued[0])
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fail_if_running(self, job_id: str, reason: str) -> None:
+        def fail(session: Session) -> None:
+            if jobs.get(session, job_id).state in (jobs.RUNNING, jobs.QUEUED):
+                jobs.transition(session, job_id, jobs.FAILED, failure_reason=reason)
+
+        await self.db.run_write(fail)
+
+
+class LocalExecutor(ExecutorBase):
+    name = LOCAL
+
     def __init__(
         self, db: Database, common: CommonSettings, settings: TrainerSettings, database_url: str
     ) -> None:
-        self.db = db
+        super().__init__(db, settings)
         self.common = common
-        self.settings = settings
         self.database_url = database_url
         self.jobs_root = (common.data_dir / "jobs").resolve()
         self._children: dict[str, asyncio.subprocess.Process] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
+
+    @property
+    def limit(self) -> int:
+        return self.settings.max_running_jobs
 
     @property
     def followed(self) -> frozenset[str]:
@@ -87,27 +141,10 @@ class LocalExecutor:
                 await self._fail_if_running(job.id, jobs.RESTARTED_REASON)
         await self.kick()
 
-    async def stop(self) -> None:
-        """Stops following workers; they keep running and a new trainer re-attaches."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
     # -- scheduling ------------------------------------------------------------------------
 
-    async def kick(self) -> None:
-        """Starts QUEUED jobs, oldest first, while slots are free."""
-        async with self._lock:
-            while True:
-                running = await self.db.run_sync(lambda s: jobs.count_running(s, LOCAL))
-                if running >= self.settings.max_running_jobs:
-                    return
-                queued = await self.db.run_sync(lambda s: jobs.in_state(s, jobs.QUEUED, LOCAL))
-                if not queued:
-                    return
-                await self._launch(queued[0].id)
-
-    async def _launch(self, job_id: str) -> None:
+    async def _launch(self, job: jobs.Job) -> None:
+        job_id = job.id
         # RUNNING before the process exists, so the worker finds its job RUNNING.
         await self.db.run_write(lambda s: jobs.transition(s, job_id, jobs.RUNNING))
         job_dir = self.jobs_root / job_id
@@ -147,6 +184,8 @@ class LocalExecutor:
                 "CLINALIGN_MAX_MESSAGE_MB": str(common.max_message_mb),
             }
         )
+        if self.settings.worker_threads:
+            env["OMP_NUM_THREADS"] = str(self.settings.worker_threads)
         for service in ("generation", "reward", "preference", "trainer", "monitor"):
             env[f"CLINALIGN_{service.upper()}_TARGET"] = common.target(service)
         for name in ("service_token", "tls_ca_file", "tls_cert_file", "tls_key_file"):
@@ -156,11 +195,6 @@ class LocalExecutor:
         return env
 
     # -- following processes ---------------------------------------------------------------
-
-    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _follow_child(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -174,13 +208,6 @@ class LocalExecutor:
         await _wait_gone(pid, job_id, self.settings.watch_poll_s, None)
         await self._fail_if_running(job_id, "the job's process exited without a result")
         await self.kick()
-
-    async def _fail_if_running(self, job_id: str, reason: str) -> None:
-        def fail(session: Session) -> None:
-            if jobs.get(session, job_id).state in (jobs.RUNNING, jobs.QUEUED):
-                jobs.transition(session, job_id, jobs.FAILED, failure_reason=reason)
-
-        await self.db.run_write(fail)
 
     # -- cancellation ----------------------------------------------------------------------
 
@@ -229,6 +256,50 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     """Signals the worker's process group (it leads one), so helpers it forked go too."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+class JobExecutor(Protocol):
+    @property
+    def followed(self) -> frozenset[str]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def kick(self) -> None: ...
+    async def cancel(self, job_id: str) -> jobs.Job: ...
+
+
+class Executors:
+    """The executors a trainer runs, by the name a job row carries (``local``,
+    ``kubernetes``); each call goes to the executor of the job it concerns."""
+
+    def __init__(self, db: Database, by_name: Mapping[str, JobExecutor]) -> None:
+        self.db = db
+        self.by_name = dict(by_name)
+
+    def runs(self, name: str) -> bool:
+        return name in self.by_name
+
+    @property
+    def followed(self) -> frozenset[str]:
+        return frozenset().union(*(e.followed for e in self.by_name.values()))
+
+    async def start(self) -> None:
+        for executor in self.by_name.values():
+            await executor.start()
+
+    async def stop(self) -> None:
+        for executor in self.by_name.values():
+            await executor.stop()
+
+    async def kick(self) -> None:
+        for executor in self.by_name.values():
+            await executor.kick()
+
+    async def cancel(self, job_id: str) -> jobs.Job:
+        job = await self.db.run_sync(lambda s: jobs.get(s, job_id))
+        executor = self.by_name.get(job.executor)
+        if executor is None:  # an executor this trainer no longer runs: nothing to stop here
+            return await self.db.run_write(lambda s: jobs.transition(s, job_id, jobs.CANCELLED))
+        return await executor.cancel(job_id)
 
 
 def _record_pid(session: Session, job_id: str, pid: int) -> str:
