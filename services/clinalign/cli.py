@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from clinalign.cli_jobs import jobs_app, models_app
 from clinalign.cli_train import eval_app, snapshot_app, train_app
 from clinalign.common.config import CommonSettings
 
@@ -288,6 +289,8 @@ def demo(
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
 
 audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")
 app.add_typer(audit_app, name="audit")
