@@ -159,9 +159,11 @@ async def test_reward_model_job_trains_registers_and_cancels(
     assert registered.snapshot_hash == content_hash
     assert registered.job_id == job_id
     assert done.metrics["train_steps"] == done.total_steps
-    assert await asyncio.to_thread(Path(done.report_uri, "snapshot.jsonl").is_file)
-    report = json.loads(await asyncio.to_thread(Path(done.report_uri, "metrics.json").read_text))
-    assert len(report["loss_curve"]) == len(losses)
+    report_dir = Path(done.report_uri)
+    assert await asyncio.to_thread(Path(report_dir.parent, "snapshot.jsonl").is_file)
+    table = await asyncio.to_thread(Path(report_dir, "metrics.csv").read_text)
+    assert len(table.splitlines()) == 1 + len(losses)  # a header and one row per logged step
+    assert await asyncio.to_thread(Path(report_dir, "loss.png").is_file)
     assert done.start_time.seconds and done.end_time.seconds
     assert finished.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "is succeeded; it cannot become cancelled" in (finished.details() or "")
@@ -186,8 +188,8 @@ async def test_bad_specs_name_their_field(
         (tpb.JobSpec(), grpc.StatusCode.INVALID_ARGUMENT, "spec.kind: is required: one of JOB_K"),
         (
             tpb.JobSpec(kind=tpb.JOB_KIND_PPO),
-            grpc.StatusCode.UNIMPLEMENTED,
-            "spec.kind: ppo jobs are not available yet; PPO jobs arrive with",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.prompt_set: name exactly one source of prompts",
         ),
         (
             _reward_spec(model, "s1", executor=tpb.EXECUTOR_KIND_KUBERNETES),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from clinalign.common.config import ServiceSettings
+from clinalign.trainer.policy_gate import PolicyGateSettings
 
 
 class TrainerSettings(ServiceSettings):
@@ -23,7 +24,7 @@ class TrainerSettings(ServiceSettings):
     executor: Literal["local", "kubernetes"] = Field(
         "local",
         description="Executor for jobs that name none: `local` (a subprocess per job) or "
-        "`kubernetes` (a batch/v1 Job per job; not available yet).",
+        "`kubernetes` (a batch/v1 Job per job on a cluster; see the `KUBERNETES_*` settings).",
     )
     max_running_jobs: int = Field(
         1, ge=1, description="Jobs the local executor runs at once; the others wait QUEUED."
@@ -36,3 +37,158 @@ class TrainerSettings(ServiceSettings):
     watch_poll_s: float = Field(
         0.25, gt=0, description="Interval at which WatchJob and the executor poll the job store."
     )
+
+    # -- the Kubernetes executor (clinalign.trainer.kube) ---------------------------------
+    kubernetes_enabled: bool | None = Field(
+        None,
+        description="Run the Kubernetes executor beside the local one, so jobs may name "
+        "either; default: on when `executor` is `kubernetes`.",
+    )
+    kubernetes_namespace: str | None = Field(
+        None,
+        description="Namespace of the jobs' batch/v1 Jobs; default: the trainer pod's own "
+        "namespace (`default` outside a cluster).",
+    )
+    kubernetes_max_running_jobs: int = Field(
+        4, ge=1, description="Kubernetes Jobs running at once; further jobs wait QUEUED."
+    )
+    kubernetes_image: str = Field(
+        "clinalign/trainer:latest",
+        description="Image of the job pods; it runs `clinalign.trainer.worker`, as the "
+        "trainer image does.",
+    )
+    kubernetes_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="imagePullPolicy of the job pods."
+    )
+    kubernetes_service_account: str | None = Field(
+        None,
+        description="ServiceAccount of the job pods (its API token is not mounted); "
+        "default: the namespace's `default`.",
+    )
+    kubernetes_gpus_per_job: int = Field(
+        1,
+        ge=0,
+        description="GPUs (`nvidia.com/gpu`) per job pod, one training process each; "
+        "0 runs on CPU.",
+    )
+    kubernetes_launcher: Literal["torchrun", "accelerate"] = Field(
+        "torchrun",
+        description="Launcher of the processes of a job with more than one GPU: "
+        "`torchrun --nproc_per_node N` or `accelerate launch --num_processes N`.",
+    )
+    kubernetes_cpu: str = Field("4", description="CPU request of a job pod (no CPU limit).")
+    kubernetes_memory: str = Field(
+        "32Gi", description="Memory request and limit of a job pod, /dev/shm not included."
+    )
+    kubernetes_shm_size: str = Field(
+        "8Gi", description="Size limit of the job pod's memory-backed /dev/shm (NCCL, loaders)."
+    )
+    kubernetes_node_selector: dict[str, str] = Field(
+        {},
+        description="nodeSelector of the job pods, JSON, e.g. "
+        '`{"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}`.',
+    )
+    kubernetes_tolerations: list[dict[str, Any]] = Field(
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Tolerations of the job pods, a JSON list of Kubernetes tolerations "
+        "(key, operator, value, effect, tolerationSeconds).",
+    )
+    kubernetes_model_store_claim: str | None = Field(
+        None,
+        description="PersistentVolumeClaim mounted at `kubernetes_data_dir` in job pods, "
+        "shared with the trainer; without one the pods write to an emptyDir and lose "
+        "their artefacts.",
+    )
+    kubernetes_data_dir: str = Field(
+        "/var/lib/clinalign",
+        description="The data directory's mount path in job pods (their CLINALIGN_DATA_DIR).",
+    )
+    kubernetes_secret_name: str | None = Field(
+        None,
+        description="Secret the job pods read the database URL and service token from; "
+        "without one they use the SQLite store and tokens file on the model store.",
+    )
+    kubernetes_secret_database_url_key: str = Field(
+        "database-url", description="Key of the trainer's database URL in that Secret."
+    )
+    kubernetes_secret_service_token_key: str = Field(
+        "service-token", description="Key of the `service` bearer token in that Secret."
+    )
+    kubernetes_tls_secret_name: str | None = Field(
+        None,
+        description="Secret (`ca.crt`, `tls.crt`, `tls.key`) mounted in job pods for the "
+        "TLS files the trainer is configured with.",
+    )
+    kubernetes_run_as_user: int = Field(
+        10001, ge=1, description="Non-root uid (and gid, fsGroup) of the job pods."
+    )
+    kubernetes_ttl_after_finished_s: int | None = Field(
+        86400,
+        ge=0,
+        description="Seconds a finished Job and its pod (and logs) stay before Kubernetes "
+        "deletes them.",
+    )
+    kubernetes_active_deadline_s: int | None = Field(
+        None, gt=0, description="Seconds after which Kubernetes stops a job's pod; unset: none."
+    )
+
+    worker_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of each local job process (OMP_NUM_THREADS); 0 leaves "
+        "torch's default, one per core. Set it when jobs share the cores with services "
+        "(the embedded default on a small machine): oversubscribed threads spin and slow "
+        "training several-fold.",
+    )
+    gate_prompt_set: str = Field(
+        "clinical-heldout",
+        description="Prompt set the policy gate judges a candidate on: `clinical-heldout` "
+        '(phrasings PPO never trains on) or a .jsonl file of {"prompt": ...} lines.',
+    )
+    gate_prompts: int = Field(
+        64, ge=8, description="Held-out prompts the policy gate samples one response to each."
+    )
+    gate_max_new_tokens: int = Field(
+        128, ge=1, description="Length limit of the policy gate's sampled responses."
+    )
+    gate_min_win_rate: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="A policy is promoted only if its held-out win rate against the served "
+        "policy is above this.",
+    )
+    gate_max_kl: float = Field(
+        20.0,
+        gt=0,
+        description="A policy is promoted only if its mean KL to its parent (nats per "
+        "response, on its own samples) is at most this.",
+    )
+
+    @property
+    def policy_gate(self) -> PolicyGateSettings:
+        return PolicyGateSettings(
+            prompt_set=self.gate_prompt_set,
+            prompts=self.gate_prompts,
+            max_new_tokens=self.gate_max_new_tokens,
+            min_win_rate=self.gate_min_win_rate,
+            max_kl=self.gate_max_kl,
+        )
+
+    @field_validator("kubernetes_tolerations")
+    @classmethod
+    def _known_toleration_keys(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        known = {"key", "operator", "value", "effect", "tolerationSeconds"}
+        for i, toleration in enumerate(value):
+            if unknown := sorted(set(toleration) - known):
+                raise ValueError(
+                    f"toleration {i}: unknown fields {unknown}; known: {sorted(known)}"
+                )
+        return value
+
+    @property
+    def kubernetes_on(self) -> bool:
+        """Whether this trainer runs the Kubernetes executor."""
+        if self.kubernetes_enabled is not None:
+            return self.kubernetes_enabled
+        return self.executor == "kubernetes"

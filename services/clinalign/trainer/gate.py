@@ -6,11 +6,12 @@ A reward version is evaluated, beside the served reward model it would replace, 
 confidence, and not below the served model's on the same pairs. The snapshot is the one
 the version was trained on (its job's ``snapshot_id``, else the content hash its manifest
 records); a version without one, such as a registered directory, is judged on the served
-model's snapshot. The policy gate (held-out reward, win rate, KL to the parent) arrives
-with the PPO trainer.
+model's snapshot. A policy version is judged by ``clinalign.trainer.policy_gate``:
+held-out reward and win rate against the served policy, and KL to its parent under a bound.
 
-Transport-free: the snapshot comes through a passed-in async fetcher, and the decision is
-applied and recorded through the registry (``Registry.decide``).
+Transport-free: the snapshot and the reward service's scores come through passed-in async
+functions, and the decision is applied and recorded through the registry
+(``Registry.decide``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
-from clinalign.trainer import jobs
-from clinalign.trainer.errors import NotAvailableYet
+from clinalign.trainer import jobs, prompt_sets
+from clinalign.trainer.policy_gate import (
+    KL_TO_PARENT,
+    REWARD_VS_SERVED,
+    WIN_RATE_VS_SERVED,
+    PolicyGateSettings,
+    PolicyScorer,
+)
 from clinalign.trainer.registry import POLICY, ModelVersion, Registry
 
 if TYPE_CHECKING:  # evaluation loads torch, which the trainer loads only when it gates
@@ -117,12 +125,12 @@ def _snapshot_ref(session: Session, version: ModelVersion) -> str:
     return ""
 
 
-def _model_dir(version: ModelVersion) -> Path:
+def _model_dir(version: ModelVersion, what: str = "reward-model") -> Path:
     path = Path(version.artifact_uri)
     if not (path / "config.json").is_file():
         raise FailedPrecondition(
-            f"{version.version} is a LoRA adapter; the reward-model gate evaluates "
-            "full-weight reward models only for now"
+            f"{version.version} is a LoRA adapter; the {what} gate evaluates "
+            "full-weight models only for now"
         )
     return path
 
@@ -132,18 +140,19 @@ class _Plan:
     candidate: ModelVersion
     baseline: ModelVersion | None
     snapshot: str
+    parent: ModelVersion | None = None  # a policy's parent version, when registered
 
 
 def _plan(session: Session, registry: Registry, version: str) -> _Plan:
     candidate = registry.get(session, version)
     if candidate.stage == "serving":
         raise FailedPrecondition(f"{version} is already the served {candidate.kind} version")
-    if candidate.kind == POLICY:
-        raise NotAvailableYet(
-            f"{version} is a policy version; the policy gate (held-out reward, win rate "
-            "against the served policy, KL to its parent) arrives with the PPO trainer"
-        )
     baseline = registry.served(session, candidate.kind)
+    if candidate.kind == POLICY:
+        parent = (
+            registry.get(session, candidate.parent_version) if candidate.parent_version else None
+        )
+        return _Plan(candidate, baseline, "", parent)
     snapshot = _snapshot_ref(session, candidate) or (
         _snapshot_ref(session, baseline) if baseline else ""
     )
@@ -159,15 +168,33 @@ async def promote(
     db: Database,
     registry: Registry,
     version: str,
-    fetch: SnapshotFetcher,
+    fetch: SnapshotFetcher | None,
     *,
     principal: str = "",
     n_resamples: int = 2000,
+    score: PolicyScorer | None = None,
+    policy_settings: PolicyGateSettings | None = None,
 ) -> Decision:
-    """Runs the gate on ``version`` and applies and records its decision."""
+    """Runs the gate on ``version`` and applies and records its decision. A reward
+    version needs ``fetch`` (its snapshot); a policy version needs ``score`` (the reward
+    service)."""
+    plan = await db.run_sync(lambda s: _plan(s, registry, version))
+    if plan.candidate.kind == POLICY:
+        if score is None:
+            raise FailedPrecondition("this trainer has no reward service to judge policies with")
+        checks = await policy_checks(plan, score, policy_settings or PolicyGateSettings())
+    else:
+        if fetch is None:
+            raise FailedPrecondition("this trainer has no preference service to run the gate on")
+        checks = await _reward_checks(plan, version, fetch, n_resamples)
+    return await _apply(db, registry, plan, version, checks, principal)
+
+
+async def _reward_checks(
+    plan: _Plan, version: str, fetch: SnapshotFetcher, n_resamples: int
+) -> list[Check]:
     from clinalign.reward.evaluation import evaluate_reward_model
 
-    plan = await db.run_sync(lambda s: _plan(s, registry, version))
     candidate_dir = _model_dir(plan.candidate)
     baseline_dir = _model_dir(plan.baseline) if plan.baseline else None
     records, snapshot_hash = await fetch(plan.snapshot)
@@ -185,7 +212,84 @@ async def promote(
         raise FailedPrecondition(
             f"{version} cannot be evaluated on snapshot {plan.snapshot}: {err.message}"
         ) from None
-    checks = reward_checks(report)
+    return reward_checks(report)
+
+
+async def policy_checks(
+    plan: _Plan, score: PolicyScorer, settings: PolicyGateSettings
+) -> list[Check]:
+    """The policy gate's checks (see ``clinalign.trainer.policy_gate``)."""
+    from clinalign.trainer.policy_gate import bootstrap_interval, sample, scores, win_rate
+
+    candidate_dir = _model_dir(plan.candidate, "policy")
+    parent_dir = _model_dir(plan.parent, "policy") if plan.parent else None
+    base_version = plan.baseline or plan.parent
+    if base_version is None:
+        raise FailedPrecondition(
+            f"{plan.candidate.version} has no registered parent and no policy is served: "
+            "there is nothing to compare it with"
+        )
+    base_dir = _model_dir(base_version, "policy")
+    prompts = prompt_sets.load(settings.prompt_set, "gate_prompt_set", limit=settings.prompts)
+    # the same seed for both: common random numbers, so the comparison is less noisy
+    candidate = await asyncio.to_thread(
+        sample, candidate_dir, prompts, settings.max_new_tokens, settings.seed, parent_dir
+    )
+    baseline = await asyncio.to_thread(
+        sample, base_dir, prompts, settings.max_new_tokens, settings.seed
+    )
+    cand_scores, judge = await scores(score, prompts, candidate)
+    base_scores, judge_base = await scores(score, prompts, baseline)
+    judge = judge or judge_base
+    against = f"{'served' if plan.baseline else 'parent'} {base_version.version}"
+    mean_c, mean_b = fmean(cand_scores), fmean(base_scores)
+    rate = win_rate(cand_scores, base_scores)
+    low, high = bootstrap_interval(cand_scores, base_scores, seed=settings.seed)
+    where = f"on {len(prompts)} {settings.prompt_set} prompts, judged by {judge or 'no score'}"
+    better = mean_c >= mean_b
+    wins = rate > settings.min_win_rate
+    checks = [
+        Check(
+            REWARD_VS_SERVED,
+            mean_c,
+            mean_b,
+            better,
+            f"mean held-out reward {mean_c:.4f} {'is not below' if better else 'is below'} "
+            f"{against}'s {mean_b:.4f} {where}",
+        ),
+        Check(
+            WIN_RATE_VS_SERVED,
+            rate,
+            settings.min_win_rate,
+            wins,
+            f"win rate {rate:.3f} (95% CI {low:.3f} to {high:.3f}) against {against} "
+            f"{'is above' if wins else 'is not above'} {settings.min_win_rate} {where}",
+        ),
+    ]
+    if plan.parent is not None and candidate.kl_to_parent:
+        kl = fmean(candidate.kl_to_parent)
+        within = kl <= settings.max_kl
+        checks.append(
+            Check(
+                KL_TO_PARENT,
+                kl,
+                settings.max_kl,
+                within,
+                f"KL to parent {plan.parent.version}: {kl:.2f} nats per response "
+                f"{'is within' if within else 'exceeds'} the bound {settings.max_kl}",
+            )
+        )
+    return checks
+
+
+async def _apply(
+    db: Database,
+    registry: Registry,
+    plan: _Plan,
+    version: str,
+    checks: list[Check],
+    principal: str,
+) -> Decision:
     promoted = all(c.passed for c in checks)
     served = plan.baseline.version if plan.baseline else None
 
@@ -206,7 +310,7 @@ async def promote(
             "fields": {
                 "version": version,
                 "replaces": served or "",
-                "snapshot": snapshot_hash,
+                "snapshot": plan.snapshot,
                 "failed": [c.name for c in checks if not c.passed],
             }
         },

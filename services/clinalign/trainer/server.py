@@ -12,9 +12,11 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.errors import FailedPrecondition
 from clinalign.common.server import DatabaseApp, Readiness, run_main
-from clinalign.trainer import gate, registry, worker
+from clinalign.trainer import gate, ppo_job, registry, worker
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.executor import LocalExecutor
+from clinalign.trainer.executor import Executors, JobExecutor, LocalExecutor
+from clinalign.trainer.metrics import register_job_metrics
+from clinalign.trainer.policy_gate import PolicyScorer
 from clinalign.trainer.servicer import ROLES, TrainerServicer
 from clinalign.trainer.v1 import trainer_pb2_grpc
 
@@ -37,6 +39,15 @@ def snapshot_fetcher(common: CommonSettings) -> gate.SnapshotFetcher:
     return fetch
 
 
+def reward_scorer(common: CommonSettings) -> PolicyScorer:
+    """Scores the policy gate's responses through the reward service, as PPO jobs do."""
+
+    async def score(prompts: list[str], responses: list[str]) -> tuple[list[float], str]:
+        return await ppo_job.score_remote(common, prompts, responses)
+
+    return score
+
+
 class TrainerApp(DatabaseApp):
     name = "trainer"
     full_name = "clinalign.trainer.v1.TrainerService"
@@ -45,10 +56,21 @@ class TrainerApp(DatabaseApp):
     def __init__(self, common: CommonSettings, settings: TrainerSettings) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "trainer")
         super().__init__(Database(url, registry.Base))
+        register_job_metrics(self.db)  # job counts, and each running job's step and metrics
         self.registry = registry.Registry(common.data_dir / "registry")
-        self.executor = LocalExecutor(self.db, common, settings, url)
+        by_name: dict[str, JobExecutor] = {"local": LocalExecutor(self.db, common, settings, url)}
+        if settings.kubernetes_on:
+            from clinalign.trainer.kube import KubernetesExecutor  # the client only when used
+
+            by_name["kubernetes"] = KubernetesExecutor(self.db, common, settings)
+        self.executor = Executors(self.db, by_name)
         self.servicer = TrainerServicer(
-            self.db, self.registry, self.executor, settings, snapshot_fetcher(common)
+            self.db,
+            self.registry,
+            self.executor,
+            settings,
+            snapshot_fetcher(common),
+            reward_scorer(common),
         )
 
     def register(self, server: grpc.aio.Server) -> None:

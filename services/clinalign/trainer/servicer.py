@@ -19,10 +19,10 @@ from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.protos import KIND_FROM_PROTO, KIND_TO_PROTO, STAGE_TO_PROTO, timestamp
 from clinalign.common.v1 import common_pb2
-from clinalign.trainer import gate, jobs, policy_jobs, reward_job
+from clinalign.trainer import gate, jobs, policy_jobs, ppo_job, reward_job
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.errors import NotAvailableYet
-from clinalign.trainer.executor import LocalExecutor
+from clinalign.trainer.executor import Executors
+from clinalign.trainer.policy_gate import PolicyScorer
 from clinalign.trainer.registry import ModelVersion, Registry
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -62,16 +62,12 @@ EXECUTOR_TO_PROTO = {
     "kubernetes": trainer_pb2.EXECUTOR_KIND_KUBERNETES,
 }
 EXECUTOR_FROM_PROTO: dict[int, str] = {v: k for k, v in EXECUTOR_TO_PROTO.items()}
-# Which work brings the job kinds this release does not run yet.
-_COMING = {
-    "ppo": "PPO jobs arrive with the PPO trainer issue (clinalign.trainer.ppo)",
-}
-
 # How each runnable kind checks its spec and resolves its inputs at submission.
 _SPEC_CHECKS: dict[str, Callable[[Session, dict[str, Any]], dict[str, Any]]] = {
     "reward_model": reward_job.check_spec,
     "sft": policy_jobs.check_sft_spec,
     "dpo": policy_jobs.check_dpo_spec,
+    "ppo": ppo_job.check_ppo_spec,
 }
 
 
@@ -101,8 +97,6 @@ def _job_kind(value: int) -> str:
     if kind is None:
         names = ", ".join(trainer_pb2.JobKind.Name(v) for v in KIND_TO_PROTO_JOB.values())
         raise InvalidArgument("spec.kind", f"is required: one of {names}")
-    if kind in _COMING:
-        raise NotAvailableYet(f"spec.kind: {kind} jobs are not available yet; {_COMING[kind]}")
     return kind
 
 
@@ -131,15 +125,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self,
         db: Database,
         registry: Registry,
-        executor: LocalExecutor,
+        executor: Executors,
         settings: TrainerSettings,
         fetch_snapshot: gate.SnapshotFetcher | None = None,
+        score: PolicyScorer | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
         self.executor = executor
         self.settings = settings
         self.fetch_snapshot = fetch_snapshot
+        self.score = score
 
     async def SubmitJob(
         self, request: trainer_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
@@ -152,10 +148,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 return trainer_pb2.SubmitJobResponse(job=job_to_proto(found), replayed=True)
         kind = _job_kind(spec.kind)
         executor = EXECUTOR_FROM_PROTO.get(int(spec.executor), str(self.settings.executor))
-        if executor != "local":
+        if not self.executor.runs(executor):
             raise FailedPrecondition(
-                f"spec.executor: the {executor} executor is not available yet; use "
-                "EXECUTOR_KIND_LOCAL"
+                f"spec.executor: the {executor} executor is not available yet on this "
+                "trainer: set CLINALIGN_TRAINER_KUBERNETES_ENABLED=true and its "
+                "CLINALIGN_TRAINER_KUBERNETES_* settings, or use EXECUTOR_KIND_LOCAL"
             )
         as_dict = json_format.MessageToDict(spec, preserving_proto_field_name=True)
         check = _SPEC_CHECKS[kind]
@@ -254,8 +251,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.PromoteModelResponse:
         if not request.version:
             raise InvalidArgument("version", "is required: the registry version to promote")
-        if self.fetch_snapshot is None:
-            raise FailedPrecondition("this trainer has no preference service to run the gate on")
         principal = current_principal()
         decision = await gate.promote(
             self.db,
@@ -263,6 +258,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             request.version,
             self.fetch_snapshot,
             principal=principal.name if principal else "",
+            score=self.score,
+            policy_settings=self.settings.policy_gate,
         )
         return trainer_pb2.PromoteModelResponse(
             promoted=decision.promoted,

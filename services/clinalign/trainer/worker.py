@@ -14,9 +14,10 @@ import asyncio
 import json
 import logging
 import math
+import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +30,61 @@ from clinalign.common.errors import ClinAlignError
 from clinalign.common.logs import configure_logging
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.trainer import jobs, policy_jobs, registry, reward_job
+from clinalign.trainer import jobs, policy_jobs, ppo_job, registry, report, reward_job
 from clinalign.trainer.config import TrainerSettings
 
 log = logging.getLogger("clinalign.trainer.worker")
 EXPORT_TIMEOUT_S = 600.0
 REPORT_FILE = "metrics.json"
 
-TrainFn = Callable[[Path, Path, dict[str, Any], reward_job.ProgressFn], tuple[Path, dict[str, Any]]]
-# Each kind the worker runs: the snapshot export it trains on, how it trains, and the
-# registry kind of what it makes.
+REPORT_DIR = "report"
+
+TrainFn = Callable[
+    [Path, Path | None, dict[str, Any], reward_job.ProgressFn, CommonSettings],
+    tuple[Path, dict[str, Any]],
+]
+
+
+def _without_settings(
+    train: Callable[
+        [Path, Path, dict[str, Any], reward_job.ProgressFn], tuple[Path, dict[str, Any]]
+    ],
+) -> TrainFn:
+    def run(
+        job_dir: Path,
+        snapshot: Path | None,
+        inputs: dict[str, Any],
+        progress: reward_job.ProgressFn,
+        common: CommonSettings,
+    ) -> tuple[Path, dict[str, Any]]:
+        assert snapshot is not None
+        return train(job_dir, snapshot, inputs, progress)
+
+    return run
+
+
+# Each kind the worker runs: the snapshot export it trains on (a ppo job reads one only
+# when its prompts come from a snapshot), how it trains, and the registry kind it makes.
 KINDS: dict[str, tuple[pb.ExportKind.ValueType, TrainFn, str]] = {
-    "reward_model": (pb.EXPORT_KIND_PREFERENCE, reward_job.train, registry.REWARD),
-    "sft": (pb.EXPORT_KIND_SFT, policy_jobs.train_sft_job, registry.POLICY),
-    "dpo": (pb.EXPORT_KIND_PREFERENCE, policy_jobs.train_dpo_job, registry.POLICY),
+    "reward_model": (
+        pb.EXPORT_KIND_PREFERENCE,
+        _without_settings(reward_job.train),
+        registry.REWARD,
+    ),
+    "sft": (pb.EXPORT_KIND_SFT, _without_settings(policy_jobs.train_sft_job), registry.POLICY),
+    "dpo": (
+        pb.EXPORT_KIND_PREFERENCE,
+        _without_settings(policy_jobs.train_dpo_job),
+        registry.POLICY,
+    ),
+    "ppo": (pb.EXPORT_KIND_PREFERENCE, ppo_job.train_ppo_job, registry.POLICY),
 }
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when run alone). Every
+    rank trains; rank 0 alone writes the job's state, report and registry entry."""
+    return int(os.environ.get("RANK", "0"))
 
 
 class _Cancelled(Exception):
@@ -80,36 +121,51 @@ async def fetch_snapshot(
         return b"".join(chunks), got.snapshot.manifest_json
 
 
-def run_job(db: Database, common: CommonSettings, job_id: str) -> None:
+def run_job(db: Database, common: CommonSettings, job_id: str) -> bool:
+    """Runs the job; False when it failed (the caller exits non-zero, so that under
+    torchrun the other ranks are stopped rather than left waiting)."""
     with db.sessions.begin() as session:
         job = jobs.get(session, job_id)
     if job.state != jobs.RUNNING:
         log.info("job is not running; nothing to do", extra={"fields": {"job_id": job_id}})
-        return
+        return True
     job_dir = (common.data_dir / "jobs" / job_id).resolve()
+    rank = process_rank()
 
-    def progress(step: int, total: int, loss: float) -> None:
+    def progress(step: int, total: int, metrics: Mapping[str, float]) -> None:
+        if rank != 0:
+            return
+        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
         with db.sessions.begin() as session:
-            if not jobs.record_progress(session, job_id, step, total, {"loss": loss}):
+            if not jobs.record_progress(session, job_id, step, total, finite):
                 raise _Cancelled(job_id)
 
     try:
         if job.kind not in KINDS:
             raise NotImplementedError(f"the worker cannot run {job.kind} jobs yet")
         export_kind, train, registry_kind = KINDS[job.kind]
-        data, manifest_json = asyncio.run(
-            fetch_snapshot(common, str(job.spec["snapshot_id"]), export_kind)
-        )
-        snapshot = reward_job.write_snapshot(job_dir, data, manifest_json)
-        out, manifest = train(job_dir, snapshot, job.inputs, progress)
+        snapshot = None
+        snapshot_id = str(job.spec.get("snapshot_id", ""))
+        if snapshot_id:
+            data, manifest_json = asyncio.run(fetch_snapshot(common, snapshot_id, export_kind))
+            name = reward_job.SNAPSHOT_FILE if rank == 0 else f"snapshot.rank{rank}.jsonl"
+            snapshot = reward_job.write_snapshot(job_dir, data, manifest_json, name)
+        out, manifest = train(job_dir, snapshot, job.inputs, progress, common)
+        if rank != 0:
+            return True
         metrics = {
             k: float(v)
             for k, v in dict(manifest.get("metrics", {})).items()
             if isinstance(v, int | float) and math.isfinite(v)
         }
-        # The report: final metrics and the loss curve (plots are not drawn yet).
-        report = {"metrics": metrics, "loss_curve": manifest.get("loss_curve", [])}
-        (job_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        with db.sessions.begin() as session:
+            history = [
+                (e.step, e.metrics)
+                for e in jobs.events_after(session, job_id, 0)
+                if e.metrics and e.state == jobs.RUNNING
+            ]
+        report.write_report(job_dir / REPORT_DIR, job.kind, history, metrics)
+        (job_dir / REPORT_FILE).write_text(json.dumps({"metrics": metrics}, indent=2))
         reg = registry.Registry(common.data_dir / "registry")
         with db.sessions.begin() as session:
             version = reg.register(
@@ -125,13 +181,15 @@ def run_job(db: Database, common: CommonSettings, job_id: str) -> None:
                 jobs.SUCCEEDED,
                 model_version=version,
                 metrics={**job.metrics, **metrics},
-                report_uri=str(job_dir),
+                report_uri=str(job_dir / REPORT_DIR),
             )
         # The registry holds its own copy; the job directory keeps the export and the log.
         shutil.rmtree(out, ignore_errors=True)
         log.info("job succeeded", extra={"fields": {"job_id": job_id, "version": version}})
+        return True
     except _Cancelled:
         log.info("job was cancelled; stopping", extra={"fields": {"job_id": job_id}})
+        return False
     except Exception as exc:
         reason = failure_reason(exc)
         log.error("job failed: %s", reason, extra={"fields": {"job_id": job_id}})
@@ -140,6 +198,7 @@ def run_job(db: Database, common: CommonSettings, job_id: str) -> None:
                 jobs.transition(session, job_id, jobs.FAILED, failure_reason=reason)
         except ClinAlignError:
             pass  # cancelled meanwhile: the cancellation stands
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     url = settings.database_url or default_sqlite_url(common.data_dir, "trainer")
     db = Database(url, registry.Base)
     try:
-        run_job(db, common, args[0])
+        ok = run_job(db, common, args[0])
     finally:
         db.dispose()
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""PPO's hyperparameters: the fields a ``ppo`` job's ``spec.hyperparameters`` may set.
+
+Defaults and their sources are listed in ``IMPLEMENTATION_DETAILS.md``; this dataclass is
+the one place the numbers live. It imports nothing heavy, so the trainer service can check
+a submitted spec without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clinalign.common.errors import InvalidArgument
+
+CRITICS = ("separate", "value_head")
+KL_CONTROLLERS = ("adaptive", "fixed")
+KL_ESTIMATORS = ("k1", "k3")
+
+
+@dataclass(frozen=True)
+class PPOHyperparameters:
+    # -- schedule
+    iterations: int = 100  # PPO iterations: a rollout batch each, then the PPO epochs on it
+    rollout_batch_size: int = 64  # prompts per iteration, over all processes
+    minibatches: int = 1  # per PPO epoch; the rollout batch is split into this many
+    gradient_accumulation_steps: int = 1  # micro-batches per minibatch
+    ppo_epochs: int = 4
+    # -- rollouts
+    response_length: int = 256  # max new tokens
+    temperature: float = 1.0
+    max_prompt_length: int = 512  # longer prompts are cut from the left
+    # -- reward
+    missing_eos_penalty: float = -1.0  # score of a response that never ends
+    kl_controller: str = "adaptive"  # "adaptive" (Ziegler et al. 2019 §2.2) or "fixed"
+    kl_coef: float = 0.15  # β₀ (adaptive) or β (fixed)
+    kl_target: float = 6.0  # nats per sequence (adaptive)
+    kl_horizon: int = 10_000  # episodes (adaptive)
+    kl_estimator: str = "k1"
+    # -- advantages and losses
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    max_grad_norm: float = 1.0
+    # -- optimiser
+    learning_rate: float = 3e-6
+    critic_learning_rate: float | None = None  # None: the policy's
+    anneal_lr: bool = True  # linear decay to 0 over the iterations
+    adam_eps: float = 1e-5
+    weight_decay: float = 0.0
+    # -- models
+    critic: str = "separate"  # "separate" (from the reward model) or "value_head"
+    # -- run
+    seed: int = 0
+    checkpoint_every: int = 10  # iterations between checkpoints; 0 = only at the end
+    bf16: bool | None = None  # None: bf16 on a CUDA device that supports it
+    activation_checkpointing: bool = False
+
+    def validate(self, world_size: int = 1) -> None:
+        positive = {
+            "iterations": self.iterations,
+            "rollout_batch_size": self.rollout_batch_size,
+            "minibatches": self.minibatches,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "ppo_epochs": self.ppo_epochs,
+            "response_length": self.response_length,
+            "temperature": self.temperature,
+            "max_prompt_length": self.max_prompt_length,
+            "kl_target": self.kl_target,
+            "kl_horizon": self.kl_horizon,
+            "clip_range": self.clip_range,
+            "clip_range_value": self.clip_range_value,
+            "learning_rate": self.learning_rate,
+            "max_grad_norm": self.max_grad_norm,
+            "adam_eps": self.adam_eps,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise InvalidArgument(name, f"must be positive, got {value}")
+        for name, value in {"kl_coef": self.kl_coef, "vf_coef": self.vf_coef}.items():
+            if value < 0:
+                raise InvalidArgument(name, f"must not be negative, got {value}")
+        if self.kl_controller == "adaptive" and self.kl_coef == 0:
+            raise InvalidArgument("kl_coef", "must be positive for the adaptive controller")
+        if self.critic_learning_rate is not None and not self.critic_learning_rate > 0:
+            raise InvalidArgument("critic_learning_rate", "must be positive")
+        for name, value in {"gamma": self.gamma, "lam": self.lam}.items():
+            if not 0.0 <= value <= 1.0:
+                raise InvalidArgument(name, f"must be in [0, 1], got {value}")
+        choices: dict[str, tuple[str, tuple[str, ...]]] = {
+            "critic": (self.critic, CRITICS),
+            "kl_controller": (self.kl_controller, KL_CONTROLLERS),
+            "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
+        }
+        for name, (choice, allowed) in choices.items():
+            if choice not in allowed:
+                raise InvalidArgument(name, f"must be one of {', '.join(allowed)}, got {choice!r}")
+        if self.checkpoint_every < 0:
+            raise InvalidArgument("checkpoint_every", "must not be negative")
+        per_process, rest = divmod(self.rollout_batch_size, world_size)
+        if rest or per_process == 0:
+            raise InvalidArgument(
+                "rollout_batch_size",
+                f"must be a positive multiple of the number of processes ({world_size})",
+            )
+        per_minibatch, rest = divmod(per_process, self.minibatches)
+        if rest or per_minibatch == 0:
+            raise InvalidArgument(
+                "minibatches",
+                f"must divide the per-process rollout batch ({per_process} prompts)",
+            )
+        if per_minibatch % self.gradient_accumulation_steps:
+            raise InvalidArgument(
+                "gradient_accumulation_steps",
+                f"must divide the per-process minibatch ({per_minibatch} prompts)",
+            )

@@ -1,0 +1,257 @@
+"""The ``ppo`` job kind: checking its spec at submission, and running it in the worker.
+
+Submission resolves what the run depends on into the job's ``inputs``: the policy to start
+from (a model directory, a registered full-weight policy, or the served one), the reward
+model version it scores against (named, or the served one) and that version's directory
+(the critic starts from it), the prompts (a named prompt set, or the ``train`` split of a
+preference snapshot), the hyperparameters and LoRA settings. A resumed job
+(``spec.resume_job_id``) copies the inputs of the job it continues, so it trains exactly
+what that one trained.
+
+The run scores responses through ``RewardService.Score`` over gRPC (``RemoteScorer``), so
+the reward model runs, batches and scales in its own service, and refuses to mix reward
+models: every answer must come from the version the job was submitted with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from sqlalchemy.orm import Session
+
+from clinalign.common.channels import open_channel, service_token
+from clinalign.common.config import CommonSettings
+from clinalign.common.errors import FailedPrecondition, InvalidArgument
+from clinalign.trainer import prompt_sets, reward_job
+from clinalign.trainer.ppo.config import PPOHyperparameters
+from clinalign.trainer.registry import REWARD, ModelVersionRow, Registry
+
+log = logging.getLogger("clinalign.trainer.ppo_job")
+SCORE_CHUNK = 64  # pairs per Score request; chunks go out concurrently
+SCORE_TIMEOUT_S = 120.0
+SCORE_ATTEMPTS = 6  # RESOURCE_EXHAUSTED / UNAVAILABLE are retried with backoff
+RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+
+# -- submission ---------------------------------------------------------------------------
+
+
+def _reward_version(session: Session, named: str) -> tuple[str, str]:
+    """(version, model directory) of the reward model PPO scores against."""
+    if named:
+        row = session.get(ModelVersionRow, named)
+        if row is None or row.kind != REWARD:
+            raise InvalidArgument(
+                "spec.reward_model_version", f"{named!r} is not a registered reward version"
+            )
+    else:
+        found = Registry(Path(".")).served(session, REWARD)
+        if found is None:
+            raise InvalidArgument(
+                "spec.reward_model_version",
+                "is required while no reward model is served: train and promote one, or "
+                "name a registered reward version",
+            )
+        row = session.get(ModelVersionRow, found.version)
+        assert row is not None
+    if row.adapter_path or not (Path(row.artifact_uri) / "config.json").is_file():
+        raise InvalidArgument(
+            "spec.reward_model_version",
+            f"{row.version} is not a full-weight reward model; PPO's critic starts from it",
+        )
+    return row.version, row.artifact_uri
+
+
+def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
+    """Checks a ppo spec (protobuf JSON form); returns the job's inputs."""
+    if spec.get("resume_job_id"):
+        return reward_job.resume_inputs(session, spec, "ppo")
+    prompt_set, snapshot_id = str(spec.get("prompt_set", "")), str(spec.get("snapshot_id", ""))
+    if bool(prompt_set) == bool(snapshot_id):
+        raise InvalidArgument(
+            "spec.prompt_set",
+            "name exactly one source of prompts: a prompt set "
+            f"({', '.join(prompt_sets.BUILTIN)} or a .jsonl file) or a snapshot_id",
+        )
+    if prompt_set:
+        prompt_sets.check(prompt_set)
+    base_dir, parent = reward_job.resolve_base_model(session, str(spec.get("base_model", "")))
+    reward_version, reward_dir = _reward_version(session, str(spec.get("reward_model_version", "")))
+    return {
+        "base_model_dir": base_dir,
+        "parent_version": parent,
+        "reward_model_version": reward_version,
+        "reward_model_dir": reward_dir,
+        "prompt_set": prompt_set,
+        "hyperparameters": reward_job.parse_fields(
+            dict(spec.get("hyperparameters", {})), int(spec.get("seed", 0)), PPOHyperparameters
+        ),
+        "lora": reward_job.parse_lora(dict(spec.get("lora", {}))),
+    }
+
+
+# -- scoring over gRPC ----------------------------------------------------------------------
+
+
+async def score_remote(
+    common: CommonSettings, prompts: list[str], responses: list[str]
+) -> tuple[list[float], str]:
+    """(scores, the reward version that gave them) from ``RewardService.Score``: the pairs
+    go out in concurrent chunks (the service batches across them and other callers), and
+    overload and restarts are retried with backoff. The chunks must agree on the version."""
+    from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
+
+    async with open_channel(common.reward_target, common, service_token(common)) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+
+        async def chunk(start: int) -> tuple[list[float], str]:
+            items = [
+                reward_pb2.ScoreItem(prompt=p, response=r)
+                for p, r in zip(
+                    prompts[start : start + SCORE_CHUNK],
+                    responses[start : start + SCORE_CHUNK],
+                    strict=True,
+                )
+            ]
+            request = reward_pb2.ScoreRequest(items=items, truncate=True)
+            for attempt in range(SCORE_ATTEMPTS):
+                try:
+                    got = await stub.Score(request, timeout=SCORE_TIMEOUT_S)
+                    return [r.score for r in got.results], got.model_version
+                except grpc.aio.AioRpcError as err:
+                    if err.code() not in RETRYABLE or attempt == SCORE_ATTEMPTS - 1:
+                        raise FailedPrecondition(
+                            f"reward service: {err.code().name}: {err.details()}"
+                        ) from None
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+            raise AssertionError("unreachable")
+
+        parts = await asyncio.gather(*(chunk(s) for s in range(0, len(prompts), SCORE_CHUNK)))
+    versions = {version for _, version in parts}
+    if len(versions) > 1:
+        raise FailedPrecondition(
+            f"the reward service changed versions while scoring ({', '.join(sorted(versions))})"
+        )
+    return [score for part, _ in parts for score in part], versions.pop() if versions else ""
+
+
+class RemoteScorer:
+    """PPO's ``ScoreFn`` through the reward service (``score_remote``) that refuses to mix
+    reward models: every answer must name ``expected_version``."""
+
+    def __init__(self, common: CommonSettings, expected_version: str) -> None:
+        self.common = common
+        self.expected_version = expected_version
+        self.calls = 0
+        self.pairs = 0
+        self._loop = asyncio.new_event_loop()
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        self.calls += 1
+        self.pairs += len(prompts)
+        scores, version = self._loop.run_until_complete(
+            score_remote(self.common, list(prompts), list(responses))
+        )
+        if version != self.expected_version:
+            raise FailedPrecondition(
+                f"the reward service serves {version or 'no version'}, but this job scores "
+                f"against {self.expected_version}; a PPO run never mixes reward models"
+            )
+        return scores
+
+    def close(self) -> None:
+        self._loop.close()
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def snapshot_prompts(snapshot: Path) -> tuple[list[str], str, str]:
+    """(unique prompts of the snapshot's train split, its content hash, hash source)."""
+    from clinalign.reward.commands import read_snapshot
+
+    data = read_snapshot(snapshot)
+    prompts = list(
+        dict.fromkeys(
+            str(r["prompt"])
+            for r in data.records
+            if r.get("split", "train") == "train" and r.get("prompt")
+        )
+    )
+    if not prompts:
+        raise FailedPrecondition("the snapshot's train split holds no prompts")
+    return prompts, data.snapshot_hash, data.hash_source
+
+
+def train_ppo_job(
+    job_dir: Path,
+    snapshot: Path | None,
+    inputs: dict[str, Any],
+    progress: reward_job.ProgressFn,
+    common: CommonSettings,
+) -> tuple[Path, dict[str, Any]]:
+    """PPO into ``<job_dir>/model``, checkpointing under ``<job_dir>/checkpoints``;
+    (directory, manifest)."""
+    from clinalign.reward.training import LoraSettings
+    from clinalign.trainer.ppo.trainer import last_checkpoint, train_ppo
+
+    lineage: dict[str, Any] = {
+        "base_model": inputs["base_model_dir"],
+        "parent_version": inputs.get("parent_version", ""),
+        "reward_model_version": inputs["reward_model_version"],
+        "prompt_set": inputs.get("prompt_set", ""),
+    }
+    if inputs.get("prompt_set"):
+        prompts = prompt_sets.load(inputs["prompt_set"])
+        lineage.update(snapshot_hash="", snapshot_hash_source="")
+    else:
+        if snapshot is None:
+            raise FailedPrecondition("a snapshot-prompted ppo job ran without its snapshot")
+        prompts, content_hash, source = snapshot_prompts(snapshot)
+        lineage.update(snapshot_hash=content_hash, snapshot_hash_source=source)
+    resume_from = reward_job.resume_checkpoint(job_dir, inputs, last_checkpoint)
+    if resume_from is not None:
+        lineage["resumed_from"] = f"{resume_from.parent.parent.name}/{resume_from.name}"
+    lora = inputs.get("lora")
+    if lora and isinstance(lora.get("target_modules"), list):
+        lora = {**lora, "target_modules": tuple(lora["target_modules"])}
+    scorer = RemoteScorer(common, inputs["reward_model_version"])
+    out = job_dir / reward_job.MODEL_DIR
+    started = time.monotonic()
+    try:
+        manifest = train_ppo(
+            prompts,
+            Path(inputs["base_model_dir"]),
+            out,
+            PPOHyperparameters(**inputs["hyperparameters"]),
+            scorer,
+            critic_dir=Path(inputs["reward_model_dir"]),
+            lora=LoraSettings(**lora) if lora else None,
+            checkpoint_dir=job_dir / reward_job.CHECKPOINT_DIR,
+            resume_from=resume_from,
+            progress=progress,
+            lineage=lineage,
+        )
+    finally:
+        scorer.close()
+    # a succeeded job cannot be resumed; its optimiser state is as large as the model twice
+    shutil.rmtree(job_dir / reward_job.CHECKPOINT_DIR, ignore_errors=True)
+    log.info(
+        "ppo finished",
+        extra={
+            "fields": {
+                "score_calls": scorer.calls,
+                "scored_pairs": scorer.pairs,
+                "wall_s": round(time.monotonic() - started, 1),
+            }
+        },
+    )
+    return out, manifest

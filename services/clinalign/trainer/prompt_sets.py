@@ -1,0 +1,88 @@
+"""Named prompt sets: the prompts PPO samples responses to, and the held-out prompts the
+policy gate judges a candidate on.
+
+A ``prompt_set`` is one of
+
+- ``clinical-train`` / ``clinical-heldout``: synthetic patient questions drawn from the
+  foundation corpus's generators (``clinalign.foundation.corpus.iter_qa_examples``), its
+  ``train`` and ``heldout`` splits, whose question phrasings never overlap, so a policy
+  judged on ``clinical-heldout`` is judged on wording it never trained on;
+- a path to a JSONL file readable by the trainer (and its job pods), one
+  ``{"prompt": "..."}`` object a line, such as a set a hospital curates.
+
+A preference snapshot is the other source of PPO prompts (its ``train`` split), read by
+the job itself. Everything here is synthetic or supplied by the operator: no patient text
+ships with ClinAlign.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from clinalign.common.errors import InvalidArgument
+
+BUILTIN = {"clinical-train": "train", "clinical-heldout": "heldout"}
+BUILTIN_SIZE = 512  # distinct prompts per built-in set
+BUILTIN_SEED = 7  # a sample of its own, not the pretraining corpus's
+
+
+def is_known(name: str) -> bool:
+    return name in BUILTIN or Path(name).suffix == ".jsonl"
+
+
+def load(name: str, field: str = "spec.prompt_set", limit: int | None = None) -> list[str]:
+    """The prompts of set ``name``, in a fixed order, without duplicates."""
+    if name in BUILTIN:
+        from clinalign.foundation.corpus import iter_qa_examples
+
+        prompts = _unique(
+            e.question
+            for e in itertools.islice(
+                iter_qa_examples(BUILTIN_SEED, BUILTIN[name]), BUILTIN_SIZE * 4
+            )
+        )[:BUILTIN_SIZE]
+    else:
+        prompts = _read_jsonl(name, field)
+    return prompts[:limit] if limit else prompts
+
+
+def check(name: str, field: str = "spec.prompt_set") -> None:
+    """Raises InvalidArgument unless ``name`` is a built-in set or a readable JSONL file
+    with at least one prompt (read now, so a bad file fails the submission, not the job)."""
+    if name in BUILTIN:
+        return
+    if Path(name).suffix != ".jsonl":
+        raise InvalidArgument(
+            field,
+            f"{name!r} is neither a built-in prompt set ({', '.join(BUILTIN)}) nor a .jsonl "
+            'file of {"prompt": ...} lines',
+        )
+    _read_jsonl(name, field)
+
+
+def _read_jsonl(name: str, field: str) -> list[str]:
+    path = Path(name)
+    if not path.is_file():
+        raise InvalidArgument(field, f"{name} is not a file the trainer can read")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise InvalidArgument(field, f"line {number} of {name} is not JSON") from None
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidArgument(field, f'line {number} of {name} has no "prompt" string')
+        prompts.append(prompt)
+    if not prompts:
+        raise InvalidArgument(field, f"{name} holds no prompts")
+    return _unique(prompts)
+
+
+def _unique(prompts: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(prompts))  # first occurrences, in order

@@ -1,0 +1,48 @@
+"""Named prompt sets: the built-in synthetic sets and operator-supplied JSONL files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clinalign.common.errors import InvalidArgument
+from clinalign.trainer import prompt_sets
+
+
+def test_builtin_sets_are_fixed_distinct_and_disjoint() -> None:
+    train, heldout = prompt_sets.load("clinical-train"), prompt_sets.load("clinical-heldout")
+    assert len(train) == len(heldout) == prompt_sets.BUILTIN_SIZE
+    assert len(set(train)) == len(train)
+    assert not set(train) & set(heldout)  # the gate judges on wording PPO never saw
+    assert prompt_sets.load("clinical-train") == train  # the same order every time
+    assert prompt_sets.load("clinical-heldout", limit=5) == heldout[:5]
+
+
+def test_jsonl_sets_are_read_deduplicated_and_checked(tmp_path: Path) -> None:
+    good = tmp_path / "ward.jsonl"
+    good.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n{"prompt": "a"}\n')
+    prompt_sets.check(str(good))
+    assert prompt_sets.load(str(good)) == ["a", "b"]
+    cases = {
+        "nursing": "is neither a built-in prompt set",
+        str(tmp_path / "missing.jsonl"): "is not a file the trainer can read",
+    }
+    for name, lines in {
+        "not-json.jsonl": '{"prompt": "a"}\nnot json\n',
+        "no-prompt.jsonl": '{"question": "a"}\n',
+        "empty-prompt.jsonl": '{"prompt": "  "}\n',
+        "empty.jsonl": "\n",
+    }.items():
+        (tmp_path / name).write_text(lines)
+        cases[str(tmp_path / name)] = {
+            "not-json.jsonl": "line 2 of",
+            "no-prompt.jsonl": "line 1 of",
+            "empty-prompt.jsonl": 'has no "prompt" string',
+            "empty.jsonl": "holds no prompts",
+        }[name]
+    for name, message in cases.items():
+        with pytest.raises(InvalidArgument) as info:
+            prompt_sets.check(name, "spec.prompt_set")
+        assert info.value.field == "spec.prompt_set"
+        assert message in info.value.message, (name, info.value.message)
