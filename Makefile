@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON_SYS ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint test test-fast demo up bootstrap bench clean
+.PHONY: install protos lint test test-fast demo up bootstrap bench bench-ppo clean
 
 # Installs are stamped so repeated `make test` runs skip them until an input changes.
 $(VENV)/.stamp-install: requirements.txt requirements-dev.txt pyproject.toml
@@ -53,6 +53,9 @@ demo: install ## build the model, start the stack, run the pipeline end to end
 
 bench: install ## run the benchmarks under bench/
 	@for b in $(wildcard bench/*.py); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-ppo: install ## PPO iterations: ClinAlign against TRL 0.29.1 (bench/ppo.py; makes TRL's venv)
+	$(PY) bench/ppo.py
 
 clean:
 	rm -rf $(VENV) node_modules .clinalign

@@ -101,10 +101,10 @@ async def test_models_register_list_show_promote_and_rollback(
     assert "\x1b[" not in table[1]  # no ANSI when stdout is a pipe
     assert shown[0] == 0, shown[2]
     assert isinstance(json.loads(shown[1]), dict)
-    # The policy gate arrives with the PPO trainer: today the trainer refuses to judge a
-    # policy version (UNIMPLEMENTED). Either way the command fails and names the code.
-    assert promoted[0] != 0
-    assert "UNIMPLEMENTED" in promoted[2] or "REFUSED" in promoted[1], promoted
+    # A policy with no parent while none is served has nothing to be judged against.
+    assert promoted[0] == 1
+    assert promoted[2].startswith("error: FAILED_PRECONDITION: "), promoted
+    assert "nothing to compare it with" in promoted[2]
     assert rollback[0] == 1
     assert rollback[2].startswith("error: FAILED_PRECONDITION: "), rollback[2]
     assert bad_kind[0] == 2 and "critic" in bad_kind[2]
