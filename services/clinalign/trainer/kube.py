@@ -339,9 +339,7 @@ class KubernetesExecutor(ExecutorBase):
         try:
             body = build_job(job, self.settings, self.common)
         except ValueError as exc:  # a setting the client's models refuse
-            await self._fail_if_running(
-                job.id, f"cannot build the Kubernetes Job: {describe(exc)}"
-            )
+            await self._fail_if_running(job.id, f"cannot build the Kubernetes Job: {describe(exc)}")
             return
         # RUNNING before the Job exists, so the worker finds its job RUNNING.
         await self.db.run_write(lambda s: jobs.transition(s, job.id, jobs.RUNNING))
