@@ -183,6 +183,7 @@ async def test_ppo_jobs_through_the_reward_service(
     assert manifest["reward_model_version"] == "reward-v1"
     assert manifest["prompt_set"] == "clinical-train"
     assert manifest["method"]["algorithm"] == "ppo"
+    assert manifest["report"] == done.report_uri  # the version leads to its curves
     assert version.weights_hash  # the registry hashed the trained weights
     assert [c.name for c in promotion.checks] == [
         "reward_vs_served",

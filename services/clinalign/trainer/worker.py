@@ -121,6 +121,15 @@ async def fetch_snapshot(
         return b"".join(chunks), got.snapshot.manifest_json
 
 
+def _link_report(model_dir: Path, report_dir: Path) -> None:
+    """Records the job's report directory in the manifest the registry will copy, so a
+    version leads to its training curves."""
+    path = model_dir / registry.MANIFEST_NAME
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        path.write_text(json.dumps({**manifest, "report": str(report_dir)}, indent=2) + "\n")
+
+
 def run_job(db: Database, common: CommonSettings, job_id: str) -> bool:
     """Runs the job; False when it failed (the caller exits non-zero, so that under
     torchrun the other ranks are stopped rather than left waiting)."""
@@ -166,6 +175,7 @@ def run_job(db: Database, common: CommonSettings, job_id: str) -> bool:
             ]
         report.write_report(job_dir / REPORT_DIR, job.kind, history, metrics)
         (job_dir / REPORT_FILE).write_text(json.dumps({"metrics": metrics}, indent=2))
+        _link_report(out, job_dir / REPORT_DIR)
         reg = registry.Registry(common.data_dir / "registry")
         with db.sessions.begin() as session:
             version = reg.register(
