@@ -16,6 +16,11 @@ $(VENV)/.stamp-install: requirements.txt requirements-dev.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
+# promtool checks the Prometheus rules in the tests (Debian's prometheus package; root).
+$(VENV)/.stamp-promtool: $(VENV)/.stamp-install
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+	touch $@
+
 node_modules/.stamp-npm: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
@@ -24,7 +29,7 @@ $(VENV)/.stamp-protos: $(VENV)/.stamp-install $(shell find protos -name '*.proto
 	PYTHON=$(PY) scripts/gen_protos.sh
 	touch $@
 
-install: $(VENV)/.stamp-install node_modules/.stamp-npm $(VENV)/.stamp-protos ## venv, pinned deps, buf, stubs
+install: $(VENV)/.stamp-install node_modules/.stamp-npm $(VENV)/.stamp-protos $(VENV)/.stamp-promtool ## venv, pinned deps, buf, stubs, promtool
 
 protos: $(VENV)/.stamp-install ## regenerate Python/gRPC/mypy stubs from protos/
 	PYTHON=$(PY) scripts/gen_protos.sh

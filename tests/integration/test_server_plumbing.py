@@ -113,9 +113,9 @@ async def test_rpc_of_a_later_release_is_unimplemented(
     async with serving(_app(common), common) as running:
         async with client(running, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            code, details = await _code(stub.FlagOutput(monitor_pb2.FlagOutputRequest()))
+            code, details = await _code(stub.GetLineage(monitor_pb2.GetLineageRequest()))
     assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "FlagOutput is not implemented" in details
+    assert "GetLineage is not implemented" in details
 
 
 async def test_unexpected_exception_is_internal_without_its_text(

@@ -1,16 +1,41 @@
-"""The monitor service process."""
+"""The monitor service process, and its two periodic tasks.
+
+- Gauges: every ``stats_interval_s`` the drift (PSI, KS) and flag-rate gauges are set for
+  each version with outputs in the trailing ``drift_window_minutes``.
+- Retention: every ``retention_interval_s`` outputs older than ``retention_days`` are
+  deleted (``store.purge_expired``). A periodic sweep rather than a delete inside each
+  RecordOutputs batch keeps the ingest path's transaction short, and expires outputs
+  even while no traffic arrives.
+
+A failing round is logged (its exception type only) and the next one runs as planned.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import grpc.aio
 
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
-from clinalign.common.server import DatabaseApp, run_main
-from clinalign.monitor import store
+from clinalign.common.server import DatabaseApp, Readiness, run_main
+from clinalign.monitor import flags, metrics, store
 from clinalign.monitor.config import MonitorSettings
-from clinalign.monitor.servicer import ROLES, MonitorServicer
+from clinalign.monitor.servicer import ROLES, Limits, MonitorServicer
 from clinalign.monitor.v1 import monitor_pb2_grpc
+
+log = logging.getLogger("clinalign.monitor")
+
+
+def build_redactor() -> store.Redactor:
+    """The preference store's de-identification, configured from CLINALIGN_DEID_*."""
+    from clinalign.common.deid import build_redactor as shared
+
+    return shared()
 
 
 class MonitorApp(DatabaseApp):
@@ -18,13 +43,82 @@ class MonitorApp(DatabaseApp):
     full_name = "clinalign.monitor.v1.MonitorService"
     roles = ROLES
 
-    def __init__(self, common: CommonSettings, settings: MonitorSettings) -> None:
+    def __init__(
+        self,
+        common: CommonSettings,
+        settings: MonitorSettings,
+        redact: store.Redactor | None = None,
+    ) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "monitor")
         super().__init__(Database(url, store.Base))
-        self.servicer = MonitorServicer(self.db, settings.max_batch)
+        self.settings = settings
+        limits = Limits(
+            max_batch=settings.max_batch,
+            max_text_chars=settings.max_text_chars,
+            max_comment_chars=settings.max_comment_chars,
+            baseline_outputs=settings.baseline_outputs,
+            psi_bins=settings.psi_bins,
+        )
+        self.servicer = MonitorServicer(self.db, redact or build_redactor(), limits)
+        self._tasks: list[asyncio.Task[None]] = []
 
     def register(self, server: grpc.aio.Server) -> None:
         monitor_pb2_grpc.add_MonitorServiceServicer_to_server(self.servicer, server)
+
+    async def start(self, readiness: Readiness) -> None:
+        await super().start(readiness)
+        s = self.settings
+        self._tasks.append(
+            asyncio.create_task(_every("gauges", s.stats_interval_s, self.refresh_gauges))
+        )
+        if s.retention_days > 0:
+            self._tasks.append(
+                asyncio.create_task(_every("retention", s.retention_interval_s, self.purge_expired))
+            )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await super().stop()
+
+    async def refresh_gauges(self) -> None:
+        """Sets the drift and flag-rate gauges over the trailing window."""
+        end = datetime.now(UTC)
+        start = end - timedelta(minutes=self.settings.drift_window_minutes)
+        stats = await self.db.run_sync(
+            lambda s: store.window_stats(s, None, start, end, flags.CONFIRMED)
+        )
+        for v in stats:
+            metrics.FLAG_RATE.labels(v.model_version).set(v.flag_rate)
+            if v.baseline_flag_rate is not None:
+                metrics.BASELINE_FLAG_RATE.labels(v.model_version).set(v.baseline_flag_rate)
+            psi, ks = v.drift(self.settings.psi_bins)
+            if psi is not None and ks is not None:
+                metrics.REWARD_PSI.labels(v.model_version).set(psi)
+                metrics.REWARD_KS.labels(v.model_version).set(ks)
+
+    async def purge_expired(self) -> None:
+        """One retention sweep."""
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.retention_days)
+        deleted, erased = await self.db.run_write(lambda s: store.purge_expired(s, cutoff))
+        metrics.PURGED.inc(deleted)
+        if deleted or erased:
+            log.info("retention", extra={"fields": {"deleted": deleted, "text_erased": erased}})
+
+
+async def _every(name: str, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        try:
+            await work()
+        except Exception as exc:  # a bad round must not end the task
+            log.warning(
+                "periodic task failed",
+                extra={"fields": {"task": name, "error": type(exc).__name__}},
+            )
+        await asyncio.sleep(interval_s)
 
 
 def main() -> None:

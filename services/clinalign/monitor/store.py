@@ -1,20 +1,45 @@
-"""The monitor's store of production outputs.
+"""The monitor's store: production outputs (text de-identified), clinician flags, and each
+version's drift baseline.
 
-Until the shared de-identification lands (preference-store issue), only an output's
-metadata is stored: id, model version, template version, latency, token count, reward
-score and time. Prompt and output text are dropped at the door rather than written raw.
+Tables are created by ``create_all`` (``Database`` without migrations), not Alembic: the
+monitor's schema has had no released predecessor to migrate from.
+
+Baseline: a version's first ``baseline_outputs`` outputs by generation time are marked
+``in_baseline`` once the version has that many (``freeze_baselines``, run with every
+RecordOutputs batch), and stay marked: outputs arriving later with an earlier time do not
+join it. Retention (``purge_expired``) deletes outputs older than the cut-off with their
+flags, except baseline outputs, whose text it erases but whose scores and latency it keeps,
+so a version's drift reference outlives the retention period.
 """
 
 from __future__ import annotations
 
-import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Float, Integer, String, select
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from clinalign.monitor import drift
+
+Redactor = Callable[[str], str]
 
 
 class Base(DeclarativeBase):
@@ -27,11 +52,45 @@ class OutputRow(Base):
     output_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(64), index=True)
     prompt_template_version: Mapped[str] = mapped_column(String(64), default="")
+    # De-identified text; NULL once retention has erased a baseline output's text.
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
     latency_s: Mapped[float] = mapped_column(Float)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     reward_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    in_baseline: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FlagRow(Base):
+    __tablename__ = "flags"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    output_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("outputs.output_id", ondelete="CASCADE"), index=True
+    )
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    category: Mapped[int] = mapped_column(Integer)  # clinalign.common.v1.ErrorCategory
+    severity: Mapped[int] = mapped_column(Integer)  # clinalign.monitor.v1.Severity
+    comment: Mapped[str] = mapped_column(Text, default="")
+    corrected_text: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[int] = mapped_column(Integer, index=True)  # FlagStatus
+    flagged_by: Mapped[str] = mapped_column(String(128))
+    resolved_by: Mapped[str] = mapped_column(String(128), default="")
+    resolution_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BaselineRow(Base):
+    """A version whose baseline is complete (its outputs carry ``in_baseline``)."""
+
+    __tablename__ = "baselines"
+
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outputs: Mapped[int] = mapped_column(Integer)
+    frozen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 @dataclass(frozen=True)
@@ -43,29 +102,35 @@ class OutputRecord:
     completion_tokens: int
     reward_score: float | None
     created_at: datetime
+    prompt: str = ""
+    text: str = ""
 
 
-@dataclass(frozen=True)
-class VersionStats:
-    model_version: str
-    outputs: int
-    latency: list[float]
-    reward_scores: list[float]
+def utc(when: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time the monitor stores is UTC."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def record_outputs(session: Session, records: list[OutputRecord]) -> tuple[int, int]:
-    """Inserts outputs, skipping ids already stored; returns (recorded, duplicates)."""
+def record_outputs(
+    session: Session, records: Sequence[OutputRecord], redact: Redactor, baseline_outputs: int
+) -> tuple[dict[str, int], int]:
+    """Inserts outputs with their text de-identified, skipping ids already stored, and
+    freezes the baselines the batch completes; returns (outputs recorded per version,
+    duplicates). One transaction: a failure leaves nothing written."""
     if not records:
-        return 0, 0
+        return {}, 0
     now = datetime.now(UTC)
     rows = [
         {
             "output_id": r.output_id,
             "model_version": r.model_version,
             "prompt_template_version": r.prompt_template_version,
+            "prompt": redact(r.prompt),
+            "text": redact(r.text),
             "latency_s": r.latency_s,
             "completion_tokens": r.completion_tokens,
             "reward_score": r.reward_score,
+            "in_baseline": False,
             "created_at": r.created_at,
             "recorded_at": now,
         }
@@ -77,19 +142,133 @@ def record_outputs(session: Session, records: list[OutputRecord]) -> tuple[int, 
         insert(OutputRow)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["output_id"])
-        .returning(OutputRow.output_id)
+        .returning(OutputRow.model_version)
     )
     # RETURNING lists the rows actually inserted; rowcount is unreliable for multi-row
     # inserts across drivers.
-    recorded = len(session.execute(stmt).all())
-    return recorded, len(records) - recorded
+    recorded: dict[str, int] = {}
+    for (version,) in session.execute(stmt):
+        recorded[version] = recorded.get(version, 0) + 1
+    freeze_baselines(session, {r.model_version for r in records}, baseline_outputs)
+    return recorded, len(records) - sum(recorded.values())
 
 
-def version_stats(
-    session: Session, model_version: str | None, start: datetime, end: datetime
-) -> list[VersionStats]:
+def freeze_baselines(session: Session, versions: set[str], baseline_outputs: int) -> list[str]:
+    """Marks the first ``baseline_outputs`` outputs (by time, then id) of each version that
+    has reached that many and has no baseline yet; returns the versions frozen."""
+    frozen = set(
+        session.scalars(
+            select(BaselineRow.model_version).where(BaselineRow.model_version.in_(versions))
+        )
+    )
+    done = []
+    for version in sorted(versions - frozen):
+        count = session.scalar(
+            select(func.count()).select_from(OutputRow).where(OutputRow.model_version == version)
+        )
+        if (count or 0) < baseline_outputs:
+            continue
+        first = (
+            select(OutputRow.output_id)
+            .where(OutputRow.model_version == version)
+            .order_by(OutputRow.created_at, OutputRow.output_id)
+            .limit(baseline_outputs)
+        )
+        ids = list(session.scalars(first))
+        session.execute(
+            update(OutputRow).where(OutputRow.output_id.in_(ids)).values(in_baseline=True)
+        )
+        session.add(
+            BaselineRow(model_version=version, outputs=len(ids), frozen_at=datetime.now(UTC))
+        )
+        done.append(version)
+    return done
+
+
+def get_output(session: Session, output_id: str) -> OutputRow | None:
+    return session.get(OutputRow, output_id)
+
+
+def purge_expired(session: Session, cutoff: datetime) -> tuple[int, int]:
+    """Retention: deletes outputs generated before ``cutoff`` and their flags; erases the
+    text of baseline outputs that old but keeps their figures. Returns (deleted, erased)."""
+    old = select(OutputRow.output_id).where(
+        OutputRow.created_at < cutoff, OutputRow.in_baseline.is_(False)
+    )
+    # Flags first and explicitly: SQLite enforces ON DELETE CASCADE only with its pragma.
+    session.execute(delete(FlagRow).where(FlagRow.output_id.in_(old)))
+    deleted = _rowcount(
+        session.execute(
+            delete(OutputRow).where(OutputRow.created_at < cutoff, OutputRow.in_baseline.is_(False))
+        )
+    )
+    erased = _rowcount(
+        session.execute(
+            update(OutputRow)
+            .where(
+                OutputRow.created_at < cutoff,
+                OutputRow.in_baseline.is_(True),
+                OutputRow.text.is_not(None),
+            )
+            .values(prompt=None, text=None)
+        )
+    )
+    return deleted, erased
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows a DELETE or UPDATE touched (its result is a ``CursorResult``)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """One version's figures for a window, and its baseline's where one is frozen."""
+
+    model_version: str
+    outputs: int
+    flags: int
+    confirmed_by_category: dict[int, int]
+    reward_scores: list[float]
+    latency: list[float]
+    baseline_outputs: int
+    baseline_flags: int
+    baseline_scores: list[float]
+
+    @property
+    def flag_rate(self) -> float:
+        return self.flags / self.outputs if self.outputs else 0.0
+
+    @property
+    def baseline_flag_rate(self) -> float | None:
+        return self.baseline_flags / self.baseline_outputs if self.baseline_outputs else None
+
+    def drift(self, bins: int) -> tuple[float | None, float | None]:
+        """(PSI, KS) of the window's reward scores against the baseline's, when both have
+        scores."""
+        if not self.reward_scores or not self.baseline_scores:
+            return None, None
+        return (
+            drift.psi(self.baseline_scores, self.reward_scores, bins),
+            drift.ks_statistic(self.baseline_scores, self.reward_scores),
+        )
+
+
+def window_stats(
+    session: Session,
+    model_version: str | None,
+    start: datetime,
+    end: datetime,
+    confirmed_status: int,
+) -> list[WindowStats]:
+    """Per version with outputs in [start, end): outputs, flags on those outputs, confirmed
+    flags by category, scores and latency; plus the version's baseline."""
+    in_window = (OutputRow.created_at >= start, OutputRow.created_at < end)
     query = select(OutputRow.model_version, OutputRow.latency_s, OutputRow.reward_score).where(
-        OutputRow.created_at >= start, OutputRow.created_at < end
+        *in_window
     )
     if model_version:
         query = query.where(OutputRow.model_version == model_version)
@@ -99,14 +278,54 @@ def version_stats(
         lat.append(latency)
         if score is not None:
             scores.append(score)
-    return [
-        VersionStats(v, len(lat), lat, scores) for v, (lat, scores) in sorted(by_version.items())
+
+    flags = (
+        select(FlagRow.model_version, FlagRow.category, FlagRow.status, func.count())
+        .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
+        .where(*in_window)
+        .group_by(FlagRow.model_version, FlagRow.category, FlagRow.status)
+    )
+    if model_version:
+        flags = flags.where(FlagRow.model_version == model_version)
+    flag_counts: dict[str, int] = {}
+    confirmed: dict[str, dict[int, int]] = {}
+    for version, category, status, n in session.execute(flags):
+        flag_counts[version] = flag_counts.get(version, 0) + n
+        if status == confirmed_status:
+            confirmed.setdefault(version, {})[category] = n
+
+    out = []
+    for version, (lat, scores) in sorted(by_version.items()):
+        b_count, b_flags, b_scores = _baseline(session, version)
+        out.append(
+            WindowStats(
+                model_version=version,
+                outputs=len(lat),
+                flags=flag_counts.get(version, 0),
+                confirmed_by_category=confirmed.get(version, {}),
+                reward_scores=scores,
+                latency=lat,
+                baseline_outputs=b_count,
+                baseline_flags=b_flags,
+                baseline_scores=b_scores,
+            )
+        )
+    return out
+
+
+def _baseline(session: Session, version: str) -> tuple[int, int, list[float]]:
+    """(outputs, flags, reward scores) of a version's frozen baseline; zeros if none."""
+    count = session.scalar(select(BaselineRow.outputs).where(BaselineRow.model_version == version))
+    if not count:
+        return 0, 0, []
+    members = (OutputRow.model_version == version, OutputRow.in_baseline.is_(True))
+    scores = [
+        s for s in session.scalars(select(OutputRow.reward_score).where(*members)) if s is not None
     ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+    flags = session.scalar(
+        select(func.count())
+        .select_from(FlagRow)
+        .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
+        .where(*members)
+    )
+    return count, int(flags or 0), scores

@@ -53,6 +53,8 @@ precision. The notes are templated and were written by the same hands as the det
 so their figures are an upper bound on real text, not an estimate of it.
 """
 
+from collections.abc import Callable
+
 from clinalign.common.deid.engine import Deidentifier
 from clinalign.common.deid.entities import ENTITY_TYPES, DeidResult, EntityType, Span
 from clinalign.common.deid.evaluation import (
@@ -65,6 +67,14 @@ from clinalign.common.deid.evaluation import (
 )
 from clinalign.common.deid.settings import DeidSettings
 
+
+def build_redactor(settings: DeidSettings | None = None) -> Callable[[str], str]:
+    """``text -> de-identified text`` with one shared :class:`Deidentifier`: what the
+    preference store and the monitor call at ingress. Settings default to CLINALIGN_DEID_*."""
+    deid = Deidentifier(settings or DeidSettings())
+    return lambda text: deid.redact(text).text
+
+
 __all__ = [
     "ENTITY_TYPES",
     "DeidResult",
@@ -76,6 +86,7 @@ __all__ = [
     "GoldSpan",
     "Span",
     "TypeScore",
+    "build_redactor",
     "evaluate",
     "load_eval_notes",
 ]

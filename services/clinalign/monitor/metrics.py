@@ -1,0 +1,51 @@
+"""Monitor metrics, with the service prefix ``clinalign_monitor_``.
+
+Counters move as outputs and flags arrive. The drift and flag-rate gauges are set by the
+server's refresh task every ``stats_interval_s`` over the trailing ``drift_window_minutes``
+(not by GetStats, whose window is the caller's), so an alert rule always reads the same
+window. Labels are model versions, categories and severities, never text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+OUTPUTS = Counter(
+    "clinalign_monitor_outputs",
+    "Production outputs recorded (duplicates excluded), per model version.",
+    ["model_version"],
+)
+FLAGS = Counter(
+    "clinalign_monitor_flags",
+    "Flags raised by clinicians, per error category and severity.",
+    ["category", "severity"],
+)
+RESOLUTIONS = Counter(
+    "clinalign_monitor_flag_resolutions",
+    "Flags resolved, per error category and resolution (confirm, dismiss).",
+    ["category", "resolution"],
+)
+PURGED = Counter(
+    "clinalign_monitor_retention_deleted_outputs",
+    "Outputs deleted by retention.",
+)
+REWARD_PSI = Gauge(
+    "clinalign_monitor_reward_psi",
+    "Population stability index of recent reward scores against the version's baseline.",
+    ["model_version"],
+)
+REWARD_KS = Gauge(
+    "clinalign_monitor_reward_ks",
+    "Two-sample Kolmogorov-Smirnov statistic of recent reward scores against the baseline.",
+    ["model_version"],
+)
+FLAG_RATE = Gauge(
+    "clinalign_monitor_flag_rate",
+    "Flags per output over the recent window, per model version.",
+    ["model_version"],
+)
+BASELINE_FLAG_RATE = Gauge(
+    "clinalign_monitor_baseline_flag_rate",
+    "Flags per output of the version's baseline outputs.",
+    ["model_version"],
+)
