@@ -162,6 +162,8 @@ def _load_critic(
     critic: Any = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=1, dtype=dtype
     )
+    if not hasattr(critic, "score"):
+        raise InvalidArgument("critic_dir", f"{type(critic).__name__} has no `score` head")
     if critic_dir is not None:
         critic_vocab = AutoTokenizer.from_pretrained(critic_dir).get_vocab()
         if critic_vocab != tokenizer.get_vocab():
@@ -171,8 +173,6 @@ def _load_critic(
     else:
         nn.init.zeros_(critic.score.weight)
     critic.config.pad_token_id = tokenizer.pad_token_id
-    if not hasattr(critic, "score"):
-        raise InvalidArgument("critic_dir", f"{type(critic).__name__} has no `score` head")
     return critic
 
 
@@ -360,6 +360,8 @@ def train_ppo(
                 logits = unwrapped.policy(**kwargs).logits[:, :-1]
         return core.logprobs_from_logits(logits.float(), ids[:, -width:], hyper.temperature)
 
+    minibatch = local_size // hyper.minibatches
+    micro = minibatch // hyper.gradient_accumulation_steps  # rows a forward pass takes
     while state.iteration < hyper.iterations:
         iteration_started = time.monotonic()
         frac = 1.0 - state.iteration / hyper.iterations if hyper.anneal_lr else 1.0
@@ -388,18 +390,27 @@ def train_ppo(
         r_mask, ended = first_eos_mask(responses, tokenizer.eos_token_id)
         responses = torch.where(r_mask.bool(), responses, tokenizer.pad_token_id)
 
-        # 2. score
+        # 2. score: old log-probs, values and reference log-probs, a micro-batch at a time
+        # so that no [B, T, V] logits tensor is larger than a training step's
+        width = int(r_mask.sum(dim=1).max())
+        old_logprobs = torch.zeros(len(local), width, device=queries.device)
+        ref_logprobs = torch.zeros_like(old_logprobs)
+        values = torch.zeros_like(old_logprobs)
+        entropy_sum = 0.0
         with torch.no_grad(), accelerator.autocast():
-            ids, mask, width = _trim(queries, q_mask, responses, r_mask)
-            logits, values = model(ids, mask, _positions(mask), width)
-            old_logprobs = core.logprobs_from_logits(
-                logits.float(), ids[:, -width:], hyper.temperature
-            )
-            entropy_rollout = core.entropy_from_logits(
-                logits.float() / hyper.temperature, r_mask[:, :width]
-            )
-            del logits
-            ref_logprobs = reference_logprobs(ids, mask, width)
+            for start in range(0, len(local), micro):
+                chunk = slice(start, start + micro)
+                ids, mask, w = _trim(queries[chunk], q_mask[chunk], responses[chunk], r_mask[chunk])
+                logits, values[chunk, :w] = model(ids, mask, _positions(mask), w)
+                old_logprobs[chunk, :w] = core.logprobs_from_logits(
+                    logits.float(), ids[:, -w:], hyper.temperature
+                )
+                tokens = r_mask[chunk, :w]
+                entropy = core.entropy_from_logits(logits.float() / hyper.temperature, tokens)
+                entropy_sum += float(entropy) * float(tokens.sum())
+                del logits
+                ref_logprobs[chunk, :w] = reference_logprobs(ids, mask, w)
+        entropy_rollout = entropy_sum / float(r_mask.sum())
         responses, r_mask = responses[:, :width], r_mask[:, :width]
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         scores = torch.full((len(local),), hyper.missing_eos_penalty, dtype=torch.float32)
@@ -438,8 +449,6 @@ def train_ppo(
                 "entropy",
             )
         }
-        minibatch = local_size // hyper.minibatches
-        micro = minibatch // hyper.gradient_accumulation_steps
         for _ in range(hyper.ppo_epochs):
             order = torch.randperm(local_size).tolist()
             for start in range(0, local_size, minibatch):
