@@ -69,6 +69,7 @@ def _settings(**extra: Any) -> TrainerSettings:
         "kubernetes_model_store_claim": "clinalign-model-store",
         "kubernetes_node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         "watch_poll_s": 0.01,
+        "kubernetes_poll_s": 0.01,
         "cancel_grace_s": 2.5,
         **extra,
     }
@@ -615,7 +616,11 @@ async def test_a_configured_trainer_routes_jobs_to_their_executor(
     (model_dir / "config.json").write_text("{}")
     fake = FakeBatchApi()
     settings = TrainerSettings(
-        port=0, kubernetes_enabled=True, kubernetes_namespace=NAMESPACE, watch_poll_s=0.01
+        port=0,
+        kubernetes_enabled=True,
+        kubernetes_namespace=NAMESPACE,
+        watch_poll_s=0.01,
+        kubernetes_poll_s=0.01,
     )
     trainer = TrainerApp(common, settings)
     kube = trainer.executor.by_name["kubernetes"]

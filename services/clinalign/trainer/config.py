@@ -52,6 +52,12 @@ class TrainerSettings(ServiceSettings):
     kubernetes_max_running_jobs: int = Field(
         4, ge=1, description="Kubernetes Jobs running at once; further jobs wait QUEUED."
     )
+    kubernetes_poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="Interval at which the trainer reads each running Kubernetes Job's "
+        "status (one API call per Job per interval).",
+    )
     kubernetes_image: str = Field(
         "clinalign/trainer:latest",
         description="Image of the job pods; it runs `clinalign.trainer.worker`, as the "

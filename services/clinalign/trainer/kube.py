@@ -392,7 +392,7 @@ class KubernetesExecutor(ExecutorBase):
                 if reason is not None:
                     await self._fail_if_running(job_id, reason)
                     break
-                await asyncio.sleep(self.settings.watch_poll_s)
+                await asyncio.sleep(self.settings.kubernetes_poll_s)
         finally:
             self._followed.discard(job_id)
         await self.kick()
