@@ -60,3 +60,119 @@ class MonitorSettings(ServiceSettings):
     retention_interval_s: float = Field(
         3600.0, gt=0, description="Seconds between retention sweeps."
     )
+
+    # -- feedback of confirmed flags to the preference store (clinalign.monitor.feedback)
+    feedback_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between rounds that deliver confirmed flags (pending, or failed "
+        "and due for a retry) to the preference service.",
+    )
+    feedback_max_attempts: int = Field(
+        100,
+        ge=1,
+        description="Delivery attempts of one flag's feedback before later rounds leave it "
+        "failed, for an operator to look at.",
+    )
+    feedback_batch: int = Field(
+        20, ge=1, le=500, description="Most flags one feedback round delivers."
+    )
+    feedback_guideline_version: str = Field(
+        "flag-review-v1",
+        min_length=1,
+        description="Guideline version recorded on the corrections and labelling tasks made "
+        "from flags. A flag without a correction becomes a labelling task, which needs this "
+        "version published (PublishGuidelines, by an ml-engineer or admin); until it is, such "
+        "feedback fails with that reason and is retried.",
+    )
+    feedback_batch_id: str = Field(
+        "flagged-outputs", min_length=1, description="Task batch of labelling tasks from flags."
+    )
+    feedback_overlap: int = Field(
+        2, ge=1, le=10, description="Annotators who label each task made from a flag."
+    )
+    feedback_candidates: int = Field(
+        2,
+        ge=2,
+        le=16,
+        description="Fresh candidates GenerateCandidates writes for a flag without a "
+        "correction, compared beside the flagged output.",
+    )
+    feedback_max_new_tokens: int = Field(
+        256, ge=1, description="Token limit of each of those candidates."
+    )
+    feedback_temperature: float = Field(
+        1.0, gt=0, le=2, description="Sampling temperature of those candidates (must be > 0)."
+    )
+
+    # -- the retraining policy (clinalign.monitor.retraining)
+    retrain_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between automatic evaluations of the retraining policy; 0 "
+        "evaluates only on request (EvaluateRetraining).",
+    )
+    retrain_min_new_pairs: int = Field(
+        200,
+        ge=1,
+        description="New-data trigger: preference pairs in a fresh snapshot beyond those of "
+        "the last run's snapshot that start a run.",
+    )
+    retrain_min_agreement: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Snapshot filter: leave out labels of task batches whose agreement is "
+        "below this (corrections carry no batch and always count).",
+    )
+    retrain_eval_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=0.5,
+        description="Snapshot filter: share of prompts (by prompt hash) in the evaluation "
+        "split the reward-model gate judges a run's reward model on.",
+    )
+    retrain_window_minutes: float = Field(
+        1440.0,
+        gt=0,
+        description="Trailing window over which the served policy's confirmed-flag rate and "
+        "reward drift are measured.",
+    )
+    retrain_max_flag_rate: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Flag trigger: confirmed flags per output of the served policy in the "
+        "window above this start a run.",
+    )
+    retrain_min_outputs: int = Field(
+        100,
+        ge=1,
+        description="The flag trigger needs at least this many outputs in the window.",
+    )
+    retrain_max_psi: float = Field(
+        0.25,
+        gt=0,
+        description="Drift trigger: reward-score PSI of the served policy in the window "
+        "against its baseline above this starts a run.",
+    )
+    retrain_poll_s: float = Field(
+        5.0, gt=0, description="Seconds between GetJob polls while a run's job trains."
+    )
+    retrain_reward_base_model: str = Field(
+        "",
+        description="base_model of a run's reward_model job: a registered policy version or "
+        "model directory; empty lets the trainer use the served policy.",
+    )
+    retrain_reward_hyperparameters: dict[str, str] = Field(
+        {},
+        description='Hyperparameters of a run\'s reward_model job, as JSON: {"epochs": "1"}.',
+    )
+    retrain_ppo_hyperparameters: dict[str, str] = Field(
+        {},
+        description='Hyperparameters of a run\'s ppo job, as JSON: {"iterations": "200"}.',
+    )
+    retrain_prompt_set: str = Field(
+        "clinical-train", min_length=1, description="Prompt set of a run's PPO rollouts."
+    )
+    retrain_seed: int = Field(0, ge=0, description="Seed of a run's training jobs.")

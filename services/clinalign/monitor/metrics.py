@@ -3,7 +3,8 @@
 Counters move as outputs and flags arrive. The drift and flag-rate gauges are set by the
 server's refresh task every ``stats_interval_s`` over the trailing ``drift_window_minutes``
 (not by GetStats, whose window is the caller's), so an alert rule always reads the same
-window. Labels are model versions, categories and severities, never text.
+window. Labels are model versions, categories, severities, feedback outcomes and run
+states, never text.
 """
 
 from __future__ import annotations
@@ -48,4 +49,21 @@ BASELINE_FLAG_RATE = Gauge(
     "clinalign_monitor_baseline_flag_rate",
     "Flags per output of the version's baseline outputs.",
     ["model_version"],
+)
+FEEDBACK = Counter(
+    "clinalign_monitor_flag_feedback",
+    "Delivery attempts of confirmed flags to the preference store, per outcome "
+    "(delivered, failed).",
+    ["outcome"],
+)
+RETRAINING_RUNS = Counter(
+    "clinalign_monitor_retraining_runs",
+    "Retraining runs that reached a state (running when started; promoted, refused or "
+    "failed when ended).",
+    ["state"],
+)
+RETRAINING_EVALUATIONS = Counter(
+    "clinalign_monitor_retraining_evaluations",
+    "Evaluations of the retraining policy, per result (triggered, quiet, dry_run).",
+    ["result"],
 )

@@ -1,4 +1,4 @@
-"""The monitor service process, and its two periodic tasks.
+"""The monitor service process, and its periodic tasks.
 
 - Gauges: every ``stats_interval_s`` the drift (PSI, KS) and flag-rate gauges are set for
   each version with outputs in the trailing ``drift_window_minutes``.
@@ -6,6 +6,14 @@
   deleted (``store.purge_expired``). A periodic sweep rather than a delete inside each
   RecordOutputs batch keeps the ingest path's transaction short, and expires outputs
   even while no traffic arrives.
+- Feedback: every ``feedback_interval_s`` confirmed flags not yet delivered go to the
+  preference store (``clinalign.monitor.feedback``).
+- Retraining: every ``retrain_interval_s`` (when > 0) the retraining policy is evaluated
+  and acts (``clinalign.monitor.retraining``); at start-up, runs a restart interrupted
+  are carried on from their last finished step.
+
+The monitor calls its peers (preference, trainer, reward, generation) as the ``service``
+role over channels opened on first use (``Peers``).
 
 A failing round is logged (its exception type only) and the next one runs as planned.
 """
@@ -17,13 +25,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc.aio
 
+from clinalign.common.channels import open_channel, service_token
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.server import DatabaseApp, Readiness, run_main
-from clinalign.monitor import flags, metrics, store
+from clinalign.monitor import feedback, flags, metrics, retraining, store
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.servicer import ROLES, Limits, MonitorServicer
 from clinalign.monitor.v1 import monitor_pb2_grpc
@@ -36,6 +46,86 @@ def build_redactor() -> store.Redactor:
     from clinalign.common.deid import build_redactor as shared
 
     return shared()
+
+
+class Peers:
+    """Stubs of the services the monitor calls, on channels opened on first use (inside
+    the event loop) and authenticated with this service's ``service`` token."""
+
+    def __init__(self, common: CommonSettings) -> None:
+        self.common = common
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._token: str | None = None
+
+    def _channel(self, service: str) -> grpc.aio.Channel:
+        # Keyed by target, read on every call: a peer that moved gets a fresh channel.
+        target = self.common.target(service)
+        if target not in self._channels:
+            if self._token is None:
+                self._token = service_token(self.common)
+            self._channels[target] = open_channel(target, self.common, self._token)
+        return self._channels[target]
+
+    @property
+    def preference(self) -> Any:
+        from clinalign.preference.v1.preference_pb2_grpc import PreferenceServiceStub
+
+        return PreferenceServiceStub(self._channel("preference"))
+
+    @property
+    def trainer(self) -> Any:
+        from clinalign.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
+
+        return TrainerServiceStub(self._channel("trainer"))
+
+    @property
+    def reward(self) -> Any:
+        from clinalign.reward.v1.reward_pb2_grpc import RewardServiceStub
+
+        return RewardServiceStub(self._channel("reward"))
+
+    @property
+    def generation(self) -> Any:
+        from clinalign.generation.v1.generation_pb2_grpc import GenerationServiceStub
+
+        return GenerationServiceStub(self._channel("generation"))
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+def retraining_policy(settings: MonitorSettings) -> retraining.Policy:
+    return retraining.Policy(
+        min_new_pairs=settings.retrain_min_new_pairs,
+        max_flag_rate=settings.retrain_max_flag_rate,
+        min_outputs=settings.retrain_min_outputs,
+        max_psi=settings.retrain_max_psi,
+        window_minutes=settings.retrain_window_minutes,
+        min_agreement=settings.retrain_min_agreement,
+        eval_fraction=settings.retrain_eval_fraction,
+        psi_bins=settings.psi_bins,
+        poll_s=settings.retrain_poll_s,
+        reward_base_model=settings.retrain_reward_base_model,
+        reward_hyperparameters=dict(settings.retrain_reward_hyperparameters),
+        ppo_hyperparameters=dict(settings.retrain_ppo_hyperparameters),
+        prompt_set=settings.retrain_prompt_set,
+        seed=settings.retrain_seed,
+    )
+
+
+def feedback_settings(settings: MonitorSettings) -> feedback.Settings:
+    return feedback.Settings(
+        guideline_version=settings.feedback_guideline_version,
+        batch_id=settings.feedback_batch_id,
+        overlap=settings.feedback_overlap,
+        candidates=settings.feedback_candidates,
+        max_new_tokens=settings.feedback_max_new_tokens,
+        temperature=settings.feedback_temperature,
+        batch=settings.feedback_batch,
+        max_attempts=settings.feedback_max_attempts,
+    )
 
 
 class MonitorApp(DatabaseApp):
@@ -59,7 +149,12 @@ class MonitorApp(DatabaseApp):
             baseline_outputs=settings.baseline_outputs,
             psi_bins=settings.psi_bins,
         )
-        self.servicer = MonitorServicer(self.db, redact or build_redactor(), limits)
+        self.peers = Peers(common)
+        self.retraining = retraining.Retraining(self.db, self.peers, retraining_policy(settings))
+        self.feedback = feedback.Delivery(self.db, self.peers, feedback_settings(settings))
+        self.servicer = MonitorServicer(
+            self.db, redact or build_redactor(), limits, self.retraining, self.peers
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -75,6 +170,16 @@ class MonitorApp(DatabaseApp):
             self._tasks.append(
                 asyncio.create_task(_every("retention", s.retention_interval_s, self.purge_expired))
             )
+        self._tasks.append(
+            asyncio.create_task(_every("feedback", s.feedback_interval_s, self.deliver_feedback))
+        )
+        await self.retraining.resume()
+        if s.retrain_interval_s > 0:
+            self._tasks.append(
+                asyncio.create_task(
+                    _every("retraining", s.retrain_interval_s, self.evaluate_retraining)
+                )
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -82,7 +187,19 @@ class MonitorApp(DatabaseApp):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.retraining.stop()
+        await self.peers.close()
         await super().stop()
+
+    async def deliver_feedback(self) -> None:
+        """One feedback round."""
+        delivered, failed = await self.feedback.deliver_due()
+        if delivered or failed:
+            log.info("flag feedback", extra={"fields": {"delivered": delivered, "failed": failed}})
+
+    async def evaluate_retraining(self) -> None:
+        """One scheduled evaluation of the retraining policy."""
+        await self.retraining.evaluate(dry_run=False)
 
     async def refresh_gauges(self) -> None:
         """Sets the drift and flag-rate gauges over the trailing window."""

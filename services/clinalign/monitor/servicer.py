@@ -1,7 +1,8 @@
 """gRPC surface of the monitor: validate → domain → store → protobuf.
 
-The retraining loop (GetLineage, EvaluateRetraining, ListRetrainingRuns) answers
-UNIMPLEMENTED until it lands.
+The closed loop lives in transport-free modules: ``feedback`` (confirmed flags to the
+preference store), ``retraining`` (EvaluateRetraining, ListRetrainingRuns) and
+``lineage`` (GetLineage); the methods here only validate and convert.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc.aio
+from sqlalchemy.orm import Session
 
 from clinalign.common.auth import Role, roles
 from clinalign.common.context import current_principal
@@ -19,7 +22,7 @@ from clinalign.common.errors import InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.protos import timestamp
 from clinalign.common.v1 import common_pb2
-from clinalign.monitor import drift, flags, metrics, store
+from clinalign.monitor import drift, feedback, flags, lineage, metrics, retraining, store
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
@@ -118,7 +121,7 @@ def _new_flag(req: pb.FlagOutputRequest, limits: Limits) -> flags.NewFlag:
     return flags.NewFlag(req.output_id, req.category, req.severity, req.comment, req.corrected_text)
 
 
-def flag_to_proto(row: store.FlagRow) -> pb.Flag:
+def flag_to_proto(row: store.FlagRow, fb: feedback.View | None = None) -> pb.Flag:
     flag = pb.Flag(
         id=row.id,
         output_id=row.output_id,
@@ -135,6 +138,10 @@ def flag_to_proto(row: store.FlagRow) -> pb.Flag:
     )
     if row.resolved_at is not None:
         flag.resolve_time.CopyFrom(timestamp(store.utc(row.resolved_at)))
+    if fb is not None:
+        flag.feedback_state = fb.state
+        flag.feedback_reason = fb.reason
+        flag.feedback_refs.extend(fb.refs)
     return flag
 
 
@@ -164,11 +171,34 @@ def stats_to_proto(v: store.WindowStats, bins: int) -> pb.VersionStats:
     return out
 
 
+def run_to_proto(run: retraining.RunView) -> pb.RetrainingRun:
+    return pb.RetrainingRun(
+        id=run.id,
+        trigger=run.trigger,
+        state=run.state,  # type: ignore[arg-type]
+        steps=[
+            pb.RunStep(name=s.name, ref=s.ref, outcome=s.outcome, time=timestamp(s.at))
+            for s in run.steps
+        ],
+        promoted_version=run.promoted_version,
+        create_time=timestamp(run.created_at),
+    )
+
+
 class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
-    def __init__(self, db: Database, redact: store.Redactor, limits: Limits) -> None:
+    def __init__(
+        self,
+        db: Database,
+        redact: store.Redactor,
+        limits: Limits,
+        loop: retraining.Retraining | None = None,
+        peers: Any = None,
+    ) -> None:
         self.db = db
         self.redact = redact
         self.limits = limits
+        self.loop = loop
+        self.peers = peers
 
     async def RecordOutputs(
         self, request: pb.RecordOutputsRequest, context: grpc.aio.ServicerContext
@@ -213,9 +243,14 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         f = flags.Filter(
             request.status, request.category, request.model_version, request.min_severity
         )
-        rows = await self.db.run_sync(lambda s: flags.list_flags(s, f, limit, offset))
+
+        def page(s: Session) -> tuple[list[store.FlagRow], dict[str, feedback.View]]:
+            rows = flags.list_flags(s, f, limit, offset)
+            return rows, feedback.views(s, [r.id for r in rows])
+
+        rows, delivery = await self.db.run_sync(page)
         return pb.ListFlagsResponse(
-            flags=[flag_to_proto(r) for r in rows],
+            flags=[flag_to_proto(r, delivery.get(r.id)) for r in rows],
             next_page_token=next_token(offset, limit, len(rows)),
         )
 
@@ -238,12 +273,18 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
                 "reason", f"is longer than {self.limits.max_comment_chars} characters"
             )
         who = principal_name()
-        row = await self.db.run_write(
-            lambda s: flags.resolve(s, request.flag_id, status, reason, self.redact, who)
-        )
+
+        def resolve(s: Session) -> tuple[store.FlagRow, feedback.View | None]:
+            row = flags.resolve(s, request.flag_id, status, reason, self.redact, who)
+            if row.status != flags.CONFIRMED:
+                return row, None
+            feedback.enqueue(s, row)  # same transaction: no confirmed flag is lost
+            return row, feedback.views(s, [row.id]).get(row.id)
+
+        row, delivery = await self.db.run_write(resolve)
         resolution = "confirm" if status == flags.CONFIRMED else "dismiss"
         metrics.RESOLUTIONS.labels(category_name(row.category), resolution).inc()
-        return pb.ResolveFlagResponse(flag=flag_to_proto(row))
+        return pb.ResolveFlagResponse(flag=flag_to_proto(row, delivery))
 
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
@@ -265,4 +306,44 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         )
         return pb.GetStatsResponse(
             versions=[stats_to_proto(v, self.limits.psi_bins) for v in stats]
+        )
+
+    async def GetLineage(
+        self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLineageResponse:
+        if not request.output_id:
+            raise InvalidArgument("output_id", "is required: the output id from a provenance")
+        if len(request.output_id) > 64:
+            raise InvalidArgument("output_id", "is at most 64 characters")
+        steps, model = await lineage.walk(
+            self.db, self.peers.trainer, self.peers.preference, request.output_id
+        )
+        reply = pb.GetLineageResponse(
+            steps=[
+                pb.LineageStep(kind=s.kind, id=s.id, summary=s.summary, parent_id=s.parent_id)
+                for s in steps
+            ]
+        )
+        if model is not None:
+            reply.model.CopyFrom(model)
+        return reply
+
+    async def EvaluateRetraining(
+        self, request: pb.EvaluateRetrainingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EvaluateRetrainingResponse:
+        assert self.loop is not None
+        result = await self.loop.evaluate(request.dry_run)
+        reply = pb.EvaluateRetrainingResponse(triggered=result.triggered, reasons=result.reasons)
+        if result.run is not None:
+            reply.run.CopyFrom(run_to_proto(result.run))
+        return reply
+
+    async def ListRetrainingRuns(
+        self, request: pb.ListRetrainingRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRetrainingRunsResponse:
+        limit, offset = page_bounds(request.page_size, request.page_token)
+        runs = await self.db.run_sync(lambda s: retraining.list_runs(s, limit, offset))
+        return pb.ListRetrainingRunsResponse(
+            runs=[run_to_proto(r) for r in runs],
+            next_page_token=next_token(offset, limit, len(runs)),
         )

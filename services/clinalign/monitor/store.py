@@ -1,5 +1,6 @@
-"""The monitor's store: production outputs (text de-identified), clinician flags, and each
-version's drift baseline.
+"""The monitor's store: production outputs (text de-identified), clinician flags, each
+version's drift baseline, the feedback state of confirmed flags, and retraining runs with
+their steps and trigger keys.
 
 Tables are created by ``create_all`` (``Database`` without migrations), not Alembic: the
 monitor's schema has had no released predecessor to migrate from.
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     delete,
     func,
     select,
@@ -91,6 +93,87 @@ class BaselineRow(Base):
     model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
     outputs: Mapped[int] = mapped_column(Integer)
     frozen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FeedbackRow(Base):
+    """What a confirmed flag sent to the preference store (``clinalign.monitor.feedback``).
+
+    Written with the confirmation, in its transaction, as ``pending``; a delivery round
+    fills in the ids it gets back step by step and ends it ``delivered``, or ``failed``
+    with the reason (retried in later rounds). ``run_id`` names the retraining run whose
+    snapshot first included it: the flags behind a snapshot, for lineage."""
+
+    __tablename__ = "flag_feedback"
+
+    flag_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("flags.id", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending|delivered|failed
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    annotator_id: Mapped[str] = mapped_column(String(64), default="")
+    prompt_id: Mapped[str] = mapped_column(String(64), default="")
+    response_id: Mapped[str] = mapped_column(String(64), default="")  # the flagged output
+    candidate_ids: Mapped[str] = mapped_column(Text, default="")  # comma-separated
+    correction_id: Mapped[str] = mapped_column(String(64), default="")
+    task_ids: Mapped[str] = mapped_column(Text, default="")  # comma-separated
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    run_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+
+
+class RunRow(Base):
+    """A retraining run. ``running`` is "1" while the run is RUNNING and NULL otherwise;
+    its unique constraint lets the database, not a lock in one process, hold the rule that
+    only one run is RUNNING (NULLs never collide in SQLite or PostgreSQL)."""
+
+    __tablename__ = "retraining_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    trigger: Mapped[str] = mapped_column(Text)
+    state: Mapped[int] = mapped_column(Integer, index=True)  # RunState
+    running: Mapped[str | None] = mapped_column(String(1), nullable=True, unique=True)
+    snapshot_id: Mapped[str] = mapped_column(String(64), default="")
+    snapshot_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
+    pairs: Mapped[int] = mapped_column(Integer, default=0)
+    served_policy: Mapped[str] = mapped_column(String(64), default="")
+    reward_version: Mapped[str] = mapped_column(String(64), default="")
+    policy_version: Mapped[str] = mapped_column(String(64), default="")
+    promoted_version: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RunStepRow(Base):
+    """One finished step of a run; (run, name) is unique, so a step is recorded once."""
+
+    __tablename__ = "retraining_run_steps"
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("retraining_runs.id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(40))
+    ref: Mapped[str] = mapped_column(String(128), default="")
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RunTriggerRow(Base):
+    """A trigger key that started a run. The primary key makes a second run for the same
+    trigger impossible, even for two monitors evaluating at once."""
+
+    __tablename__ = "retraining_triggers"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("retraining_runs.id", ondelete="CASCADE"), index=True
+    )
 
 
 @dataclass(frozen=True)
@@ -196,6 +279,8 @@ def purge_expired(session: Session, cutoff: datetime) -> tuple[int, int]:
         OutputRow.created_at < cutoff, OutputRow.in_baseline.is_(False)
     )
     # Flags first and explicitly: SQLite enforces ON DELETE CASCADE only with its pragma.
+    old_flags = select(FlagRow.id).where(FlagRow.output_id.in_(old))
+    session.execute(delete(FeedbackRow).where(FeedbackRow.flag_id.in_(old_flags)))
     session.execute(delete(FlagRow).where(FlagRow.output_id.in_(old)))
     deleted = _rowcount(
         session.execute(

@@ -25,7 +25,9 @@ _INGEST = roles(Role.SERVICE, Role.ML_ENGINEER)
 _LABEL = roles(Role.CLINICIAN, Role.SERVICE)
 _DATA = roles(Role.ML_ENGINEER, Role.SERVICE)
 ROLES: Mapping[str, frozenset[Role]] = {
-    _SVC + "RegisterAnnotator": roles(Role.ML_ENGINEER),
+    # service: the monitor registers the pseudonymous clinician behind a confirmed flag
+    # before it submits the flag's correction in that clinician's name.
+    _SVC + "RegisterAnnotator": roles(Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "SubmitPrompts": _INGEST,
     _SVC + "SubmitResponses": _INGEST,
     _SVC + "SubmitComparisons": _LABEL,
