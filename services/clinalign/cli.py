@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from clinalign.cli_jobs import jobs_app, models_app
+from clinalign.cli_monitor import lineage, retraining_app
 from clinalign.cli_train import eval_app, snapshot_app, train_app
 from clinalign.common.config import CommonSettings
 
@@ -275,13 +276,24 @@ def generate(
 def demo(
     data_dir: DataDir = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Last line: the figures as JSON.")
+        bool, typer.Option("--json", help="Last line: the report's figures as one JSON object.")
+    ] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="The shortened loop the end-to-end test runs: tiny sizes, the foundation "
+            "model already in the data directory, no improvement expected.",
+        ),
     ] = False,
 ) -> None:
-    """Build the foundation model, start the stack, and run the pipeline end to end."""
-    from clinalign.demo import run_demo
+    """The whole closed loop from nothing through the five services (about 15 minutes on
+    2 CPU cores): bootstrap, SFT, simulated panel labels, reward model, PPO, promotion,
+    EHR traffic, flags, retraining; report under <data-dir>/demo/."""
+    from clinalign.demo import Plan, run_demo
 
-    report = run_demo(_common(data_dir), echo=typer.echo)
+    plan = Plan.quick() if quick else Plan.full()
+    report = run_demo(_common(data_dir), echo=typer.echo, plan=plan, bootstrap_model=not quick)
     if as_json:
         typer.echo(json.dumps(report))
 
@@ -291,6 +303,8 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+app.add_typer(retraining_app, name="retraining")
+app.command("lineage")(lineage)
 
 audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")
 app.add_typer(audit_app, name="audit")

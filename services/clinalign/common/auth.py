@@ -128,6 +128,26 @@ def load_tokens(path: Path) -> list[TokenEntry]:
 def generate_tokens(path: Path) -> list[TokenEntry]:
     """Writes a fresh tokens file with one local principal per role, mode 0600."""
     entries = [TokenEntry(f"local-{role.value}", role, secrets.token_urlsafe(32)) for role in Role]
+    _write_tokens(path, entries)
+    return entries
+
+
+def ensure_principals(path: Path, principals: Mapping[str, Role]) -> dict[str, str]:
+    """Adds a token for each named principal the tokens file lacks (services read the file
+    when they start) and returns every named principal's token."""
+    entries = load_tokens(path)
+    known = {e.principal: e for e in entries}
+    for name, role in principals.items():
+        if name in known and known[name].role != role:
+            raise ValueError(f"{path}: principal {name!r} exists with role {known[name].role}")
+        if name not in known:
+            known[name] = TokenEntry(name, role, secrets.token_urlsafe(32))
+            entries.append(known[name])
+    _write_tokens(path, entries)
+    return {name: known[name].token for name in principals}
+
+
+def _write_tokens(path: Path, entries: list[TokenEntry]) -> None:
     payload = {
         "tokens": [
             {"principal": e.principal, "role": e.role.value, "token": e.token} for e in entries
@@ -139,7 +159,6 @@ def generate_tokens(path: Path) -> list[TokenEntry]:
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=2)
     os.replace(tmp, path)
-    return entries
 
 
 def token_for_role(path: Path, role: Role) -> str:

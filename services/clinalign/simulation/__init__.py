@@ -6,6 +6,8 @@ reward model. See `rubric.py` (and RUBRIC.md) for the criteria and `panel.py` fo
 simulation.
 """
 
+from importlib import resources
+
 from .panel import FlagDecision, Judgement, SimulatedPanel, majority, panel_agreement
 from .rubric import CRITERIA, RubricScore, score
 
@@ -17,5 +19,11 @@ __all__ = [
     "SimulatedPanel",
     "majority",
     "panel_agreement",
+    "rubric_text",
     "score",
 ]
+
+
+def rubric_text() -> str:
+    """RUBRIC.md: the guideline text annotators (simulated or not) are shown."""
+    return resources.files(__package__).joinpath("RUBRIC.md").read_text(encoding="utf-8")

@@ -1,0 +1,178 @@
+"""``clinalign demo``: the whole closed loop from nothing, through the real services over
+gRPC, on two CPU cores.
+
+1. bootstrap the foundation model; start the five services; SFT the foundation model on
+   the shipped clinical demonstrations (a trainer job);
+2. sample candidate pairs from the SFT policy (GenerationService.GenerateCandidates); a
+   SIMULATED clinician panel (`clinalign.simulation`, a simulation standing in for people)
+   labels them through the preference store's labelling queue;
+3. train the reward model on a snapshot, promote it through the gate; promote SFT over the
+   foundation model; PPO the SFT policy against the served reward model; promote it;
+4. serve it; simulated EHR traffic calls Generate; simulated clinicians flag bad outputs
+   with the same rubric and a second one reviews each flag; the monitor turns confirmed
+   flags into preference data, and its retraining policy retrains (reward model, then PPO)
+   and promotes again through the gate;
+5. evaluate the foundation, SFT and RLHF policies on held-out prompts and write the report
+   (``<data_dir>/demo/report.md``, ``report.json`` and PNG plots).
+
+`Plan.full()` sizes the run for about 15 minutes on two cores; `Plan.quick()` is the
+shortened loop the end-to-end test runs on a tiny model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clinalign.common.auth import Role, ensure_principals
+from clinalign.common.config import CommonSettings
+from clinalign.demo.pipeline import FLAGGED_BATCH, GUIDELINE_VERSION, Figures, Pipeline, Plan
+
+__all__ = ["Plan", "run_demo"]
+
+
+def stack_env(plan: Plan, threads: int) -> dict[str, str]:
+    """Settings of the demo's stack: the monitor's feedback and retraining policy sized for
+    the demo, and a CPU budget per process so that the jobs and services do not
+    oversubscribe the cores."""
+    return {
+        "CLINALIGN_MONITOR_FEEDBACK_INTERVAL_S": "1",
+        "CLINALIGN_MONITOR_FEEDBACK_GUIDELINE_VERSION": GUIDELINE_VERSION,
+        "CLINALIGN_MONITOR_FEEDBACK_BATCH_ID": FLAGGED_BATCH,
+        "CLINALIGN_MONITOR_FEEDBACK_OVERLAP": "3",
+        "CLINALIGN_MONITOR_FEEDBACK_MAX_NEW_TOKENS": str(plan.max_new_tokens),
+        "CLINALIGN_MONITOR_RETRAIN_MIN_NEW_PAIRS": str(plan.min_new_pairs),
+        "CLINALIGN_MONITOR_RETRAIN_POLL_S": "1",
+        "CLINALIGN_MONITOR_RETRAIN_EVAL_FRACTION": str(plan.eval_fraction),
+        "CLINALIGN_MONITOR_RETRAIN_REWARD_HYPERPARAMETERS": json.dumps(plan.reward),
+        "CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS": json.dumps(plan.ppo),
+        "CLINALIGN_TRAINER_WORKER_THREADS": str(threads),
+        "CLINALIGN_GENERATION_TORCH_THREADS": str(threads),
+        "CLINALIGN_REWARD_TORCH_THREADS": "1",
+        "CLINALIGN_GENERATION_DEVICE": "cpu",
+        "CLINALIGN_REWARD_DEVICE": "cpu",
+    }
+
+
+def run_demo(
+    common: CommonSettings,
+    echo: Callable[[str], Any] = print,
+    *,
+    plan: Plan | None = None,
+    bootstrap_model: bool = True,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Runs the demonstration and returns the report's figures (also written to
+    ``<data_dir>/demo/report.json``)."""
+    from clinalign.cli import _model_env, bootstrap, foundation_dir
+    from clinalign.demo.report import summarise, write_report
+    from clinalign.simulation import SimulatedPanel
+    from clinalign.stack import Stack, ensure_tokens
+
+    plan = plan or Plan.full()
+    started = time.monotonic()
+    model_dir = foundation_dir(common).resolve()
+    out_dir = common.data_dir / "demo"
+    echo("== 1. foundation model")
+    if bootstrap_model or not (model_dir / "config.json").exists():
+        bootstrap(data_dir=common.data_dir)
+    panel = SimulatedPanel(n_annotators=5, seed=0)
+    ensure_tokens(common)
+    clinician_tokens = ensure_principals(
+        common.resolved_tokens_file, {a.annotator_id: Role.CLINICIAN for a in panel.annotators}
+    )
+    echo("== 2. starting the five services")
+    stack = Stack(common, extra_env={**_model_env(common), **stack_env(plan, threads)})
+    stack.start()
+    try:
+        for r in stack.wait_ready():
+            echo(f"   {r.service:<11} {r.target:<17} {r.process}")
+        common = common.model_copy(
+            update={f"{ep.service}_target": ep.target for ep in stack.endpoints}
+        )
+        figures = asyncio.run(_pipeline(common, plan, panel, clinician_tokens, model_dir, echo))
+    finally:
+        echo("== stopping services")
+        stack.stop()
+    echo("== 10. held-out evaluation (foundation, SFT, RLHF) judged by the simulated panel")
+    summary = summarise(figures, plan, common, model_dir, echo)
+    summary["wall_s"] = round(time.monotonic() - started, 1)
+    write_report(summary, figures, out_dir)
+    echo(f"== report: {out_dir / 'report.md'} ({summary['wall_s']} s in all)")
+    return summary
+
+
+async def _pipeline(
+    common: CommonSettings,
+    plan: Plan,
+    panel: Any,
+    clinician_tokens: dict[str, str],
+    foundation: Path,
+    echo: Callable[[str], Any],
+) -> Figures:
+    from clinalign.demo.peers import Peers
+
+    peers = Peers(common, clinician_tokens)
+    p = Pipeline(peers, plan, panel, echo)
+    try:
+        await p.setup(foundation)
+        sft = await p.sft()
+        await p.candidate_pairs(sft)
+        echo("== 6. reward model on the panel's labels; gate; serve")
+        rm = await p.reward_model(sft, "rm-1")
+        if await p.promote_and_activate(rm, "reward"):
+            echo("== 7. SFT through the policy gate; PPO against the served reward model")
+            await p.promote_and_activate(sft, "policy")
+            rlhf = await p.ppo(sft, rm, "rlhf-1")
+            await p.promote_and_activate(rlhf, "policy")
+        else:
+            # The gate did its job: no policy is trained against, or judged by, a reward
+            # model it refused. The loop below may still train one that passes.
+            echo(
+                f"== 7. skipped: the gate refused {rm}, so no PPO runs against it and the "
+                f"foundation model keeps serving"
+            )
+        await p.traffic_and_flags()
+        await p.feedback_and_retrain()
+        v = p.figures.versions
+        served = v.get("rlhf-2") or v.get("rlhf-1") or v["foundation"]
+        example = await _an_output_of(peers, served)
+        if example:
+            p.figures.lineage_example = await p.lineage(example)
+        await p.resolve_paths()
+        return p.figures
+    finally:
+        await peers.close()
+
+
+async def _an_output_of(peers: Any, version: str) -> str:
+    """Generates one answer with the served policy and returns its output id, whose lineage
+    the report shows."""
+    import grpc
+
+    from clinalign.generation.v1 import generation_pb2
+    from clinalign.monitor.v1 import monitor_pb2
+
+    resp = await peers.ehr.Generate(
+        generation_pb2.GenerateRequest(
+            input=generation_pb2.GenerationInput(
+                prompt="I have had a fever and a dry cough for three days. What should I do?"
+            ),
+            sampling=generation_pb2.SamplingParams(max_new_tokens=48),
+        ),
+        timeout=300,
+    )
+    for _ in range(80):
+        output_id = resp.completion.provenance.output_id
+        try:
+            await peers.monitor.GetLineage(monitor_pb2.GetLineageRequest(output_id=output_id))
+            return str(output_id)
+        except grpc.aio.AioRpcError as err:  # NOT_FOUND until the monitor has recorded it
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            await asyncio.sleep(0.25)
+    return ""

@@ -1,0 +1,166 @@
+"""Held-out evaluation of the demo's policies: rubric score, win rate against SFT judged by
+the simulated panel, KL to SFT, response length and repetition.
+
+The prompts are the ``clinical-heldout`` set: question phrasings no policy trained on
+(SFT demonstrations, candidate pairs, PPO prompts and EHR traffic all come from the
+``train`` phrasings). Every policy answers the same prompts with the same seed (common
+random numbers), sampling at temperature 1 as PPO does. The judge is the simulated panel
+(`clinalign.simulation`), which never reads the reward model, so a policy that games the
+reward model without satisfying the rubric gains nothing here; response length and
+repetition are reported beside the scores for the same reason.
+
+Win rate: per prompt, the panel's majority verdict on (RLHF answer, SFT answer) counts
+1 for a win, 0.5 for a tie and 0 for a loss; the 95 % interval is a percentile bootstrap
+over prompts.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clinalign.simulation import rubric
+from clinalign.simulation.panel import SimulatedPanel, majority
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+@dataclass
+class PolicyEval:
+    """One policy's answers to the held-out prompts and their figures."""
+
+    name: str
+    version: str
+    texts: list[str]
+    scores: list[float]  # rubric overall per answer
+    criteria: dict[str, float]  # mean per criterion over answers where it applies
+    kl_to_sft: float | None  # mean summed k1 KL per answer, nats
+    mean_words: float
+    repetition: float  # mean share of repeated word 4-grams
+    ended: float  # share of answers that ended before the token limit
+
+    @property
+    def rubric(self) -> float:
+        return statistics.fmean(self.scores)
+
+
+@dataclass
+class WinRate:
+    rate: float
+    low: float
+    high: float
+    wins: int
+    ties: int
+    losses: int
+
+
+@dataclass
+class Evaluation:
+    prompts: int
+    policies: list[PolicyEval] = field(default_factory=list)
+    win_rate_vs_sft: dict[str, WinRate] = field(default_factory=dict)
+    rubric_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def repeated_grams(text: str) -> float:
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def bootstrap(values: Sequence[float], seed: int, n: int = 2000) -> tuple[float, float]:
+    """Percentile 95 % interval of the mean of ``values``."""
+    rng = random.Random(seed)
+    k = len(values)
+    means = sorted(statistics.fmean(rng.choices(values, k=k)) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+def evaluate_policy(
+    name: str,
+    version: str,
+    model_dir: Path,
+    prompts: Sequence[str],
+    sft_dir: Path | None,
+    *,
+    max_new_tokens: int,
+    seed: int,
+) -> PolicyEval:
+    from clinalign.trainer.policy_gate import sample
+
+    samples = sample(model_dir, prompts, max_new_tokens, seed, parent_dir=sft_dir)
+    scored = [rubric.score(p, t) for p, t in zip(prompts, samples.texts, strict=True)]
+    criteria: dict[str, float] = {}
+    for criterion in rubric.CRITERIA:
+        values = [s.criteria[criterion] for s in scored if s.criteria[criterion] is not None]
+        if values:
+            criteria[criterion] = statistics.fmean(v for v in values if v is not None)
+    return PolicyEval(
+        name=name,
+        version=version,
+        texts=samples.texts,
+        scores=[s.overall for s in scored],
+        criteria=criteria,
+        kl_to_sft=statistics.fmean(samples.kl_to_parent) if samples.kl_to_parent else None,
+        mean_words=statistics.fmean(len(_WORD.findall(t.lower())) for t in samples.texts),
+        repetition=statistics.fmean(repeated_grams(t) for t in samples.texts),
+        ended=sum(samples.usable) / len(samples.usable),
+    )
+
+
+def win_rate(
+    panel: SimulatedPanel, prompts: Sequence[str], candidate: Sequence[str], sft: Sequence[str]
+) -> WinRate:
+    points = []
+    for question, a, b in zip(prompts, candidate, sft, strict=True):
+        verdict = majority(panel.compare(question, a, b))
+        points.append({"a": 1.0, "tie": 0.5, "b": 0.0}[verdict])
+    low, high = bootstrap(points, seed=len(points))
+    return WinRate(
+        rate=statistics.fmean(points),
+        low=low,
+        high=high,
+        wins=points.count(1.0),
+        ties=points.count(0.5),
+        losses=points.count(0.0),
+    )
+
+
+def evaluate(
+    policies: Sequence[tuple[str, str, Path]],
+    prompts: Sequence[str],
+    *,
+    sft_name: str = "sft",
+    panel_seed: int = 1,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+) -> Evaluation:
+    """``policies``: (name, registry version, model directory) in report order; the one
+    named ``sft_name`` is the reference for KL and win rate. The panel judging win rates is
+    seeded apart from the one that labelled the training pairs."""
+    by_name = {name: path for name, _, path in policies}
+    sft_dir = by_name[sft_name]
+    result = Evaluation(prompts=len(prompts))
+    for name, version, path in policies:
+        result.policies.append(
+            evaluate_policy(
+                name,
+                version,
+                path,
+                prompts,
+                None if name == sft_name else sft_dir,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+            )
+        )
+    panel = SimulatedPanel(seed=panel_seed)
+    sft = next(p for p in result.policies if p.name == sft_name)
+    for p in result.policies:
+        result.rubric_interval[p.name] = bootstrap(p.scores, seed=7)
+        if p.name.startswith("rlhf"):
+            result.win_rate_vs_sft[p.name] = win_rate(panel, prompts, p.texts, sft.texts)
+    return result

@@ -1,0 +1,121 @@
+"""The demo's gRPC clients: one channel per service and role, and the few calls the
+demonstration composes (submit a job and wait for it, promote and activate a version).
+
+Every call goes to a real service process over loopback; nothing here touches a store or
+a model directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc.aio
+
+from clinalign.common.auth import Role, token_for_role
+from clinalign.common.channels import open_channel
+from clinalign.common.config import CommonSettings
+from clinalign.common.v1 import common_pb2
+from clinalign.generation.v1 import generation_pb2, generation_pb2_grpc
+from clinalign.monitor.v1 import monitor_pb2_grpc
+from clinalign.preference.v1 import preference_pb2_grpc
+from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
+from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+Echo = Callable[[str], Any]
+JOB_DONE = (
+    trainer_pb2.JOB_STATE_SUCCEEDED,
+    trainer_pb2.JOB_STATE_FAILED,
+    trainer_pb2.JOB_STATE_CANCELLED,
+)
+
+
+class DemoError(RuntimeError):
+    """A pipeline step failed; the message says which and why."""
+
+
+@dataclass
+class Peers:
+    """Stubs for the five services, each on a channel authenticated as the role a real
+    caller of that RPC has: the ML engineer trains and promotes, the EHR system generates,
+    the labelling tool (role ``service``) stores labels, each simulated clinician flags with
+    a token of their own."""
+
+    common: CommonSettings
+    clinician_tokens: dict[str, str]
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        def channel(service: str, token: str) -> grpc.aio.Channel:
+            ch = open_channel(self.common.target(service), self.common, token)
+            self._channels.append(ch)
+            return ch
+
+        tokens = self.common.resolved_tokens_file
+        engineer = token_for_role(tokens, Role.ML_ENGINEER)
+        service = token_for_role(tokens, Role.SERVICE)
+        self.trainer = trainer_pb2_grpc.TrainerServiceStub(channel("trainer", engineer))
+        self.preference = preference_pb2_grpc.PreferenceServiceStub(channel("preference", service))
+        self.preference_admin = preference_pb2_grpc.PreferenceServiceStub(
+            channel("preference", engineer)
+        )
+        self.generation = generation_pb2_grpc.GenerationServiceStub(channel("generation", engineer))
+        self.ehr = generation_pb2_grpc.GenerationServiceStub(
+            channel("generation", token_for_role(tokens, Role.EHR_CLIENT))
+        )
+        self.reward = reward_pb2_grpc.RewardServiceStub(channel("reward", engineer))
+        self.monitor = monitor_pb2_grpc.MonitorServiceStub(channel("monitor", engineer))
+        self.clinicians = {
+            name: monitor_pb2_grpc.MonitorServiceStub(channel("monitor", token))
+            for name, token in self.clinician_tokens.items()
+        }
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels))
+
+    # -- trainer ---------------------------------------------------------------------------
+
+    async def run_job(self, spec: trainer_pb2.JobSpec, echo: Echo, label: str) -> trainer_pb2.Job:
+        """Submits a job and follows it to the end; raises DemoError unless it succeeds."""
+        job = (await self.trainer.SubmitJob(trainer_pb2.SubmitJobRequest(spec=spec))).job
+        echo(f"   {label}: job {job.id} submitted")
+        last_report = 0.0
+        loop = asyncio.get_running_loop()
+        while job.state not in JOB_DONE:
+            await asyncio.sleep(1.0)
+            job = (await self.trainer.GetJob(trainer_pb2.GetJobRequest(id=job.id))).job
+            if loop.time() - last_report > 15 and job.total_steps:
+                last_report = loop.time()
+                echo(f"      step {job.step}/{job.total_steps}")
+        if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+            state = trainer_pb2.JobState.Name(job.state)
+            raise DemoError(f"{label} job {job.id} ended {state}: {job.failure_reason}")
+        return job
+
+    async def version(self, version: str) -> common_pb2.ModelVersion:
+        return (
+            await self.trainer.GetModelVersion(trainer_pb2.GetModelVersionRequest(version=version))
+        ).version
+
+    async def promote(self, version: str, echo: Echo) -> bool:
+        """Asks the trainer's gate to promote ``version`` and prints every check."""
+        resp = await self.trainer.PromoteModel(
+            trainer_pb2.PromoteModelRequest(version=version), timeout=600
+        )
+        verdict = "PROMOTED" if resp.promoted else "REFUSED"
+        echo(f"   gate on {version}: {verdict}")
+        for check in resp.checks:
+            echo(f"      {'ok ' if check.passed else 'NO '} {check.name}: {check.message}")
+        return bool(resp.promoted)
+
+    async def activate_policy(self, version: str) -> None:
+        await self.generation.ActivateModel(
+            generation_pb2.ActivateModelRequest(version=version), timeout=300
+        )
+
+    async def activate_reward(self, version: str) -> None:
+        await self.reward.ActivateModel(
+            reward_pb2.ActivateModelRequest(version=version), timeout=300
+        )

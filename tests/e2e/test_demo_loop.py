@@ -1,0 +1,94 @@
+"""End to end: `clinalign demo --quick` runs the shortened closed loop through the five
+services as real processes on the tiny model: SFT job, simulated panel labels through the
+labelling queue, reward model, gate, PPO, EHR traffic, simulated clinicians' flags, the
+monitor's retraining run, lineage, report. The tiny model learns nothing worth measuring,
+so this checks the loop's wiring and the report's contract, not the improvement (the real
+figures come from `make demo`; see README)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from clinalign.stack import SERVICES
+from tests.conftest import free_ports
+
+CONTRACT = (
+    "agreement",
+    "rm_accuracy",
+    "rubric",
+    "win_rate_vs_sft",
+    "kl_to_sft",
+    "flags_fed_back",
+    "promoted_versions",
+    "wall_s",
+)
+
+
+def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model_dir, data / "models" / "foundation")
+    env = dict(os.environ)
+    chosen = iter(free_ports(2 * len(SERVICES)))
+    for name in SERVICES:
+        env[f"CLINALIGN_{name.upper()}_PORT"] = str(next(chosen))
+        env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(next(chosen))
+    # The tiny model's policies are noise: let the policy gate pass on the figures it can
+    # reach so that the run exercises promotion and activation, the gate's refusals being
+    # tested in tests/integration/test_policy_gate.py and test_monitor_loop.py.
+    env.update(
+        CLINALIGN_DATA_DIR=str(data),
+        CLINALIGN_TRAINER_GATE_MIN_WIN_RATE="0",
+        CLINALIGN_TRAINER_GATE_MAX_KL="1000",
+        CLINALIGN_TRAINER_GATE_PROMPTS="8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "clinalign.cli", "demo", "--quick", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        logs = "".join(p.read_text()[-3000:] for p in (data / "logs").glob("*.log"))
+        raise AssertionError(f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}")
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    for key in CONTRACT:
+        assert key in figures, key
+    assert 0.0 <= figures["agreement"] <= 1.0
+    assert set(figures["rubric"]) >= {"foundation", "sft", "rlhf-1"}, figures["gate"]
+    assert all(0.0 <= v <= 1.0 for v in figures["rubric"].values())
+    assert "rlhf-1" in figures["win_rate_vs_sft"] and "rlhf-1" in figures["kl_to_sft"]
+    assert "rm-1" in figures["rm_accuracy"]
+
+    # The loop: flags were raised, confirmed, fed back; the monitor ran one retraining run
+    # to an end state, and only what the gate promoted was promoted.
+    assert figures["flags"]["flagged"] > 0
+    # Every confirmed flag is delivered, except one whose output is empty (nothing to
+    # compare), which the monitor marks failed.
+    fed, failed = figures["flags_fed_back"], figures["flags"]["feedback_failed"]
+    assert fed > 0 and fed + failed == figures["flags"]["confirmed"]
+    (run,) = figures["retraining_runs"]
+    assert run["state"] in ("RUN_STATE_PROMOTED", "RUN_STATE_REFUSED")
+    names = [s["name"] for s in run["steps"]]
+    assert names[:2] == ["snapshot", "reward_model_job"]
+    refused = {g["version"] for g in figures["gate"] if not g["promoted"]}
+    assert not refused & set(figures["promoted_versions"])
+    assert figures["versions"]["rm-1"] in figures["promoted_versions"]
+    if run["state"] == "RUN_STATE_PROMOTED":
+        assert run["promoted_version"] in figures["promoted_versions"]
+        assert "activate_policy" in names
+
+    # Lineage of an output of the served policy walks back to the foundation model.
+    kinds = [s["kind"] for s in figures["lineage_example"]]
+    assert kinds[0] == "output" and "model_version" in kinds and "job" in kinds
+
+    report = data / "demo"
+    for name in ("report.md", "report.json", "rubric.png", "criteria.png", "win_rate.png"):
+        assert (report / name).stat().st_size > 0, name
+    assert "SIMULATED" in (report / "report.md").read_text()
