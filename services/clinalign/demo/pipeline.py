@@ -115,6 +115,8 @@ class Plan:
             correction_share=0.5,
             eval_prompts=16,
             min_new_pairs=1,
+            # enough held-out pairs for the reward gate's interval to clear chance
+            eval_fraction=0.3,
         )
 
 
