@@ -25,6 +25,7 @@ from clinalign.cli_train import REFUSED_EXIT, DataDir
 from clinalign.common.config import CommonSettings
 
 if TYPE_CHECKING:
+    import grpc.aio
     from google.protobuf.message import Message
 
     from clinalign.common.v1 import common_pb2
@@ -41,6 +42,7 @@ CANCELLED_EXIT = 130  # a watched job ended CANCELLED, or Ctrl-C stopped the wat
 # loss (sft, reward_model, dpo), and the mean score and KL to the reference for PPO.
 HEADLINE_METRICS = ("loss", "eval_loss", "score", "kl")
 T = TypeVar("T")
+S = TypeVar("S")  # a service stub
 
 
 class JobKind(StrEnum):
@@ -82,14 +84,18 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _rpc(data_dir: Path | None, call: Callable[[TrainerServiceStub], Awaitable[T]]) -> T:
-    """Runs ``call`` with a trainer stub authenticated as the local ml-engineer; a gRPC
-    error becomes ``error: <CODE>: <details>`` and exit status 1."""
+def service_rpc(
+    data_dir: Path | None,
+    service: str,
+    stub: Callable[[grpc.aio.Channel], S],
+    call: Callable[[S], Awaitable[T]],
+) -> T:
+    """Runs ``call`` with a stub of ``service`` authenticated as the local ml-engineer; a
+    gRPC error becomes ``error: <CODE>: <details>`` and exit status 1."""
     import grpc.aio
 
     from clinalign.common.auth import Role, token_for_role
     from clinalign.common.channels import open_channel
-    from clinalign.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
 
     common = _common(data_dir)
     try:
@@ -98,13 +104,20 @@ def _rpc(data_dir: Path | None, call: Callable[[TrainerServiceStub], Awaitable[T
         _fail(str(err))
 
     async def run() -> T:
-        async with open_channel(common.target("trainer"), common, token) as channel:
-            return await call(TrainerServiceStub(channel))
+        async with open_channel(common.target(service), common, token) as channel:
+            return await call(stub(channel))
 
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as err:
         _fail(f"{err.code().name}: {err.details()}")
+
+
+def _rpc(data_dir: Path | None, call: Callable[[TrainerServiceStub], Awaitable[T]]) -> T:
+    """Runs ``call`` against the trainer (see ``service_rpc``)."""
+    from clinalign.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
+
+    return service_rpc(data_dir, "trainer", TrainerServiceStub, call)
 
 
 def _echo_json(message: Message) -> None:

@@ -10,14 +10,13 @@ details naming the field at fault) or a missing tokens file.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from clinalign.cli_jobs import AsJson, _common, _echo_json, _fail, _table, _when
+from clinalign.cli_jobs import AsJson, _echo_json, _table, _when, service_rpc
 from clinalign.cli_train import DataDir
 
 if TYPE_CHECKING:
@@ -31,28 +30,10 @@ T = TypeVar("T")
 
 
 def _rpc(data_dir: Path | None, call: Callable[[MonitorServiceStub], Awaitable[T]]) -> T:
-    """Runs ``call`` with a monitor stub authenticated as the local ml-engineer; a gRPC
-    error becomes ``error: <CODE>: <details>`` and exit status 1."""
-    import grpc.aio
-
-    from clinalign.common.auth import Role, token_for_role
-    from clinalign.common.channels import open_channel
+    """Runs ``call`` against the monitor (see ``cli_jobs.service_rpc``)."""
     from clinalign.monitor.v1.monitor_pb2_grpc import MonitorServiceStub
 
-    common = _common(data_dir)
-    try:
-        token = token_for_role(common.resolved_tokens_file, Role.ML_ENGINEER)
-    except (FileNotFoundError, LookupError) as err:
-        _fail(str(err))
-
-    async def run() -> T:
-        async with open_channel(common.target("monitor"), common, token) as channel:
-            return await call(MonitorServiceStub(channel))
-
-    try:
-        return asyncio.run(run())
-    except grpc.aio.AioRpcError as err:
-        _fail(f"{err.code().name}: {err.details()}")
+    return service_rpc(data_dir, "monitor", MonitorServiceStub, call)
 
 
 def lineage_tree(steps: list[pb.LineageStep]) -> object:

@@ -514,7 +514,7 @@ class Pipeline:
             )
             return e, resp.completion.text, resp.completion.provenance.output_id
 
-        outputs = await _bounded([ask(e) for e in self.plan_traffic(examples)], limit=32)
+        outputs = await _bounded([ask(e) for e in examples], limit=32)
         self.figures.traffic = len(outputs)
         await self._wait_recorded(len(outputs))
         flagged = confirmed = dismissed = corrected = 0
@@ -561,9 +561,6 @@ class Pipeline:
             f"   {len(outputs)} outputs; {flagged} flagged ({corrected} with a correction), "
             f"{confirmed} confirmed, {dismissed} dismissed on review"
         )
-
-    def plan_traffic(self, examples: list[QAExample]) -> list[QAExample]:
-        return examples
 
     def _reviewer(self, flagger: str) -> str:
         names = [a.annotator_id for a in self.panel.annotators]
