@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON_SYS ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint test test-fast demo up bootstrap bench bench-ppo clean
+.PHONY: install protos lint test test-fast demo up bootstrap bench bench-ppo images clean
 
 # Installs are stamped so repeated `make test` runs skip them until an input changes.
 $(VENV)/.stamp-install: requirements.txt requirements-dev.txt pyproject.toml
@@ -61,6 +61,28 @@ bench: install ## run the benchmarks under bench/
 
 bench-ppo: install ## PPO iterations: ClinAlign against TRL 0.29.1 (bench/ppo.py; makes TRL's venv)
 	$(PY) bench/ppo.py
+
+# Images: clinalign/<service>:$(VERSION), built from deploy/docker/<service>.Dockerfile with the
+# repository root as context. VARIANT=cuda builds the torch images (generation, reward,
+# trainer) with CUDA torch, tagged $(VERSION)-cuda; preference and monitor have no variant.
+DOCKER ?= docker
+VARIANT ?= cpu
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_SERVICES := generation reward preference trainer monitor
+TORCH_SERVICES := generation reward trainer
+
+images: ## build the five service images (VARIANT=cuda: CUDA torch, tags $(VERSION)-cuda)
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make images: no Docker engine reachable ('$(DOCKER) info' failed); start one or point DOCKER_HOST at one" >&2; exit 1; }
+	@case "$(VARIANT)" in cpu|cuda) ;; *) echo "make images: VARIANT must be cpu or cuda, not '$(VARIANT)'" >&2; exit 1;; esac
+	@set -e; for s in $(IMAGE_SERVICES); do \
+	  tag=clinalign/$$s:$(VERSION); args="--build-arg VERSION=$(VERSION)"; \
+	  if [[ " $(TORCH_SERVICES) " == *" $$s "* ]]; then \
+	    args="$$args --build-arg VARIANT=$(VARIANT)"; \
+	    [[ "$(VARIANT)" == cuda ]] && tag=$$tag-cuda; \
+	  fi; \
+	  echo "== $$tag"; \
+	  $(DOCKER) build -f deploy/docker/$$s.Dockerfile $$args -t $$tag .; \
+	done
 
 clean:
 	rm -rf $(VENV) node_modules .clinalign

@@ -4,6 +4,7 @@ clinalign bootstrap        build the embedded foundation model
 clinalign up               start all five services on loopback
 clinalign status           health of every service
 clinalign generate TEXT    an EHR-style Generate call (or --fhir BUNDLE.json)
+clinalign smoke            one synthetic Generate, checked (the Helm chart's `helm test`)
 clinalign demo             bootstrap, start, and run the pipeline end to end
 clinalign snapshot export  a preference snapshot as JSONL (with its manifest)
 clinalign train reward-model / clinalign eval reward-model
@@ -16,16 +17,23 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from clinalign.cli_jobs import jobs_app, models_app
 from clinalign.cli_monitor import lineage, retraining_app
 from clinalign.cli_train import eval_app, snapshot_app, train_app
+from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
+
+if TYPE_CHECKING:
+    import grpc.aio
+
+    from clinalign.generation.v1 import generation_pb2 as gen_pb
 
 app = typer.Typer(
     add_completion=False,
@@ -210,10 +218,7 @@ def generate(
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from clinalign.client import channel_for
-    from clinalign.common.auth import Role
     from clinalign.generation.v1 import generation_pb2 as pb
-    from clinalign.generation.v1 import generation_pb2_grpc
 
     if (prompt is None) == (fhir is None):
         raise typer.BadParameter("give either a PROMPT or --fhir BUNDLE.json")
@@ -237,25 +242,23 @@ def generate(
         seed=seed,
     )
 
-    async def call() -> pb.Completion:
-        async with channel_for("generation", Role.EHR_CLIENT, _common(data_dir)) as channel:
-            stub = generation_pb2_grpc.GenerationServiceStub(channel)
-            if not stream:
-                request = pb.GenerateRequest(input=source, sampling=sampling)
-                return (await stub.Generate(request, timeout=120)).completion
-            request_s = pb.GenerateStreamRequest(input=source, sampling=sampling)
-            async for message in stub.GenerateStream(request_s, timeout=120):
-                if message.HasField("completion"):
-                    return message.completion
-                if not as_json:
-                    sys.stdout.write(message.text_delta)
-                    sys.stdout.flush()
-            raise RuntimeError("the stream ended without a completion")
+    def echo_delta(delta: str) -> None:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
 
     try:
-        c = asyncio.run(call())
+        c = asyncio.run(
+            _generate(
+                _common(data_dir),
+                source,
+                sampling,
+                deadline_s=120,
+                stream=stream,
+                on_delta=None if as_json else echo_delta,
+            )
+        )
     except grpc.aio.AioRpcError as err:
-        typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
+        typer.echo(f"error: {_rpc_error(err)}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(MessageToDict(c, preserving_proto_field_name=True)))
@@ -268,8 +271,128 @@ def generate(
         f"output {p.output_id} · model {p.model_name} {p.model_version} · "
         f"weights {p.weights_hash[:12]}{template} · "
         f"{c.prompt_tokens}+{c.completion_tokens} tokens · "
-        f"{pb.FinishReason.Name(c.finish_reason).removeprefix('FINISH_REASON_').lower()}"
+        f"{_finish_reason(c)}"
     )
+
+
+async def _generate(
+    common: CommonSettings,
+    source: gen_pb.GenerationInput,
+    sampling: gen_pb.SamplingParams,
+    *,
+    deadline_s: float,
+    stream: bool = False,
+    on_delta: Callable[[str], None] | None = None,
+) -> gen_pb.Completion:
+    """One Generate (or GenerateStream) call as an EHR client, with the `ehr-client` token of
+    the tokens file, under a gRPC deadline; the completion, or grpc.aio.AioRpcError."""
+    from clinalign.client import channel_for
+    from clinalign.common.auth import Role
+    from clinalign.generation.v1 import generation_pb2 as pb
+    from clinalign.generation.v1 import generation_pb2_grpc
+
+    async with channel_for("generation", Role.EHR_CLIENT, common) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        if not stream:
+            request = pb.GenerateRequest(input=source, sampling=sampling)
+            return (await stub.Generate(request, timeout=deadline_s)).completion
+        request_s = pb.GenerateStreamRequest(input=source, sampling=sampling)
+        async for message in stub.GenerateStream(request_s, timeout=deadline_s):
+            if message.HasField("completion"):
+                return message.completion
+            if on_delta is not None:
+                on_delta(message.text_delta)
+        raise RuntimeError("the stream ended without a completion")
+
+
+def _rpc_error(err: grpc.aio.AioRpcError) -> str:
+    return f"{err.code().name}: {err.details()}"
+
+
+def _finish_reason(c: gen_pb.Completion) -> str:
+    from clinalign.generation.v1 import generation_pb2 as pb
+
+    return pb.FinishReason.Name(c.finish_reason).removeprefix("FINISH_REASON_").lower()
+
+
+# Synthetic and free of patient data: it is sent to production deployments by `helm test`.
+SMOKE_PROMPT = (
+    "Synthetic smoke-check question, no patient data: what is a typical resting heart rate "
+    "for a healthy adult?"
+)
+SMOKE_PROVENANCE = ("output_id", "model_name", "model_version", "weights_hash", "notice")
+
+
+def smoke_problems(c: gen_pb.Completion) -> list[str]:
+    """The fields a healthy completion has but ``c`` lacks: text or a finish reason, and a
+    full provenance."""
+    missing = [] if c.text or c.finish_reason else ["text or finish_reason"]
+    missing += [f"provenance.{f}" for f in SMOKE_PROVENANCE if not getattr(c.provenance, f)]
+    return missing
+
+
+@app.command()
+def smoke(
+    deadline: Annotated[
+        float, typer.Option(min=0.1, help="Seconds the Generate call may take, connecting too.")
+    ] = 60.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate at most.")] = 16,
+    data_dir: DataDir = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the check's results as one JSON object.")
+    ] = False,
+) -> None:
+    """Check the generation service end to end: one Generate with a fixed synthetic prompt
+    (no patient data) as an EHR client, greedy. Exit status 0 only if the completion has text
+    or a finish reason and full provenance (output_id, model_name, model_version,
+    weights_hash, notice); 1 otherwise, naming what is missing or the gRPC status. Target,
+    token and TLS from CLINALIGN_GENERATION_TARGET, CLINALIGN_TOKENS_FILE (an `ehr-client`
+    token) and CLINALIGN_TLS_CA_FILE. The Helm chart's `helm test` pod runs it."""
+    import grpc
+
+    from clinalign.generation.v1 import generation_pb2 as pb
+
+    common = _common(data_dir)
+    result: dict[str, Any] = {"target": common.generation_target, "ok": False}
+    source = pb.GenerationInput(prompt=SMOKE_PROMPT)
+    sampling = pb.SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    started = time.perf_counter()
+    try:
+        c = asyncio.run(_generate(common, source, sampling, deadline_s=deadline))
+    except grpc.aio.AioRpcError as err:
+        result["error"] = {"code": err.code().name, "details": err.details()}
+        _smoke_exit(result, f"Generate failed: {_rpc_error(err)}", as_json)
+    except (OSError, LookupError, ValueError) as exc:  # tokens file, CA bundle
+        result["error"] = {"code": "CLIENT_SETUP", "details": str(exc)}
+        _smoke_exit(result, str(exc), as_json)
+    p = c.provenance
+    missing = smoke_problems(c)
+    result |= {
+        "ok": not missing,
+        "missing": missing,
+        "latency_s": round(time.perf_counter() - started, 3),
+        "finish_reason": _finish_reason(c),
+        "completion_tokens": c.completion_tokens,
+        "text_chars": len(c.text),
+        "provenance": {f: getattr(p, f) for f in SMOKE_PROVENANCE},
+    }
+    if missing:
+        _smoke_exit(result, "the completion lacks " + ", ".join(missing), as_json)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(
+        f"smoke ok: {result['target']} · model {p.model_name} {p.model_version} · "
+        f"weights {p.weights_hash[:12]} · output {p.output_id} · "
+        f"{c.completion_tokens} tokens, {result['finish_reason']} · {result['latency_s']} s"
+    )
+
+
+def _smoke_exit(result: dict[str, Any], message: str, as_json: bool) -> NoReturn:
+    if as_json:
+        typer.echo(json.dumps(result))
+    typer.echo(f"smoke FAILED ({result['target']}): {message}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -305,6 +428,41 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(retraining_app, name="retraining")
 app.command("lineage")(lineage)
+
+tokens_app = typer.Typer(no_args_is_help=True, help="Bearer-token files (roles and tokens).")
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("new")
+def tokens_new(
+    path: Annotated[Path, typer.Argument(help="Tokens file to write (mode 0600).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a fresh tokens file with one principal per role, for a Kubernetes Secret or
+    CLINALIGN_TOKENS_FILE; prints the principals and roles, never the tokens."""
+    from clinalign.common.auth import generate_tokens
+
+    if path.exists() and not force:
+        typer.echo(f"error: {path} exists; pass --force to replace its tokens", err=True)
+        raise typer.Exit(1)
+    for entry in generate_tokens(path):
+        typer.echo(f"{entry.principal}\t{entry.role.value}")
+
+
+@tokens_app.command("show")
+def tokens_show(
+    path: Annotated[Path, typer.Argument(help="Tokens file.")],
+    role: Annotated[Role, typer.Option(help="Print the first token of this role.")],
+) -> None:
+    """Print one role's token (for `kubectl create secret ... --from-literal`)."""
+    from clinalign.common.auth import token_for_role
+
+    try:
+        typer.echo(token_for_role(path, role))
+    except (FileNotFoundError, LookupError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
 
 audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")
 app.add_typer(audit_app, name="audit")

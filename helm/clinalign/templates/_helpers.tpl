@@ -1,0 +1,205 @@
+{{/* Names, labels and the pieces every workload shares. */}}
+
+{{- define "clinalign.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "clinalign.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The five services, in the design's order. */}}
+{{- define "clinalign.services" -}}
+generation reward preference trainer monitor
+{{- end -}}
+
+{{/* Services that can run on a GPU (their images have -cuda variants). */}}
+{{- define "clinalign.gpuServices" -}}
+generation reward trainer
+{{- end -}}
+
+{{/* A component's resource name: (dict "root" $ "component" "generation"). */}}
+{{- define "clinalign.componentName" -}}
+{{- printf "%s-%s" (include "clinalign.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "clinalign.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "clinalign.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: clinalign
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "clinalign.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "clinalign.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of a component: (dict "root" $ "component" "generation"). */}}
+{{- define "clinalign.componentLabels" -}}
+{{ include "clinalign.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "clinalign.componentSelectorLabels" -}}
+{{ include "clinalign.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
+Labels the trainer's Kubernetes executor puts on its job pods (clinalign.trainer.kube.labels):
+they carry no release label, so the policies select them by name and component.
+*/}}
+{{- define "clinalign.jobPodSelector" -}}
+app.kubernetes.io/name: clinalign
+app.kubernetes.io/component: trainer-job
+app.kubernetes.io/managed-by: clinalign-trainer
+{{- end -}}
+
+{{/*
+An image reference: (dict "root" $ "image" .image "cuda" true).
+An empty tag becomes the appVersion, with gpu.cudaTagSuffix on a GPU image.
+*/}}
+{{- define "clinalign.image" -}}
+{{- $root := .root -}}
+{{- $registry := default $root.Values.image.registry .image.registry -}}
+{{- $tag := .image.tag -}}
+{{- if not $tag -}}
+{{- $tag = $root.Chart.AppVersion -}}
+{{- if .cuda -}}{{- $tag = printf "%s%s" $tag $root.Values.gpu.cudaTagSuffix -}}{{- end -}}
+{{- end -}}
+{{- $ref := printf "%s:%s" .image.repository $tag -}}
+{{- if $registry -}}{{- $ref = printf "%s/%s" $registry $ref -}}{{- end -}}
+{{- if .image.digest -}}{{- $ref = printf "%s@%s" $ref .image.digest -}}{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{- define "clinalign.pullPolicy" -}}
+{{- default .root.Values.image.pullPolicy .image.pullPolicy -}}
+{{- end -}}
+
+{{- define "clinalign.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Whether a service's pods get GPUs: (dict "root" $ "count" N). */}}
+{{- define "clinalign.gpuOn" -}}
+{{- if and .root.Values.gpu.enabled (gt (int .count) 0) -}}true{{- end -}}
+{{- end -}}
+
+{{/* host:port of a service, as its peers and the job pods dial it. */}}
+{{- define "clinalign.target" -}}
+{{- $svc := index .root.Values .component -}}
+{{- printf "%s:%d" (include "clinalign.componentName" .) (int $svc.ports.grpc) -}}
+{{- end -}}
+
+{{- define "clinalign.authSecretName" -}}
+{{- default (printf "%s-credentials" (include "clinalign.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "clinalign.credentialsSecretName" -}}
+{{- printf "%s-credentials" (include "clinalign.fullname" .) -}}
+{{- end -}}
+
+{{- define "clinalign.tlsSecretName" -}}
+{{- if .Values.tls.certManager.enabled -}}
+{{- printf "%s-tls" (include "clinalign.fullname" .) -}}
+{{- else -}}
+{{- required "tls.existingSecret (or tls.certManager.enabled) is required when tls.enabled" .Values.tls.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "clinalign.claimName" -}}
+{{- default (printf "%s-data" (include "clinalign.fullname" .)) .Values.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* "external", "postgresql" or "sqlite". */}}
+{{- define "clinalign.databaseMode" -}}
+{{- if .Values.database.external.existingSecret -}}external
+{{- else if .Values.postgresql.enabled -}}postgresql
+{{- else -}}sqlite
+{{- end -}}
+{{- end -}}
+
+{{/* Whether a service mounts the data volume: (dict "root" $ "component" name). */}}
+{{- define "clinalign.mountsData" -}}
+{{- if or (has .component (list "generation" "reward" "trainer")) (eq (include "clinalign.databaseMode" .root) "sqlite") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the trainer runs the Kubernetes executor. */}}
+{{- define "clinalign.kubeExecutor" -}}
+{{- if and .Values.trainer.enabled (eq .Values.trainer.executor "kubernetes") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret (name, url key, token key) the trainer's job pods read. */}}
+{{- define "clinalign.jobSecret" -}}
+{{- $jobs := .Values.trainer.jobs -}}
+{{- if $jobs.existingSecret -}}
+{{- dict "name" $jobs.existingSecret "urlKey" $jobs.databaseUrlKey "tokenKey" $jobs.serviceTokenKey | toJson -}}
+{{- else if and (not .Values.auth.existingSecret) (ne (include "clinalign.databaseMode" .) "external") -}}
+{{- dict "name" (include "clinalign.credentialsSecretName" .) "urlKey" "trainer-database-url" "tokenKey" "service-token" | toJson -}}
+{{- else -}}
+{{- fail "trainer.jobs.existingSecret is required with trainer.executor=kubernetes when auth.existingSecret or database.external.existingSecret is set: the job pods read the trainer database URL and the service token from one Secret" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the generation service's model lives. */}}
+{{- define "clinalign.generationModelPath" -}}
+{{- default (printf "%s/models/foundation" .Values.config.dataDir) .Values.generation.modelPath -}}
+{{- end -}}
+
+{{/* The volumes every ClinAlign pod has: /tmp and caches on emptyDirs (read-only root). */}}
+{{- define "clinalign.cacheEnv" -}}
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /var/cache/clinalign
+- name: HF_HOME
+  value: /var/cache/clinalign/huggingface
+- name: TRITON_CACHE_DIR
+  value: /var/cache/clinalign/triton
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+{{- end -}}
+
+{{/* Pod labels of a NetworkPolicy group: (dict "root" $ "group" name). */}}
+{{- define "clinalign.peerLabels" -}}
+{{- if eq .group "trainer-job" -}}
+{{ include "clinalign.jobPodSelector" .root }}
+{{- else -}}
+{{ include "clinalign.componentSelectorLabels" (dict "root" .root "component" .group) }}
+{{- end -}}
+{{- end -}}
+
+{{/* An egress rule's `to` from a list of CIDRs; none: any address (the ports still apply). */}}
+{{- define "clinalign.cidrPeers" -}}
+{{- if . }}
+to:
+  {{- range . }}
+  - ipBlock:
+      cidr: {{ . }}
+  {{- end }}
+{{- else }}
+# No CIDRs configured: any address, on these ports only.
+{{- end }}
+{{- end -}}

@@ -1,0 +1,790 @@
+"""The Helm chart (helm/clinalign), rendered offline with the real Helm engine for the value
+combinations in tests.helm_support.COMBOS: Kubernetes schemas (strict, the two newest minor
+versions kubernetes-validate ships), lint, values schema, security, network topology against
+the calls the code makes, GPU scheduling, autoscaling, monitoring assets, TLS and storage."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python.chart import lint
+from helm_python.errors import HelmError
+
+from tests.helm_support import (
+    CHART,
+    COMBOS,
+    CRD_KINDS,
+    FULLNAME,
+    NAMESPACE,
+    ROOT,
+    SERVICES,
+    chart,
+    component,
+    env_of,
+    main_container,
+    named,
+    notes,
+    of_kind,
+    pod_labels,
+    pod_spec,
+    render,
+    render_raw,
+    selects,
+    strip,
+    workloads,
+)
+
+KUBE_VERSIONS = ("1.36.0", "1.37.0")
+ALL = sorted(COMBOS)
+GPU = "nvidia.com/gpu"
+
+
+def _full_name(service: str) -> str:
+    return f"clinalign.{service}.v1.{service.title()}Service"
+
+
+# -- lint, metadata, values schema ----------------------------------------------------------
+
+
+def test_lint_is_clean() -> None:
+    for kube in (None, "v1.36.0", "v1.37.0"):
+        report = lint(CHART, strict=True, kube_version=kube)
+        assert report["errors"] == [], report
+        assert report["messages"] == [], report  # not even the icon INFO: Chart.yaml has one
+
+
+def test_chart_metadata_follows_the_project() -> None:
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.M)
+    assert version is not None
+    assert meta["apiVersion"] == "v2"
+    assert meta["appVersion"] == version.group(1)
+    assert meta["kubeVersion"].startswith(">=")
+    assert meta["icon"]
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.add(path)
+        assert sub.get("description"), f"{path} has no description in values.schema.json"
+        assert "type" in sub, f"{path} has no type in values.schema.json"
+        if sub.get("type") == "object" and "properties" in sub:
+            assert sub.get("additionalProperties") is False, f"{path} accepts unknown keys"
+            paths |= _schema_paths(sub, path)
+    return paths
+
+
+def _value_paths(values: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.add(path)
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and "properties" in sub:
+            paths |= _value_paths(value, sub, path)
+    return paths
+
+
+def test_schema_covers_every_value_and_every_value_is_commented() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert _value_paths(values, schema) == _schema_paths(schema)
+    # Every value's key line in values.yaml follows its comment.
+    commented = set()
+    stack: list[tuple[int, str]] = []
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match.group(2)))
+        path = ".".join(key for _, key in stack)
+        if lines[i - 1].lstrip().startswith("#"):
+            commented.add(path)
+    # requests/limits are described in their resources value's comment.
+    documented = {p for p in _schema_paths(schema) if not re.search(r"resources\.\w+$", p)}
+    assert documented <= commented
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"generation": {"replicaz": 2}}, "replicaz"),  # a typo'd key
+        ({"reward": {"replicas": "two"}}, "replicas"),  # a wrong type
+        ({"generation": {"backend": {"mode": "triton"}}}, "mode"),  # not in the enum
+        ({"gpu": {"enabled": "yes"}}, "enabled"),
+        ({"trainer": {"jobs": {"gpusPerJob": -1}}}, "gpusPerJob"),  # below the minimum
+        ({"config": {"logLevel": "TRACE"}}, "logLevel"),
+        ({"generation": {"image": {"digest": "latest"}}}, "digest"),
+    ],
+)
+def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], field: str) -> None:
+    with pytest.raises(HelmError, match=field):
+        chart().validate_schema(values)
+    with pytest.raises(HelmError, match=field):
+        render_raw(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"database": {"external": {"existingSecret": "db"}}},
+            "trainer.jobs.existingSecret is required",
+        ),
+        ({"keda": {"enabled": True}}, "keda.prometheusServerAddress is required"),
+        ({"tls": {"enabled": True}}, "tls.existingSecret"),
+        ({"preference": {"replicas": 2}}, "preference.replicas must be 1: its SQLite store"),
+        ({"trainer": {"replicas": 2}}, "trainer.replicas must be 1"),
+        ({"generation": {"backend": {"mode": "external"}}}, "backend.external.url is required"),
+    ],
+)
+def test_inconsistent_values_fail_with_a_reason(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(HelmError, match=re.escape(message)):
+        render_raw(values)
+
+
+# -- Kubernetes schemas ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("combo", ALL)
+def test_built_in_objects_validate_strictly(combo: str) -> None:
+    docs = render(combo)
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(strip(doc), version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                name = f"{doc['kind']}/{doc['metadata']['name']} ({doc['_template']})"
+                pytest.fail(f"{name} invalid for {version}: {exc.message} at {list(exc.path)}")
+
+
+def test_custom_resources_have_their_essential_structure() -> None:
+    docs = render("observability") + render("keda") + render("tls-cert-manager")
+    monitors = of_kind(docs, "ServiceMonitor")
+    assert len(monitors) == len(SERVICES)
+    services = {s["metadata"]["name"]: s for s in of_kind(render("observability"), "Service")}
+    for sm in monitors:
+        assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+        (endpoint,) = sm["spec"]["endpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        target = services[sm["metadata"]["name"]]
+        assert sm["spec"]["selector"]["matchLabels"].items() <= target["metadata"]["labels"].items()
+        assert "metrics" in {p["name"] for p in target["spec"]["ports"]}
+    (rule,) = of_kind(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] and all(g["rules"] for g in rule["spec"]["groups"])
+    scaled = of_kind(docs, "ScaledObject")
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {
+        f"{FULLNAME}-generation",
+        f"{FULLNAME}-reward",
+    }
+    for so in scaled:
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "prometheus"
+        assert set(trigger["metadata"]) >= {"serverAddress", "query", "threshold"}
+        assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+    (cert,) = of_kind(docs, "Certificate")
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["spec"]["secretName"] == f"{FULLNAME}-tls"
+    assert cert["spec"]["issuerRef"] == {"name": "ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert {"server auth", "client auth"} <= set(cert["spec"]["usages"])
+
+
+# -- security -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("combo", ALL)
+def test_every_workload_is_locked_down(combo: str) -> None:
+    docs = render(combo)
+    seen = set()
+    for workload in workloads(docs):
+        spec = pod_spec(workload)
+        name = workload["metadata"]["name"]
+        seen.add(workload["kind"])
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True, name
+        assert psc["runAsUser"] == psc["runAsGroup"] == psc["fsGroup"] == 10001, name
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        kube_api = name == f"{FULLNAME}-trainer" and combo != "local-executor"
+        assert spec["automountServiceAccountToken"] is kube_api, name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc.get("privileged") is not True, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in sc["capabilities"], name
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{name}: /tmp must be writable (read-only root)"
+    assert "Pod" in seen  # the helm test hook
+    if combo == "postgresql":
+        assert "StatefulSet" in seen
+    for sa in of_kind(docs, "ServiceAccount"):
+        kube_api = sa["metadata"]["name"] == f"{FULLNAME}-trainer" and combo != "local-executor"
+        assert sa["automountServiceAccountToken"] is kube_api, sa["metadata"]["name"]
+
+
+def test_each_service_has_its_own_service_account() -> None:
+    docs = render("default")
+    for service in SERVICES:
+        spec = pod_spec(component(docs, "Deployment", service))
+        assert spec["serviceAccountName"] == f"{FULLNAME}-{service}"
+        component(docs, "ServiceAccount", service)
+
+
+_TOKENISH = re.compile(r"\b[A-Za-z0-9_\-]{32,}\b")
+
+
+@pytest.mark.parametrize("combo", ["default", "postgresql"])
+def test_no_secret_values_outside_secrets(combo: str) -> None:
+    docs = render(combo)
+    secrets = of_kind(docs, "Secret")
+    assert secrets and all("stringData" not in s for s in secrets)
+    values = set()
+    for secret in secrets:
+        for raw in secret["data"].values():
+            text = base64.b64decode(raw).decode()
+            values.add(text)
+            if text.startswith("{"):
+                values |= {t["token"] for t in json.loads(text)["tokens"]}
+    assert any(len(v) >= 32 for v in values)
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            continue
+        text = json.dumps(strip(doc))
+        for value in values:
+            assert value not in text, f"a Secret value leaks into {doc['kind']}"
+    for workload in workloads(docs):
+        for container in pod_spec(workload)["containers"]:
+            for name, value in env_of(container).items():
+                if isinstance(value, str):
+                    assert not _TOKENISH.search(value), f"{name} looks like a credential"
+                    assert "@" not in value or not value.startswith("postgres"), name
+    for cm in of_kind(docs, "ConfigMap"):
+        for key, text in cm["data"].items():
+            assert "Bearer " not in text and "password" not in text.lower(), key
+
+
+def test_generated_tokens_file_has_every_role() -> None:
+    (secret,) = of_kind(render("default"), "Secret")
+    tokens = json.loads(base64.b64decode(secret["data"]["tokens.json"]))["tokens"]
+    assert {t["role"] for t in tokens} == {
+        "service",
+        "ehr-client",
+        "clinician",
+        "ml-engineer",
+        "admin",
+    }
+    service = base64.b64decode(secret["data"]["service-token"]).decode()
+    assert service == next(t["token"] for t in tokens if t["role"] == "service")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Re-used from the cluster on upgrade (lookup), generated only on first install.
+    source = (CHART / "templates/secrets.yaml").read_text()
+    assert "lookup" in source and "randAlphaNum" in source
+
+
+def test_existing_secrets_replace_generated_ones() -> None:
+    docs = render("external-db")
+    assert of_kind(docs, "Secret") == []
+    env = env_of(main_container(docs, "preference"))
+    assert env["CLINALIGN_SERVICE_TOKEN"]["secretKeyRef"]["name"] == "clinalign-tokens"
+    assert env["CLINALIGN_PREFERENCE_DATABASE_URL"]["secretKeyRef"] == {
+        "name": "clinalign-db",
+        "key": "preference-database-url",
+    }
+    trainer = env_of(main_container(docs, "trainer"))
+    assert trainer["CLINALIGN_TRAINER_KUBERNETES_SECRET_NAME"] == "clinalign-trainer-job"
+
+
+def _kube_executor_verbs() -> set[str]:
+    """The verbs the trainer's Kubernetes executor needs, read from its API calls."""
+    source = (ROOT / "services/clinalign/trainer/kube.py").read_text()
+    calls = set(re.findall(r"self\.api\.(\w+)", source))
+    verb = {"create": "create", "read": "get", "list": "list", "delete": "delete", "patch": "patch"}
+    verbs = set()
+    for call in calls:
+        action, _, resource = call.partition("_namespaced_")
+        assert resource == "job", f"the executor calls {call}: the Role must cover it"
+        verbs.add(verb[action])
+    return verbs
+
+
+def test_trainer_role_grants_exactly_what_the_executor_calls() -> None:
+    docs = render("default")
+    (role,) = of_kind(docs, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["batch"],
+            "resources": ["jobs"],
+            "verbs": ["create", "get", "list", "delete"],
+        }
+    ]
+    assert set(role["rules"][0]["verbs"]) == _kube_executor_verbs()
+    (binding,) = of_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{FULLNAME}-trainer", "namespace": NAMESPACE}
+    ]
+    assert of_kind(render("local-executor"), "Role") == []
+
+
+def test_trainer_job_settings_match_the_chart() -> None:
+    docs = render("default")
+    env = env_of(main_container(docs, "trainer"))
+    assert env["CLINALIGN_TRAINER_EXECUTOR"] == "kubernetes"
+    assert env["CLINALIGN_TRAINER_KUBERNETES_NAMESPACE"] == NAMESPACE
+    assert env["CLINALIGN_TRAINER_KUBERNETES_MODEL_STORE_CLAIM"] == f"{FULLNAME}-data"
+    assert env["CLINALIGN_TRAINER_KUBERNETES_DATA_DIR"] == env["CLINALIGN_DATA_DIR"]
+    job_sa = component(docs, "ServiceAccount", "trainer-job")
+    assert env["CLINALIGN_TRAINER_KUBERNETES_SERVICE_ACCOUNT"] == job_sa["metadata"]["name"]
+    assert job_sa["automountServiceAccountToken"] is False
+    (secret,) = of_kind(docs, "Secret")
+    assert env["CLINALIGN_TRAINER_KUBERNETES_SECRET_NAME"] == secret["metadata"]["name"]
+    for key in ("DATABASE_URL", "SERVICE_TOKEN"):
+        assert env[f"CLINALIGN_TRAINER_KUBERNETES_SECRET_{key}_KEY"] in secret["data"]
+    # The executor copies the trainer's peer targets into the job pods.
+    for service in SERVICES:
+        port = main_container(docs, service)["ports"][0]["containerPort"]
+        assert env[f"CLINALIGN_{service.upper()}_TARGET"] == f"{FULLNAME}-{service}:{port}"
+
+
+# -- network topology -----------------------------------------------------------------------
+
+# Who calls whom, from the code: generation/server.py (monitor_target RecordOutputs,
+# trainer_target resolve_version), reward/server.py (trainer_target), trainer/worker.py
+# (preference_target) and trainer/ppo_job.py (reward_target), used by the trainer's gate and
+# by job pods alike, monitor/server.py Peers (preference, trainer, reward, generation).
+CALLS = {
+    ("generation", "monitor"),
+    ("generation", "trainer"),
+    ("reward", "trainer"),
+    ("trainer", "preference"),
+    ("trainer", "reward"),
+    ("trainer-job", "preference"),
+    ("trainer-job", "reward"),
+    ("monitor", "preference"),
+    ("monitor", "trainer"),
+    ("monitor", "reward"),
+    ("monitor", "generation"),
+    ("smoke-test", "generation"),
+}
+
+
+def test_the_call_table_matches_the_code() -> None:
+    found = set()
+    pattern = re.compile(
+        r"\b(generation|reward|preference|trainer|monitor)_target\b"
+        r"|peers\.(generation|reward|preference|trainer|monitor)\b"
+    )
+    for service in SERVICES:
+        for path in (ROOT / "services/clinalign" / service).glob("*.py"):
+            for match in pattern.finditer(path.read_text()):
+                peer = match.group(1) or match.group(2)
+                if peer != service:
+                    found.add((service, peer))
+    assert found == {c for c in CALLS if c[0] in SERVICES}
+
+
+def _groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pod groups: component -> (labels, container ports); job pods from clinalign.trainer.kube."""
+    groups = {}
+    for workload in workloads(docs):
+        labels = pod_labels(workload)
+        ports = {
+            p["containerPort"] for c in pod_spec(workload)["containers"] for p in c.get("ports", [])
+        }
+        groups[labels["app.kubernetes.io/component"]] = {"labels": labels, "ports": ports}
+    if any(d["kind"] == "Role" for d in docs):
+        from clinalign.trainer import kube  # the labels the executor really sets
+
+        class _Job:
+            id, kind = "job-1", "ppo"
+
+        groups["trainer-job"] = {"labels": kube.labels(_Job()), "ports": set()}  # type: ignore[arg-type]
+    return groups
+
+
+def _rules(policy: dict[str, Any], direction: str) -> list[dict[str, Any]]:
+    return list(policy["spec"].get(direction) or [])
+
+
+def _policies_for(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [p for p in of_kind(docs, "NetworkPolicy") if selects(p["spec"]["podSelector"], labels)]
+
+
+def _allowed(docs: list[dict[str, Any]], src: str, dst: str, port: int) -> bool:
+    """Both src's egress and dst's ingress allow src -> dst:port (pod-selector peers)."""
+    groups = _groups(docs)
+    src_labels, dst_labels = groups[src]["labels"], groups[dst]["labels"]
+
+    def ok(policies: list[dict[str, Any]], direction: str, key: str, other: dict[str, str]) -> bool:
+        for policy in policies:
+            for rule in _rules(policy, direction):
+                ports = {p["port"] for p in rule.get("ports", [])}
+                peers = rule.get(key)
+                matches = peers is None or any(
+                    "podSelector" in peer
+                    and "namespaceSelector" not in peer
+                    and selects(peer["podSelector"], other)
+                    for peer in peers
+                )
+                if matches and (not ports or port in ports):
+                    return True
+        return False
+
+    return ok(_policies_for(docs, src_labels), "egress", "to", dst_labels) and ok(
+        _policies_for(docs, dst_labels), "ingress", "from", src_labels
+    )
+
+
+@pytest.mark.parametrize("combo", ["default", "tgi", "postgresql", "external-db"])
+def test_network_policies_allow_exactly_the_calls_in_the_code(combo: str) -> None:
+    docs = render(combo)
+    groups = _groups(docs)
+    expected = set(CALLS)
+    if combo == "tgi":
+        expected.add(("generation", "inference"))
+    if combo == "postgresql":
+        expected |= {(s, "postgresql") for s in ("preference", "trainer", "monitor", "trainer-job")}
+    for src in groups:
+        for dst, target in groups.items():
+            if src == dst:
+                continue
+            listening = target["ports"] or {0}
+            allowed = any(_allowed(docs, src, dst, port) for port in listening)
+            assert allowed == ((src, dst) in expected), f"{src} -> {dst}: allowed={allowed}"
+
+
+@pytest.mark.parametrize("combo", ALL)
+def test_every_opened_port_is_one_a_selected_pod_listens_on(combo: str) -> None:
+    docs = render(combo)
+    groups = _groups(docs)
+    policies = of_kind(docs, "NetworkPolicy")
+    # A default deny covers every pod of the release.
+    assert any(
+        p["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in p["spec"]
+        for p in policies
+    )
+    for policy in policies:
+        selected = [
+            g for g in groups.values() if selects(policy["spec"]["podSelector"], g["labels"])
+        ]
+        assert selected, f"{policy['metadata']['name']} selects no pod"
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        for rule in _rules(policy, "ingress"):
+            for port in rule["ports"]:
+                assert all(port["port"] in g["ports"] for g in selected), (
+                    f"{policy['metadata']['name']} opens {port['port']} nobody listens on"
+                )
+        for rule in _rules(policy, "egress"):
+            for peer in rule.get("to", []):
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    targets = [
+                        g for g in groups.values() if selects(peer["podSelector"], g["labels"])
+                    ]
+                    assert targets, f"{policy['metadata']['name']}: egress to no pod"
+                    for port in rule["ports"]:
+                        assert all(port["port"] in g["ports"] for g in targets)
+
+
+def test_network_policy_egress_to_outside_the_cluster() -> None:
+    def egress(combo: str, comp: str) -> list[dict[str, Any]]:
+        return _rules(component(render(combo), "NetworkPolicy", comp), "egress")
+
+    def ports(rules: list[dict[str, Any]]) -> set[int]:
+        return {p["port"] for r in rules for p in r["ports"]}
+
+    assert 53 in ports(egress("default", "preference"))
+    assert {443, 6443} <= ports(egress("default", "trainer"))
+    assert not {443, 6443} & ports(egress("local-executor", "trainer"))
+    db = [r for r in egress("external-db", "trainer-job") if r["ports"][0]["port"] == 5432]
+    assert db and db[0]["to"] == [{"ipBlock": {"cidr": "10.0.5.0/24"}}]
+    assert 5432 not in ports(egress("external-db", "generation"))
+    assert 4317 in ports(egress("observability", "monitor"))
+    assert 4317 not in ports(egress("default", "monitor"))
+    remote = [r for r in egress("external-backend", "generation") if r["ports"][0]["port"] == 8000]
+    assert remote and remote[0]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+
+
+def test_metrics_ports_admit_prometheus() -> None:
+    docs = render("default")
+    for service in SERVICES:
+        port = main_container(docs, service)["ports"][1]["containerPort"]
+        rules = _rules(component(docs, "NetworkPolicy", service), "ingress")
+        assert any(
+            r["ports"] == [{"port": port, "protocol": "TCP"}]
+            and "namespaceSelector" in r["from"][0]
+            for r in rules
+        ), service
+
+
+# -- GPU scheduling, probes, autoscaling ----------------------------------------------------
+
+
+def test_gpu_pool_by_default() -> None:
+    docs = render("default")
+    for service in ("generation", "reward"):
+        container = main_container(docs, service)
+        assert container["resources"]["requests"][GPU] == container["resources"]["limits"][GPU] == 1
+        assert container["image"].endswith(":0.1.0-cuda")
+        tolerations = pod_spec(component(docs, "Deployment", service))["tolerations"]
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    for service in ("preference", "monitor", "trainer"):
+        container = main_container(docs, service)
+        assert GPU not in container["resources"].get("requests", {})
+        assert "tolerations" not in pod_spec(component(docs, "Deployment", service))
+        assert not container["image"].endswith("-cuda")
+    env = env_of(main_container(docs, "trainer"))
+    assert env["CLINALIGN_TRAINER_KUBERNETES_GPUS_PER_JOB"] == "1"
+    assert env["CLINALIGN_TRAINER_KUBERNETES_IMAGE"] == "docker.io/clinalign/trainer:0.1.0-cuda"
+    assert json.loads(env["CLINALIGN_TRAINER_KUBERNETES_TOLERATIONS"])[0]["key"] == GPU
+
+
+def test_gpu_disabled_for_dev_clusters() -> None:
+    docs = render("dev-cpu")
+    for workload in workloads(docs):
+        spec = pod_spec(workload)
+        assert "tolerations" not in spec, workload["metadata"]["name"]
+        for container in spec["containers"]:
+            assert GPU not in json.dumps(container.get("resources", {}))
+            assert not container["image"].endswith("-cuda")
+    env = env_of(main_container(docs, "trainer"))
+    assert env["CLINALIGN_TRAINER_KUBERNETES_GPUS_PER_JOB"] == "0"
+    assert json.loads(env["CLINALIGN_TRAINER_KUBERNETES_TOLERATIONS"]) == []
+    assert not env["CLINALIGN_TRAINER_KUBERNETES_IMAGE"].endswith("-cuda")
+
+
+def test_grpc_probes() -> None:
+    docs = render("default")
+    for service in SERVICES:
+        container = main_container(docs, service)
+        port = container["ports"][0]["containerPort"]
+        assert container["livenessProbe"]["grpc"] == {"port": port, "service": ""}
+        assert container["startupProbe"]["grpc"] == {"port": port, "service": ""}
+        readiness = "" if service == "reward" else _full_name(service)
+        assert container["readinessProbe"]["grpc"] == {"port": port, "service": readiness}
+    # Model loading: the startup probe allows 10 minutes on generation and reward.
+    for service in ("generation", "reward"):
+        startup = main_container(docs, service)["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    # A reward model configured at start: readiness follows the model.
+    loaded = render_raw({"reward": {"modelPath": "/var/lib/clinalign/models/rm"}})
+    assert f'service: "{_full_name("reward")}"' in "".join(loaded.values())
+
+
+def test_autoscaling_hpa_or_keda_never_both() -> None:
+    exported = "".join(p.read_text() for p in (ROOT / "services/clinalign").rglob("metrics.py"))
+    for combo in ALL:
+        docs = render(combo)
+        hpas, scaled = of_kind(docs, "HorizontalPodAutoscaler"), of_kind(docs, "ScaledObject")
+        assert len(hpas) + len(scaled) == 2, combo
+        assert not (hpas and scaled), combo
+        targets = {d["spec"]["scaleTargetRef"]["name"] for d in hpas + scaled}
+        assert targets == {f"{FULLNAME}-generation", f"{FULLNAME}-reward"}
+        for target in targets:
+            assert "replicas" not in named(docs, "Deployment", target)["spec"]
+        for so in scaled:
+            metric = re.match(r"sum\((\w+)\{", so["spec"]["triggers"][0]["metadata"]["query"])
+            assert metric and f'"{metric.group(1)}"' in exported  # a gauge the service exports
+    for hpa in of_kind(render("default"), "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_disruption_budgets() -> None:
+    docs = render("default")
+    for service in SERVICES:
+        pdb = component(docs, "PodDisruptionBudget", service)
+        labels = pod_labels(component(docs, "Deployment", service))
+        assert selects(pdb["spec"]["selector"], labels)
+
+
+# -- generation backends, storage ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("combo", "api"), [("tgi", "tgi"), ("vllm", "openai")])
+def test_remote_backend_in_the_chart(combo: str, api: str) -> None:
+    docs = render(combo)
+    env = env_of(main_container(docs, "generation"))
+    assert env["CLINALIGN_GENERATION_BACKEND"] == "remote"
+    assert env["CLINALIGN_GENERATION_REMOTE_API"] == api
+    service = component(docs, "Service", "inference")
+    (port,) = service["spec"]["ports"]
+    assert env["CLINALIGN_GENERATION_REMOTE_URL"] == f"http://{FULLNAME}-inference:{port['port']}"
+    server = pod_spec(component(docs, "Deployment", "inference"))["containers"][0]
+    assert server["ports"][0]["containerPort"] == port["port"]
+    assert server["resources"]["limits"][GPU] == 1
+    assert "args" in server and any(
+        "/var/lib/clinalign/models/foundation" in a for a in server["args"]
+    )
+    if api == "openai":
+        assert env["CLINALIGN_GENERATION_REMOTE_MODEL"] == "clinalign-policy"
+    # The generation pod itself needs no GPU when the server generates.
+    assert GPU not in json.dumps(main_container(docs, "generation")["resources"])
+
+
+def test_external_backend() -> None:
+    env = env_of(main_container(render("external-backend"), "generation"))
+    assert env["CLINALIGN_GENERATION_REMOTE_URL"] == "http://vllm.inference:8000"
+    assert env["CLINALIGN_GENERATION_REMOTE_API"] == "openai"
+    assert of_kind(render("external-backend"), "Deployment") != []
+    assert "inference" not in {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]
+        for d in of_kind(render("external-backend"), "Deployment")
+    }
+
+
+def _mounts(docs: list[dict[str, Any]], service: str) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for m in main_container(docs, service)["volumeMounts"]}
+
+
+def test_storage_modes() -> None:
+    # SQLite (default): every store on the data volume.
+    docs = render("default")
+    (pvc,) = of_kind(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for service in SERVICES:
+        assert _mounts(docs, service)["data"] == "/var/lib/clinalign"
+        assert f"CLINALIGN_{service.upper()}_DATABASE_URL" not in env_of(
+            main_container(docs, service)
+        )
+    # External PostgreSQL: only the model users mount the volume.
+    docs = render("external-db")
+    for service in ("preference", "monitor"):
+        assert "data" not in _mounts(docs, service)
+    for service in ("generation", "reward", "trainer"):
+        assert "data" in _mounts(docs, service)
+    # In-cluster PostgreSQL: the URLs come from the chart's credentials Secret.
+    docs = render("postgresql")
+    component(docs, "StatefulSet", "postgresql")
+    (secret,) = of_kind(docs, "Secret")
+    url = base64.b64decode(secret["data"]["trainer-database-url"]).decode()
+    assert url.startswith("postgresql://clinalign:") and f"@{FULLNAME}-postgresql:5432/" in url
+    ref = env_of(main_container(docs, "monitor"))["CLINALIGN_MONITOR_DATABASE_URL"]
+    assert ref["secretKeyRef"] == {
+        "name": secret["metadata"]["name"],
+        "key": "monitor-database-url",
+    }
+    # An existing claim replaces the created one.
+    raw = render_raw({"persistence": {"existingClaim": "models"}})
+    assert "kind: PersistentVolumeClaim" not in "".join(raw.values())
+    assert "claimName: models" in "".join(raw.values())
+
+
+# -- TLS, tests, monitoring assets ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("combo", ["tls-secret", "tls-cert-manager"])
+def test_tls(combo: str) -> None:
+    docs = render(combo)
+    secret = "clinalign-tls" if combo == "tls-secret" else f"{FULLNAME}-tls"
+    for service in SERVICES:
+        container = main_container(docs, service)
+        env = env_of(container)
+        assert env["CLINALIGN_TLS_CERT_FILE"] == "/etc/clinalign/tls/tls.crt"
+        assert env["CLINALIGN_TLS_KEY_FILE"] == "/etc/clinalign/tls/tls.key"
+        assert env["CLINALIGN_TLS_CA_FILE"] == "/etc/clinalign/tls/ca.crt"
+        assert ("CLINALIGN_TLS_CLIENT_CA_FILE" in env) == (combo == "tls-secret")
+        assert env["CLINALIGN_PROBE_TLS_NAME"] == f"{FULLNAME}-{service}"
+        # kubelet's gRPC probe has no TLS: the probes run the chart's script.
+        assert container["readinessProbe"]["exec"]["command"][:2] == [
+            "python",
+            "/etc/clinalign/probe/grpc_health.py",
+        ]
+        volumes = {
+            v["name"]: v for v in pod_spec(component(docs, "Deployment", service))["volumes"]
+        }
+        assert volumes["tls"]["secret"]["secretName"] == secret
+    trainer = env_of(main_container(docs, "trainer"))
+    assert trainer["CLINALIGN_TRAINER_KUBERNETES_TLS_SECRET_NAME"] == secret
+    (smoke,) = of_kind(docs, "Pod")
+    assert "CLINALIGN_TLS_CA_FILE" in env_of(smoke["spec"]["containers"][0])
+    if combo == "tls-cert-manager":
+        (cert,) = of_kind(docs, "Certificate")
+        for service in SERVICES:
+            assert f"{FULLNAME}-{service}" in cert["spec"]["dnsNames"]
+            assert f"{FULLNAME}-{service}.{NAMESPACE}.svc.cluster.local" in cert["spec"]["dnsNames"]
+
+
+def test_tls_probe_script_compiles() -> None:
+    source = (CHART / "files/grpc_health.py").read_text()
+    compile(source, "grpc_health.py", "exec")
+
+
+def test_helm_test_hook_runs_the_smoke_command() -> None:
+    docs = render("default")
+    (pod,) = of_kind(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["clinalign", "smoke", "--json"]
+    env = env_of(container)
+    generation = main_container(docs, "generation")
+    assert env["CLINALIGN_GENERATION_TARGET"] == (
+        f"{FULLNAME}-generation:{generation['ports'][0]['containerPort']}"
+    )
+    assert env["CLINALIGN_TOKENS_FILE"] == "/etc/clinalign/auth/tokens.json"
+    assert container["image"].split(":")[0] == generation["image"].split(":")[0]
+    assert "helm test" in notes("default")
+
+
+def test_shipped_monitoring_files_are_copies_of_deploy() -> None:
+    for shipped, source in (
+        ("files/clinalign-rules.yaml", "deploy/prometheus/clinalign-rules.yaml"),
+        ("files/clinalign-dashboard.json", "deploy/grafana/clinalign-dashboard.json"),
+    ):
+        assert (CHART / shipped).read_bytes() == (ROOT / source).read_bytes(), (
+            f"{shipped} drifted: cp {source} helm/clinalign/{shipped}"
+        )
+
+
+def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not on PATH: `make install` installs Debian's prometheus package")
+    (rule,) = of_kind(render("observability"), "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    shipped = yaml.safe_load((ROOT / "deploy/prometheus/clinalign-rules.yaml").read_text())
+    assert rule["spec"] == shipped
+
+
+def test_dashboard_config_map() -> None:
+    (cm,) = of_kind(render("default"), "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["clinalign-dashboard.json"])
+    shipped = json.loads((ROOT / "deploy/grafana/clinalign-dashboard.json").read_text())
+    assert dashboard == shipped
+
+
+def test_otel_settings_reach_every_service() -> None:
+    docs = render("observability")
+    for service in SERVICES:
+        env = env_of(main_container(docs, service))
+        assert env["CLINALIGN_OTEL_ENABLED"] == "true"
+        assert env["CLINALIGN_OTEL_ENDPOINT"].endswith(":4317")

@@ -1,0 +1,47 @@
+"""`clinalign tokens new|show`: the tokens file an operator puts in a Kubernetes Secret."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from clinalign.cli import app
+from clinalign.common.auth import ALL_ROLES, TokenAuthenticator, load_tokens
+
+
+def test_new_writes_one_private_principal_per_role_and_prints_no_token(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    result = CliRunner().invoke(app, ["tokens", "new", str(path)])
+    assert result.exit_code == 0, result.output
+    entries = load_tokens(path)
+    assert {e.role for e in entries} == ALL_ROLES
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert all(e.token not in result.output for e in entries)
+    auth = TokenAuthenticator(entries)
+    assert all(auth.authenticate(f"Bearer {e.token}").role == e.role for e in entries)
+
+
+def test_new_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    runner = CliRunner()
+    assert runner.invoke(app, ["tokens", "new", str(path)]).exit_code == 0
+    before = path.read_text()
+    refused = runner.invoke(app, ["tokens", "new", str(path)])
+    assert refused.exit_code == 1 and "--force" in refused.output
+    assert path.read_text() == before
+    assert runner.invoke(app, ["tokens", "new", str(path), "--force"]).exit_code == 0
+    assert path.read_text() != before
+
+
+def test_show_prints_the_roles_token(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    runner = CliRunner()
+    runner.invoke(app, ["tokens", "new", str(path)])
+    shown = runner.invoke(app, ["tokens", "show", str(path), "--role", "service"])
+    assert shown.exit_code == 0
+    (service,) = [e for e in load_tokens(path) if e.role.value == "service"]
+    assert shown.output.strip() == service.token
+    missing = runner.invoke(app, ["tokens", "show", str(tmp_path / "none.json"), "--role", "admin"])
+    assert missing.exit_code == 1 and "not found" in missing.output
