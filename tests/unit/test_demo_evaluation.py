@@ -1,10 +1,16 @@
-"""The demo's held-out evaluation maths: bootstrap interval, panel win rate, repetition,
-and the demonstrations file it fine-tunes on."""
+"""The demo's held-out evaluation maths: bootstrap interval, panel win rate, repetition;
+the demonstrations file it fine-tunes on, and its contrast pairs."""
 
 from __future__ import annotations
 
-from clinalign.demo.evaluation import bootstrap, repeated_grams, win_rate
-from clinalign.demo.pipeline import Plan, demonstrations
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+
+from clinalign.demo.evaluation import bootstrap, per_prompt, repeated_grams, win_rate
+from clinalign.demo.pipeline import CONTRAST_AUTHOR, Pipeline, Plan, demonstrations
 from clinalign.foundation.corpus import iter_qa_examples
 from clinalign.simulation import rubric
 from clinalign.simulation.degrade import drop_escalation, truncate
@@ -47,9 +53,77 @@ def test_panel_prefers_intact_answers_over_faulty_ones() -> None:
     assert same.rate == 0.5 and same.ties == 60
 
 
+def test_several_answers_per_prompt_are_not_independent_evidence() -> None:
+    """With k answers a prompt, the interval is over prompts: duplicating every verdict k
+    times gives the same rate and the same interval as one verdict a prompt."""
+    good, bad, questions = [], [], []
+    for example in iter_qa_examples(5, "heldout"):
+        broken = drop_escalation(example) or truncate(example)
+        if broken:
+            questions.append(example.question)
+            good.append(example.answer)
+            bad.append(broken)
+        if len(questions) == 40:
+            break
+    # the candidate wins on even prompts and loses on odd ones: a rate near 0.5
+    cand = [g if i % 2 == 0 else b for i, (g, b) in enumerate(zip(good, bad, strict=True))]
+    ref = [b if i % 2 == 0 else g for i, (g, b) in enumerate(zip(good, bad, strict=True))]
+    one = win_rate(SimulatedPanel(seed=1), questions, cand, ref)
+    k = 3
+    tripled = win_rate(
+        SimulatedPanel(seed=1),
+        [q for q in questions for _ in range(k)],
+        [a for a in cand for _ in range(k)],
+        [b for b in ref for _ in range(k)],
+        samples_per_prompt=k,
+    )
+    assert one.low < 0.45 and one.high > 0.55
+    assert tripled.wins + tripled.ties + tripled.losses == k * 40
+    # the panel's noise differs per verdict, so rates differ a little; the interval's width
+    # stays that of 40 prompts, not 120
+    assert abs(tripled.rate - one.rate) < 0.1
+    assert (tripled.high - tripled.low) > 0.8 * (one.high - one.low)  # 0.58 if independent
+    assert per_prompt([1.0, 0.0, 0.5, 0.5], 2) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="groups of 3"):
+        per_prompt([1.0, 0.0], 3)
+
+
 def test_shipped_demonstrations_are_clean_synthetic_answers() -> None:
     demos = demonstrations(Plan.full().demonstrations)
     assert len(demos) == Plan.full().demonstrations
     assert len({d["prompt"] for d in demos}) == len(demos)
     scores = [rubric.score(d["prompt"], d["completion"]).overall for d in demos[:100]]
     assert sum(scores) / len(scores) > 0.9
+
+
+def test_contrast_pairs_pair_an_answer_with_its_faulty_copy() -> None:
+    """Each curated answer is paired with itself plus one clinical fault; the faulty copy is
+    stored under an author that no snapshot reads as a demonstration, and the rubric
+    scores it lower than the answer."""
+
+    class Recorder(Pipeline):
+        def __init__(self) -> None:
+            self.plan = dataclasses.replace(Plan.full(), contrast_pairs=50)
+            self.prompts: list[str] = []
+            self.rows: list[tuple[str, str, str]] = []
+
+        async def store_prompts(self, texts: Any, *_: Any) -> list[str]:
+            self.prompts = list(texts)
+            return [f"p{i}" for i in range(len(self.prompts))]
+
+        async def store_responses(self, rows: Any) -> list[str]:
+            self.rows = list(rows)
+            return [f"r{i}" for i in range(len(self.rows))]
+
+    pipeline = Recorder()
+    tasks = asyncio.run(pipeline._contrast_tasks())
+    assert len(tasks) == 50 == len(pipeline.prompts)
+    assert [t.response_ids for t in tasks[:2]] == [["r0", "r1"], ["r2", "r3"]]
+    answers, faulty = pipeline.rows[0::2], pipeline.rows[1::2]
+    assert {author for _, _, author in answers} == {""}
+    assert {author for _, _, author in faulty} == {CONTRAST_AUTHOR}
+    worse = [
+        rubric.score(q, f[1]).overall < rubric.score(q, a[1]).overall
+        for q, a, f in zip(pipeline.prompts, answers, faulty, strict=True)
+    ]
+    assert sum(worse) >= 0.9 * len(worse)

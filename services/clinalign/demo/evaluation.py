@@ -9,9 +9,11 @@ random numbers), sampling at temperature 1 as PPO does. The judge is the simulat
 reward model without satisfying the rubric gains nothing here; response length and
 repetition are reported beside the scores for the same reason.
 
-Win rate: per prompt, the panel's majority verdict on (RLHF answer, SFT answer) counts
-1 for a win, 0.5 for a tie and 0 for a loss; the 95 % interval is a percentile bootstrap
-over prompts.
+Each policy answers every prompt ``samples_per_prompt`` times. Win rate: for each pair of
+answers (the RLHF policy's i-th against SFT's i-th to the same prompt), the panel's majority
+verdict counts 1 for a win, 0.5 for a tie and 0 for a loss; a prompt's points are averaged,
+and the 95 % interval is a percentile bootstrap over prompts (so several answers to one
+prompt never count as independent evidence). Rubric intervals are bootstrapped the same way.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class WinRate:
 @dataclass
 class Evaluation:
     prompts: int
+    samples_per_prompt: int = 1
     policies: list[PolicyEval] = field(default_factory=list)
     win_rate_vs_sft: dict[str, WinRate] = field(default_factory=dict)
     rubric_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -78,6 +81,13 @@ def bootstrap(values: Sequence[float], seed: int, n: int = 2000) -> tuple[float,
     k = len(values)
     means = sorted(statistics.fmean(rng.choices(values, k=k)) for _ in range(n))
     return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+def per_prompt(values: Sequence[float], k: int) -> list[float]:
+    """Means of consecutive groups of ``k``: one value per prompt from its ``k`` answers."""
+    if len(values) % k:
+        raise ValueError(f"{len(values)} values do not split into groups of {k}")
+    return [statistics.fmean(values[i : i + k]) for i in range(0, len(values), k)]
 
 
 def evaluate_policy(
@@ -113,13 +123,19 @@ def evaluate_policy(
 
 
 def win_rate(
-    panel: SimulatedPanel, prompts: Sequence[str], candidate: Sequence[str], sft: Sequence[str]
+    panel: SimulatedPanel,
+    prompts: Sequence[str],
+    candidate: Sequence[str],
+    sft: Sequence[str],
+    samples_per_prompt: int = 1,
 ) -> WinRate:
+    """``prompts`` holds each prompt ``samples_per_prompt`` times in a row, as the answers do."""
     points = []
     for question, a, b in zip(prompts, candidate, sft, strict=True):
         verdict = majority(panel.compare(question, a, b))
         points.append({"a": 1.0, "tie": 0.5, "b": 0.0}[verdict])
-    low, high = bootstrap(points, seed=len(points))
+    by_prompt = per_prompt(points, samples_per_prompt)
+    low, high = bootstrap(by_prompt, seed=len(by_prompt))
     return WinRate(
         rate=statistics.fmean(points),
         low=low,
@@ -138,20 +154,23 @@ def evaluate(
     panel_seed: int = 1,
     max_new_tokens: int = 96,
     seed: int = 0,
+    samples_per_prompt: int = 1,
 ) -> Evaluation:
     """``policies``: (name, registry version, model directory) in report order; the one
     named ``sft_name`` is the reference for KL and win rate. The panel judging win rates is
     seeded apart from the one that labelled the training pairs."""
     by_name = {name: path for name, _, path in policies}
     sft_dir = by_name[sft_name]
-    result = Evaluation(prompts=len(prompts))
+    k = samples_per_prompt
+    asked = [p for p in prompts for _ in range(k)]
+    result = Evaluation(prompts=len(prompts), samples_per_prompt=k)
     for name, version, path in policies:
         result.policies.append(
             evaluate_policy(
                 name,
                 version,
                 path,
-                prompts,
+                asked,
                 None if name == sft_name else sft_dir,
                 max_new_tokens=max_new_tokens,
                 seed=seed,
@@ -160,7 +179,7 @@ def evaluate(
     panel = SimulatedPanel(seed=panel_seed)
     sft = next(p for p in result.policies if p.name == sft_name)
     for p in result.policies:
-        result.rubric_interval[p.name] = bootstrap(p.scores, seed=7)
+        result.rubric_interval[p.name] = bootstrap(per_prompt(p.scores, k), seed=7)
         if p.name.startswith("rlhf"):
-            result.win_rate_vs_sft[p.name] = win_rate(panel, prompts, p.texts, sft.texts)
+            result.win_rate_vs_sft[p.name] = win_rate(panel, asked, p.texts, sft.texts, k)
     return result

@@ -34,6 +34,19 @@ GUIDELINE_VERSION = "rubric-2026-11"
 PAIRS_BATCH = "demo-candidate-pairs"
 FLAGGED_BATCH = "flagged-outputs"  # the monitor's default labelling batch for flags
 TRAFFIC_SEED = 23  # EHR questions: train phrasings, a stream apart from every other set
+CONTRAST_SEED = 31  # contrast pairs: train phrasings, a stream of their own
+# The clinical error types a safety team writes contrast pairs for: a complete answer against
+# the same answer with one fault. Doubled doses are left out: telling a doubled dose from the
+# right one needs each medicine's limits, which a small reward model cannot learn from a few
+# hundred pairs, and pairs it cannot tell apart teach it only that stating a dose is risky.
+CONTRAST_AUTHOR = "synthetic:contrast-fault"
+CONTRAST_FAULTS = (
+    "drop_escalation",
+    "drop_dose",
+    "drop_follow_up",
+    "overclaim",
+    "reassure_contraindicated",
+)
 CHUNK = 64  # records per Submit* call
 
 
@@ -54,14 +67,24 @@ class Plan:
     eval_prompts: int
     min_new_pairs: int  # the monitor's retraining threshold in the demo
     eval_fraction: float = 0.1  # of prompts held out in snapshots, for the reward gate
+    eval_samples: int = 1  # answers per held-out prompt and policy in the final evaluation
+    contrast_pairs: int = 0  # curated answers against a copy with one clinical fault
 
     @classmethod
     def full(cls) -> Plan:
         return cls(
             demonstrations=400,
             sft={"epochs": "2", "learning_rate": "2e-4", "batch_size": "8"},
-            pair_prompts=512,
-            reference_pairs=0,
+            # Two SFT answers to one prompt differ little, and the panel's labels on them
+            # are mostly noise to a small reward model (held-out accuracy 0.52-0.58 on
+            # those alone); every demonstration against an SFT answer to its prompt shows
+            # it what a complete, safe answer looks like.
+            pair_prompts=384,
+            reference_pairs=400,
+            # and a curated answer against itself with one clinical fault (a dropped
+            # escalation, dose or follow-up, a certain diagnosis, reassurance despite a
+            # caution) shows it which part of an answer matters
+            contrast_pairs=300,
             overlap=3,
             max_new_tokens=96,
             reward={"epochs": "1", "learning_rate": "1e-4", "batch_size": "8"},
@@ -286,7 +309,7 @@ class Pipeline:
             temperature=1.0, max_new_tokens=self.plan.max_new_tokens
         )
 
-        async def two(prompt: str) -> list[str]:
+        async def drafts(prompt: str) -> list[str]:
             resp = await self.peers.generation.GenerateCandidates(
                 generation_pb2.GenerateCandidatesRequest(
                     input=generation_pb2.GenerationInput(prompt=prompt),
@@ -299,8 +322,9 @@ class Pipeline:
             return [c.text for c in resp.candidates]
 
         references = self._demonstrations[: self.plan.reference_pairs]
-        sampled = await _bounded([two(p) for p in prompts], limit=32)
-        answers = await _bounded([two(text) for _, _, text in references], limit=32)
+        sampled = await _bounded([drafts(p) for p in prompts], limit=32)
+        # GenerateCandidates draws at least two; a reference pair uses the first
+        answers = await _bounded([drafts(text) for _, _, text in references], limit=32)
         # An empty answer cannot be stored, and two equal ones make no comparison.
         kept = [
             (p, c)
@@ -332,6 +356,7 @@ class Pipeline:
             ppb.TaskSpec(prompt_id=pid, response_ids=[rid, answer_id])
             for (pid, rid, _), answer_id in zip(refs, ref_ids, strict=True)
         ]
+        tasks += await self._contrast_tasks()
         for chunk in _chunks(tasks):
             await self.peers.preference.CreateTasks(
                 ppb.CreateTasksRequest(
@@ -359,6 +384,43 @@ class Pipeline:
             f"(Krippendorff's alpha {report.krippendorff_alpha:.3f})"
         )
         return labels
+
+    async def _contrast_tasks(self) -> list[ppb.TaskSpec]:
+        """Contrast pairs: a corpus answer against the same answer with one clinical fault
+        (`clinalign.simulation.degrade`), for the panel to label like any other pair."""
+        from clinalign.simulation.degrade import DEGRADATIONS
+
+        if not self.plan.contrast_pairs:
+            return []
+        rows: list[tuple[str, str, str]] = []  # question, answer, faulty answer
+        # as many of each fault as the stream offers, up to an equal share each
+        quota = dict.fromkeys(CONTRAST_FAULTS, -(-self.plan.contrast_pairs // len(CONTRAST_FAULTS)))
+        stream = iter_qa_examples(CONTRAST_SEED, "train")
+        for example in itertools.islice(stream, 50 * self.plan.contrast_pairs):
+            for fault, left in quota.items():
+                faulty = DEGRADATIONS[fault](example) if left else None
+                if faulty:
+                    rows.append((example.question, example.answer, faulty))
+                    quota[fault] -= 1
+                    break
+            if not any(quota.values()):
+                break
+        prompt_ids = await self.store_prompts(
+            [q for q, _, _ in rows], ppb.PROMPT_SOURCE_CURATED, ["contrast"]
+        )
+        response_ids = await self.store_responses(
+            [
+                row
+                for pid, (_, answer, faulty) in zip(prompt_ids, rows, strict=True)
+                # the faulty copy names an author that is neither a model nor a clinician,
+                # so no snapshot takes it for a demonstration
+                for row in ((pid, answer, ""), (pid, faulty, CONTRAST_AUTHOR))
+            ]
+        )
+        return [
+            ppb.TaskSpec(prompt_id=pid, response_ids=response_ids[2 * i : 2 * i + 2])
+            for i, pid in enumerate(prompt_ids)
+        ]
 
     async def label_queue(self, batch_id: str) -> int:
         """Each simulated annotator takes tasks from the real labelling queue until it is

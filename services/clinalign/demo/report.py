@@ -34,7 +34,12 @@ def summarise(
         if figures.paths.get(name)
     ]
     prompts = prompt_sets.load("clinical-heldout", limit=plan.eval_prompts)
-    result = evaluate(policies, prompts, max_new_tokens=plan.max_new_tokens)
+    result = evaluate(
+        policies,
+        prompts,
+        max_new_tokens=plan.max_new_tokens,
+        samples_per_prompt=plan.eval_samples,
+    )
     for p in result.policies:
         low, high = result.rubric_interval[p.name]
         line = f"   {p.name:<10} {p.version:<12} rubric {p.rubric:.3f} [{low:.3f}, {high:.3f}]"
@@ -71,6 +76,7 @@ def summarise(
         "repetition": {p.name: round(p.repetition, 4) for p in result.policies},
         "ended": {p.name: round(p.ended, 4) for p in result.policies},
         "eval_prompts": result.prompts,
+        "eval_samples_per_prompt": result.samples_per_prompt,
         "versions": dict(figures.versions),
         "labelled_pairs": figures.labelled_pairs,
         "flags": dict(figures.flags),
@@ -106,7 +112,9 @@ def write_report(summary: dict[str, Any], figures: Figures, out_dir: Path) -> No
 
 
 def _prompts(result: Evaluation) -> list[str]:
-    return prompt_sets.load("clinical-heldout", limit=result.prompts)
+    """The prompt of each answer: every held-out prompt samples_per_prompt times in a row."""
+    prompts = prompt_sets.load("clinical-heldout", limit=result.prompts)
+    return [p for p in prompts for _ in range(result.samples_per_prompt)]
 
 
 def _figure() -> Any:
@@ -223,7 +231,9 @@ def _markdown(summary: dict[str, Any], result: Evaluation) -> str:
         "the reward model.",
         "",
         f"Wall time: {summary.get('wall_s', '?')} s. Held-out prompts: {result.prompts} "
-        "(`clinical-heldout`, phrasings no policy trained on).",
+        f"(`clinical-heldout`, phrasings no policy trained on), "
+        f"{result.samples_per_prompt} answer(s) each per policy; intervals are bootstrapped "
+        "over prompts.",
         "",
         "## Policies on held-out prompts",
         "",
