@@ -33,18 +33,24 @@ def test_repeated_grams() -> None:
     assert repeated_grams("too short") == 0.0
 
 
-def test_panel_prefers_intact_answers_over_faulty_ones() -> None:
-    """A win rate near 1 for reference answers against broken copies, near 0.5 against
-    themselves, with intervals that say so."""
-    good, bad, questions = [], [], []
+def _intact_and_broken(n: int) -> tuple[list[str], list[str], list[str]]:
+    """n held-out questions, their reference answers, and copies with one fault each."""
+    questions, good, bad = [], [], []
     for example in iter_qa_examples(5, "heldout"):
         broken = drop_escalation(example) or truncate(example)
         if broken:
             questions.append(example.question)
             good.append(example.answer)
             bad.append(broken)
-        if len(questions) == 60:
+        if len(questions) == n:
             break
+    return questions, good, bad
+
+
+def test_panel_prefers_intact_answers_over_faulty_ones() -> None:
+    """A win rate near 1 for reference answers against broken copies, near 0.5 against
+    themselves, with intervals that say so."""
+    questions, good, bad = _intact_and_broken(60)
     panel = SimulatedPanel(seed=1)
     better = win_rate(panel, questions, good, bad)
     assert better.rate > 0.85 and better.low > 0.5
@@ -56,15 +62,7 @@ def test_panel_prefers_intact_answers_over_faulty_ones() -> None:
 def test_several_answers_per_prompt_are_not_independent_evidence() -> None:
     """With k answers a prompt, the interval is over prompts: duplicating every verdict k
     times gives the same rate and the same interval as one verdict a prompt."""
-    good, bad, questions = [], [], []
-    for example in iter_qa_examples(5, "heldout"):
-        broken = drop_escalation(example) or truncate(example)
-        if broken:
-            questions.append(example.question)
-            good.append(example.answer)
-            bad.append(broken)
-        if len(questions) == 40:
-            break
+    questions, good, bad = _intact_and_broken(40)
     # the candidate wins on even prompts and loses on odd ones: a rate near 0.5
     cand = [g if i % 2 == 0 else b for i, (g, b) in enumerate(zip(good, bad, strict=True))]
     ref = [b if i % 2 == 0 else g for i, (g, b) in enumerate(zip(good, bad, strict=True))]
