@@ -184,8 +184,11 @@ def test_normalisation_makes_reference_responses_mean_0_std_1(
     model = AutoModelForSequenceClassification.from_pretrained(trained, num_labels=1)
     rewards, _ = raw_rewards(model, AutoTokenizer.from_pretrained(trained), reference)
     normalised = (torch.tensor(rewards) - norm["mean"]) / norm["std"]
-    assert normalised.mean().item() == pytest.approx(0.0, abs=1e-4)
-    assert normalised.std(correction=0).item() == pytest.approx(1.0, abs=1e-4)
+    # Scored here in float32 on the CPU; on a GPU the statistics were taken under bf16
+    # autocast and TF32 (seen on an H200: mean -8e-4), so the tolerance follows the device.
+    tolerance = 5e-3 if torch.cuda.is_available() else 1e-4
+    assert normalised.mean().item() == pytest.approx(0.0, abs=tolerance)
+    assert normalised.std(correction=0).item() == pytest.approx(1.0, abs=tolerance)
 
 
 def test_evaluation_report_and_promotion(

@@ -82,3 +82,22 @@ def test_all_greedy_batch_is_argmax() -> None:
         logits, torch.zeros(5), torch.zeros(5, dtype=torch.long), torch.ones(5), [None] * 5
     )
     assert picks.tolist() == logits.argmax(-1).tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_seeded_rows_sample_on_a_gpu_as_on_the_cpu() -> None:
+    # The generation service keeps a request's seeded generator on the CPU; its logits may
+    # live on a GPU (torch.multinomial refuses a generator on another device).
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(3))
+    temperature, k, p = torch.ones(2), torch.zeros(2, dtype=torch.long), torch.ones(2)
+
+    def draw(device: str) -> list[int]:
+        gens = [torch.Generator().manual_seed(11), None]
+        picks = next_tokens(
+            logits.to(device), temperature.to(device), k.to(device), p.to(device), gens
+        )
+        assert picks.device.type == device
+        return picks.tolist()
+
+    assert draw("cuda")[0] == draw("cpu")[0]

@@ -56,7 +56,7 @@ def bootstrap(
     *,
     seed: int = 0,
     force: bool = False,
-    time_budget_s: float = 240.0,
+    time_budget_s: float = 600.0,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Build the default foundation model into `out_dir` and return its manifest.
@@ -113,7 +113,7 @@ def build_foundation(
     *,
     seed: int = 0,
     force: bool = False,
-    time_budget_s: float = 240.0,
+    time_budget_s: float = 600.0,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Build `preset` into `out_dir` (see `bootstrap`)."""

@@ -28,7 +28,11 @@ def next_tokens(
         picks[shared] = torch.multinomial(probs[shared], 1).squeeze(-1)
     for i, g in enumerate(generators):
         if g is not None and bool(sampled_rows[i]):
-            picks[i] = torch.multinomial(probs[i], 1, generator=g)[0]
+            # A seeded row draws on its generator's device (the CPU), whatever the model's:
+            # torch.multinomial refuses a generator on another device, and the same seed
+            # and distribution then give the same token on a CPU or a GPU.
+            row = probs[i].to(device=g.device, dtype=torch.float32)
+            picks[i] = torch.multinomial(row, 1, generator=g)[0].to(picks.device)
     return picks
 
 
