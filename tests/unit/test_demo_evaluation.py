@@ -76,7 +76,7 @@ def test_several_answers_per_prompt_are_not_independent_evidence() -> None:
         samples_per_prompt=k,
     )
     assert one.low < 0.45 and one.high > 0.55
-    assert tripled.wins + tripled.ties + tripled.losses == k * 40
+    assert tripled.wins + tripled.ties + tripled.losses == k * k * 40  # every pair of a prompt
     # the panel's noise differs per verdict, so rates differ a little; the interval's width
     # stays that of 40 prompts, not 120
     assert abs(tripled.rate - one.rate) < 0.1

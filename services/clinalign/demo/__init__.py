@@ -58,6 +58,17 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
     }
 
 
+def _timed(echo: Callable[[str], Any], started: float) -> Callable[[str], Any]:
+    """``echo`` that puts the seconds since ``started`` before each step's heading."""
+
+    def timed(line: str) -> Any:
+        if line.startswith("== "):
+            line = f"== [{time.monotonic() - started:5.0f} s] {line[3:]}"
+        return echo(line)
+
+    return timed
+
+
 def run_demo(
     common: CommonSettings,
     echo: Callable[[str], Any] = print,
@@ -75,6 +86,7 @@ def run_demo(
 
     plan = plan or Plan.full()
     started = time.monotonic()
+    echo = _timed(echo, started)
     model_dir = foundation_dir(common).resolve()
     out_dir = common.data_dir / "demo"
     echo("== 1. foundation model")

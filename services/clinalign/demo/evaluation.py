@@ -9,11 +9,13 @@ random numbers), sampling at temperature 1 as PPO does. The judge is the simulat
 reward model without satisfying the rubric gains nothing here; response length and
 repetition are reported beside the scores for the same reason.
 
-Each policy answers every prompt ``samples_per_prompt`` times. Win rate: for each pair of
-answers (the RLHF policy's i-th against SFT's i-th to the same prompt), the panel's majority
-verdict counts 1 for a win, 0.5 for a tie and 0 for a loss; a prompt's points are averaged,
-and the 95 % interval is a percentile bootstrap over prompts (so several answers to one
-prompt never count as independent evidence). Rubric intervals are bootstrapped the same way.
+Each policy answers every prompt ``samples_per_prompt`` (k) times. Win rate: the chance
+that an answer of the RLHF policy beats an answer of SFT's to the same prompt. The panel
+judges every one of the k x k pairs of a prompt (all pairs, not k matched ones: the same
+estimate with less variance), its majority verdict counting 1 for a win, 0.5 for a tie and
+0 for a loss; a prompt's points are averaged, and the 95 % interval is a percentile
+bootstrap over prompts (so several answers to one prompt never count as independent
+evidence). Rubric intervals are bootstrapped the same way.
 """
 
 from __future__ import annotations
@@ -129,12 +131,21 @@ def win_rate(
     sft: Sequence[str],
     samples_per_prompt: int = 1,
 ) -> WinRate:
-    """``prompts`` holds each prompt ``samples_per_prompt`` times in a row, as the answers do."""
+    """``prompts`` holds each prompt ``samples_per_prompt`` (k) times in a row, as the answers
+    do; each of a prompt's k candidate answers is judged against each of its k SFT answers."""
+    k = samples_per_prompt
+    if not len(prompts) == len(candidate) == len(sft):
+        raise ValueError("prompts, candidate and sft answers must be as many")
+    if len(prompts) % k:
+        raise ValueError(f"{len(prompts)} answers do not split into groups of {k}")
     points = []
-    for question, a, b in zip(prompts, candidate, sft, strict=True):
-        verdict = majority(panel.compare(question, a, b))
-        points.append({"a": 1.0, "tie": 0.5, "b": 0.0}[verdict])
-    by_prompt = per_prompt(points, samples_per_prompt)
+    for start in range(0, len(prompts), k):
+        question = prompts[start]
+        for a in candidate[start : start + k]:
+            for b in sft[start : start + k]:
+                verdict = majority(panel.compare(question, a, b))
+                points.append({"a": 1.0, "tie": 0.5, "b": 0.0}[verdict])
+    by_prompt = per_prompt(points, k * k)
     low, high = bootstrap(by_prompt, seed=len(by_prompt))
     return WinRate(
         rate=statistics.fmean(points),

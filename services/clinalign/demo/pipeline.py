@@ -39,6 +39,10 @@ CONTRAST_SEED = 31  # contrast pairs: train phrasings, a stream of their own
 # the same answer with one fault. Doubled doses are left out: telling a doubled dose from the
 # right one needs each medicine's limits, which a small reward model cannot learn from a few
 # hundred pairs, and pairs it cannot tell apart teach it only that stating a dose is risky.
+# Padding is in because a reward model without it preferred an answer repeated three times
+# (97 % of probes), a length bias PPO exploits. (Answers meant for another question were
+# tried and left out too: with 60 such pairs the reward model still told them apart from
+# the right answer no better than chance, 50 % of probes.)
 CONTRAST_AUTHOR = "synthetic:contrast-fault"
 CONTRAST_FAULTS = (
     "drop_escalation",
@@ -46,6 +50,7 @@ CONTRAST_FAULTS = (
     "drop_follow_up",
     "overclaim",
     "reassure_contraindicated",
+    "repeat_sentences",
 )
 CHUNK = 64  # records per Submit* call
 
@@ -79,15 +84,16 @@ class Plan:
             # are mostly noise to a small reward model (held-out accuracy 0.52-0.58 on
             # those alone); every demonstration against an SFT answer to its prompt shows
             # it what a complete, safe answer looks like.
-            pair_prompts=384,
+            pair_prompts=256,
             reference_pairs=400,
             # and a curated answer against itself with one clinical fault (a dropped
             # escalation, dose or follow-up, a certain diagnosis, reassurance despite a
-            # caution) shows it which part of an answer matters
-            contrast_pairs=300,
+            # caution, padding) shows it which part of an answer matters
+            contrast_pairs=360,
             overlap=3,
             max_new_tokens=96,
-            reward={"epochs": "1", "learning_rate": "1e-4", "batch_size": "8"},
+            # two epochs: held-out accuracy 0.616 after one, 0.640 after two, 0.643 after three
+            reward={"epochs": "2", "learning_rate": "1e-4", "batch_size": "8"},
             ppo={
                 "iterations": "20",
                 "rollout_batch_size": "32",
@@ -96,12 +102,15 @@ class Plan:
                 "response_length": "96",
                 "learning_rate": "1e-4",
                 "kl_controller": "fixed",
-                "kl_coef": "0.2",
+                "kl_coef": "0.1",
                 "checkpoint_every": "10",
             },
-            traffic=160,
+            traffic=128,
             correction_share=0.2,
             eval_prompts=384,
+            # Two answers a prompt and policy: one draw of 384 answers put the same RLHF
+            # policy's win rate at 0.542 and another at 0.496, so one is not enough.
+            eval_samples=2,
             min_new_pairs=40,
             eval_fraction=0.25,
         )
@@ -394,7 +403,8 @@ class Pipeline:
             return []
         rows: list[tuple[str, str, str]] = []  # question, answer, faulty answer
         # as many of each fault as the stream offers, up to an equal share each
-        quota = dict.fromkeys(CONTRAST_FAULTS, -(-self.plan.contrast_pairs // len(CONTRAST_FAULTS)))
+        share, extra = divmod(self.plan.contrast_pairs, len(CONTRAST_FAULTS))
+        quota = {fault: share + (i < extra) for i, fault in enumerate(CONTRAST_FAULTS)}
         stream = iter_qa_examples(CONTRAST_SEED, "train")
         for example in itertools.islice(stream, 50 * self.plan.contrast_pairs):
             for fault, left in quota.items():

