@@ -26,13 +26,17 @@ def next_tokens(
     shared = [i for i, g in enumerate(generators) if g is None and bool(sampled_rows[i])]
     if shared:
         picks[shared] = torch.multinomial(probs[shared], 1).squeeze(-1)
-    for i, g in enumerate(generators):
-        if g is not None and bool(sampled_rows[i]):
-            # A seeded row draws on its generator's device (the CPU), whatever the model's:
-            # torch.multinomial refuses a generator on another device, and the same seed
-            # and distribution then give the same token on a CPU or a GPU.
-            row = probs[i].to(device=g.device, dtype=torch.float32)
-            picks[i] = torch.multinomial(row, 1, generator=g)[0].to(picks.device)
+    seeded = [i for i, g in enumerate(generators) if g is not None and bool(sampled_rows[i])]
+    if seeded:
+        # Seeded rows draw on their generators' device (the CPU), whatever the model's:
+        # torch.multinomial refuses a generator on another device, and the same seed and
+        # distribution then give the same token on a CPU or a GPU. One copy for all of them.
+        rows = probs[seeded].to(device="cpu", dtype=torch.float32)
+        drawn = [
+            int(torch.multinomial(row, 1, generator=generators[i])[0])
+            for row, i in zip(rows, seeded, strict=True)
+        ]
+        picks[seeded] = torch.tensor(drawn, dtype=picks.dtype, device=picks.device)
     return picks
 
 
