@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -401,7 +402,8 @@ async def test_retention_deletes_old_outputs_and_flags_but_keeps_baseline_figure
 async def test_gauges_refresh_over_the_trailing_window(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    version = f"gauge-{id(common)}"
+    # unique per run: the PostgreSQL database outlives a run, and id() values repeat across runs
+    version = f"gauge-{uuid.uuid4().hex[:12]}"
     app = _app(common, database_url, baseline_outputs=4, psi_bins=2, stats_interval_s=0.05)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
