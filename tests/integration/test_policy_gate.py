@@ -127,3 +127,30 @@ def test_win_rate_and_its_interval() -> None:
     low, high = bootstrap_interval([1.0] * 30 + [0.0] * 10, [0.5] * 40, seed=1)
     assert low < 0.75 < high and low > 0.5
     assert bootstrap_interval([1.0] * 5, [0.0] * 5) == (1.0, 1.0)
+
+
+def test_demo_evaluation_answers_once_for_a_rubric_only_policy(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The demo's held-out evaluation on real (tiny) models: policies named in ``once`` answer
+    each prompt once and get no win rate; the others answer k times, and SFT, the reference
+    of every win rate, may not answer once."""
+    from clinalign.demo.evaluation import evaluate
+
+    prompts = ["I have a sore throat. What should I do?", "How much paracetamol can I take?"]
+    policies = [
+        ("foundation", "v0", tiny_model_dir),
+        ("sft", "v1", tiny_model_dir),
+        ("rlhf-1", "v2", tiny_model_dir),
+    ]
+    result = evaluate(
+        policies, prompts, max_new_tokens=6, samples_per_prompt=2, once=("foundation",)
+    )
+    answers = {p.name: (p.samples_per_prompt, len(p.texts)) for p in result.policies}
+    assert answers == {"foundation": (1, 2), "sft": (2, 4), "rlhf-1": (2, 4)}
+    assert set(result.win_rate_vs_sft) == {"rlhf-1"}
+    w = result.win_rate_vs_sft["rlhf-1"]
+    assert w.wins + w.ties + w.losses == 2 * 2 * 2  # every pair of each prompt
+    assert set(result.rubric_interval) == {"foundation", "sft", "rlhf-1"}
+    with pytest.raises(ValueError, match="cannot answer once"):
+        evaluate(policies, prompts, max_new_tokens=6, samples_per_prompt=2, once=("sft",))

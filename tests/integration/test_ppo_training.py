@@ -89,6 +89,33 @@ def test_ppo_raises_reward_within_bounded_kl(
     assert (out / CRITIC_DIR).is_dir()
 
 
+def test_rloo_learns_without_a_critic_from_groups_of_one_prompt(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    scored: list[list[str]] = []
+
+    def recording_score(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        scored.append(list(prompts))
+        return words_score(prompts, responses)
+
+    hyper = fast(advantage_estimator="rloo", samples_per_prompt=4, kl_controller="fixed")
+    manifest = train_ppo(PROMPTS, tiny_model_dir, tmp_path / "out", hyper, recording_score)
+    score = series(manifest, "score")
+    assert fmean(score[-8:]) > fmean(score[:8]) + 0.3, score
+    assert max(series(manifest, "kl")) < 15.0
+    # every iteration asks 8 / 4 = 2 prompts four times each (finished answers only reach
+    # the scorer, so a group may be short, never mixed)
+    drawn = list(itertools.chain.from_iterable(scored))
+    assert len(set(drawn)) > 2  # the prompts move on between iterations
+    for batch in scored:
+        assert len(set(batch)) <= 2
+        assert [p for p, _ in itertools.groupby(batch)] == list(dict.fromkeys(batch))
+    assert all(f["explained_variance"] is None for _, f in manifest["history"])
+    assert manifest["method"]["advantage_estimator"] == "rloo"
+    assert manifest["method"]["critic"] is None
+    assert not (tmp_path / "out" / CRITIC_DIR).exists()  # there is no critic to save
+
+
 def test_lora_reference_is_the_base_with_the_adapter_off(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -161,7 +188,13 @@ def test_bad_settings_name_the_field(tiny_model_dir: Path, tmp_path: Path) -> No
         "critic": fast(critic="twin"),
         "gamma": fast(gamma=1.5),
         "kl_coef": fast(kl_coef=0.0),
+        "advantage_estimator": fast(advantage_estimator="vtrace"),
+        "samples_per_prompt": fast(advantage_estimator="rloo", samples_per_prompt=1),
     }
+    with pytest.raises(InvalidArgument) as info:
+        fast(rollout_batch_size=8, samples_per_prompt=3).validate()
+    assert info.value.field == "samples_per_prompt"
+    assert "stay in one process" in str(info.value)
     for field, hyper in cases.items():
         with pytest.raises(InvalidArgument) as info:
             train_ppo(PROMPTS, tiny_model_dir, tmp_path / field, hyper, words_score)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,18 @@ class StandInTrainer:
     jobs: dict[str, tpb.Job] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
 
+    served_reward_parent: str | None = None  # a served reward model trained from this
+
     async def ListModelVersions(self, req: Any, **_: Any) -> Any:
+        if req.kind == common_pb2.MODEL_KIND_REWARD:
+            if self.served_reward_parent is None:
+                return tpb.ListModelVersionsResponse()
+            reward = common_pb2.ModelVersion(
+                ref=common_pb2.ModelRef(version="reward-v1"),
+                stage=common_pb2.MODEL_STAGE_SERVING,
+                parent_version=self.served_reward_parent,
+            )
+            return tpb.ListModelVersionsResponse(versions=[reward])
         served = common_pb2.ModelVersion(
             ref=common_pb2.ModelRef(version="policy-v1"), stage=common_pb2.MODEL_STAGE_SERVING
         )
@@ -305,6 +316,29 @@ async def test_dry_run_reports_and_starts_nothing_then_a_run_promotes(db: Databa
     third = await loop.evaluate(False)
     assert not third.triggered and third.run is None and not loop.tasks
     assert len(await db.run_sync(lambda s: retraining.list_runs(s, 10, 0))) == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "served_reward_parent", "base"),
+    [
+        ("", "policy-sft", ""),  # the default: the trainer takes the served policy
+        (retraining.SERVED_REWARD_BASE, "policy-sft", "policy-sft"),
+        (retraining.SERVED_REWARD_BASE, None, ""),  # no reward model served yet
+        ("policy-v7", "policy-sft", "policy-v7"),
+    ],
+)
+async def test_the_reward_job_starts_from_the_configured_base(
+    db: Database, setting: str, served_reward_parent: str | None, base: str
+) -> None:
+    peers = StandIns(trainer=StandInTrainer(served_reward_parent=served_reward_parent))
+    loop = retraining.Retraining(db, peers, replace(POLICY, reward_base_model=setting))
+    started = await loop.evaluate(False)
+    assert started.run is not None
+    run = await _ended(loop, started.run.id)
+    assert run.state == retraining.PROMOTED
+    assert peers.trainer.jobs[f"{run.id}:reward_model_job"].spec.base_model == base
+    # PPO always continues from the served policy
+    assert peers.trainer.jobs[f"{run.id}:ppo_job"].spec.base_model == "policy-v1"
 
 
 @pytest.mark.parametrize(

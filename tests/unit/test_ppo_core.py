@@ -231,6 +231,35 @@ def test_vectorised_gae_agrees_with_the_loop(gamma: float, lam: float) -> None:
     assert (fast_adv[~mask] == 0).all() and (fast_ret[~mask] == 0).all()
 
 
+def test_rloo_advantages_hand_values() -> None:
+    # two prompts, two responses each; returns are the masked row sums of the rewards
+    rewards = t(
+        [-0.1, 2.0, JUNK],  # R = 1.9
+        [-0.1, -0.1, 1.2],  # R = 1.0
+        [0.0, 3.0, JUNK],  # R = 3.0
+        [-0.5, 1.5, JUNK],  # R = 1.0
+    )
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 0]])
+    advantages = core.rloo_advantages(rewards, mask, k=2)
+    # k = 2: each response against the other one; the same A on every token, 0 on padding
+    close(advantages, [[0.9, 0.9, 0.0], [-0.9, -0.9, -0.9], [2.0, 2.0, 0.0], [-2.0, -2.0, 0.0]])
+    # k = 4: A_i = R_i - mean of the other three, e.g. 1.9 - (1.0 + 3.0 + 1.0) / 3
+    advantages = core.rloo_advantages(rewards, mask, k=4)
+    expected = [r - (6.9 - r) / 3 for r in (1.9, 1.0, 3.0, 1.0)]
+    close(advantages[:, 0], expected)
+    close(advantages.sum(), 2 * sum(expected) + expected[1])  # padding adds nothing
+    assert abs(sum(expected)) < 1e-12  # leave-one-out advantages of a group sum to zero
+
+
+def test_rloo_advantages_reject_bad_groups() -> None:
+    x, mask = torch.zeros(3, 2), torch.ones(3, 2)
+    for k in (1, 2):  # a group of one has no baseline; 3 rows do not split into pairs
+        with pytest.raises(ValueError, match="groups of k"):
+            core.rloo_advantages(x, mask, k)
+    with pytest.raises(ValueError, match="mask must be right-padded"):
+        core.rloo_advantages(torch.zeros(2, 3), torch.tensor([[1, 0, 1], [1, 1, 1]]), 2)
+
+
 def test_gae_rejects_a_mask_with_holes() -> None:
     x = torch.zeros(1, 3)
     for gae in GAE_IMPLEMENTATIONS:

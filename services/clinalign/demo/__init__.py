@@ -48,11 +48,17 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
         "CLINALIGN_MONITOR_RETRAIN_MIN_NEW_PAIRS": str(plan.min_new_pairs),
         "CLINALIGN_MONITOR_RETRAIN_POLL_S": "1",
         "CLINALIGN_MONITOR_RETRAIN_EVAL_FRACTION": str(plan.eval_fraction),
+        # the second reward model starts where the first did (the SFT policy), so the gate
+        # that compares them on the same pairs compares their data, not their starting
+        # points: started from the PPO policy it was refused in two runs (0.626 vs 0.634,
+        # 0.63 vs 0.67)
+        "CLINALIGN_MONITOR_RETRAIN_REWARD_BASE_MODEL": "served-reward-base",
         "CLINALIGN_MONITOR_RETRAIN_REWARD_HYPERPARAMETERS": json.dumps(plan.reward),
-        "CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS": json.dumps(plan.ppo),
+        "CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS": json.dumps(plan.loop_ppo),
         "CLINALIGN_TRAINER_WORKER_THREADS": str(threads),
         "CLINALIGN_GENERATION_TORCH_THREADS": str(threads),
-        "CLINALIGN_REWARD_TORCH_THREADS": "1",
+        # PPO waits for its scores, so the reward service may use the cores meanwhile
+        "CLINALIGN_REWARD_TORCH_THREADS": str(threads),
         "CLINALIGN_GENERATION_DEVICE": "cpu",
         "CLINALIGN_REWARD_DEVICE": "cpu",
     }

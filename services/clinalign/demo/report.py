@@ -39,6 +39,8 @@ def summarise(
         prompts,
         max_new_tokens=plan.max_new_tokens,
         samples_per_prompt=plan.eval_samples,
+        # its rubric score only: a second answer per prompt would buy no win rate
+        once=("foundation",),
     )
     for p in result.policies:
         low, high = result.rubric_interval[p.name]
@@ -103,18 +105,20 @@ def write_report(summary: dict[str, Any], figures: Figures, out_dir: Path) -> No
     summary["plots"] = {k: str(v) for k, v in plots.items() if v is not None}
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.md").write_text(_markdown(summary, result))
-    prompts = _prompts(result)
     samples = {
-        p.name: [{"prompt": q, "answer": t} for q, t in zip(prompts, p.texts, strict=True)][:5]
+        p.name: [
+            {"prompt": q, "answer": t}
+            for q, t in zip(_prompts(result, p.samples_per_prompt), p.texts, strict=True)
+        ][:5]
         for p in result.policies
     }
     (out_dir / "samples.json").write_text(json.dumps(samples, indent=2) + "\n")
 
 
-def _prompts(result: Evaluation) -> list[str]:
-    """The prompt of each answer: every held-out prompt samples_per_prompt times in a row."""
+def _prompts(result: Evaluation, k: int) -> list[str]:
+    """The prompt of each of a policy's answers: every held-out prompt k times in a row."""
     prompts = prompt_sets.load("clinical-heldout", limit=result.prompts)
-    return [p for p in prompts for _ in range(result.samples_per_prompt)]
+    return [p for p in prompts for _ in range(k)]
 
 
 def _figure() -> Any:
@@ -232,8 +236,14 @@ def _markdown(summary: dict[str, Any], result: Evaluation) -> str:
         "",
         f"Wall time: {summary.get('wall_s', '?')} s. Held-out prompts: {result.prompts} "
         f"(`clinical-heldout`, phrasings no policy trained on), "
-        f"{result.samples_per_prompt} answer(s) each per policy; intervals are bootstrapped "
-        "over prompts.",
+        f"{result.samples_per_prompt} answer(s) each per policy"
+        + (
+            f" ({', '.join(once)} once: rubric only)"
+            if (once := [p.name for p in result.policies if p.samples_per_prompt == 1])
+            and result.samples_per_prompt > 1
+            else ""
+        )
+        + "; intervals are bootstrapped over prompts.",
         "",
         "## Policies on held-out prompts",
         "",

@@ -29,8 +29,10 @@ monitors evaluating at once: one insert wins, the other's transaction retries an
 A run's steps, each recorded once when it ends (``retraining_run_steps``, unique per run
 and name) with what it produced and its outcome:
 
-``snapshot`` → ``reward_model_job`` (trainer SubmitJob, kind reward_model, on the snapshot;
-idempotency key ``<run>:reward_model_job``; recorded when the job ends) →
+``snapshot`` → ``reward_model_job`` (trainer SubmitJob, kind reward_model, on the snapshot,
+from ``retrain_reward_base_model``: the served policy, the base of the served reward model
+(``served-reward-base``), or a named version or directory; idempotency key
+``<run>:reward_model_job``; recorded when the job ends) →
 ``promote_reward_model`` (trainer PromoteModel: the reward-model gate) →
 ``activate_reward_model`` (RewardService.ActivateModel: PPO jobs score through the reward
 service, which must serve the version they name) → ``ppo_job`` (kind ppo from the served
@@ -63,6 +65,7 @@ from sqlalchemy.orm import Session
 
 from clinalign.common.db import Database
 from clinalign.common.errors import ClinAlignError, FailedPrecondition, Unavailable
+from clinalign.common.v1 import common_pb2
 from clinalign.monitor import metrics, store
 from clinalign.monitor.feedback import DELIVERED
 from clinalign.monitor.store import FeedbackRow, RunRow, RunStepRow, RunTriggerRow
@@ -87,6 +90,12 @@ GATE_TIMEOUT_S = 1800.0
 RETRIES = 3  # UNAVAILABLE from a peer is retried this many times, retrain_poll_s apart
 
 
+# `reward_base_model` value: train the new reward model from the base the served reward
+# model was trained from, so that the gate, which compares the two on the same held-out
+# pairs, compares models that differ only in their data.
+SERVED_REWARD_BASE = "served-reward-base"
+
+
 @dataclass(frozen=True)
 class Policy:
     """The retraining settings (``MonitorSettings.retrain_*``), parsed once."""
@@ -100,7 +109,7 @@ class Policy:
     eval_fraction: float = 0.1
     psi_bins: int = 10
     poll_s: float = 5.0
-    reward_base_model: str = ""
+    reward_base_model: str = ""  # "" the served policy; SERVED_REWARD_BASE; a version or path
     reward_hyperparameters: dict[str, str] = field(default_factory=dict)
     ppo_hyperparameters: dict[str, str] = field(default_factory=dict)
     prompt_set: str = "clinical-train"
@@ -416,23 +425,25 @@ class Retraining:
 
     async def served_policy(self) -> str:
         """The policy version the registry serves; "" when none."""
-        from clinalign.common.v1 import common_pb2
+        served = await self._served(common_pb2.MODEL_KIND_POLICY)
+        return str(served.ref.version) if served else ""
+
+    async def _served(self, kind: common_pb2.ModelKind.ValueType) -> common_pb2.ModelVersion | None:
+        """The version of ``kind`` the registry serves, or None."""
         from clinalign.trainer.v1 import trainer_pb2 as tpb
 
         token = ""
         while True:
             reply = await self._call(
                 self.peers.trainer.ListModelVersions,
-                tpb.ListModelVersionsRequest(
-                    kind=common_pb2.MODEL_KIND_POLICY, page_size=100, page_token=token
-                ),
+                tpb.ListModelVersionsRequest(kind=kind, page_size=100, page_token=token),
             )
             for v in reply.versions:
                 if v.stage == common_pb2.MODEL_STAGE_SERVING:
-                    return str(v.ref.version)
+                    return v
             token = reply.next_page_token
             if not token:
-                return ""
+                return None
 
     async def cut_snapshot(self) -> Cut:
         from clinalign.preference.v1 import preference_pb2 as ppb
@@ -507,10 +518,15 @@ class Retraining:
             return run.state, run.reason, run.promoted_version
         p = self.policy
         if run.step("reward_model_job") is None:
+            base = p.reward_base_model
+            if base == SERVED_REWARD_BASE:
+                served_reward = await self._served(common_pb2.MODEL_KIND_REWARD)
+                # none served, or one without a recorded base: the served policy
+                base = served_reward.parent_version if served_reward else ""
             spec = tpb.JobSpec(
                 kind=tpb.JOB_KIND_REWARD_MODEL,
                 snapshot_id=run.snapshot_id,
-                base_model=p.reward_base_model,
+                base_model=base,
                 hyperparameters=p.reward_hyperparameters,
                 seed=p.seed,
                 idempotency_key=f"{run.id}:reward_model_job",
@@ -599,7 +615,6 @@ class Retraining:
     async def _promote(self, run_id: str, step: str, version: str) -> bool:
         """The gate on a version, read back from the registry when an earlier attempt
         decided already; records the step; whether it may be served."""
-        from clinalign.common.v1 import common_pb2
         from clinalign.trainer.v1 import trainer_pb2 as tpb
 
         trainer = self.peers.trainer

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from clinalign.common.errors import InvalidArgument
 
+ADVANTAGE_ESTIMATORS = ("gae", "rloo")
 CRITICS = ("separate", "value_head")
 KL_CONTROLLERS = ("adaptive", "fixed")
 KL_ESTIMATORS = ("k1", "k3")
@@ -20,7 +21,8 @@ KL_ESTIMATORS = ("k1", "k3")
 class PPOHyperparameters:
     # -- schedule
     iterations: int = 100  # PPO iterations: a rollout batch each, then the PPO epochs on it
-    rollout_batch_size: int = 64  # prompts per iteration, over all processes
+    rollout_batch_size: int = 64  # responses per iteration, over all processes
+    samples_per_prompt: int = 1  # responses to each prompt drawn (consecutive rows of a batch)
     minibatches: int = 1  # per PPO epoch; the rollout batch is split into this many
     gradient_accumulation_steps: int = 1  # micro-batches per minibatch
     ppo_epochs: int = 4
@@ -36,6 +38,10 @@ class PPOHyperparameters:
     kl_horizon: int = 10_000  # episodes (adaptive)
     kl_estimator: str = "k1"
     # -- advantages and losses
+    # "gae": a critic's values and GAE (the PPO of Ziegler et al., Ouyang et al.); "rloo":
+    # no critic, each response's return against the mean of the other responses to its
+    # prompt (Ahmadian et al. 2024), which needs samples_per_prompt >= 2
+    advantage_estimator: str = "gae"
     gamma: float = 1.0
     lam: float = 0.95
     whiten_advantages: bool = True
@@ -61,6 +67,7 @@ class PPOHyperparameters:
         positive = {
             "iterations": self.iterations,
             "rollout_batch_size": self.rollout_batch_size,
+            "samples_per_prompt": self.samples_per_prompt,
             "minibatches": self.minibatches,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "ppo_epochs": self.ppo_epochs,
@@ -89,6 +96,7 @@ class PPOHyperparameters:
             if not 0.0 <= value <= 1.0:
                 raise InvalidArgument(name, f"must be in [0, 1], got {value}")
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
+            "advantage_estimator": (self.advantage_estimator, ADVANTAGE_ESTIMATORS),
             "critic": (self.critic, CRITICS),
             "kl_controller": (self.kl_controller, KL_CONTROLLERS),
             "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
@@ -103,6 +111,18 @@ class PPOHyperparameters:
             raise InvalidArgument(
                 "rollout_batch_size",
                 f"must be a positive multiple of the number of processes ({world_size})",
+            )
+        if per_process % self.samples_per_prompt:
+            raise InvalidArgument(
+                "samples_per_prompt",
+                f"must divide the per-process rollout batch ({per_process} responses), so that "
+                "a prompt's responses stay in one process",
+            )
+        if self.advantage_estimator == "rloo" and self.samples_per_prompt < 2:
+            raise InvalidArgument(
+                "samples_per_prompt",
+                "must be at least 2 for the rloo estimator: its baseline is the other "
+                "responses to the same prompt",
             )
         per_minibatch, rest = divmod(per_process, self.minibatches)
         if rest or per_minibatch == 0:

@@ -238,6 +238,25 @@ def gae(
     return b_advantages, (b_advantages + values) * mask
 
 
+def rloo_advantages(b_rewards: torch.Tensor, b_mask: torch.Tensor, k: int) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024, eq. 4;
+    TRL ``RLOOTrainer``): rows come in groups of ``k`` responses to one prompt, and each
+    response's return R_i = Σ_t r_t (sequence score plus its per-token KL penalties) is
+    compared with the mean return of the other k-1 responses to the same prompt,
+    A_i = R_i - (Σ_j R_j - R_i)/(k-1). The baseline is unbiased (it does not depend on the
+    response it judges) and removes the between-prompt spread of the score, which a critic
+    would otherwise have to learn. Every token of a response gets its A_i; padding gets 0.
+    Shapes [B, T] (two), B a multiple of k → [B, T]."""
+    _same_shape(b_rewards=b_rewards, b_mask=b_mask)
+    _right_padded(b_mask)
+    if k < 2 or b_rewards.shape[0] % k:
+        raise ValueError(f"rows ({b_rewards.shape[0]}) must come in groups of k >= 2 (k={k})")
+    mask = b_mask.to(b_rewards.dtype)
+    returns = (b_rewards * mask).sum(dim=1).view(-1, k)  # [B/k, k]
+    baseline = (returns.sum(dim=1, keepdim=True) - returns) / (k - 1)  # [B/k, k]
+    return (returns - baseline).view(-1, 1) * mask  # [B, T]
+
+
 # -- losses and diagnostics -------------------------------------------------------------------
 
 

@@ -11,8 +11,9 @@ One iteration:
    the old log-probabilities, the values and the reference log-probabilities; the
    responses that ended are scored by ``score`` (in a job, ``RewardService.Score`` over
    gRPC), those that never ended get ``missing_eos_penalty``. Per-token rewards are
-   -β·KL plus the score at the last token; GAE gives advantages and returns; advantages are
-   whitened over the process's batch.
+   -β·KL plus the score at the last token; GAE gives advantages and returns (or, with the
+   ``rloo`` estimator and no critic, each response's return against the mean of the other
+   responses to its prompt); advantages are whitened over the process's batch.
 3. **Optimise.** ``ppo_epochs`` passes over the batch in ``minibatches`` shuffled
    minibatches (each in ``gradient_accumulation_steps`` micro-batches): clipped policy
    loss plus ``vf_coef`` times the clipped value loss, gradients clipped by global norm.
@@ -140,8 +141,9 @@ class PolicyAndCritic(nn.Module):
         if self.value_head is not None:
             hidden = out.hidden_states[-1][:, -keep:-1]  # [B, T, d]
             values = self.value_head(hidden).squeeze(-1)
+        elif self.critic is None:  # the rloo estimator: no value function
+            values = torch.zeros(logits.shape[:2], device=logits.device)
         else:
-            assert self.critic is not None
             trunk = getattr(self.critic, self.critic.base_model_prefix)
             hidden = trunk(
                 input_ids=input_ids,
@@ -292,7 +294,9 @@ def train_ppo(
     if hyper.activation_checkpointing:
         policy.gradient_checkpointing_enable()
     critic, value_head = None, None
-    if hyper.critic == "separate":
+    if hyper.advantage_estimator == "rloo":
+        pass  # the other responses to a prompt are the baseline: no value function
+    elif hyper.critic == "separate":
         critic = _load_critic(critic_dir, policy_dir, tokenizer, dtype)
     else:
         value_head = nn.Linear(policy.config.hidden_size, 1)
@@ -361,13 +365,16 @@ def train_ppo(
         return core.logprobs_from_logits(logits.float(), ids[:, -width:], hyper.temperature)
 
     minibatch = local_size // hyper.minibatches
+    has_values = critic is not None or value_head is not None
     micro = minibatch // hyper.gradient_accumulation_steps  # rows a forward pass takes
     while state.iteration < hyper.iterations:
         iteration_started = time.monotonic()
         frac = 1.0 - state.iteration / hyper.iterations if hyper.anneal_lr else 1.0
         for group in optimizer.param_groups:
             group["lr"] = frac * group["base_lr"]
-        chosen = _next_prompts(state, len(prompts), hyper.rollout_batch_size, hyper.seed)
+        k = hyper.samples_per_prompt
+        drawn = _next_prompts(state, len(prompts), hyper.rollout_batch_size // k, hyper.seed)
+        chosen = [i for i in drawn for _ in range(k)]  # a prompt's k responses are adjacent
         local = chosen[rank * local_size : (rank + 1) * local_size]
         encoded = tokenizer(
             [rendered[i] for i in local],
@@ -432,7 +439,10 @@ def train_ppo(
             kl_ctl.value,
             cast(Literal["k1", "k3"], hyper.kl_estimator),
         )
-        advantages, returns = core.gae(rewards, values, r_mask, hyper.gamma, hyper.lam)
+        if hyper.advantage_estimator == "rloo":
+            advantages, returns = core.rloo_advantages(rewards, r_mask, k), values
+        else:
+            advantages, returns = core.gae(rewards, values, r_mask, hyper.gamma, hyper.lam)
         if hyper.whiten_advantages and int(r_mask.sum()) > 1:
             advantages = core.masked_whiten(advantages, r_mask) * r_mask
 
@@ -473,13 +483,16 @@ def train_ppo(
                             mb_resp_mask,
                             hyper.clip_range,
                         )
-                        vf_loss, vf_clip = core.value_loss(
-                            mb_values,
-                            values[idx][:, :mb_width],
-                            returns[idx][:, :mb_width],
-                            mb_resp_mask,
-                            hyper.clip_range_value,
-                        )
+                        if has_values:
+                            vf_loss, vf_clip = core.value_loss(
+                                mb_values,
+                                values[idx][:, :mb_width],
+                                returns[idx][:, :mb_width],
+                                mb_resp_mask,
+                                hyper.clip_range_value,
+                            )
+                        else:
+                            vf_loss = vf_clip = torch.zeros((), device=mb_values.device)
                         loss = pg_loss + hyper.vf_coef * vf_loss
                         accelerator.backward(loss / hyper.gradient_accumulation_steps)
                     with torch.no_grad():
@@ -511,7 +524,9 @@ def train_ppo(
             "entropy_rollout": float(entropy_rollout),
             "response_length": float(r_mask.sum(dim=1).float().mean()),
             "ended_frac": float(ended.float().mean()),
-            "explained_variance": core.explained_variance(values, returns, r_mask),
+            "explained_variance": core.explained_variance(values, returns, r_mask)
+            if has_values
+            else math.nan,
             **{k: statistics.fmean(v) for k, v in stats.items()},
         }
         figures = _mean_over_processes(accelerator, local_figures)
@@ -604,7 +619,14 @@ def _save(
             target.mkdir()
             torch.save(model.value_head.state_dict(), target / "value_head.pt")
 
-    write_model_dir(policy, tokenizer, out_dir, {MANIFEST_NAME: manifest}, extra=save_critic)
+    has_critic = model.critic is not None or model.value_head is not None
+    write_model_dir(
+        policy,
+        tokenizer,
+        out_dir,
+        {MANIFEST_NAME: manifest},
+        extra=save_critic if has_critic else None,
+    )
 
 
 def _manifest(
@@ -616,6 +638,7 @@ def _manifest(
     critic_dir: Path | None,
     world: int,
 ) -> dict[str, Any]:
+    gae = hyper.advantage_estimator == "gae"
     history = state.history
     last = dict(history[-1][1]) if history else {}
     first = dict(history[0][1]) if history else {}
@@ -635,8 +658,11 @@ def _manifest(
         "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
         "method": {
             "algorithm": "ppo",
-            "critic": hyper.critic,
-            "critic_init": str(critic_dir) if critic_dir and hyper.critic == "separate" else None,
+            "advantage_estimator": hyper.advantage_estimator,
+            "critic": hyper.critic if gae else None,
+            "critic_init": str(critic_dir)
+            if critic_dir and gae and hyper.critic == "separate"
+            else None,
             "reference": "base weights with the adapter disabled"
             if lora
             else "frozen copy of the initial policy",
