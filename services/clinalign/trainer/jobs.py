@@ -285,10 +285,18 @@ async def watch(
         return get(session, job_id), last_event_id(session, job_id)
 
     def since(after: int) -> Callable[[Session], tuple[Job, list[JobEvent]]]:
-        return lambda session: (get(session, job_id), events_after(session, job_id, after))
+        # Events first: a read does not hold one snapshot of the store, so the job read after
+        # them is at least as new as the last of them (read before them, a job that ended in
+        # between would be reported as still running, and the end never).
+        def read(session: Session) -> tuple[Job, list[JobEvent]]:
+            events = events_after(session, job_id, after)
+            return get(session, job_id), events
+
+        return read
 
     job, last = await db.run_sync(first)
     yield job, {}
+    shown = job.state
     while job.state not in TERMINAL:
         await asyncio.sleep(poll_s)
         job, events = await db.run_sync(since(last))
@@ -297,4 +305,7 @@ async def watch(
             as_of = (
                 job if i == len(events) - 1 else replace(job, state=event.state, step=event.step)
             )
+            shown = as_of.state
             yield as_of, event.metrics
+    if shown != job.state:  # the watch never ends on a state other than the job's last
+        yield job, {}
