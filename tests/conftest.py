@@ -126,3 +126,15 @@ async def serving(
 
 def client(running: RunningServer, common: CommonSettings, token: str | None) -> grpc.aio.Channel:
     return open_channel(f"127.0.0.1:{running.port}", common, token)
+
+
+@pytest.fixture
+def trainer_db(tmp_path: Path) -> Iterator[Any]:
+    """The trainer's store (jobs, registry) in a fresh SQLite file."""
+    from clinalign.common.db import Database
+    from clinalign.trainer import registry
+
+    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
+    database.create_schema()
+    yield database
+    database.dispose()

@@ -6,7 +6,7 @@ resumed job continues from the newest complete checkpoint along its resume chain
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from clinalign.common.training import last_checkpoint
-from clinalign.trainer import jobs, policy_jobs, registry, reward_job
+from clinalign.trainer import jobs, policy_jobs, reward_job
 
 ADVICE = "Rest, drink fluids and see your GP if it gets worse."
 # 16 examples in batches of 4 for 2 epochs: 8 steps, checkpoints at steps 3 and 6. The
@@ -133,11 +133,8 @@ def test_resume_continues_from_the_newest_complete_checkpoint(tmp_path: Path) ->
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
-    database.create_schema()
-    yield database
-    database.dispose()
+def db(trainer_db: Database) -> Database:
+    return trainer_db
 
 
 def _job(db: Database, kind: str, *states: str, **spec: Any) -> str:

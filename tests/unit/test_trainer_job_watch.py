@@ -5,22 +5,17 @@ before the events, and the end event was shown with the stale, running job)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clinalign.common.db import Database
-from clinalign.trainer import jobs, registry
+from clinalign.trainer import jobs
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
-    database.create_schema()
-    yield database
-    database.dispose()
+def db(trainer_db: Database) -> Database:
+    return trainer_db
 
 
 def _running_job(db: Database) -> str:

@@ -4,7 +4,6 @@ running jobs only; a database error leaves a scrape with what it could read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
-    database.create_schema()
-    yield database
-    database.dispose()
+def db(trainer_db: Database) -> Database:
+    return trainer_db
 
 
 def _scrape(reg: CollectorRegistry) -> Samples:
