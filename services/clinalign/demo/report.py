@@ -227,6 +227,7 @@ def _read_csv(path: Path) -> list[dict[str, float]]:
 
 
 def _markdown(summary: dict[str, Any], result: Evaluation) -> str:
+    once = [p.name for p in result.policies if p.samples_per_prompt < result.samples_per_prompt]
     lines = [
         "# ClinAlign demonstration report",
         "",
@@ -237,12 +238,7 @@ def _markdown(summary: dict[str, Any], result: Evaluation) -> str:
         f"Wall time: {summary.get('wall_s', '?')} s. Held-out prompts: {result.prompts} "
         f"(`clinical-heldout`, phrasings no policy trained on), "
         f"{result.samples_per_prompt} answer(s) each per policy"
-        + (
-            f" ({', '.join(once)} once: rubric only)"
-            if (once := [p.name for p in result.policies if p.samples_per_prompt == 1])
-            and result.samples_per_prompt > 1
-            else ""
-        )
+        + (f" ({', '.join(once)} once: rubric only)" if once else "")
         + "; intervals are bootstrapped over prompts.",
         "",
         "## Policies on held-out prompts",

@@ -121,6 +121,11 @@ class PolicyAndCritic(nn.Module):
         self.critic: Any = critic  # a sequence-classification model: trunk + ``score`` head
         self.value_head: Any = value_head  # a linear head on the policy's last hidden state
 
+    @property
+    def has_values(self) -> bool:
+        """False under the rloo estimator, which has no value function."""
+        return self.critic is not None or self.value_head is not None
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -141,7 +146,7 @@ class PolicyAndCritic(nn.Module):
         if self.value_head is not None:
             hidden = out.hidden_states[-1][:, -keep:-1]  # [B, T, d]
             values = self.value_head(hidden).squeeze(-1)
-        elif self.critic is None:  # the rloo estimator: no value function
+        elif not self.has_values:
             values = torch.zeros(logits.shape[:2], device=logits.device)
         else:
             trunk = getattr(self.critic, self.critic.base_model_prefix)
@@ -365,7 +370,7 @@ def train_ppo(
         return core.logprobs_from_logits(logits.float(), ids[:, -width:], hyper.temperature)
 
     minibatch = local_size // hyper.minibatches
-    has_values = critic is not None or value_head is not None
+    has_values = unwrapped.has_values
     micro = minibatch // hyper.gradient_accumulation_steps  # rows a forward pass takes
     while state.iteration < hyper.iterations:
         iteration_started = time.monotonic()
@@ -619,13 +624,12 @@ def _save(
             target.mkdir()
             torch.save(model.value_head.state_dict(), target / "value_head.pt")
 
-    has_critic = model.critic is not None or model.value_head is not None
     write_model_dir(
         policy,
         tokenizer,
         out_dir,
         {MANIFEST_NAME: manifest},
-        extra=save_critic if has_critic else None,
+        extra=save_critic if model.has_values else None,
     )
 
 
