@@ -21,11 +21,11 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
 from clinalign.reward.batcher import passes
 from clinalign.reward.config import RewardSettings
-from clinalign.reward.scorer import NORMALISATION_FILE
 from clinalign.reward.server import RewardApp
 from clinalign.reward.v1 import reward_pb2 as pb
 from clinalign.reward.v1 import reward_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
+from clinalign.trainer.registry import NORMALISATION_FILE
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.conftest import client, serving

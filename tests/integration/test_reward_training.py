@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,14 @@ from clinalign.preference.snapshots import canonical, render_jsonl
 from clinalign.reward.commands import eval_command, train_command
 from clinalign.reward.evaluation import evaluate_reward_model, promotion_check
 from clinalign.reward.formatting import preference_pairs, raw_rewards
-from clinalign.reward.scorer import NORMALISATION_FILE
 from clinalign.reward.training import (
     LoraSettings,
     RewardHyperparameters,
+    continued_reference_policy,
     reference_responses,
     train_reward_model,
 )
-from clinalign.trainer.registry import MANIFEST_NAME, Base, Registry
+from clinalign.trainer.registry import MANIFEST_NAME, NORMALISATION_FILE, Base, Registry
 
 COMPLAINTS = ("chest pain", "a headache", "a fever", "shortness of breath", "a rash")
 DURATIONS = ("since this morning", "for two days", "for a week", "since last night")
@@ -214,6 +215,48 @@ def test_evaluation_report_and_promotion(
     assert f"is below reward-v2's {report.accuracy:.2f} on the same pairs" in failures[-1]
     assert failures[0].startswith(f"pairwise accuracy {untrained.accuracy:.2f} (95% CI ")
     assert failures[0].endswith("is not above chance (0.5) with confidence")
+
+
+def test_training_continues_a_reward_model(
+    trained: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A warm start: a reward model as ``base_model`` is continued, head included, and
+    normalised on the reference policy it was normalised on."""
+    first = json.loads((trained / MANIFEST_NAME).read_text())
+    # so small a step that the continued model is still the one it started from (a fresh
+    # head would leave it near chance)
+    hyper = RewardHyperparameters(**{**HYPER, "epochs": 1.0, "learning_rate": 1e-9})
+    out = tmp_path / "reward-v3"
+    manifest = train_reward_model(RECORDS, SNAPSHOT_HASH, trained, out, hyper)
+    assert manifest["method"]["init"] == "continues the reward model base_model, head included"
+    assert manifest["method"]["head_init_std"] is None
+    assert manifest["base_model"] == str(trained.resolve())
+    assert manifest["reference_policy"] == str(tiny_model_dir.resolve())
+    assert manifest["metrics"]["eval_accuracy"] == first["metrics"]["eval_accuracy"]
+    # the same reference samples (seeded) scored by nearly the same model
+    norm, first_norm = (json.loads((d / NORMALISATION_FILE).read_text()) for d in (out, trained))
+    assert tiny_model_dir.name in norm["source"]
+    assert norm["mean"] == pytest.approx(first_norm["mean"], abs=1e-3)
+    assert norm["std"] == pytest.approx(first_norm["std"], rel=1e-3)
+    # a continuation of a continuation keeps the first model's reference policy
+    assert continued_reference_policy(out) == tiny_model_dir.resolve()
+    assert continued_reference_policy(tiny_model_dir) is None  # a policy: a fresh head
+
+
+def test_a_reward_model_whose_reference_policy_is_gone_is_refused(
+    trained: Path, tmp_path: Path
+) -> None:
+    from clinalign.common.errors import InvalidArgument
+
+    moved = tmp_path / "moved"
+    shutil.copytree(trained, moved)
+    manifest = json.loads((moved / MANIFEST_NAME).read_text())
+    manifest["reference_policy"] = str(tmp_path / "gone")
+    (moved / MANIFEST_NAME).write_text(json.dumps(manifest))
+    pattern = r"base_model: .*moved is a reward model whose reference policy \(.*gone\) is not"
+    with pytest.raises(InvalidArgument, match=pattern):
+        train_reward_model(RECORDS, SNAPSHOT_HASH, moved, tmp_path / "x", RewardHyperparameters())
+    assert not (tmp_path / "x").exists()  # nothing half-written
 
 
 def test_lora_training_saves_a_merged_model(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from clinalign.stack import wait_serving
 from clinalign.trainer import jobs, registry
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.executor import is_worker
+from clinalign.trainer.registry import NORMALISATION_FILE
 from clinalign.trainer.reward_job import parse_hyperparameters
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
@@ -84,6 +85,7 @@ async def test_reward_model_job_trains_registers_and_cancels(
     common: CommonSettings, token: Token, tiny_model_dir: Path, database_url: str
 ) -> None:
     reset_tables(database_url, registry.Base)
+    resolved = tiny_model_dir.resolve()  # noqa: ASYNC240 - no I/O worth a thread
     preference = PreferenceApp(common, PreferenceSettings(port=0))
     async with serving(preference, common) as pref:
         async with client(pref, common, token(Role.ADMIN)) as ch:
@@ -107,6 +109,13 @@ async def test_reward_model_job_trains_registers_and_cancels(
                     tpb.ListModelVersionsRequest(kind=common_pb2.MODEL_KIND_REWARD)
                 )
                 finished = await _fails(stub.CancelJob(tpb.CancelJobRequest(id=job_id)))
+                # A warm start: a reward_model job that continues the registered reward-v1.
+                warm_spec = _reward_spec("reward-v1", snapshot_id)
+                warm_id = (await stub.SubmitJob(tpb.SubmitJobRequest(spec=warm_spec))).job.id
+                warm = [u.job async for u in stub.WatchJob(tpb.WatchJobRequest(id=warm_id))][-1]
+                warm_version = await stub.GetModelVersion(
+                    tpb.GetModelVersionRequest(version=warm.model_version)
+                )
 
                 # Bounded concurrency (max_running_jobs 1) and cancellation of a live worker.
                 ids = [
@@ -167,6 +176,11 @@ async def test_reward_model_job_trains_registers_and_cancels(
     assert done.start_time.seconds and done.end_time.seconds
     assert finished.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "is succeeded; it cannot become cancelled" in (finished.details() or "")
+    assert warm.state == tpb.JOB_STATE_SUCCEEDED, warm.failure_reason
+    assert warm_version.version.parent_version == "reward-v1"
+    warm_manifest = json.loads(warm_version.manifest_json)
+    assert warm_manifest["method"]["init"].startswith("continues the reward model")
+    assert warm_manifest["reference_policy"] == str(resolved)
 
     assert running_job.state == tpb.JOB_STATE_RUNNING
     assert waiting.state == tpb.JOB_STATE_QUEUED  # one slot: it waited
@@ -174,16 +188,20 @@ async def test_reward_model_job_trains_registers_and_cancels(
     assert queued_cancel.state == tpb.JOB_STATE_CANCELLED
     assert not queued_cancel.HasField("start_time")  # never ran
     assert [j.id for j in listed.jobs] == [ids[2], ids[1]]
-    assert [j.id for j in rest.jobs] == [ids[0], job_id]
+    assert [j.id for j in rest.jobs] == [ids[0], warm_id]
     assert {j.id for j in only_cancelled.jobs} == set(ids)
     assert failed[-1].state == tpb.JOB_STATE_FAILED
     assert failed[-1].failure_reason.startswith("preference service: NOT_FOUND: "), failed[-1]
 
 
 async def test_bad_specs_name_their_field(
-    common: CommonSettings, token: Token, tiny_model_dir: Path
+    common: CommonSettings, token: Token, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     model = str(tiny_model_dir)
+    reward_dir = tmp_path / "a-reward-model"  # what a policy job must not start from
+    reward_dir.mkdir()
+    (reward_dir / "config.json").write_text("{}")
+    (reward_dir / NORMALISATION_FILE).write_text("{}")
     cases: list[tuple[tpb.JobSpec, grpc.StatusCode, str]] = [
         (tpb.JobSpec(), grpc.StatusCode.INVALID_ARGUMENT, "spec.kind: is required: one of JOB_K"),
         (
@@ -205,7 +223,19 @@ async def test_bad_specs_name_their_field(
         (
             _reward_spec("policy-v7", "s1"),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "spec.base_model: 'policy-v7' is neither a registered policy version nor",
+            "spec.base_model: 'policy-v7' is neither a registered policy or reward version nor",
+        ),
+        (
+            tpb.JobSpec(kind=tpb.JOB_KIND_PPO, prompt_set="clinical-train", base_model="v7"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.base_model: 'v7' is neither a registered policy version nor",
+        ),
+        (
+            tpb.JobSpec(
+                kind=tpb.JOB_KIND_PPO, prompt_set="clinical-train", base_model=str(reward_dir)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.base_model: '.*a-reward-model' is a reward model, not a policy to start from",
         ),
         (
             tpb.JobSpec(

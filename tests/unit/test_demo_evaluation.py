@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from typing import Any
 
 import pytest
 
+from clinalign.demo import stack_env
 from clinalign.demo.evaluation import bootstrap, per_prompt, repeated_grams, win_rate
 from clinalign.demo.pipeline import CONTRAST_AUTHOR, Pipeline, Plan, demonstrations
 from clinalign.foundation.corpus import iter_qa_examples
+from clinalign.monitor import retraining
+from clinalign.monitor.config import MonitorSettings
 from clinalign.simulation import rubric
 from clinalign.simulation.degrade import drop_escalation, truncate
 from clinalign.simulation.panel import SimulatedPanel
@@ -125,3 +129,25 @@ def test_contrast_pairs_pair_an_answer_with_its_faulty_copy() -> None:
         for q, a, f in zip(pipeline.prompts, answers, faulty, strict=True)
     ]
     assert sum(worse) >= 0.9 * len(worse)
+
+
+@pytest.mark.parametrize("plan", [Plan.full(), Plan.quick()], ids=["full", "quick"])
+def test_the_loop_continues_the_served_models_with_the_plans_changes(
+    plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor's retraining run in the demo: its reward model continues the served one
+    (a warm start) with the plan's reward settings and their loop changes; its PPO job
+    likewise."""
+    env = stack_env(plan, threads=2)
+    assert env["CLINALIGN_MONITOR_RETRAIN_REWARD_BASE_MODEL"] == retraining.SERVED_REWARD
+    reward = json.loads(env["CLINALIGN_MONITOR_RETRAIN_REWARD_HYPERPARAMETERS"])
+    assert reward == {**plan.reward, **plan.retrain_reward} and reward != plan.reward
+    ppo = json.loads(env["CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS"])
+    assert ppo == {**plan.ppo, **plan.retrain_ppo}
+    # the monitor reads them from its environment as they are
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = MonitorSettings()
+    assert settings.retrain_reward_base_model == retraining.SERVED_REWARD
+    assert settings.retrain_reward_hyperparameters == reward
+    assert settings.retrain_ppo_hyperparameters == ppo

@@ -196,6 +196,8 @@ class StandInTrainer:
     stages: dict[str, int] = field(default_factory=dict)
 
     served_reward_parent: str | None = None  # a served reward model trained from this
+    # versions GetModelVersion describes besides the jobs' own: version -> (kind, parent)
+    lineage: dict[str, tuple[common_pb2.ModelKind.ValueType, str]] = field(default_factory=dict)
 
     async def ListModelVersions(self, req: Any, **_: Any) -> Any:
         if req.kind == common_pb2.MODEL_KIND_REWARD:
@@ -203,6 +205,7 @@ class StandInTrainer:
                 return tpb.ListModelVersionsResponse()
             reward = common_pb2.ModelVersion(
                 ref=common_pb2.ModelRef(version="reward-v1"),
+                kind=common_pb2.MODEL_KIND_REWARD,
                 stage=common_pb2.MODEL_STAGE_SERVING,
                 parent_version=self.served_reward_parent,
             )
@@ -232,9 +235,14 @@ class StandInTrainer:
         return tpb.GetJobResponse(job=next(j for j in self.jobs.values() if j.id == req.id))
 
     async def GetModelVersion(self, req: Any, **_: Any) -> Any:
-        return tpb.GetModelVersionResponse(
-            version=common_pb2.ModelVersion(stage=self.stages[req.version])  # type: ignore[arg-type]
+        kind, parent = self.lineage.get(req.version, (common_pb2.MODEL_KIND_UNSPECIFIED, ""))
+        version = common_pb2.ModelVersion(
+            ref=common_pb2.ModelRef(version=req.version),
+            kind=kind,
+            parent_version=parent,
+            stage=self.stages.get(req.version, common_pb2.MODEL_STAGE_REGISTERED),  # type: ignore[arg-type]
         )
+        return tpb.GetModelVersionResponse(version=version)
 
     async def PromoteModel(self, req: Any, **_: Any) -> Any:
         self.calls.append(f"PromoteModel:{req.version}")
@@ -318,19 +326,34 @@ async def test_dry_run_reports_and_starts_nothing_then_a_run_promotes(db: Databa
     assert len(await db.run_sync(lambda s: retraining.list_runs(s, 10, 0))) == 1
 
 
+REWARD = common_pb2.MODEL_KIND_REWARD
+CONTINUED = {"reward-v0": (REWARD, "policy-sft")}  # the served reward-v1 continued reward-v0
+
+
 @pytest.mark.parametrize(
-    ("setting", "served_reward_parent", "base"),
+    ("setting", "served_reward_parent", "lineage", "base"),
     [
-        ("", "policy-sft", ""),  # the default: the trainer takes the served policy
-        (retraining.SERVED_REWARD_BASE, "policy-sft", "policy-sft"),
-        (retraining.SERVED_REWARD_BASE, None, ""),  # no reward model served yet
-        ("policy-v7", "policy-sft", "policy-v7"),
+        ("", "policy-sft", {}, ""),  # the default: the trainer takes the served policy
+        (retraining.SERVED_REWARD_BASE, "policy-sft", {}, "policy-sft"),
+        (retraining.SERVED_REWARD_BASE, None, {}, ""),  # no reward model served yet
+        # back through a continued reward model to the policy the first was trained from
+        (retraining.SERVED_REWARD_BASE, "reward-v0", CONTINUED, "policy-sft"),
+        (retraining.SERVED_REWARD_BASE, "reward-v0", {"reward-v0": (REWARD, "")}, ""),
+        (retraining.SERVED_REWARD, "policy-sft", {}, "reward-v1"),  # a warm start
+        (retraining.SERVED_REWARD, "reward-v0", CONTINUED, "reward-v1"),
+        (retraining.SERVED_REWARD, None, {}, ""),
+        ("policy-v7", "policy-sft", {}, "policy-v7"),
     ],
 )
 async def test_the_reward_job_starts_from_the_configured_base(
-    db: Database, setting: str, served_reward_parent: str | None, base: str
+    db: Database,
+    setting: str,
+    served_reward_parent: str | None,
+    lineage: dict[str, tuple[common_pb2.ModelKind.ValueType, str]],
+    base: str,
 ) -> None:
-    peers = StandIns(trainer=StandInTrainer(served_reward_parent=served_reward_parent))
+    trainer = StandInTrainer(served_reward_parent=served_reward_parent, lineage=lineage)
+    peers = StandIns(trainer=trainer)
     loop = retraining.Retraining(db, peers, replace(POLICY, reward_base_model=setting))
     started = await loop.evaluate(False)
     assert started.run is not None

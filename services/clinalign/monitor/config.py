@@ -161,10 +161,12 @@ class MonitorSettings(ServiceSettings):
     )
     retrain_reward_base_model: str = Field(
         "",
-        description="base_model of a run's reward_model job: a registered policy version or "
-        "model directory; `served-reward-base` for the policy the served reward model was "
-        "trained from (the gate then compares two reward models that differ only in their "
-        "data); empty lets the trainer use the served policy.",
+        description="base_model of a run's reward_model job: a registered policy or reward "
+        "version or model directory; `served-reward` to continue training the served reward "
+        "model on the new snapshot (a warm start); `served-reward-base` for the policy the "
+        "served reward model was first trained from (the gate then compares two reward "
+        "models that differ only in their data); empty lets the trainer use the served "
+        "policy.",
     )
     retrain_reward_hyperparameters: dict[str, str] = Field(
         {},

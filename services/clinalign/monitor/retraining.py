@@ -30,8 +30,9 @@ A run's steps, each recorded once when it ends (``retraining_run_steps``, unique
 and name) with what it produced and its outcome:
 
 ``snapshot`` → ``reward_model_job`` (trainer SubmitJob, kind reward_model, on the snapshot,
-from ``retrain_reward_base_model``: the served policy, the base of the served reward model
-(``served-reward-base``), or a named version or directory; idempotency key
+from ``retrain_reward_base_model``: the served policy, the policy the served reward model
+was first trained from (``served-reward-base``), the served reward model itself, trained
+further (``served-reward``: a warm start), or a named version or directory; idempotency key
 ``<run>:reward_model_job``; recorded when the job ends) →
 ``promote_reward_model`` (trainer PromoteModel: the reward-model gate) →
 ``activate_reward_model`` (RewardService.ActivateModel: PPO jobs score through the reward
@@ -90,10 +91,13 @@ GATE_TIMEOUT_S = 1800.0
 RETRIES = 3  # UNAVAILABLE from a peer is retried this many times, retrain_poll_s apart
 
 
-# `reward_base_model` value: train the new reward model from the base the served reward
-# model was trained from, so that the gate, which compares the two on the same held-out
-# pairs, compares models that differ only in their data.
+# `reward_base_model` values. SERVED_REWARD_BASE: train the new reward model from the policy
+# the served reward model was first trained from, so that the gate, which compares the two
+# on the same held-out pairs, compares models that differ only in their data.
+# SERVED_REWARD: continue training the served reward model on the new snapshot (a warm
+# start): the new model starts where the served one is, and the new data moves it.
 SERVED_REWARD_BASE = "served-reward-base"
+SERVED_REWARD = "served-reward"
 
 
 @dataclass(frozen=True)
@@ -445,6 +449,29 @@ class Retraining:
             if not token:
                 return None
 
+    async def _reward_base(self, setting: str) -> str:
+        """The base_model of a run's reward_model job for ``retrain_reward_base_model``;
+        "" (the trainer's served policy) when a served-reward setting finds none served."""
+        if setting not in (SERVED_REWARD, SERVED_REWARD_BASE):
+            return setting
+        version = await self._served(common_pb2.MODEL_KIND_REWARD)
+        if setting == SERVED_REWARD:
+            return version.ref.version if version else ""
+        # back through continued reward models to the policy the first was trained from
+        while version is not None and version.kind == common_pb2.MODEL_KIND_REWARD:
+            if not version.parent_version:
+                return ""  # one without a recorded base
+            version = await self._version(version.parent_version)
+        return version.ref.version if version else ""
+
+    async def _version(self, name: str) -> common_pb2.ModelVersion:
+        from clinalign.trainer.v1 import trainer_pb2 as tpb
+
+        reply = await self._call(
+            self.peers.trainer.GetModelVersion, tpb.GetModelVersionRequest(version=name)
+        )
+        return reply.version
+
     async def cut_snapshot(self) -> Cut:
         from clinalign.preference.v1 import preference_pb2 as ppb
 
@@ -518,11 +545,7 @@ class Retraining:
             return run.state, run.reason, run.promoted_version
         p = self.policy
         if run.step("reward_model_job") is None:
-            base = p.reward_base_model
-            if base == SERVED_REWARD_BASE:
-                served_reward = await self._served(common_pb2.MODEL_KIND_REWARD)
-                # none served, or one without a recorded base: the served policy
-                base = served_reward.parent_version if served_reward else ""
+            base = await self._reward_base(p.reward_base_model)
             spec = tpb.JobSpec(
                 kind=tpb.JOB_KIND_REWARD_MODEL,
                 snapshot_id=run.snapshot_id,

@@ -27,8 +27,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.hashing import weights_hash
 from clinalign.reward.formatting import reward_text
+from clinalign.trainer.registry import NORMALISATION_FILE
 
-NORMALISATION_FILE = "clinalign_reward.json"
 DEFAULT_NAME = "clinalign-reward"
 
 

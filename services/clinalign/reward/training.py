@@ -19,12 +19,18 @@ Details, each from the RLHF literature and each recorded in the manifest:
   equally good; feeding them in both orders gives each tie twice a label's weight.
   Snapshots cut with ``tie_handling=drop`` simply contain none.
 - The reward head starts at N(0, 1/(d_model+1)) (``bt.head_init_std``).
+- ``base_model`` may instead be a reward-model directory this function wrote: training
+  then continues that model, head included, on the snapshot (the retraining loop's
+  warm start: the new model starts where the served one is, so new data moves it rather
+  than a fresh seed's noise). Its reference policy is the one the continued model was
+  normalised on (``reference_policy`` in its manifest), so the two models' scores are on
+  one scale.
 - The normalisation is the mean and std of the trained model's raw rewards over responses
-  the reference policy (the base model) samples for up to ``norm_prompts`` training
-  prompts, at the temperature PPO samples at; the reward service subtracts and divides
-  by them, so PPO starts from rewards of mean 0 and std 1 (Ziegler et al. 2019,
-  lm-human-preferences ``train_reward.py``). Samples of the policy, not the labelled
-  responses, because they are the distribution PPO will score.
+  the reference policy (the base model, or the continued model's) samples for up to
+  ``norm_prompts`` training prompts, at the temperature PPO samples at; the reward
+  service subtracts and divides by them, so PPO starts from rewards of mean 0 and std 1
+  (Ziegler et al. 2019, lm-human-preferences ``train_reward.py``). Samples of the
+  policy, not the labelled responses, because they are the distribution PPO will score.
 - With LoRA the adapter is merged into the weights at save time: the output is an
   ordinary full model that the scorer loads like any other, and the adapter's rank is a
   training detail, not a serving one.
@@ -36,6 +42,7 @@ Details, each from the RLHF literature and each recorded in the manifest:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -72,8 +79,7 @@ from clinalign.common.training import (
 from clinalign.foundation import render_user_prompt
 from clinalign.reward import bt
 from clinalign.reward.formatting import Pair, pair_deltas, preference_pairs, raw_rewards, reward_ids
-from clinalign.reward.scorer import NORMALISATION_FILE
-from clinalign.trainer.registry import MANIFEST_NAME, REWARD
+from clinalign.trainer.registry import MANIFEST_NAME, NORMALISATION_FILE, REWARD
 
 log = logging.getLogger(__name__)
 
@@ -223,14 +229,18 @@ def train_reward_model(
     if not train_pairs:
         raise InvalidArgument("snapshot", "holds no preference pairs in its train split")
 
-    # -- model: the base model with a small fresh reward head ---------------------------
+    # -- model: the base model with a small fresh reward head, or a reward model --------
+    reference = continued_reference_policy(base_model)
     set_seed(hyper.seed)  # before loading: from_pretrained draws the head's first weights
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     with suppress_seqcls_warning():  # the missing head and unused LM head are expected
         model = AutoModelForSequenceClassification.from_pretrained(
             base_model, num_labels=1, dtype=torch.float32
         )
-    _init_reward_head(model, hyper.seed)
+    continued = reference is not None
+    if reference is None:
+        reference = base_model
+        _init_reward_head(model, hyper.seed)
 
     # -- data: token ids exactly as the scorer makes them --------------------------------
     rows = _dataset_rows(tokenizer, train_pairs, hyper)
@@ -264,7 +274,7 @@ def train_reward_model(
     trained.eval()
 
     # -- normalisation and held-out accuracy ---------------------------------------------
-    normalisation = _normalisation(trained, tokenizer, base_model, train_pairs, hyper)
+    normalisation = _normalisation(trained, tokenizer, reference, train_pairs, hyper)
     metrics = {
         "train_pairs": float(len(train_pairs)),
         "train_pairs_used": float(kept),
@@ -283,13 +293,17 @@ def train_reward_model(
         "snapshot_hash": snapshot_hash,
         "snapshot_hash_source": snapshot_hash_source,  # "manifest" or "file_sha256"
         "base_model": str(base_model),
+        "reference_policy": str(reference),
         "parent_version": parent_version,
         "seed": hyper.seed,
         "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
         "method": {
             "loss": "Bradley-Terry (TRL RewardTrainer), ties as soft label 0.5",
             "reward_token": "last non-padding token (EOS of the chat template)",
-            "head_init_std": bt.head_init_std(_hidden_size(model)),
+            "init": "continues the reward model base_model, head included"
+            if continued
+            else "base_model with a fresh head",
+            "head_init_std": None if continued else bt.head_init_std(_hidden_size(model)),
             "lora": "merged into full weights" if lora else None,
         },
         "normalisation": normalisation,
@@ -308,6 +322,28 @@ def train_reward_model(
         extra={"fields": {"path": str(out_dir), **{k: metrics[k] for k in sorted(metrics)}}},
     )
     return manifest
+
+
+def continued_reference_policy(base_model: Path) -> Path | None:
+    """None for a policy base model; for a reward-model directory (one with a
+    normalisation file), the reference policy it was normalised on, which the continued
+    model is normalised on too. Refuses a reward model whose reference policy is gone."""
+    if not (base_model / NORMALISATION_FILE).is_file():
+        return None
+    try:
+        manifest = json.loads((base_model / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    recorded = str(manifest.get("reference_policy") or manifest.get("base_model") or "")
+    reference = Path(recorded) if recorded else None
+    if reference is None or not (reference / "config.json").is_file():
+        raise InvalidArgument(
+            "base_model",
+            f"{base_model} is a reward model whose reference policy "
+            f"({recorded or 'none recorded in its manifest'}) is not a model directory here; "
+            "continuing it needs that policy to normalise the new scores on",
+        )
+    return reference
 
 
 def _dataset_rows(

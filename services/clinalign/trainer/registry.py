@@ -29,6 +29,8 @@ POLICY = "policy"
 REWARD = "reward"
 KINDS = (POLICY, REWARD)
 MANIFEST_NAME = "clinalign_manifest.json"
+# A reward-model directory's score normalisation (what the reward service reads).
+NORMALISATION_FILE = "clinalign_reward.json"
 
 
 class Base(DeclarativeBase):

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from clinalign.trainer import jobs
-from clinalign.trainer.registry import POLICY, ModelVersionRow
+from clinalign.trainer.registry import NORMALISATION_FILE, POLICY, REWARD, ModelVersionRow
 
 # (step, total steps, metrics logged at that step), as clinalign.common.training.ProgressFn
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -128,9 +128,14 @@ def parse_lora(lora: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def resolve_base_model(session: Session, base_model: str) -> tuple[str, str]:
+def resolve_base_model(
+    session: Session, base_model: str, *, reward: bool = False
+) -> tuple[str, str]:
     """(model directory, registry version or "") of the spec's ``base_model``: a model
-    directory, a registered full-weight policy version, or empty for the served policy."""
+    directory, a registered full-weight policy version, or empty for the served policy.
+    With ``reward`` (a reward_model job) it may also be a registered full-weight reward
+    version or a reward-model directory, which the job continues training."""
+    kinds = "policy or reward" if reward else "policy"
     if not base_model:
         row = session.scalar(
             select(ModelVersionRow).where(
@@ -141,22 +146,26 @@ def resolve_base_model(session: Session, base_model: str) -> tuple[str, str]:
             raise InvalidArgument(
                 "spec.base_model",
                 "is required while no policy is served: name a model directory or a "
-                "registered policy version",
+                f"registered {kinds} version",
             )
     else:
         row = session.get(ModelVersionRow, base_model)
     if row is not None:
-        if row.kind != POLICY or row.adapter_path:
+        if row.kind not in ((POLICY, REWARD) if reward else (POLICY,)) or row.adapter_path:
             raise InvalidArgument(
-                "spec.base_model", f"{row.version} is not a full-weight policy version"
+                "spec.base_model", f"{row.version} is not a full-weight {kinds} version"
             )
         return row.artifact_uri, row.version
     path = Path(base_model)
     if not (path / "config.json").is_file():
         raise InvalidArgument(
             "spec.base_model",
-            f"{base_model!r} is neither a registered policy version nor a Hugging Face "
+            f"{base_model!r} is neither a registered {kinds} version nor a Hugging Face "
             "model directory",
+        )
+    if not reward and (path / NORMALISATION_FILE).is_file():
+        raise InvalidArgument(
+            "spec.base_model", f"{base_model!r} is a reward model, not a policy to start from"
         )
     return str(path.resolve()), ""
 
@@ -206,7 +215,7 @@ def check_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument(
             "spec.snapshot_id", "is required: the preference snapshot id or content hash"
         )
-    base_dir, parent = resolve_base_model(session, str(spec.get("base_model", "")))
+    base_dir, parent = resolve_base_model(session, str(spec.get("base_model", "")), reward=True)
     return {
         "base_model_dir": base_dir,
         "parent_version": parent,
