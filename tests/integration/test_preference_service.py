@@ -506,6 +506,36 @@ async def test_snapshots_are_deterministic_immutable_and_export_for_trl(h: Harne
     assert (bad.details() or "").startswith("filter.min_agreement:")
 
 
+async def test_a_two_to_one_vote_is_kept_whole_only_without_deduplication(h: Harness) -> None:
+    """Three annotators judge one pair two to one. Without deduplication the snapshot holds
+    all three labels, so the majority outweighs the dissent; deduplication keeps one of
+    the agreeing labels and the dissent, a one-to-one draw (why the demo and the
+    retraining loop leave it off)."""
+    await h.setup(annotators=3)
+    _, (a, b) = await h.prompt_with(2, "Is a two to one vote kept?")
+    votes = {"ann-0": pb.PREFERENCE_A, "ann-1": pb.PREFERENCE_A, "ann-2": pb.PREFERENCE_B}
+    await h.stub.SubmitComparisons(
+        pb.SubmitComparisonsRequest(
+            idempotency_key=h.key(),
+            comparisons=[
+                pb.Comparison(context=h.ctx(who), response_a_id=a, response_b_id=b, preference=v)
+                for who, v in votes.items()
+            ],
+        )
+    )
+
+    async def chosen(deduplicate: bool) -> list[str]:
+        flt = pb.SnapshotFilter(eval_fraction=0.5, deduplicate=deduplicate)
+        snap = (await h.stub.CreateSnapshot(pb.CreateSnapshotRequest(filter=flt))).snapshot
+        data, _ = await _export(
+            h, snap.id, pb.EXPORT_FORMAT_JSONL, pb.EXPORT_KIND_PREFERENCE, pb.SPLIT_UNSPECIFIED
+        )
+        return sorted(json.loads(line)["chosen_id"] for line in data.decode().splitlines())
+
+    assert await chosen(False) == sorted([a, a, b])
+    assert await chosen(True) == sorted([a, b])
+
+
 async def test_audit_chain_detects_edits_deletions_and_reordering(h: Harness) -> None:
     await h.setup()
     await h.prompt_with(2)

@@ -274,7 +274,8 @@ class StandInPreference:
 
     async def CreateSnapshot(self, req: Any, **_: Any) -> Any:
         self.cuts += 1
-        assert req.filter.deduplicate and req.filter.tie_handling == ppb.TIE_HANDLING_DROP
+        # every annotator's label, so a majority outweighs a dissent
+        assert not req.filter.deduplicate and req.filter.tie_handling == ppb.TIE_HANDLING_DROP
         snap = ppb.Snapshot(
             id="snap-h1", content_hash="h1", train_pairs=self.pairs - 2, eval_pairs=2
         )

@@ -4,7 +4,7 @@ Triggers (``triggers``, pure), evaluated by EvaluateRetraining and, when
 ``retrain_interval_s`` > 0, by the monitor server on that period:
 
 - ``new_preferences:<n>``: a snapshot cut now (preference CreateSnapshot with
-  ``retrain_min_agreement``, deduplication, ties dropped) holds at least
+  ``retrain_min_agreement``, every annotator's label, ties dropped) holds at least
   ``retrain_min_new_pairs`` pairs (train + eval; ``retrain_eval_fraction`` of the prompts
   held out for the reward-model gate) more than the last run's snapshot (all of
   them when there was no run). Key: ``data:<content hash>``.
@@ -481,7 +481,10 @@ class Retraining:
             ppb.CreateSnapshotRequest(
                 filter=ppb.SnapshotFilter(
                     min_agreement=self.policy.min_agreement,
-                    deduplicate=True,
+                    # Every annotator's label: deduplicating (prompt, chosen, rejected)
+                    # triples keeps one of the labels that agree and every one that
+                    # dissents, so a pair judged two to one trains and scores as one to one.
+                    deduplicate=False,
                     tie_handling=ppb.TIE_HANDLING_DROP,
                     eval_fraction=self.policy.eval_fraction,
                 )
