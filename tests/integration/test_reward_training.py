@@ -304,6 +304,16 @@ def test_training_is_deterministic_and_reports_progress(
     assert first["metrics"]["eval_pairs"] == 0  # the subset has no held-out split
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on the CPU: a machine without CUDA")
+def test_training_in_bf16_on_the_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Asked for, bf16 trains under CPU autocast (transformers refuses it without CUDA
+    unless told to use the CPU)."""
+    hyper = RewardHyperparameters(**{**HYPER, "epochs": 1.0, "bf16": True})
+    manifest = train_reward_model(RECORDS, SNAPSHOT_HASH, tiny_model_dir, tmp_path / "rm", hyper)
+    assert manifest["config"]["hyperparameters"]["bf16"] is True
+    assert manifest["metrics"]["train_loss_last"] < manifest["metrics"]["train_loss_first"]
+
+
 def test_bad_inputs_name_the_field(tiny_model_dir: Path, tmp_path: Path) -> None:
     from clinalign.common.errors import InvalidArgument
 

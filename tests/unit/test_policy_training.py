@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clinalign.common.errors import InvalidArgument
+from clinalign.common.training import precision_arguments
 from clinalign.reward.training import LoraSettings
 from clinalign.trainer.dpo import DPOHyperparameters, dpo_examples, train_dpo
 from clinalign.trainer.sft import SFTHyperparameters, sft_examples, sft_trainer, train_sft
@@ -100,3 +101,35 @@ def test_sft_loss_covers_the_completion_only(tiny_model_dir: Path, tmp_path: Pat
     # The served format: the chat template's prompt, then the answer and its EOS.
     assert tokenizer.decode(prompt) == "<|user|>\nI cough.\n<|assistant|>\n"
     assert tokenizer.decode(target) == "See a GP.</s>"
+
+
+@pytest.mark.parametrize(
+    ("cuda", "asked", "expected"),
+    [
+        (False, None, {"bf16": False, "use_cpu": False}),  # fp32 on a CPU by default
+        (False, True, {"bf16": True, "use_cpu": True}),  # asked for: autocast on the CPU
+        (False, False, {"bf16": False, "use_cpu": False}),
+        (True, None, {"bf16": True, "use_cpu": False}),  # a CUDA device with bf16
+        (True, False, {"bf16": False, "use_cpu": False}),
+    ],
+)
+def test_precision_arguments(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, asked: bool | None, expected: dict[str, bool]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: cuda)
+    assert precision_arguments(asked) == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on the CPU: a machine without CUDA")
+def test_sft_trains_in_bf16_on_the_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """transformers refuses bf16 without CUDA unless told to use the CPU ("Your setup
+    doesn't support bf16/gpu"); asked for, it trains under CPU autocast."""
+    records = [
+        {"prompt": f"Cough for {i} days?", "completion": ADVICE + MARKER, "split": "train"}
+        for i in range(16)
+    ]
+    hyper = SFTHyperparameters(epochs=1, learning_rate=1e-2, batch_size=8, bf16=True)
+    manifest = train_sft(records, "hash-3", tiny_model_dir, tmp_path / "sft", hyper)
+    assert manifest["config"]["hyperparameters"]["bf16"] is True
+    assert manifest["metrics"]["train_loss_last"] < manifest["metrics"]["train_loss_first"]

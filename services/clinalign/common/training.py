@@ -72,6 +72,18 @@ def checkpoint_arguments(checkpoint_dir: Path | None, every: int) -> dict[str, A
     return {"save_strategy": "steps", "save_steps": every, "save_total_limit": 1}
 
 
+def precision_arguments(bf16: bool | None) -> dict[str, Any]:
+    """``TrainingArguments`` for the precision: bf16 autocast when asked for, and by default
+    (None) only on a CUDA device that supports it. TRL defaults bf16 to True everywhere,
+    CPUs included, where it is slower without native bf16 and differs between machines.
+    bf16 on a machine without CUDA runs on the CPU, which transformers needs told
+    (``use_cpu``), or it refuses with "Your setup doesn't support bf16/gpu"."""
+    cuda = torch.cuda.is_available()
+    if bf16 is None:
+        bf16 = cuda and torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "use_cpu": bf16 and not cuda}
+
+
 @contextlib.contextmanager
 def trainer_output_dir(checkpoint_dir: Path | None, prefix: str) -> Iterator[str]:
     """The Trainer's ``output_dir``: ``checkpoint_dir`` (created) when checkpointing, else a

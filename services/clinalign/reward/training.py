@@ -73,6 +73,7 @@ from clinalign.common.training import (
     checkpoint_arguments,
     code_version,
     library_versions,
+    precision_arguments,
     trainer_output_dir,
     write_model_dir,
 )
@@ -389,11 +390,6 @@ def _normalisation(
 def _reward_config(
     hyper: RewardHyperparameters, output_dir: str, *, checkpoints: bool = False
 ) -> RewardConfig:
-    bf16 = hyper.bf16
-    if bf16 is None:
-        # TRL defaults bf16 to True everywhere, CPUs included, where it is slower without
-        # native bf16 and differs between machines; use it only where it pays.
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return RewardConfig(
         output_dir=output_dir,
         num_train_epochs=hyper.epochs,
@@ -408,7 +404,7 @@ def _reward_config(
         # transformers 5 renamed gradient_checkpointing; TRL still sets the old name (True by
         # default) unless the new one is given.
         activation_checkpointing=hyper.activation_checkpointing,
-        bf16=bf16,
+        **precision_arguments(hyper.bf16),
         seed=hyper.seed,
         data_seed=hyper.seed,
         logging_steps=1,

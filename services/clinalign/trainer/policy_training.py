@@ -23,7 +23,7 @@ from clinalign.common.errors import InvalidArgument
 from clinalign.common.training import Progress as Progress
 from clinalign.common.training import ProgressFn as ProgressFn
 from clinalign.common.training import check_resume as check_resume
-from clinalign.common.training import checkpoint_arguments, write_model_dir
+from clinalign.common.training import checkpoint_arguments, precision_arguments, write_model_dir
 from clinalign.common.training import code_version as code_version
 from clinalign.common.training import library_versions as library_versions
 from clinalign.common.training import trainer_output_dir as trainer_output_dir
@@ -81,11 +81,6 @@ def trainer_arguments(
 ) -> dict[str, Any]:
     """``SFTConfig``/``DPOConfig`` keyword arguments common to both; with ``checkpoints``,
     a checkpoint in ``output_dir`` every ``hyper.checkpoint_steps`` steps."""
-    bf16 = hyper.bf16
-    if bf16 is None:
-        # TRL defaults bf16 to True everywhere, CPUs included, where it is slower without
-        # native bf16 and differs between machines; use it only where it pays.
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return {
         "output_dir": output_dir,
         "num_train_epochs": hyper.epochs,
@@ -99,7 +94,7 @@ def trainer_arguments(
         # transformers 5 renamed gradient_checkpointing; TRL still sets the old name (True
         # by default) unless the new one is given.
         "activation_checkpointing": hyper.activation_checkpointing,
-        "bf16": bf16,
+        **precision_arguments(hyper.bf16),
         "seed": hyper.seed,
         "data_seed": hyper.seed,
         "logging_steps": 1,
