@@ -643,17 +643,14 @@ class Retraining:
         decided already; records the step; whether it may be served."""
         from clinalign.trainer.v1 import trainer_pb2 as tpb
 
-        trainer = self.peers.trainer
-        known = (
-            await self._call(trainer.GetModelVersion, tpb.GetModelVersionRequest(version=version))
-        ).version
+        known = await self._version(version)
         if known.stage == common_pb2.MODEL_STAGE_SERVING:
             promoted, outcome = True, f"promoted: {version} serves"
         elif known.stage == common_pb2.MODEL_STAGE_REJECTED:
             promoted, outcome = False, f"refused: {version} was rejected by the gate"
         else:
             reply = await self._call(
-                trainer.PromoteModel,
+                self.peers.trainer.PromoteModel,
                 tpb.PromoteModelRequest(version=version),
                 deadline_s=GATE_TIMEOUT_S,
             )

@@ -231,16 +231,16 @@ def train_reward_model(
         raise InvalidArgument("snapshot", "holds no preference pairs in its train split")
 
     # -- model: the base model with a small fresh reward head, or a reward model --------
-    reference = continued_reference_policy(base_model)
+    continued_from = continued_reference_policy(base_model)
+    continued = continued_from is not None
+    reference = continued_from or base_model
     set_seed(hyper.seed)  # before loading: from_pretrained draws the head's first weights
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     with suppress_seqcls_warning():  # the missing head and unused LM head are expected
         model = AutoModelForSequenceClassification.from_pretrained(
             base_model, num_labels=1, dtype=torch.float32
         )
-    continued = reference is not None
-    if reference is None:
-        reference = base_model
+    if not continued:
         _init_reward_head(model, hyper.seed)
 
     # -- data: token ids exactly as the scorer makes them --------------------------------
