@@ -87,12 +87,13 @@ def _run_rows(runs: list[pb.RetrainingRun]) -> list[list[str]]:
                 state,
                 f"{last.name}: {last.outcome}" if last else "-",
                 run.promoted_version or "-",
+                run.reason or "-",
             ]
         )
     return rows
 
 
-_RUN_COLUMNS = ["run", "created", "trigger", "state", "last step", "promoted"]
+_RUN_COLUMNS = ["run", "created", "trigger", "state", "last step", "promoted", "reason"]
 
 
 @retraining_app.command("evaluate")

@@ -84,9 +84,12 @@ def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -
         assert run["promoted_version"] in figures["promoted_versions"]
         assert "activate_policy" in names
 
-    # Lineage of an output of the served policy walks back to the foundation model.
+    # Lineage of an output of the served policy walks back to the foundation model and,
+    # when the loop promoted it, through the run's snapshot to the flags it holds.
     kinds = [s["kind"] for s in figures["lineage_example"]]
     assert kinds[0] == "output" and "model_version" in kinds and "job" in kinds
+    if run["state"] == "RUN_STATE_PROMOTED":
+        assert "flag" in kinds, figures["lineage_example"]
 
     report = data / "demo"
     for name in ("report.md", "report.json", "rubric.png", "criteria.png", "win_rate.png"):

@@ -585,8 +585,9 @@ async def test_flags_retrain_promote_refuse_and_trace_back(
     assert promoted.promoted_version == "policy-v2" and served_after == ["policy-v2"]
     assert before.model_version == "policy-v1" and fresh.model_version == "policy-v2"
 
-    # Lineage: output → policy-v2 → its PPO job → reward-v2 → its job → the snapshot →
-    # the confirmed flag fed into it; and back to the foundation model.
+    # Lineage: output → policy-v2 → its PPO job → the run's snapshot (its prompts) → the
+    # confirmed flag fed into it; the PPO job → reward-v2 → its job (on the same snapshot,
+    # listed once); and back to the foundation model.
     steps = {(s.kind, s.id): s for s in lineage.steps}
     assert lineage.model.ref.version == "policy-v2"
     assert lineage.steps[0].kind == "output" and lineage.steps[0].parent_id == ""
@@ -599,7 +600,9 @@ async def test_flags_retrain_promote_refuse_and_trace_back(
     assert "foundation model" in steps[("model_version", "policy-v1")].summary
     assert steps[("model_version", "reward-v2")].parent_id == ppo_job
     assert steps[("job", rm_job)].parent_id == "reward-v2"
-    assert steps[("snapshot", snapshot_id)].parent_id == rm_job
+    assert steps[("snapshot", snapshot_id)].parent_id == ppo_job
+    assert f"on {snapshot_id}" in steps[("job", ppo_job)].summary
+    assert f"on {snapshot_id}" in steps[("job", rm_job)].summary
     assert steps[("flag", flag.id)].parent_id == snapshot_id
     assert "confirmed unsafe_advice (high)" in steps[("flag", flag.id)].summary
     for s in lineage.steps:  # summaries carry no patient text
@@ -619,9 +622,11 @@ async def test_flags_retrain_promote_refuse_and_trace_back(
     assert refused.state == pb.RUN_STATE_REFUSED, [(s.name, s.outcome) for s in refused.steps]
     assert refused.steps[-1].name == "promote_policy"
     assert "win_rate_vs_served" in refused.steps[-1].outcome
+    assert refused.reason.endswith(f"the policy gate refused {refused.steps[-1].ref}")
     assert refused.promoted_version == ""
     assert served_last == ["policy-v2"] and last.model_version == "policy-v2"
     assert [r.id for r in newest.runs] == [third.run.id] and newest.next_page_token
     assert cli_runs.exit_code == 0, cli_runs.output
     cli_states = [r["state"] for r in json.loads(cli_runs.output)["runs"]]
     assert cli_states == ["RUN_STATE_REFUSED", "RUN_STATE_PROMOTED"]  # newest first
+    assert json.loads(cli_runs.output)["runs"][0]["reason"] == refused.reason

@@ -366,17 +366,23 @@ async def test_the_reward_job_starts_from_the_configured_base(
 
 
 @pytest.mark.parametrize(
-    ("gate", "activated_reward", "last_step"),
+    ("gate", "on_reward_refused", "activated_reward", "last_step"),
     [
-        ({"reward": False}, [], "promote_reward_model"),
-        ({"policy": False}, ["reward-v2"], "promote_policy"),
+        # no reward model serves to fall back on, whatever the setting
+        ({"reward": False}, retraining.KEEP_SERVED_REWARD, [], "promote_reward_model"),
+        ({"reward": False}, retraining.STOP, [], "promote_reward_model"),
+        ({"policy": False}, retraining.KEEP_SERVED_REWARD, ["reward-v2"], "promote_policy"),
     ],
 )
 async def test_a_refusing_gate_ends_the_run_refused_and_activates_no_refused_version(
-    db: Database, gate: dict[str, bool], activated_reward: list[str], last_step: str
+    db: Database,
+    gate: dict[str, bool],
+    on_reward_refused: str,
+    activated_reward: list[str],
+    last_step: str,
 ) -> None:
     peers = StandIns(trainer=StandInTrainer(gate=gate))
-    loop = retraining.Retraining(db, peers, POLICY)
+    loop = retraining.Retraining(db, peers, replace(POLICY, on_reward_refused=on_reward_refused))
     result = await loop.evaluate(False)
     assert result.run is not None
     run = await _ended(loop, result.run.id)
@@ -387,6 +393,91 @@ async def test_a_refusing_gate_ends_the_run_refused_and_activates_no_refused_ver
     assert peers.generation.activated == []  # never a refused policy
     if last_step == "promote_reward_model":
         assert not any(c.endswith("ppo_job") for c in peers.trainer.calls)  # stopped before PPO
+
+
+async def test_a_refused_reward_model_leaves_the_policy_to_train_against_the_served_one(
+    db: Database,
+) -> None:
+    trainer = StandInTrainer(gate={"reward": False}, served_reward_parent="policy-sft")
+    peers = StandIns(trainer=trainer)
+    loop = retraining.Retraining(db, peers, POLICY)  # the default: keep the served one
+    result = await loop.evaluate(False)
+    assert result.run is not None
+    run = await _ended(loop, result.run.id)
+    assert run.state == retraining.PROMOTED and run.promoted_version == "policy-v3"
+    steps = {s.name: (s.ref, s.outcome) for s in run.steps}
+    assert steps["promote_reward_model"][1].startswith("refused:")
+    assert steps["activate_reward_model"] == (
+        "reward-v1",
+        "kept: reward-v1 serves; reward-v2 was refused",
+    )
+    ppo = peers.trainer.jobs[f"{run.id}:ppo_job"].spec
+    assert ppo.reward_model_version == "reward-v1" and ppo.base_model == "policy-v1"
+    assert ppo.snapshot_id == run.snapshot_id == "snap-h1"  # the flagged prompts shape it
+    assert peers.reward.activated == []  # the refused reward model never serves
+    assert peers.generation.activated == ["policy-v3"]
+    assert run.reason == (
+        "the reward-model gate refused reward-v2; the policy trained against the served reward-v1"
+    )
+
+
+async def test_a_resumed_run_trains_against_the_reward_model_it_recorded_keeping(
+    db: Database,
+) -> None:
+    trainer = StandInTrainer(served_reward_parent="policy-sft")  # reward-v1 serves now
+    peers = StandIns(trainer=trainer)
+    loop = retraining.Retraining(db, peers, POLICY)
+    run, _ = await db.run_write(lambda s: retraining.start_run(s, FIRED, _cut(), "policy-v1"))
+
+    def crashed(s: Any) -> None:  # the monitor died after keeping reward-v0
+        retraining.record_step(s, run.id, "reward_model_job", "job-x", "succeeded")
+        retraining.set_versions(s, run.id, reward_version="reward-v2")
+        retraining.record_step(s, run.id, "promote_reward_model", "reward-v2", "refused: low")
+        retraining.record_step(s, run.id, "activate_reward_model", "reward-v0", "kept: reward-v0")
+
+    await db.run_write(crashed)
+    assert await loop.resume() == [run.id]
+    ended = await _ended(loop, run.id)
+    assert ended.state == retraining.PROMOTED
+    assert peers.trainer.calls == ["SubmitJob:ppo_job", "PromoteModel:policy-v2"]
+    assert peers.trainer.jobs[f"{run.id}:ppo_job"].spec.reward_model_version == "reward-v0"
+    assert [s.name for s in ended.steps].count("activate_reward_model") == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt_set", "spec_prompt_set", "spec_snapshot"),
+    [
+        (retraining.RUN_SNAPSHOT, "", "snap-h1"),  # the default: the run's own snapshot
+        ("clinical-train", "clinical-train", ""),
+    ],
+)
+async def test_the_ppo_job_samples_the_configured_prompts(
+    db: Database, prompt_set: str, spec_prompt_set: str, spec_snapshot: str
+) -> None:
+    peers = StandIns()
+    loop = retraining.Retraining(db, peers, replace(POLICY, prompt_set=prompt_set))
+    result = await loop.evaluate(False)
+    assert result.run is not None
+    run = await _ended(loop, result.run.id)
+    assert run.state == retraining.PROMOTED
+    spec = peers.trainer.jobs[f"{run.id}:ppo_job"].spec
+    assert (spec.prompt_set, spec.snapshot_id) == (spec_prompt_set, spec_snapshot)
+    assert peers.trainer.jobs[f"{run.id}:reward_model_job"].spec.snapshot_id == "snap-h1"
+
+
+async def test_stop_ends_the_run_at_a_refused_reward_model_though_one_serves(
+    db: Database,
+) -> None:
+    trainer = StandInTrainer(gate={"reward": False}, served_reward_parent="policy-sft")
+    peers = StandIns(trainer=trainer)
+    loop = retraining.Retraining(db, peers, replace(POLICY, on_reward_refused=retraining.STOP))
+    result = await loop.evaluate(False)
+    assert result.run is not None
+    run = await _ended(loop, result.run.id)
+    assert run.state == retraining.REFUSED
+    assert run.reason == "the reward-model gate refused reward-v2"
+    assert run.steps[-1].name == "promote_reward_model"
+    assert not any(c.endswith("ppo_job") for c in peers.trainer.calls)
 
 
 async def test_a_failed_job_fails_the_run_with_its_reason(db: Database) -> None:

@@ -737,11 +737,15 @@ class Pipeline:
                 "id": run.id,
                 "trigger": run.trigger,
                 "state": state,
+                "reason": run.reason,
                 "promoted_version": run.promoted_version,
                 "steps": [{"name": s.name, "ref": s.ref, "outcome": s.outcome} for s in run.steps],
             }
         )
-        self.echo(f"   run {run.id}: {state} {run.promoted_version}")
+        self.echo(
+            f"   run {run.id}: {state} {run.promoted_version}"
+            + (f" ({run.reason})" if run.reason else "")
+        )
         for step in run.steps:
             promoted = step.outcome.startswith("promoted")
             if step.name in ("promote_reward_model", "promote_policy") and promoted:

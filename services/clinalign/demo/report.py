@@ -288,7 +288,8 @@ def _markdown(summary: dict[str, Any], result: Evaluation) -> str:
             f"| {job['wall_s']:.0f} |"
         )
     for run in summary["retraining_runs"]:
-        lines += ["", f"Retraining run {run['id']} ({run['trigger']}): {run['state']}", ""]
+        reason = f" — {run['reason']}" if run.get("reason") else ""
+        lines += ["", f"Retraining run {run['id']} ({run['trigger']}): {run['state']}{reason}", ""]
         lines += [f"- {s['name']}: {s['ref']} — {s['outcome']}" for s in run["steps"]]
     if summary["lineage_example"]:
         lines += ["", "## Lineage of one served output", ""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -177,6 +179,16 @@ class MonitorSettings(ServiceSettings):
         description='Hyperparameters of a run\'s ppo job, as JSON: {"iterations": "200"}.',
     )
     retrain_prompt_set: str = Field(
-        "clinical-train", min_length=1, description="Prompt set of a run's PPO rollouts."
+        "snapshot",
+        min_length=1,
+        description="Prompts of a run's PPO rollouts: `snapshot`, the train split of the "
+        "run's snapshot (the flagged outputs' prompts among them), or a prompt set "
+        "(`clinical-train` or a .jsonl file).",
     )
     retrain_seed: int = Field(0, ge=0, description="Seed of a run's training jobs.")
+    retrain_on_reward_refused: Literal["served", "stop"] = Field(
+        "served",
+        description="When the reward-model gate refuses a run's reward model: `served` trains "
+        "the run's policy against the reward model that serves (the policy gate still "
+        "decides); `stop` ends the run refused before PPO.",
+    )

@@ -37,16 +37,21 @@ further (``served-reward``: a warm start), or a named version or directory; idem
 ``promote_reward_model`` (trainer PromoteModel: the reward-model gate) →
 ``activate_reward_model`` (RewardService.ActivateModel: PPO jobs score through the reward
 service, which must serve the version they name) → ``ppo_job`` (kind ppo from the served
-policy, against the new reward model, on ``retrain_prompt_set``) → ``promote_policy`` (the
+policy, against the new reward model, on ``retrain_prompt_set``: by default the run's
+snapshot, so the policy practises on the prompts clinicians flagged) → ``promote_policy`` (the
 policy gate) → ``activate_policy`` (GenerationService.ActivateModel).
 
-Either gate refusing ends the run REFUSED: a refused reward model stops it before PPO, and
-a refused policy is never activated (the generation service keeps serving what it served;
-the new reward model, which passed its own gate, stays active). A job that fails or is
-cancelled, or a call that keeps failing, ends it FAILED with the reason. Every step is
-idempotent (job keys, promotion read back from the registry's stage, activation of the
-active version is a no-op), so after a monitor restart ``resume`` carries each RUNNING run
-on from its last recorded step.
+A refused reward model is never activated. What the run does next is
+``retrain_on_reward_refused``: ``served`` (the default) records ``activate_reward_model``
+as keeping the reward model that serves, and the PPO job trains against that one (the new
+data did not make a better judge, which need not hold back the policy's retraining; the
+policy gate still decides); ``stop`` ends the run REFUSED before PPO, as does a refusal
+while no reward model serves. A refused policy is never activated and ends the run REFUSED
+(the generation service keeps serving what it served; a new reward model that passed its
+own gate stays active). A job that fails or is cancelled, or a call that keeps failing,
+ends it FAILED with the reason. Every step is idempotent (job keys, promotion read back
+from the registry's stage, activation of the active version is a no-op), so after a
+monitor restart ``resume`` carries each RUNNING run on from its last recorded step.
 """
 
 from __future__ import annotations
@@ -98,6 +103,13 @@ RETRIES = 3  # UNAVAILABLE from a peer is retried this many times, retrain_poll_
 # start): the new model starts where the served one is, and the new data moves it.
 SERVED_REWARD_BASE = "served-reward-base"
 SERVED_REWARD = "served-reward"
+# What a run does when the reward-model gate refuses its reward model:
+KEEP_SERVED_REWARD = "served"  # train the policy against the reward model that serves
+STOP = "stop"  # end the run REFUSED before PPO
+ON_REWARD_REFUSED = (KEEP_SERVED_REWARD, STOP)
+# ``retrain_prompt_set`` naming the run's own snapshot: PPO samples the prompts of its train
+# split, the prompts of the flagged outputs among them
+RUN_SNAPSHOT = "snapshot"
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,9 @@ class Policy:
     reward_base_model: str = ""  # "" the served policy; SERVED_REWARD_BASE; a version or path
     reward_hyperparameters: dict[str, str] = field(default_factory=dict)
     ppo_hyperparameters: dict[str, str] = field(default_factory=dict)
-    prompt_set: str = "clinical-train"
+    prompt_set: str = RUN_SNAPSHOT  # or a named prompt set
     seed: int = 0
+    on_reward_refused: str = KEEP_SERVED_REWARD  # one of ON_REWARD_REFUSED
 
 
 @dataclass(frozen=True)
@@ -564,19 +577,29 @@ class Retraining:
             await self.db.run_write(lambda s: set_versions(s, run.id, reward_version=version))
             run = await self._run(run_id)
         gate = self._gate(run, "promote_reward_model", run.reward_version)
+        reward, note = run.reward_version, ""
         if not await self._guard(run.id, "promote_reward_model", gate):
-            return REFUSED, f"the reward-model gate refused {run.reward_version}", ""
-        if run.step("activate_reward_model") is None:
+            refused = f"the reward-model gate refused {run.reward_version}"
+            if p.on_reward_refused == STOP:
+                return REFUSED, refused, ""
+            kept = run.step("activate_reward_model")
+            reward = kept.ref if kept else await self._keep_served_reward(run)
+            if not reward:
+                return REFUSED, f"{refused} and no reward model serves", ""
+            note = f"{refused}; the policy trained against the served {reward}"
+        elif run.step("activate_reward_model") is None:
             activation = self._activate(
                 run.id, "activate_reward_model", run.reward_version, reward=True
             )
             await self._guard(run.id, "activate_reward_model", activation)
         if run.step("ppo_job") is None:
+            on_snapshot = p.prompt_set == RUN_SNAPSHOT
             spec = tpb.JobSpec(
                 kind=tpb.JOB_KIND_PPO,
-                prompt_set=p.prompt_set,
+                prompt_set="" if on_snapshot else p.prompt_set,
+                snapshot_id=run.snapshot_id if on_snapshot else "",
                 base_model=run.served_policy,
-                reward_model_version=run.reward_version,
+                reward_model_version=reward,
                 hyperparameters=p.ppo_hyperparameters,
                 seed=p.seed,
                 idempotency_key=f"{run.id}:ppo_job",
@@ -587,11 +610,25 @@ class Retraining:
             run = await self._run(run_id)
         gate = self._gate(run, "promote_policy", run.policy_version)
         if not await self._guard(run.id, "promote_policy", gate):
-            return REFUSED, f"the policy gate refused {run.policy_version}", ""
+            refused = f"the policy gate refused {run.policy_version}"
+            return REFUSED, f"{note}; {refused}" if note else refused, ""
         if run.step("activate_policy") is None:
             activation = self._activate(run.id, "activate_policy", run.policy_version, reward=False)
             await self._guard(run.id, "activate_policy", activation)
-        return PROMOTED, "", run.policy_version
+        return PROMOTED, note, run.policy_version
+
+    async def _keep_served_reward(self, run: RunView) -> str:
+        """After the reward-model gate refused the run's model: the reward model that
+        serves, recorded as the one kept active; "" when none serves."""
+        served = await self._guard(
+            run.id, "activate_reward_model", self._served(common_pb2.MODEL_KIND_REWARD)
+        )
+        if served is None:
+            return ""
+        version = str(served.ref.version)
+        outcome = f"kept: {version} serves; {run.reward_version} was refused"
+        await self._record(run.id, "activate_reward_model", version, outcome)
+        return version
 
     async def _guard(self, run_id: str, step: str, work: Awaitable[T]) -> T:
         """Runs a step; a peer's error ends it recorded as failed, and the run FAILED."""

@@ -111,6 +111,7 @@ def retraining_policy(settings: MonitorSettings) -> retraining.Policy:
         reward_hyperparameters=dict(settings.retrain_reward_hyperparameters),
         ppo_hyperparameters=dict(settings.retrain_ppo_hyperparameters),
         prompt_set=settings.retrain_prompt_set,
+        on_reward_refused=settings.retrain_on_reward_refused,
         seed=settings.retrain_seed,
     )
 

@@ -182,6 +182,7 @@ def run_to_proto(run: retraining.RunView) -> pb.RetrainingRun:
         ],
         promoted_version=run.promoted_version,
         create_time=timestamp(run.created_at),
+        reason=run.reason,
     )
 
 
