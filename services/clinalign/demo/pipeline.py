@@ -138,9 +138,13 @@ class Plan:
             # run's loop snapshot (403 held-out pairs): the served model 0.638; trained
             # afresh for two epochs 0.638 (a tie, 111 s); continued for one epoch at 1e-4
             # 0.650 (60 s), at 3e-5 0.640. On the next run's (380): served 0.671; afresh
-            # 0.668; continued 0.666 at either rate, so refused.
+            # 0.668; continued 0.666 at either rate, so refused. With every label and half
+            # an epoch: passed at 0.7216 against 0.7206 once, refused at 0.7154 against
+            # 0.7165 and 0.7156 against 0.7167; a run whose reward model is refused trains
+            # the policy against the served one.
             retrain_reward={"epochs": "0.5"},
-            # the second round continues from the first round's policy
+            # the second round continues from the first round's policy, on the prompts of
+            # the loop's snapshot (the flagged ones among them)
             retrain_ppo={"iterations": "10"},
             traffic=128,
             correction_share=0.2,
