@@ -421,6 +421,21 @@ async def test_a_refused_reward_model_leaves_the_policy_to_train_against_the_ser
     )
 
 
+async def _crash_after_the_reward_steps(
+    db: Database, run_id: str, job_id: str, gate: str, active: str
+) -> None:
+    """Records what a monitor that died after the reward-model steps had recorded: the job
+    (which registered reward-v2), the gate's outcome, and the reward model left active."""
+
+    def crashed(s: Any) -> None:
+        retraining.record_step(s, run_id, "reward_model_job", job_id, "succeeded")
+        retraining.set_versions(s, run_id, reward_version="reward-v2")
+        retraining.record_step(s, run_id, "promote_reward_model", "reward-v2", gate)
+        retraining.record_step(s, run_id, "activate_reward_model", active, f"active: {active}")
+
+    await db.run_write(crashed)
+
+
 async def test_a_resumed_run_trains_against_the_reward_model_it_recorded_keeping(
     db: Database,
 ) -> None:
@@ -429,13 +444,8 @@ async def test_a_resumed_run_trains_against_the_reward_model_it_recorded_keeping
     loop = retraining.Retraining(db, peers, POLICY)
     run, _ = await db.run_write(lambda s: retraining.start_run(s, FIRED, _cut(), "policy-v1"))
 
-    def crashed(s: Any) -> None:  # the monitor died after keeping reward-v0
-        retraining.record_step(s, run.id, "reward_model_job", "job-x", "succeeded")
-        retraining.set_versions(s, run.id, reward_version="reward-v2")
-        retraining.record_step(s, run.id, "promote_reward_model", "reward-v2", "refused: low")
-        retraining.record_step(s, run.id, "activate_reward_model", "reward-v0", "kept: reward-v0")
-
-    await db.run_write(crashed)
+    # the monitor died after keeping reward-v0
+    await _crash_after_the_reward_steps(db, run.id, "job-x", "refused: low", "reward-v0")
     assert await loop.resume() == [run.id]
     ended = await _ended(loop, run.id)
     assert ended.state == retraining.PROMOTED
@@ -534,13 +544,7 @@ async def test_a_restarted_monitor_resumes_a_run_after_its_last_recorded_step(
     )
     peers.trainer.calls.clear()
 
-    def crashed(s: Any) -> None:
-        retraining.record_step(s, run.id, "reward_model_job", job.job.id, "succeeded")
-        retraining.set_versions(s, run.id, reward_version="reward-v2")
-        retraining.record_step(s, run.id, "promote_reward_model", "reward-v2", "promoted: ok")
-        retraining.record_step(s, run.id, "activate_reward_model", "reward-v2", "serving")
-
-    await db.run_write(crashed)
+    await _crash_after_the_reward_steps(db, run.id, job.job.id, "promoted: ok", "reward-v2")
     assert await loop.resume() == [run.id]
     ended = await _ended(loop, run.id)
     assert ended.state == retraining.PROMOTED

@@ -106,7 +106,6 @@ SERVED_REWARD = "served-reward"
 # What a run does when the reward-model gate refuses its reward model:
 KEEP_SERVED_REWARD = "served"  # train the policy against the reward model that serves
 STOP = "stop"  # end the run REFUSED before PPO
-ON_REWARD_REFUSED = (KEEP_SERVED_REWARD, STOP)
 # ``retrain_prompt_set`` naming the run's own snapshot: PPO samples the prompts of its train
 # split, the prompts of the flagged outputs among them
 RUN_SNAPSHOT = "snapshot"
@@ -130,7 +129,7 @@ class Policy:
     ppo_hyperparameters: dict[str, str] = field(default_factory=dict)
     prompt_set: str = RUN_SNAPSHOT  # or a named prompt set
     seed: int = 0
-    on_reward_refused: str = KEEP_SERVED_REWARD  # one of ON_REWARD_REFUSED
+    on_reward_refused: str = KEEP_SERVED_REWARD  # or STOP
 
 
 @dataclass(frozen=True)
