@@ -74,13 +74,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from clinalign.cli.stack import wait_serving
 from clinalign.common.auth import Role, generate_tokens, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
 from clinalign.foundation import iter_qa_pairs
 from clinalign.generation.v1 import generation_pb2 as pb
 from clinalign.generation.v1 import generation_pb2_grpc
-from clinalign.stack import wait_serving
 
 FULL_NAME = "clinalign.generation.v1.GenerationService"
 SEED = 4  # the number; any seed gives comparable questions

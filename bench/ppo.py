@@ -4,7 +4,7 @@ In one run, on the same policy, reward model, prompts, rollout batch size, respo
 length, PPO epochs, minibatches, sampling temperature, learning rate, fixed KL coefficient
 and missing-EOS penalty, with the same seed:
 
-(a) ``clinalign``: :func:`clinalign.trainer.ppo.trainer.train_ppo`, full fine-tuning, a
+(a) ``clinalign``: :func:`clinalign.trainer.methods.ppo.trainer.train_ppo`, full fine-tuning, a
     separate critic initialised from the reward model, scored in process by
     :class:`clinalign.reward.scorer.Scorer` on the same reward model;
 (b) ``trl``: ``trl.experimental.ppo.PPOTrainer`` from TRL 0.29.1 (``bench/ppo_trl.py``)
@@ -223,8 +223,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 def clinalign_worker(config_file: Path) -> None:
     """ClinAlign's side, in a process of its own (``--clinalign-worker CONFIG``)."""
     from clinalign.reward.scorer import Scorer
-    from clinalign.trainer.ppo.config import PPOHyperparameters
-    from clinalign.trainer.ppo.trainer import train_ppo
+    from clinalign.trainer.methods.ppo.config import PPOHyperparameters
+    from clinalign.trainer.methods.ppo.trainer import train_ppo
 
     config = json.loads(config_file.read_text())
     device = config["device"]

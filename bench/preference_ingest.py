@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, insert, select, text
 
+from clinalign.cli.stack import wait_serving
 from clinalign.common.auth import Role, generate_tokens, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
@@ -37,7 +38,6 @@ from clinalign.foundation import iter_qa_pairs
 from clinalign.preference import models
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.stack import wait_serving
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MIGRATIONS = Path(models.__file__).parent / "migrations"

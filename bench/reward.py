@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from clinalign.cli.stack import wait_serving
 from clinalign.common.auth import Role, generate_tokens, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
@@ -55,7 +56,6 @@ from clinalign.foundation import iter_qa_pairs
 from clinalign.reward.scorer import Scorer
 from clinalign.reward.v1 import reward_pb2 as pb
 from clinalign.reward.v1 import reward_pb2_grpc
-from clinalign.stack import wait_serving
 
 # The sibling benchmark: a script's directory is first on sys.path.
 from generation import CpuMeter, free_port, percentile

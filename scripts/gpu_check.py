@@ -28,8 +28,8 @@ from clinalign.foundation import build_tiny_model
 from clinalign.generation.backend import collect
 from clinalign.generation.engine import LocalBackend
 from clinalign.generation.params import Sampling
-from clinalign.trainer.ppo.config import PPOHyperparameters
-from clinalign.trainer.ppo.trainer import train_ppo
+from clinalign.trainer.methods.ppo.config import PPOHyperparameters
+from clinalign.trainer.methods.ppo.trainer import train_ppo
 
 ALLOW_CPU = os.environ.get("GPU_CHECK_ALLOW_CPU") == "1"
 PPO_ITERATIONS = int(os.environ.get("GPU_CHECK_PPO_ITERATIONS", "6"))

@@ -7,7 +7,7 @@ from pydantic_settings import BaseSettings
 
 from clinalign.common.config import CommonSettings
 from clinalign.common.deid import DeidSettings
-from clinalign.stack import SERVICES
+from clinalign.cli.stack import SERVICES
 
 
 def rows(cls: type[BaseSettings]) -> list[str]:

@@ -132,7 +132,7 @@ def client(running: RunningServer, common: CommonSettings, token: str | None) ->
 def trainer_db(tmp_path: Path) -> Iterator[Any]:
     """The trainer's store (jobs, registry) in a fresh SQLite file."""
     from clinalign.common.db import Database
-    from clinalign.trainer import registry
+    from clinalign.trainer.registry import versions as registry
 
     database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
     database.create_schema()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from clinalign.trainer.ppo import trainer as ppo_trainer
-from clinalign.trainer.ppo.config import PPOHyperparameters
+from clinalign.trainer.methods.ppo import trainer as ppo_trainer
+from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 
 
 def main() -> None:

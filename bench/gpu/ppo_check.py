@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services"))
 
+from clinalign.common.artefacts import LoraSettings
 from clinalign.foundation import build_tiny_model
-from clinalign.reward.training import LoraSettings
-from clinalign.trainer.ppo.config import PPOHyperparameters
-from clinalign.trainer.ppo.trainer import train_ppo
+from clinalign.trainer.methods.ppo.config import PPOHyperparameters
+from clinalign.trainer.methods.ppo.trainer import train_ppo
 
 PROMPTS = [f"I have had a sore throat for {n} days. What should I do?" for n in range(2, 200)]
 

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# clinalign/trainer: training jobs, model registry, promotion gate; its job pods run `python -m clinalign.trainer.worker` from this image.
+# clinalign/trainer: training jobs, model registry, promotion gate; its job pods run `python -m clinalign.trainer.jobs.worker` from this image.
 # gRPC on 50054, Prometheus /metrics on 9104. Build from the repository root with
 # `make images`, or: docker build -f deploy/docker/trainer.Dockerfile --build-arg VARIANT=cuda .
 # VARIANT=cpu (default) installs torch from https://download.pytorch.org/whl/cpu; VARIANT=cuda

@@ -60,7 +60,10 @@ def _on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
     path); (exit status, everything it wrote)."""
     leader, follower = pty.openpty()
     with subprocess.Popen(
-        [sys.executable, "-m", "clinalign.cli", *args], env=env, stdout=follower, stderr=follower
+        [sys.executable, "-m", "clinalign.cli", *args],
+        env=env,
+        stdout=follower,
+        stderr=follower,
     ) as proc:
         os.close(follower)
         chunks = []

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clinalign.stack import SERVICES
+from clinalign.cli.stack import SERVICES
 from tests.conftest import free_ports
 
 CONTRACT = (

@@ -18,13 +18,13 @@ import grpc.aio
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from clinalign.cli.stack import wait_serving
 from clinalign.common.auth import Role, generate_tokens, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
 from clinalign.preference import models
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.stack import wait_serving
 from tests.conftest import PG_URL, free_ports, reset_tables
 
 CLIENTS, BATCHES, BATCH = 4, 12, 10

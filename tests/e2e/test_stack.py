@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from clinalign.cli.stack import SERVICES
 from clinalign.common.auth import Role, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
@@ -28,7 +29,6 @@ from clinalign.generation.v1 import generation_pb2, generation_pb2_grpc
 from clinalign.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from clinalign.preference.v1 import preference_pb2, preference_pb2_grpc
 from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
-from clinalign.stack import SERVICES
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.conftest import free_ports
 

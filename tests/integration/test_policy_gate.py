@@ -9,18 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from clinalign.common import artefacts
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition
-from clinalign.trainer import gate, registry
-from clinalign.trainer.policy_gate import PolicyGateSettings, bootstrap_interval, win_rate
+from clinalign.trainer.registry import gate
+from clinalign.trainer.registry import versions as registry
+from clinalign.trainer.registry.policy_gate import PolicyGateSettings, bootstrap_interval, win_rate
 
 SETTINGS = PolicyGateSettings(prompts=8, max_new_tokens=24)
 
 
 def _ppo_candidate(tiny_model_dir: Path, out: Path) -> Path:
     """A policy PPO taught to end its answers (the tiny base model rarely does)."""
-    from clinalign.trainer.ppo.config import PPOHyperparameters
-    from clinalign.trainer.ppo.trainer import train_ppo
+    from clinalign.trainer.methods.ppo.config import PPOHyperparameters
+    from clinalign.trainer.methods.ppo.trainer import train_ppo
 
     prompts = [f"I have had a sore throat for {n} days. What should I do?" for n in range(2, 26)]
     hyper = PPOHyperparameters(
@@ -52,18 +54,20 @@ async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> No
     try:
         db.create_schema()
         served = await db.run_write(
-            lambda s: reg.register(s, tiny_model_dir, registry.POLICY, serve_if_none=True).version
+            lambda s: reg.register(s, tiny_model_dir, artefacts.POLICY, serve_if_none=True).version
         )
         same = await db.run_write(
             lambda s: (
-                reg.register(s, tiny_model_dir, registry.POLICY, parent_version=served).version
+                reg.register(s, tiny_model_dir, artefacts.POLICY, parent_version=served).version
             )
         )
         trained = await db.run_write(
-            lambda s: reg.register(s, candidate_dir, registry.POLICY, parent_version=served).version
+            lambda s: (
+                reg.register(s, candidate_dir, artefacts.POLICY, parent_version=served).version
+            )
         )
         orphan = await db.run_write(
-            lambda s: reg.register(s, candidate_dir, registry.POLICY).version
+            lambda s: reg.register(s, candidate_dir, artefacts.POLICY).version
         )
         # identical weights, the same seed: identical samples, every prompt a tie
         tie = await gate.promote(db, reg, same, None, score=by_length, policy_settings=SETTINGS)
@@ -81,7 +85,7 @@ async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> No
             db, reg, orphan, None, score=by_length, policy_settings=SETTINGS
         )
         stages = await db.run_sync(
-            lambda s: {v.version: v.stage for v in reg.list(s, registry.POLICY, 10, 0)}
+            lambda s: {v.version: v.stage for v in reg.list(s, artefacts.POLICY, 10, 0)}
         )
         decisions = await db.run_sync(lambda s: reg.decisions(s, trained))
     finally:

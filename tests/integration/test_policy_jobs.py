@@ -22,7 +22,7 @@ from clinalign.preference.server import PreferenceApp
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.registry import weights_hash
+from clinalign.trainer.registry.versions import weights_hash
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc

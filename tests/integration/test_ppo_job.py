@@ -24,9 +24,9 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
 from clinalign.reward.config import RewardSettings
 from clinalign.reward.server import RewardApp
-from clinalign.trainer import jobs
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.executor import is_worker
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.jobs.executor import is_worker
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc

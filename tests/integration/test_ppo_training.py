@@ -1,4 +1,4 @@
-"""ClinAlign's PPO loop (``clinalign.trainer.ppo.trainer``) on the tiny fixture model with a
+"""ClinAlign's PPO loop (``clinalign.trainer.methods.ppo.trainer``) on the tiny fixture model with a
 reward it can learn: a response scores by its length in words, capped, once it ends, and a
 response that never ends gets the fixed penalty. The reward service's part is tested
 through gRPC in ``test_ppo_job``; here the loop itself: learning within a bounded KL, the
@@ -17,11 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clinalign.common.artefacts import MANIFEST_NAME, LoraSettings
 from clinalign.common.errors import InvalidArgument
-from clinalign.reward.training import LoraSettings
-from clinalign.trainer.ppo.config import PPOHyperparameters
-from clinalign.trainer.ppo.trainer import CRITIC_DIR, last_checkpoint, train_ppo
-from clinalign.trainer.registry import MANIFEST_NAME
+from clinalign.trainer.methods.ppo.config import PPOHyperparameters
+from clinalign.trainer.methods.ppo.trainer import CRITIC_DIR, last_checkpoint, train_ppo
 
 PROMPTS = [
     f"I have had a dry cough for {n} days and a mild fever. What should I do?" for n in range(2, 34)

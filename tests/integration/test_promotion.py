@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from clinalign.common import artefacts
 from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database
@@ -26,9 +27,12 @@ from clinalign.common.v1 import common_pb2
 from clinalign.preference.config import PreferenceSettings
 from clinalign.preference.server import PreferenceApp
 from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.reward.training import RewardHyperparameters, train_reward_model
-from clinalign.trainer import registry
 from clinalign.trainer.config import TrainerSettings
+from clinalign.trainer.methods.reward_model.training import (
+    RewardHyperparameters,
+    train_reward_model,
+)
+from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.server import TrainerApp, snapshot_fetcher
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
@@ -112,7 +116,7 @@ async def test_promotion_gate_and_rollback_through_grpc(
                 # Lineage naming a snapshot the preference service does not hold.
                 lost = tmp_path / "lost"
                 shutil.copytree(tiny_reward_dir, lost)
-                (lost / registry.MANIFEST_NAME).write_text(json.dumps({"snapshot_hash": "f" * 64}))
+                (lost / artefacts.MANIFEST_NAME).write_text(json.dumps({"snapshot_hash": "f" * 64}))
                 orphan = (await stub.RegisterModel(_register(lost))).version
                 no_store = await _fails(stub.PromoteModel(_promote(orphan.ref.version)))
             async with client(running, wired, token(Role.CLINICIAN)) as ch:
@@ -208,7 +212,7 @@ async def test_registry_decisions_and_rollback_history(
     try:
         db.create_schema()
         for _ in range(3):
-            await db.run_write(lambda s: reg.register(s, tiny_model_dir, registry.REWARD))
+            await db.run_write(lambda s: reg.register(s, tiny_model_dir, artefacts.REWARD))
         check: dict[str, object] = {"name": "accuracy_ci_low", "value": 0.9, "passed": True}
 
         def decide(version: str, ok: bool) -> Callable[[Session], registry.ModelVersion]:
@@ -218,15 +222,15 @@ async def test_registry_decisions_and_rollback_history(
             await db.run_write(decide(version, ok))
         # A refusal of a version served before leaves it a rollback target.
         retired = await db.run_write(lambda s: reg.decide(s, "reward-v1", False, [check]))
-        history = await db.run_sync(lambda s: reg.serving_history(s, registry.REWARD))
-        back = await db.run_write(lambda s: reg.rollback(s, registry.REWARD))
+        history = await db.run_sync(lambda s: reg.serving_history(s, artefacts.REWARD))
+        back = await db.run_write(lambda s: reg.rollback(s, artefacts.REWARD))
         stages = await db.run_sync(
-            lambda s: {v.version: v.stage for v in reg.list(s, registry.REWARD, 10, 0)}
+            lambda s: {v.version: v.stage for v in reg.list(s, artefacts.REWARD, 10, 0)}
         )
         with pytest.raises(FailedPrecondition, match="reward-v1 is the first reward version"):
-            await db.run_write(lambda s: reg.rollback(s, registry.REWARD))
+            await db.run_write(lambda s: reg.rollback(s, artefacts.REWARD))
         with pytest.raises(FailedPrecondition, match="no policy version is served"):
-            await db.run_write(lambda s: reg.rollback(s, registry.POLICY))
+            await db.run_write(lambda s: reg.rollback(s, artefacts.POLICY))
         decisions = await db.run_sync(lambda s: reg.decisions(s, "reward-v1"))
     finally:
         db.dispose()

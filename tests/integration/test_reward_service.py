@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from clinalign.common.artefacts import NORMALISATION_FILE
 from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
@@ -25,7 +26,6 @@ from clinalign.reward.server import RewardApp
 from clinalign.reward.v1 import reward_pb2 as pb
 from clinalign.reward.v1 import reward_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.registry import NORMALISATION_FILE
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.conftest import client, serving

@@ -21,19 +21,20 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from clinalign.common.artefacts import MANIFEST_NAME, NORMALISATION_FILE
 from clinalign.common.hashing import weights_hash
+from clinalign.common.reward_format import preference_pairs, raw_rewards
 from clinalign.preference.snapshots import canonical, render_jsonl
-from clinalign.reward.commands import eval_command, train_command
-from clinalign.reward.evaluation import evaluate_reward_model, promotion_check
-from clinalign.reward.formatting import preference_pairs, raw_rewards
-from clinalign.reward.training import (
+from clinalign.trainer.methods.reward_model.commands import eval_command, train_command
+from clinalign.trainer.methods.reward_model.evaluation import evaluate_reward_model, promotion_check
+from clinalign.trainer.methods.reward_model.training import (
     LoraSettings,
     RewardHyperparameters,
     continued_reference_policy,
     reference_responses,
     train_reward_model,
 )
-from clinalign.trainer.registry import MANIFEST_NAME, NORMALISATION_FILE, Base, Registry
+from clinalign.trainer.registry.versions import Base, Registry
 
 COMPLAINTS = ("chest pain", "a headache", "a fever", "shortness of breath", "a rash")
 DURATIONS = ("since this morning", "for two days", "for a week", "since last night")

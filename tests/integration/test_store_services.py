@@ -23,8 +23,8 @@ from clinalign.preference import store as preference_store
 from clinalign.preference.config import PreferenceSettings
 from clinalign.preference.server import PreferenceApp
 from clinalign.preference.v1 import preference_pb2, preference_pb2_grpc
-from clinalign.trainer import registry
 from clinalign.trainer.config import TrainerSettings
+from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.conftest import client, reset_tables, serving

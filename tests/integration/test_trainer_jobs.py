@@ -18,6 +18,8 @@ import grpc
 import grpc.aio
 import pytest
 
+from clinalign.cli.stack import wait_serving
+from clinalign.common.artefacts import NORMALISATION_FILE
 from clinalign.common.auth import Role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
@@ -28,12 +30,11 @@ from clinalign.preference.config import PreferenceSettings
 from clinalign.preference.server import PreferenceApp
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.stack import wait_serving
-from clinalign.trainer import jobs, registry
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.executor import is_worker
-from clinalign.trainer.registry import NORMALISATION_FILE
-from clinalign.trainer.reward_job import parse_hyperparameters
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.jobs.executor import is_worker
+from clinalign.trainer.jobs.supervised import parse_hyperparameters
+from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
@@ -340,7 +341,7 @@ def _left_by_an_earlier_trainer(common: CommonSettings) -> tuple[str, str, subpr
     def stand_in(job_id: str) -> int:
         # Its command line names the job, as a real worker's does.
         code = "import time; time.sleep(60)"
-        argv = [sys.executable, "-c", code, "clinalign.trainer.worker", job_id]
+        argv = [sys.executable, "-c", code, "clinalign.trainer.jobs.worker", job_id]
         started.append(subprocess.Popen(argv, start_new_session=True))
         return started[-1].pid
 

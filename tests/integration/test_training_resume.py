@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from clinalign.common.training import last_checkpoint
-from clinalign.trainer import jobs, policy_jobs, reward_job
+from clinalign.trainer.jobs import specs, supervised
+from clinalign.trainer.jobs import store as jobs
 
 ADVICE = "Rest, drink fluids and see your GP if it gets worse."
 # 16 examples in batches of 4 for 2 epochs: 8 steps, checkpoints at steps 3 and 6. The
@@ -45,7 +46,7 @@ def _job_dir(jobs_dir: Path, job_id: str) -> tuple[Path, Path]:
     ]
     data = "".join(json.dumps(r) + "\n" for r in records).encode()
     job_dir = jobs_dir / job_id
-    return job_dir, reward_job.write_snapshot(job_dir, data, "")
+    return job_dir, specs.write_snapshot(job_dir, data, "")
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -72,13 +73,13 @@ def test_a_resumed_sft_job_matches_an_uninterrupted_one(
 
         return progress
 
-    full_out, full = policy_jobs.train_sft_job(
+    full_out, full = supervised.train_sft_job(
         *_job_dir(tmp_path, "job-full"), inputs, progress_of("full")
     )
     stopped_dir, snapshot = _job_dir(tmp_path, "job-stopped")
     with pytest.raises(_Stopped):
-        policy_jobs.train_sft_job(stopped_dir, snapshot, inputs, progress_of("stopped"))
-    checkpoint = last_checkpoint(stopped_dir / reward_job.CHECKPOINT_DIR)
+        supervised.train_sft_job(stopped_dir, snapshot, inputs, progress_of("stopped"))
+    checkpoint = last_checkpoint(stopped_dir / specs.CHECKPOINT_DIR)
     assert checkpoint is not None and checkpoint.name == "checkpoint-3"
     # Only the latest checkpoint is kept, with what resuming needs besides the weights.
     assert [p.name for p in (stopped_dir / "checkpoints").glob("checkpoint-*")] == ["checkpoint-3"]
@@ -86,7 +87,7 @@ def test_a_resumed_sft_job_matches_an_uninterrupted_one(
         assert (checkpoint / name).is_file(), name
 
     resumed_inputs = {**inputs, "resume_job_id": "job-stopped", "resume_chain": ["job-stopped"]}
-    resumed_out, resumed = policy_jobs.train_sft_job(
+    resumed_out, resumed = supervised.train_sft_job(
         *_job_dir(tmp_path, "job-resumed"), resumed_inputs, progress_of("resumed")
     )
 
@@ -123,13 +124,13 @@ def test_resume_continues_from_the_newest_complete_checkpoint(tmp_path: Path) ->
     new_dir = tmp_path / "job-c"
     assert last_checkpoint(tmp_path / "job-a" / "checkpoints") == first
     assert last_checkpoint(tmp_path / "nowhere") is None
-    assert reward_job.resume_checkpoint(new_dir, {"resume_chain": ["job-b", "job-a"]}) == first
-    assert reward_job.resume_checkpoint(new_dir, {"resume_job_id": "job-a"}) == first
-    assert reward_job.resume_checkpoint(new_dir, {}) is None
+    assert specs.resume_checkpoint(new_dir, {"resume_chain": ["job-b", "job-a"]}) == first
+    assert specs.resume_checkpoint(new_dir, {"resume_job_id": "job-a"}) == first
+    assert specs.resume_checkpoint(new_dir, {}) is None
     with pytest.raises(FailedPrecondition, match="job job-b left no checkpoint; submit a new"):
-        reward_job.resume_checkpoint(new_dir, {"resume_job_id": "job-b"})
+        specs.resume_checkpoint(new_dir, {"resume_job_id": "job-b"})
     later = checkpoint("job-b", 150)
-    assert reward_job.resume_checkpoint(new_dir, {"resume_chain": ["job-b", "job-a"]}) == later
+    assert specs.resume_checkpoint(new_dir, {"resume_chain": ["job-b", "job-a"]}) == later
 
 
 @pytest.fixture
@@ -156,55 +157,55 @@ def test_resume_specs_are_checked(db: Database) -> None:
     succeeded = _job(db, "sft", jobs.RUNNING, jobs.SUCCEEDED)
     cases: list[tuple[Any, dict[str, Any], type[Exception], str]] = [
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": "job-nope"},
             NotFound,
             "spec.resume_job_id: job 'job-nope' not found",
         ),
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": cancelled, "snapshot_id": "s1"},
             InvalidArgument,
             f"spec.resume_job_id: job {cancelled} is a dpo job; a sft job resumes a sft job",
         ),
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": running, "snapshot_id": "s1"},
             InvalidArgument,
             f"spec.resume_job_id: job {running} is running; only a failed or cancelled job",
         ),
         (
-            reward_job.check_spec,
+            supervised.check_reward_model_spec,
             {"resume_job_id": queued, "snapshot_id": "s1"},
             InvalidArgument,
             f"spec.resume_job_id: job {queued} is queued; only a failed or cancelled",
         ),
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": succeeded, "snapshot_id": "s1"},
             InvalidArgument,
             f"spec.resume_job_id: job {succeeded} is succeeded; only a failed or cancelled",
         ),
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": failed},
             InvalidArgument,
             f"spec.snapshot_id: must be 's1', the snapshot of the resumed job {failed}",
         ),
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": failed, "snapshot_id": "s2"},
             InvalidArgument,
             "spec.snapshot_id: must be 's1'",
         ),
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": failed, "snapshot_id": "s1", "hyperparameters": {"epochs": "3"}},
             InvalidArgument,
             rf"spec.hyperparameters: differs from the resumed job {failed}'s; leave it empty",
         ),
         (
-            policy_jobs.check_sft_spec,
+            supervised.check_sft_spec,
             {"resume_job_id": failed, "snapshot_id": "s1", "base_model": "/models/other"},
             InvalidArgument,
             "spec.base_model: differs from the resumed job",
@@ -216,8 +217,8 @@ def test_resume_specs_are_checked(db: Database) -> None:
                 check(session, spec)
         # The same settings may be repeated; the inputs are the resumed job's.
         repeated = {"snapshot_id": "s1", "hyperparameters": {"epochs": "2"}}
-        inputs = policy_jobs.check_sft_spec(session, {"resume_job_id": failed, **repeated})
-        dpo_inputs = policy_jobs.check_dpo_spec(
+        inputs = supervised.check_sft_spec(session, {"resume_job_id": failed, **repeated})
+        dpo_inputs = supervised.check_dpo_spec(
             session, {"resume_job_id": cancelled, "snapshot_id": "s1"}
         )
     assert inputs == {
@@ -234,9 +235,9 @@ def test_a_resumed_job_that_failed_extends_the_chain(db: Database) -> None:
     first = _job(db, "reward_model", jobs.RUNNING, jobs.FAILED)
     with db.sessions.begin() as session:
         spec = {"kind": "JOB_KIND_REWARD_MODEL", "snapshot_id": "s1", "resume_job_id": first}
-        inputs = reward_job.check_spec(session, spec)
+        inputs = supervised.check_reward_model_spec(session, spec)
         second, _ = jobs.submit(session, "reward_model", "local", spec, inputs, "")
         jobs.transition(session, second.id, jobs.CANCELLED)
-        again = reward_job.check_spec(session, {**spec, "resume_job_id": second.id})
+        again = supervised.check_reward_model_spec(session, {**spec, "resume_job_id": second.id})
     assert again["resume_job_id"] == second.id
     assert again["resume_chain"] == [second.id, first]

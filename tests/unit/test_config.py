@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from clinalign.cli.stack import SERVICES
 from clinalign.common.config import CommonSettings
 from clinalign.generation.config import GenerationSettings
-from clinalign.stack import SERVICES
 
 
 def test_defaults_follow_the_design_port_table(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,7 +42,7 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
 TORCH_IMAGES = {"generation", "reward", "trainer"}
 # The modules each image runs: its service, and for the trainer the job pods' worker too.
 ENTRY_MODULES = {s: [f"clinalign.{s}.__main__"] for s in SETTINGS}
-ENTRY_MODULES["trainer"].append("clinalign.trainer.worker")
+ENTRY_MODULES["trainer"].append("clinalign.trainer.jobs.worker")
 # (importer, module) pairs that import only when the module is already loaded.
 GUARDED_IMPORTS = {("clinalign.common.logs", "transformers")}
 DIGEST = re.compile(r"^[\w.\-/]+:[\w.\-]+@sha256:[0-9a-f]{64}$")
@@ -293,7 +293,9 @@ def test_the_smoke_check_runs_from_any_image() -> None:
     """`clinalign smoke` (the `helm test` pod) imports only what the base requirements
     install, so every image can run it."""
     modules = "import sys; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
-    probe = "import clinalign.cli, clinalign.client, clinalign.generation.v1.generation_pb2_grpc"
+    probe = (
+        "import clinalign.cli, clinalign.cli.client, clinalign.generation.v1.generation_pb2_grpc"
+    )
 
     def loaded(code: str) -> set[str]:
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -3,8 +3,8 @@ failing with promotion_check's own message."""
 
 from __future__ import annotations
 
-from clinalign.reward.evaluation import Report
-from clinalign.trainer.gate import Check, records_from_export, reward_checks
+from clinalign.trainer.methods.reward_model.evaluation import Report
+from clinalign.trainer.registry.gate import Check, records_from_export, reward_checks
 
 
 def _report(accuracy: float, ci_low: float, baseline: Report | None = None) -> Report:

@@ -321,7 +321,7 @@ def test_existing_secrets_replace_generated_ones() -> None:
 
 def _kube_executor_verbs() -> set[str]:
     """The verbs the trainer's Kubernetes executor needs, read from its API calls."""
-    source = (ROOT / "services/clinalign/trainer/kube.py").read_text()
+    source = (ROOT / "services/clinalign/trainer/jobs/kube.py").read_text()
     calls = set(re.findall(r"self\.api\.(\w+)", source))
     verb = {"create": "create", "read": "get", "list": "list", "delete": "delete", "patch": "patch"}
     verbs = set()
@@ -374,8 +374,8 @@ def test_trainer_job_settings_match_the_chart() -> None:
 # -- network topology -----------------------------------------------------------------------
 
 # Who calls whom, from the code: generation/server.py (monitor_target RecordOutputs,
-# trainer_target resolve_version), reward/server.py (trainer_target), trainer/worker.py
-# (preference_target) and trainer/ppo_job.py (reward_target), used by the trainer's gate and
+# trainer_target resolve_version), reward/server.py (trainer_target), trainer/jobs/worker.py
+# (preference_target) and trainer/jobs/ppo_job.py (reward_target), used by the trainer's gate and
 # by job pods alike, monitor/server.py Peers (preference, trainer, reward, generation).
 CALLS = {
     ("generation", "monitor"),
@@ -400,7 +400,7 @@ def test_the_call_table_matches_the_code() -> None:
         r"|peers\.(generation|reward|preference|trainer|monitor)\b"
     )
     for service in SERVICES:
-        for path in (ROOT / "services/clinalign" / service).glob("*.py"):
+        for path in (ROOT / "services/clinalign" / service).rglob("*.py"):
             for match in pattern.finditer(path.read_text()):
                 peer = match.group(1) or match.group(2)
                 if peer != service:
@@ -409,7 +409,8 @@ def test_the_call_table_matches_the_code() -> None:
 
 
 def _groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Pod groups: component -> (labels, container ports); job pods from clinalign.trainer.kube."""
+    """Pod groups: component -> (labels, container ports); job pods from
+    clinalign.trainer.jobs.kube."""
     groups = {}
     for workload in workloads(docs):
         labels = pod_labels(workload)
@@ -418,7 +419,7 @@ def _groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         }
         groups[labels["app.kubernetes.io/component"]] = {"labels": labels, "ports": ports}
     if any(d["kind"] == "Role" for d in docs):
-        from clinalign.trainer import kube  # the labels the executor really sets
+        from clinalign.trainer.jobs import kube  # the labels the executor really sets
 
         class _Job:
             id, kind = "job-1", "ppo"

@@ -28,10 +28,11 @@ from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition
-from clinalign.trainer import jobs, registry
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.executor import Executors
-from clinalign.trainer.kube import KubernetesExecutor, build_job, job_name
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.jobs.executor import Executors
+from clinalign.trainer.jobs.kube import KubernetesExecutor, build_job, job_name
+from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
@@ -127,7 +128,7 @@ def test_one_gpu_job_is_valid_and_complete(tmp_path: Path) -> None:
     assert container["command"] == [
         "python",
         "-m",
-        "clinalign.trainer.worker",
+        "clinalign.trainer.jobs.worker",
         "job-0123456789abcdef",
     ]
     assert container["resources"] == {
@@ -235,7 +236,7 @@ def test_four_gpus_start_one_process_per_gpu(
     assert container["command"] == [
         *expected,
         "-m",
-        "clinalign.trainer.worker",
+        "clinalign.trainer.jobs.worker",
         "job-0123456789abcdef",
     ]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
@@ -256,7 +257,7 @@ def test_cpu_job_asks_for_no_gpu_and_tolerates_what_it_is_told(tmp_path: Path) -
     pod = data["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
-    assert container["command"][:3] == ["python", "-m", "clinalign.trainer.worker"]
+    assert container["command"][:3] == ["python", "-m", "clinalign.trainer.jobs.worker"]
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     assert pod["tolerations"] == [{**toleration, "tolerationSeconds": 30}]
     assert "nodeSelector" not in pod

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from clinalign.common.artefacts import LoraSettings
 from clinalign.common.errors import InvalidArgument
 from clinalign.common.training import precision_arguments
-from clinalign.reward.training import LoraSettings
-from clinalign.trainer.dpo import DPOHyperparameters, dpo_examples, train_dpo
-from clinalign.trainer.sft import SFTHyperparameters, sft_examples, sft_trainer, train_sft
+from clinalign.trainer.methods.dpo import DPOHyperparameters, dpo_examples, train_dpo
+from clinalign.trainer.methods.sft import SFTHyperparameters, sft_examples, sft_trainer, train_sft
 
 ADVICE = "Rest, drink fluids and see your GP if it gets worse."
 MARKER = " Call 999 if you cannot breathe."

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from clinalign.trainer.ppo import core
+from clinalign.trainer.methods.ppo import core
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 JUNK = 1e3  # written into padding positions: a result that depends on it is wrong

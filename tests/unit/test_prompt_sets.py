@@ -7,16 +7,25 @@ from pathlib import Path
 import pytest
 
 from clinalign.common.errors import InvalidArgument
+from clinalign.foundation import prompt_sets as generator
 from clinalign.trainer import prompt_sets
 
 
 def test_builtin_sets_are_fixed_distinct_and_disjoint() -> None:
     train, heldout = prompt_sets.load("clinical-train"), prompt_sets.load("clinical-heldout")
-    assert len(train) == len(heldout) == prompt_sets.BUILTIN_SIZE
+    assert len(train) == len(heldout) == generator.SIZE
     assert len(set(train)) == len(train)
     assert not set(train) & set(heldout)  # the gate judges on wording PPO never saw
     assert prompt_sets.load("clinical-train") == train  # the same order every time
     assert prompt_sets.load("clinical-heldout", limit=5) == heldout[:5]
+
+
+def test_shipped_builtin_sets_are_what_the_foundation_corpus_generates() -> None:
+    for name in prompt_sets.BUILTIN:
+        shipped = (prompt_sets.BUILTIN_DIR / f"{name}.jsonl").read_text(encoding="utf-8")
+        assert shipped == generator.render(name), (
+            f"{name} is stale: run python -m clinalign.foundation.prompt_sets"
+        )
 
 
 def test_jsonl_sets_are_read_deduplicated_and_checked(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 from clinalign.cli import app
+from clinalign.cli.stack import SERVICES
 from clinalign.common.config import CommonSettings
 from clinalign.common.deid import DeidSettings
-from clinalign.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

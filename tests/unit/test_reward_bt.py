@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
+from clinalign.common.reward_format import Pair, preference_pairs
 from clinalign.preference.snapshots import canonical, render_jsonl
-from clinalign.reward import bt
-from clinalign.reward.commands import load_snapshot_jsonl, read_snapshot
-from clinalign.reward.evaluation import (
+from clinalign.trainer.methods.reward_model import bt
+from clinalign.trainer.methods.reward_model.commands import load_snapshot_jsonl, read_snapshot
+from clinalign.trainer.methods.reward_model.evaluation import (
     Figure,
     Report,
     agreement_ceiling,
@@ -26,7 +27,6 @@ from clinalign.reward.evaluation import (
     report_figures,
     require_promotable,
 )
-from clinalign.reward.formatting import Pair, preference_pairs
 
 LOG1P_EXP_MINUS_2 = 0.1269280110429725  # log(1 + e^-2) = -log sigmoid(2)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from clinalign.common.db import Database
-from clinalign.trainer import jobs
+from clinalign.trainer.jobs import store as jobs
 
 
 @pytest.fixture

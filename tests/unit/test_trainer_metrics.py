@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clinalign.common.db import Database
-from clinalign.trainer import jobs, registry
+from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.metrics import register_job_metrics
+from clinalign.trainer.registry import versions as registry
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

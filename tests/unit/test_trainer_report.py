@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clinalign.trainer.report import write_report
+from clinalign.trainer.jobs.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -102,7 +102,7 @@ def test_an_empty_history_still_writes_the_table(tmp_path: Path) -> None:
 
 def test_importing_the_module_does_not_load_matplotlib() -> None:
     # The trainer service imports its modules at start-up; matplotlib is for reports only.
-    code = "import sys, clinalign.trainer.report; print('matplotlib' in sys.modules)"
+    code = "import sys, clinalign.trainer.jobs.report; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

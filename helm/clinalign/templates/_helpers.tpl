@@ -60,7 +60,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-Labels the trainer's Kubernetes executor puts on its job pods (clinalign.trainer.kube.labels):
+Labels the trainer's Kubernetes executor puts on its job pods (clinalign.trainer.jobs.kube.labels):
 they carry no release label, so the policies select them by name and component.
 */}}
 {{- define "clinalign.jobPodSelector" -}}

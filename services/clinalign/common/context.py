@@ -25,3 +25,10 @@ def current_request_id() -> str:
 
 def current_principal() -> Principal | None:
     return principal_var.get()
+
+
+def principal_name() -> str:
+    """The caller's pseudonymous principal name (tokens map to pseudonyms, not people), or
+    ``anonymous`` outside an authenticated call."""
+    p = current_principal()
+    return p.name if p else "anonymous"

@@ -41,12 +41,6 @@ class NotFound(ClinAlignError):
         self.field = field
 
 
-class AlreadyExists(ClinAlignError):
-    """An entity that must be unique exists already."""
-
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
 class FailedPrecondition(ClinAlignError):
     """The system is not in a state that allows the operation (say, no model loaded)."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -25,3 +27,13 @@ def timestamp(when: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(when)
     return ts
+
+
+def enum_name(enum: Any, value: int, *, lower: bool = True) -> str:
+    """A protobuf enum value's name without its type prefix, as logs, tables and the stores
+    spell it: ``enum_name(JobState, JOB_STATE_RUNNING)`` is ``running``. The prefix is the
+    enum type's name in upper snake case (buf's ENUM_VALUE_PREFIX rule), e.g. ``JOB_STATE_``.
+    """
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
+    name = str(enum.Name(value)).removeprefix(prefix)
+    return name.lower() if lower else name

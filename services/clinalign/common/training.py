@@ -25,11 +25,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from clinalign import __version__
+from clinalign.common.artefacts import ProgressFn
 from clinalign.common.errors import InvalidArgument
-
-# (step, total_steps, metrics logged at that step: "loss" and whatever else the run logs)
-ProgressFn = Callable[[int, int, Mapping[str, float]], None]
-
 
 # What transformers' Trainer writes last into a checkpoint directory (``_save_checkpoint``):
 # a directory without it was cut short while saving.

@@ -85,10 +85,10 @@ def run_demo(
 ) -> dict[str, Any]:
     """Runs the demonstration and returns the report's figures (also written to
     ``<data_dir>/demo/report.json``)."""
-    from clinalign.cli import _model_env, bootstrap, foundation_dir
+    from clinalign.cli.main import _model_env, bootstrap, foundation_dir
+    from clinalign.cli.stack import Stack, ensure_tokens
     from clinalign.demo.report import summarise, write_report
     from clinalign.simulation import SimulatedPanel
-    from clinalign.stack import Stack, ensure_tokens
 
     plan = plan or Plan.full()
     started = time.monotonic()

@@ -105,7 +105,7 @@ def evaluate_policy(
     samples_per_prompt: int = 1,
 ) -> PolicyEval:
     """``prompts`` holds each prompt ``samples_per_prompt`` times in a row."""
-    from clinalign.trainer.policy_gate import sample
+    from clinalign.trainer.registry.policy_gate import sample
 
     # 128 rows a batch: 768 answers took 18.0 s against 20.8 s in batches of 64
     samples = sample(model_dir, prompts, max_new_tokens, seed, parent_dir=sft_dir, batch_size=128)

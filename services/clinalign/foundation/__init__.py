@@ -4,15 +4,13 @@ A synthetic clinical corpus (`corpus`), a byte-level BPE tokenizer (`tokenizer`)
 small LlamaForCausalLM pretrained from scratch (`pretrain`), written as a Hugging Face
 model directory with a lineage manifest (`build`). Every later stage (SFT, reward
 model, PPO, generation) starts from this directory and speaks its prompt format
-(`prompt`).
+(`clinalign.common.prompts`).
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .corpus import generate_corpus, is_heldout_phrasing, iter_qa_examples, iter_qa_pairs
-from .presets import FOUNDATION, TINY, FoundationPreset
-from .prompt import (
+from clinalign.common.prompts import (
     ASSISTANT_TOKEN,
     BOS_TOKEN,
     CHAT_TEMPLATE,
@@ -25,6 +23,9 @@ from .prompt import (
     format_prompt,
     render_user_prompt,
 )
+
+from .corpus import generate_corpus, is_heldout_phrasing, iter_qa_examples, iter_qa_pairs
+from .presets import FOUNDATION, TINY, FoundationPreset
 
 __all__ = [
     "ASSISTANT_TOKEN",

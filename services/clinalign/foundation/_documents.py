@@ -8,9 +8,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from clinalign.common.prompts import EOS_TOKEN
+
 from . import _slots
 from ._text import capitalise, fill, join_list, pick, sample_some
-from .prompt import EOS_TOKEN
 from .vocab import Vocabulary
 
 DOCUMENT_KINDS = ("discharge", "leaflet", "info", "note")

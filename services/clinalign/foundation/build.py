@@ -28,10 +28,11 @@ import torch
 import transformers
 from transformers import GenerationConfig
 
+from clinalign.common.prompts import CHAT_TEMPLATE, SPECIAL_TOKENS, format_prompt
+
 from .corpus import generate_corpus
 from .presets import FOUNDATION, TINY, FoundationPreset
 from .pretrain import ProgressFn, pretrain
-from .prompt import CHAT_TEMPLATE, SPECIAL_TOKENS, format_prompt
 from .tokenizer import train_tokenizer
 from .vocab import data_sha256
 

@@ -29,9 +29,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from clinalign.common.prompts import format_document
+
 from ._documents import DOCUMENT_KINDS, DocumentRenderer
 from ._qa import QA_KINDS, QAExample, QARenderer, is_heldout_phrasing
-from .prompt import format_document
 from .vocab import load_vocabulary
 
 __all__ = [

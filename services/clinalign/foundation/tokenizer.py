@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .prompt import (
+from clinalign.common.prompts import (
     BOS_TOKEN,
     CHAT_TEMPLATE,
     EOS_TOKEN,

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from clinalign.common.hashing import weights_hash
-from clinalign.foundation import render_user_prompt
+from clinalign.common.prompts import render_user_prompt
 from clinalign.generation import metrics
 from clinalign.generation.backend import Delta, Event, Generated, ModelInfo
 from clinalign.generation.params import Sampling

@@ -13,10 +13,10 @@ import grpc.aio
 from clinalign.common.channels import open_channel, service_token
 from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition
+from clinalign.common.prompts import render_user_prompt
 from clinalign.common.registry_client import resolve_version
 from clinalign.common.server import Readiness, run_main
 from clinalign.common.v1 import common_pb2
-from clinalign.foundation import render_user_prompt
 from clinalign.generation.backend import Backend
 from clinalign.generation.config import GenerationSettings
 from clinalign.generation.engine import LocalBackend

@@ -32,6 +32,7 @@ import grpc.aio
 from clinalign.common.channels import open_channel, service_token
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
+from clinalign.common.deid import build_redactor
 from clinalign.common.server import DatabaseApp, Readiness, run_main
 from clinalign.monitor import feedback, flags, metrics, retraining, store
 from clinalign.monitor.config import MonitorSettings
@@ -39,13 +40,6 @@ from clinalign.monitor.servicer import ROLES, Limits, MonitorServicer
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
 log = logging.getLogger("clinalign.monitor")
-
-
-def build_redactor() -> store.Redactor:
-    """The preference store's de-identification, configured from CLINALIGN_DEID_*."""
-    from clinalign.common.deid import build_redactor as shared
-
-    return shared()
 
 
 class Peers:

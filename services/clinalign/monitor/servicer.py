@@ -16,7 +16,7 @@ import grpc.aio
 from sqlalchemy.orm import Session
 
 from clinalign.common.auth import Role, roles
-from clinalign.common.context import current_principal
+from clinalign.common.context import principal_name
 from clinalign.common.db import Database
 from clinalign.common.errors import InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
@@ -53,12 +53,6 @@ def category_name(value: int) -> str:
 
 def severity_name(value: int) -> str:
     return pb.Severity.Name(pb.Severity.ValueType(value)).removeprefix(_SEVERITY_PREFIX).lower()
-
-
-def principal_name() -> str:
-    """The caller's pseudonymous principal name (tokens map to pseudonyms, not people)."""
-    p = current_principal()
-    return p.name if p else "anonymous"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import grpc.aio
 
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
+from clinalign.common.deid import build_redactor
 from clinalign.common.server import DatabaseApp, run_main
 from clinalign.preference import store
 from clinalign.preference.config import PreferenceSettings
@@ -16,14 +17,6 @@ from clinalign.preference.servicer import ROLES, PreferenceServicer
 from clinalign.preference.v1 import preference_pb2_grpc
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def build_redactor() -> store.Redactor:
-    """The shared de-identification, configured from CLINALIGN_DEID_* settings."""
-    from clinalign.common.deid import Deidentifier, DeidSettings
-
-    deid = Deidentifier(DeidSettings())
-    return lambda text: deid.redact(text).text
 
 
 class PreferenceApp(DatabaseApp):

@@ -11,7 +11,7 @@ import grpc.aio
 from sqlalchemy.orm import Session
 
 from clinalign.common.auth import Role, roles
-from clinalign.common.context import current_principal
+from clinalign.common.context import principal_name
 from clinalign.common.db import Database
 from clinalign.common.errors import InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
@@ -51,11 +51,6 @@ ROLES: Mapping[str, frozenset[Role]] = {
 }
 
 Item = TypeVar("Item")
-
-
-def principal_name() -> str:
-    p = current_principal()
-    return p.name if p else "anonymous"
 
 
 class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, text
 from sqlalchemy.orm import Session
@@ -58,10 +58,8 @@ CATEGORIES = (
 RATING_SCALE = (1, 5)
 
 
-class Redactor(Protocol):
-    """De-identifies free text before it is stored (``clinalign.common.deid``)."""
-
-    def __call__(self, text: str) -> str: ...
+# De-identifies free text before it is stored (``clinalign.common.deid.build_redactor``).
+Redactor = Callable[[str], str]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Scoring with a sequence-classification reward model.
 
-The text of a pair is :func:`clinalign.reward.formatting.reward_text`, the one shared with
+The text of a pair is :func:`clinalign.common.reward_format.reward_text`, the one shared with
 training. The score is the classification head's single logit at the last non-padding
 token (the Hugging Face sequence-classification models pool there), then the per-model
 normalisation stored with the model in ``clinalign_reward.json`` (mean and std over the
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from clinalign.common.artefacts import NORMALISATION_FILE
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.hashing import weights_hash
-from clinalign.reward.formatting import reward_text
-from clinalign.trainer.registry import NORMALISATION_FILE
+from clinalign.common.reward_format import reward_text
 
 DEFAULT_NAME = "clinalign-reward"
 

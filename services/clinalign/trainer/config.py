@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from clinalign.common.config import ServiceSettings
-from clinalign.trainer.policy_gate import PolicyGateSettings
+from clinalign.trainer.registry.policy_gate import PolicyGateSettings
 
 
 class TrainerSettings(ServiceSettings):
@@ -38,7 +38,7 @@ class TrainerSettings(ServiceSettings):
         0.25, gt=0, description="Interval at which WatchJob and the executor poll the job store."
     )
 
-    # -- the Kubernetes executor (clinalign.trainer.kube) ---------------------------------
+    # -- the Kubernetes executor (clinalign.trainer.jobs.kube) ---------------------------------
     kubernetes_enabled: bool | None = Field(
         None,
         description="Run the Kubernetes executor beside the local one, so jobs may name "
@@ -60,7 +60,7 @@ class TrainerSettings(ServiceSettings):
     )
     kubernetes_image: str = Field(
         "clinalign/trainer:latest",
-        description="Image of the job pods; it runs `clinalign.trainer.worker`, as the "
+        description="Image of the job pods; it runs `clinalign.trainer.jobs.worker`, as the "
         "trainer image does.",
     )
     kubernetes_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(

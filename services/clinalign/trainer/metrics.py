@@ -2,7 +2,7 @@
 jobs database when Prometheus scrapes.
 
 A custom collector rather than gauges set by the workers: a job runs in its own process
-(``clinalign.trainer.worker``), and the database the worker writes its progress to is
+(``clinalign.trainer.jobs.worker``), and the database the worker writes its progress to is
 the one place that knows every job, so the trainer's /metrics endpoint reads it at
 scrape time. Names carry the service prefix ``clinalign_trainer_``. Per-job series
 exist for RUNNING jobs only, so their number is bounded by the executor's concurrency; a
@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from clinalign.common.db import Database
-from clinalign.trainer import jobs
+from clinalign.trainer.jobs import store as jobs
 
 log = logging.getLogger(__name__)
 

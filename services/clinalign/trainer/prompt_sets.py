@@ -3,10 +3,11 @@ policy gate judges a candidate on.
 
 A ``prompt_set`` is one of
 
-- ``clinical-train`` / ``clinical-heldout``: synthetic patient questions drawn from the
-  foundation corpus's generators (``clinalign.foundation.corpus.iter_qa_examples``), its
-  ``train`` and ``heldout`` splits, whose question phrasings never overlap, so a policy
-  judged on ``clinical-heldout`` is judged on wording it never trained on;
+- ``clinical-train`` / ``clinical-heldout``: synthetic patient questions from the
+  foundation corpus's ``train`` and ``heldout`` splits, whose question phrasings never
+  overlap, so a policy judged on ``clinical-heldout`` is judged on wording it never
+  trained on. They ship as JSONL files in ``data/prompt_sets`` (written by
+  ``python -m clinalign.foundation.prompt_sets``);
 - a path to a JSONL file readable by the trainer (and its job pods), one
   ``{"prompt": "..."}`` object a line, such as a set a hospital curates.
 
@@ -17,35 +18,20 @@ ships with ClinAlign.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from clinalign.common.errors import InvalidArgument
 
-BUILTIN = {"clinical-train": "train", "clinical-heldout": "heldout"}
-BUILTIN_SIZE = 512  # distinct prompts per built-in set
-BUILTIN_SEED = 7  # a sample of its own, not the pretraining corpus's
-
-
-def is_known(name: str) -> bool:
-    return name in BUILTIN or Path(name).suffix == ".jsonl"
+BUILTIN_DIR = Path(__file__).resolve().parent / "data" / "prompt_sets"
+BUILTIN = ("clinical-train", "clinical-heldout")
 
 
 def load(name: str, field: str = "spec.prompt_set", limit: int | None = None) -> list[str]:
     """The prompts of set ``name``, in a fixed order, without duplicates."""
-    if name in BUILTIN:
-        from clinalign.foundation.corpus import iter_qa_examples
-
-        prompts = _unique(
-            e.question
-            for e in itertools.islice(
-                iter_qa_examples(BUILTIN_SEED, BUILTIN[name]), BUILTIN_SIZE * 4
-            )
-        )[:BUILTIN_SIZE]
-    else:
-        prompts = _read_jsonl(name, field)
+    path = BUILTIN_DIR / f"{name}.jsonl" if name in BUILTIN else Path(name)
+    prompts = _read_jsonl(path, field)
     return prompts[:limit] if limit else prompts
 
 
@@ -60,11 +46,11 @@ def check(name: str, field: str = "spec.prompt_set") -> None:
             f"{name!r} is neither a built-in prompt set ({', '.join(BUILTIN)}) nor a .jsonl "
             'file of {"prompt": ...} lines',
         )
-    _read_jsonl(name, field)
+    _read_jsonl(Path(name), field)
 
 
-def _read_jsonl(name: str, field: str) -> list[str]:
-    path = Path(name)
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    name = str(path)
     if not path.is_file():
         raise InvalidArgument(field, f"{name} is not a file the trainer can read")
     prompts = []

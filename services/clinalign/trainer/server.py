@@ -12,11 +12,13 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.errors import FailedPrecondition
 from clinalign.common.server import DatabaseApp, Readiness, run_main
-from clinalign.trainer import gate, ppo_job, registry, worker
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.executor import Executors, JobExecutor, LocalExecutor
+from clinalign.trainer.jobs import ppo_job, worker
+from clinalign.trainer.jobs.executor import Executors, JobExecutor, LocalExecutor
 from clinalign.trainer.metrics import register_job_metrics
-from clinalign.trainer.policy_gate import PolicyScorer
+from clinalign.trainer.registry import gate
+from clinalign.trainer.registry import versions as registry
+from clinalign.trainer.registry.policy_gate import PolicyScorer
 from clinalign.trainer.servicer import ROLES, TrainerServicer
 from clinalign.trainer.v1 import trainer_pb2_grpc
 
@@ -60,7 +62,7 @@ class TrainerApp(DatabaseApp):
         self.registry = registry.Registry(common.data_dir / "registry")
         by_name: dict[str, JobExecutor] = {"local": LocalExecutor(self.db, common, settings, url)}
         if settings.kubernetes_on:
-            from clinalign.trainer.kube import KubernetesExecutor  # the client only when used
+            from clinalign.trainer.jobs.kube import KubernetesExecutor  # the client only when used
 
             by_name["kubernetes"] = KubernetesExecutor(self.db, common, settings)
         self.executor = Executors(self.db, by_name)

@@ -19,11 +19,13 @@ from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.protos import KIND_FROM_PROTO, KIND_TO_PROTO, STAGE_TO_PROTO, timestamp
 from clinalign.common.v1 import common_pb2
-from clinalign.trainer import gate, jobs, policy_jobs, ppo_job, reward_job
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.executor import Executors
-from clinalign.trainer.policy_gate import PolicyScorer
-from clinalign.trainer.registry import ModelVersion, Registry
+from clinalign.trainer.jobs import ppo_job, supervised
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.jobs.executor import Executors
+from clinalign.trainer.registry import gate
+from clinalign.trainer.registry.policy_gate import PolicyScorer
+from clinalign.trainer.registry.versions import ModelVersion, Registry
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 _SVC = "/clinalign.trainer.v1.TrainerService/"
@@ -64,9 +66,9 @@ EXECUTOR_TO_PROTO = {
 EXECUTOR_FROM_PROTO: dict[int, str] = {v: k for k, v in EXECUTOR_TO_PROTO.items()}
 # How each runnable kind checks its spec and resolves its inputs at submission.
 _SPEC_CHECKS: dict[str, Callable[[Session, dict[str, Any]], dict[str, Any]]] = {
-    "reward_model": reward_job.check_spec,
-    "sft": policy_jobs.check_sft_spec,
-    "dpo": policy_jobs.check_dpo_spec,
+    "reward_model": supervised.check_reward_model_spec,
+    "sft": supervised.check_sft_spec,
+    "dpo": supervised.check_dpo_spec,
     "ppo": ppo_job.check_ppo_spec,
 }
 

@@ -1,6 +1,6 @@
 """``clinalign deid``: text on stdin, de-identified text on stdout.
 
-The command wiring lives in ``clinalign.cli``; this is the function it calls, so the
+The command wiring lives in ``clinalign.cli.main``; this is the function it calls, so the
 same code that guards the stores can be audited on its own.
 """
 

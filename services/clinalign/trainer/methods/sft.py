@@ -30,16 +30,15 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
+from clinalign.common.artefacts import LoraSettings, ProgressFn
 from clinalign.common.errors import InvalidArgument
-from clinalign.reward.training import LoraSettings
-from clinalign.trainer import policy_training as common
-from clinalign.trainer.policy_training import ProgressFn
+from clinalign.trainer.methods import policy_training
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SFTHyperparameters(common.PolicyHyperparameters):
+class SFTHyperparameters(policy_training.PolicyHyperparameters):
     """Everything besides the data and the base model that determines the SFT model."""
 
     learning_rate: float = 2e-5
@@ -52,7 +51,7 @@ def sft_examples(records: Sequence[Mapping[str, Any]], split: str) -> list[dict[
     for r in records:
         if "completion" not in r or r.get("split", "train") != split:
             continue
-        prompt, completion = common.conversation(str(r["prompt"]), str(r["completion"]))
+        prompt, completion = policy_training.conversation(str(r["prompt"]), str(r["completion"]))
         out.append({"prompt": prompt, "completion": completion})
     return out
 
@@ -64,7 +63,7 @@ def sft_trainer(
     hyper: SFTHyperparameters,
     scratch: str,
     lora: LoraSettings | None = None,
-    callback: common.Progress | None = None,
+    callback: policy_training.Progress | None = None,
     checkpoints: bool = False,
 ) -> SFTTrainer:
     """TRL's trainer as ``train_sft`` configures it, writing into ``scratch`` (its
@@ -72,7 +71,7 @@ def sft_trainer(
     tokenising: the prompt's ``labels`` are -100 (there is no ``completion_mask`` column),
     and the completion keeps the template's closing EOS."""
     args = SFTConfig(
-        **common.trainer_arguments(hyper, scratch, checkpoints=checkpoints),
+        **policy_training.trainer_arguments(hyper, scratch, checkpoints=checkpoints),
         completion_only_loss=True,
         packing=False,
     )
@@ -82,7 +81,7 @@ def sft_trainer(
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[callback] if callback else None,
-        peft_config=common.lora_config(**asdict(lora)) if lora else None,
+        peft_config=policy_training.lora_config(**asdict(lora)) if lora else None,
     )
     # Progress goes to ``progress`` and the manifest; Trainer would print every log.
     trainer.remove_callback(PrinterCallback)
@@ -109,8 +108,8 @@ def train_sft(
     started = time.monotonic()
     hyper = hyper or SFTHyperparameters()
     hyper.validate()
-    base_model, out_dir = common.check_paths(base_model, out_dir)
-    resume = common.check_resume(resume_from)
+    base_model, out_dir = policy_training.check_paths(base_model, out_dir)
+    resume = policy_training.check_resume(resume_from)
     train_rows = sft_examples(records, "train")
     if not train_rows:
         raise InvalidArgument(
@@ -123,8 +122,8 @@ def train_sft(
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
 
     # -- trainer -------------------------------------------------------------------------
-    callback = common.Progress(progress)
-    with common.trainer_output_dir(checkpoint_dir, "clinalign-sft-") as scratch:
+    callback = policy_training.Progress(progress)
+    with policy_training.trainer_output_dir(checkpoint_dir, "clinalign-sft-") as scratch:
         trainer = sft_trainer(
             model, tokenizer, train_rows, hyper, scratch, lora, callback, checkpoint_dir is not None
         )
@@ -136,9 +135,9 @@ def train_sft(
 
     metrics = {
         "train_examples": float(len(train_rows)),
-        **common.loss_metrics(summary, callback),
+        **policy_training.loss_metrics(summary, callback),
     }
-    manifest = common.policy_manifest(
+    manifest = policy_training.policy_manifest(
         method={
             "name": "sft",
             "loss": "token NLL on the completion only (TRL SFTTrainer, completion_only_loss)",
@@ -156,6 +155,6 @@ def train_sft(
         },
         started=started,
     )
-    common.save_policy(trained, tokenizer, manifest, out_dir)
+    policy_training.save_policy(trained, tokenizer, manifest, out_dir)
     log.info("sft policy trained", extra={"fields": {"path": str(out_dir), **metrics}})
     return manifest

@@ -1,4 +1,4 @@
-"""The local executor: one ``python -m clinalign.trainer.worker <job-id>`` subprocess per
+"""The local executor: one ``python -m clinalign.trainer.jobs.worker <job-id>`` subprocess per
 job, at most ``max_running_jobs`` at once, the rest waiting QUEUED.
 
 A worker runs in its own session (process group), so it outlives a trainer restart; on
@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition
-from clinalign.trainer import jobs
 from clinalign.trainer.config import TrainerSettings
+from clinalign.trainer.jobs import store as jobs
 
-log = logging.getLogger("clinalign.trainer.executor")
+log = logging.getLogger("clinalign.trainer.jobs.executor")
 LOCAL = "local"
-WORKER_MODULE = "clinalign.trainer.worker"
+WORKER_MODULE = "clinalign.trainer.jobs.worker"
 LOG_FILE = "worker.log"
 
 

@@ -22,15 +22,9 @@ from pathlib import Path
 from sqlalchemy import Boolean, DateTime, Integer, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from clinalign.common.artefacts import KINDS, MANIFEST_NAME
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from clinalign.common.hashing import weights_hash
-
-POLICY = "policy"
-REWARD = "reward"
-KINDS = (POLICY, REWARD)
-MANIFEST_NAME = "clinalign_manifest.json"
-# A reward-model directory's score normalisation (what the reward service reads).
-NORMALISATION_FILE = "clinalign_reward.json"
 
 
 class Base(DeclarativeBase):

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from clinalign.cli_jobs import jobs_app, models_app
-from clinalign.cli_monitor import lineage, retraining_app
-from clinalign.cli_train import eval_app, snapshot_app, train_app
+from clinalign.cli.jobs import jobs_app, models_app
+from clinalign.cli.monitor import lineage, retraining_app
+from clinalign.cli.train import eval_app, snapshot_app, train_app
 from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 
@@ -108,7 +108,7 @@ def up(
     ] = False,
 ) -> None:
     """Start all five services on loopback; Ctrl-C stops them all."""
-    from clinalign.stack import Stack
+    from clinalign.cli.stack import Stack
 
     common = _common(data_dir)
     model = foundation_dir(common)
@@ -171,7 +171,7 @@ def _print_endpoints(stack: Any, reports: list[Any]) -> None:
 @app.command()
 def status(data_dir: DataDir = None) -> None:
     """Check every service's health over gRPC (exit status 1 if any is unreachable)."""
-    from clinalign.stack import check_health, endpoints
+    from clinalign.cli.stack import check_health, endpoints
 
     common = _common(data_dir)
     eps = endpoints(common)
@@ -286,7 +286,7 @@ async def _generate(
 ) -> gen_pb.Completion:
     """One Generate (or GenerateStream) call as an EHR client, with the `ehr-client` token of
     the tokens file, under a gRPC deadline; the completion, or grpc.aio.AioRpcError."""
-    from clinalign.client import channel_for
+    from clinalign.cli.client import channel_for
     from clinalign.common.auth import Role
     from clinalign.generation.v1 import generation_pb2 as pb
     from clinalign.generation.v1 import generation_pb2_grpc
@@ -539,7 +539,3 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()

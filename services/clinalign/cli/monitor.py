@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from clinalign.cli_jobs import AsJson, _echo_json, _table, _when, service_rpc
-from clinalign.cli_train import DataDir
+from clinalign.cli.jobs import AsJson, _echo_json, _table, _when, service_rpc
+from clinalign.cli.train import DataDir
 
 if TYPE_CHECKING:
     from clinalign.monitor.v1 import monitor_pb2 as pb

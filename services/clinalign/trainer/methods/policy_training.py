@@ -3,9 +3,10 @@ both (checkpoints included), the progress callback, the lineage manifest and the
 save of a causal-LM model directory (tokenizer included) that the generation service and
 the registry load.
 
-The pattern is ``clinalign.reward.training``'s: a frozen hyperparameter dataclass whose
-fields are what a job's ``spec.hyperparameters`` may set, LoRA merged at save so the
-output is an ordinary full model, and the manifest in the keys the registry reads.
+The pattern is ``clinalign.trainer.methods.reward_model.training``'s: a frozen
+hyperparameter dataclass whose fields are what a job's ``spec.hyperparameters`` may set,
+LoRA merged at save so the output is an ordinary full model, and the manifest in the keys
+the registry reads.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from typing import Any
 import peft
 import torch
 
+from clinalign.common.artefacts import MANIFEST_NAME, POLICY
 from clinalign.common.errors import InvalidArgument
 from clinalign.common.training import Progress as Progress
-from clinalign.common.training import ProgressFn as ProgressFn
 from clinalign.common.training import check_resume as check_resume
 from clinalign.common.training import checkpoint_arguments, precision_arguments, write_model_dir
 from clinalign.common.training import code_version as code_version
 from clinalign.common.training import library_versions as library_versions
 from clinalign.common.training import trainer_output_dir as trainer_output_dir
-from clinalign.trainer.registry import MANIFEST_NAME, POLICY
 
 FORMAT_VERSION = 1
 

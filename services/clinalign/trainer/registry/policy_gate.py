@@ -70,9 +70,9 @@ def sample(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clinalign.foundation import render_user_prompt
-    from clinalign.trainer.ppo import core
-    from clinalign.trainer.ppo.trainer import first_eos_mask
+    from clinalign.common.prompts import render_user_prompt
+    from clinalign.trainer.methods.ppo import core
+    from clinalign.trainer.methods.ppo.trainer import first_eos_mask
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)

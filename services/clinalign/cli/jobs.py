@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from clinalign.cli_train import REFUSED_EXIT, DataDir
+from clinalign.cli.train import REFUSED_EXIT, DataDir
 from clinalign.common.config import CommonSettings
 
 if TYPE_CHECKING:

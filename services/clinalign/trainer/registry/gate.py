@@ -2,12 +2,13 @@
 
 A reward version is evaluated, beside the served reward model it would replace, on the
 ``eval`` split of a preference snapshot, and must pass the reward-model rule of
-``clinalign.reward.evaluation.promotion_check``: pairwise accuracy above chance with
-confidence, and not below the served model's on the same pairs. The snapshot is the one
-the version was trained on (its job's ``snapshot_id``, else the content hash its manifest
-records); a version without one, such as a registered directory, is judged on the served
-model's snapshot. A policy version is judged by ``clinalign.trainer.policy_gate``:
-held-out reward and win rate against the served policy, and KL to its parent under a bound.
+``clinalign.trainer.methods.reward_model.evaluation.promotion_check``: pairwise accuracy
+above chance with confidence, and not below the served model's on the same pairs. The
+snapshot is the one the version was trained on (its job's ``snapshot_id``, else the content
+hash its manifest records); a version without one, such as a registered directory, is judged
+on the served model's snapshot. A policy version is judged by
+``clinalign.trainer.registry.policy_gate``: held-out reward and win rate against the served
+policy, and KL to its parent under a bound.
 
 Transport-free: the snapshot and the reward service's scores come through passed-in async
 functions, and the decision is applied and recorded through the registry
@@ -27,22 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from clinalign.common.artefacts import POLICY
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
-from clinalign.trainer import jobs, prompt_sets
-from clinalign.trainer.policy_gate import (
+from clinalign.trainer import prompt_sets
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.registry.policy_gate import (
     KL_TO_PARENT,
     REWARD_VS_SERVED,
     WIN_RATE_VS_SERVED,
     PolicyGateSettings,
     PolicyScorer,
 )
-from clinalign.trainer.registry import POLICY, ModelVersion, Registry
+from clinalign.trainer.registry.versions import ModelVersion, Registry
 
 if TYPE_CHECKING:  # evaluation loads torch, which the trainer loads only when it gates
-    from clinalign.reward.evaluation import Report
+    from clinalign.trainer.methods.reward_model.evaluation import Report
 
-log = logging.getLogger("clinalign.trainer.gate")
+log = logging.getLogger("clinalign.trainer.registry.gate")
 
 # (records of both splits, the snapshot's content hash) of a snapshot id or content hash
 SnapshotFetcher = Callable[[str], Awaitable[tuple[list[dict[str, Any]], str]]]
@@ -75,10 +78,10 @@ def records_from_export(data: bytes) -> list[dict[str, Any]]:
 
 
 def reward_checks(report: Report) -> list[Check]:
-    """The gate's checks from a ``clinalign.reward.evaluation.Report`` (with its baseline,
-    if a reward model is served). The failure messages are ``promotion_check``'s own, so
+    """The gate's checks from an ``evaluation.Report`` of the reward-model method (with its
+    baseline, if a reward model is served). The failure messages are ``promotion_check``'s own, so
     the rule and its wording live in one place."""
-    from clinalign.reward.evaluation import CHANCE, promotion_check
+    from clinalign.trainer.methods.reward_model.evaluation import CHANCE, promotion_check
 
     # promotion_check without the baseline holds the confidence rule's failure only.
     ci_failures = promotion_check(replace(report, baseline=None))
@@ -193,7 +196,7 @@ async def promote(
 async def _reward_checks(
     plan: _Plan, version: str, fetch: SnapshotFetcher, n_resamples: int
 ) -> list[Check]:
-    from clinalign.reward.evaluation import evaluate_reward_model
+    from clinalign.trainer.methods.reward_model.evaluation import evaluate_reward_model
 
     candidate_dir = _model_dir(plan.candidate)
     baseline_dir = _model_dir(plan.baseline) if plan.baseline else None
@@ -218,8 +221,8 @@ async def _reward_checks(
 async def policy_checks(
     plan: _Plan, score: PolicyScorer, settings: PolicyGateSettings
 ) -> list[Check]:
-    """The policy gate's checks (see ``clinalign.trainer.policy_gate``)."""
-    from clinalign.trainer.policy_gate import bootstrap_interval, sample, scores, win_rate
+    """The policy gate's checks (see ``clinalign.trainer.registry.policy_gate``)."""
+    from clinalign.trainer.registry.policy_gate import bootstrap_interval, sample, scores, win_rate
 
     candidate_dir = _model_dir(plan.candidate, "policy")
     parent_dir = _model_dir(plan.parent, "policy") if plan.parent else None

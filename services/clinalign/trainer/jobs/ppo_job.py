@@ -27,14 +27,16 @@ import grpc
 import grpc.aio
 from sqlalchemy.orm import Session
 
+from clinalign.common.artefacts import REWARD
 from clinalign.common.channels import open_channel, service_token
 from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
-from clinalign.trainer import prompt_sets, reward_job
-from clinalign.trainer.ppo.config import PPOHyperparameters
-from clinalign.trainer.registry import REWARD, ModelVersionRow, Registry
+from clinalign.trainer import prompt_sets
+from clinalign.trainer.jobs import specs
+from clinalign.trainer.methods.ppo.config import PPOHyperparameters
+from clinalign.trainer.registry.versions import ModelVersionRow, Registry
 
-log = logging.getLogger("clinalign.trainer.ppo_job")
+log = logging.getLogger("clinalign.trainer.jobs.ppo_job")
 SCORE_CHUNK = 64  # pairs per Score request; chunks go out concurrently
 SCORE_TIMEOUT_S = 120.0
 SCORE_ATTEMPTS = 6  # RESOURCE_EXHAUSTED / UNAVAILABLE are retried with backoff
@@ -73,7 +75,7 @@ def _reward_version(session: Session, named: str) -> tuple[str, str]:
 def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     """Checks a ppo spec (protobuf JSON form); returns the job's inputs."""
     if spec.get("resume_job_id"):
-        return reward_job.resume_inputs(session, spec, "ppo")
+        return specs.resume_inputs(session, spec, "ppo")
     prompt_set, snapshot_id = str(spec.get("prompt_set", "")), str(spec.get("snapshot_id", ""))
     if bool(prompt_set) == bool(snapshot_id):
         raise InvalidArgument(
@@ -83,7 +85,7 @@ def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
         )
     if prompt_set:
         prompt_sets.check(prompt_set)
-    base_dir, parent = reward_job.resolve_base_model(session, str(spec.get("base_model", "")))
+    base_dir, parent = specs.resolve_base_model(session, str(spec.get("base_model", "")))
     reward_version, reward_dir = _reward_version(session, str(spec.get("reward_model_version", "")))
     return {
         "base_model_dir": base_dir,
@@ -91,10 +93,10 @@ def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
         "reward_model_version": reward_version,
         "reward_model_dir": reward_dir,
         "prompt_set": prompt_set,
-        "hyperparameters": reward_job.parse_fields(
+        "hyperparameters": specs.parse_fields(
             dict(spec.get("hyperparameters", {})), int(spec.get("seed", 0)), PPOHyperparameters
         ),
-        "lora": reward_job.parse_lora(dict(spec.get("lora", {}))),
+        "lora": specs.parse_lora(dict(spec.get("lora", {}))),
     }
 
 
@@ -176,7 +178,7 @@ class RemoteScorer:
 
 def snapshot_prompts(snapshot: Path) -> tuple[list[str], str, str]:
     """(unique prompts of the snapshot's train split, its content hash, hash source)."""
-    from clinalign.reward.commands import read_snapshot
+    from clinalign.trainer.methods.reward_model.commands import read_snapshot
 
     data = read_snapshot(snapshot)
     prompts = list(
@@ -195,13 +197,13 @@ def train_ppo_job(
     job_dir: Path,
     snapshot: Path | None,
     inputs: dict[str, Any],
-    progress: reward_job.ProgressFn,
+    progress: specs.ProgressFn,
     common: CommonSettings,
 ) -> tuple[Path, dict[str, Any]]:
     """PPO into ``<job_dir>/model``, checkpointing under ``<job_dir>/checkpoints``;
     (directory, manifest)."""
-    from clinalign.reward.training import LoraSettings
-    from clinalign.trainer.ppo.trainer import last_checkpoint, train_ppo
+    from clinalign.common.artefacts import LoraSettings
+    from clinalign.trainer.methods.ppo.trainer import last_checkpoint, train_ppo
 
     lineage: dict[str, Any] = {
         "base_model": inputs["base_model_dir"],
@@ -217,14 +219,14 @@ def train_ppo_job(
             raise FailedPrecondition("a snapshot-prompted ppo job ran without its snapshot")
         prompts, content_hash, source = snapshot_prompts(snapshot)
         lineage.update(snapshot_hash=content_hash, snapshot_hash_source=source)
-    resume_from = reward_job.resume_checkpoint(job_dir, inputs, last_checkpoint)
+    resume_from = specs.resume_checkpoint(job_dir, inputs, last_checkpoint)
     if resume_from is not None:
         lineage["resumed_from"] = f"{resume_from.parent.parent.name}/{resume_from.name}"
     lora = inputs.get("lora")
     if lora and isinstance(lora.get("target_modules"), list):
         lora = {**lora, "target_modules": tuple(lora["target_modules"])}
     scorer = RemoteScorer(common, inputs["reward_model_version"])
-    out = job_dir / reward_job.MODEL_DIR
+    out = job_dir / specs.MODEL_DIR
     started = time.monotonic()
     try:
         manifest = train_ppo(
@@ -235,7 +237,7 @@ def train_ppo_job(
             scorer,
             critic_dir=Path(inputs["reward_model_dir"]),
             lora=LoraSettings(**lora) if lora else None,
-            checkpoint_dir=job_dir / reward_job.CHECKPOINT_DIR,
+            checkpoint_dir=job_dir / specs.CHECKPOINT_DIR,
             resume_from=resume_from,
             progress=progress,
             lineage=lineage,
@@ -243,7 +245,7 @@ def train_ppo_job(
     finally:
         scorer.close()
     # a succeeded job cannot be resumed; its optimiser state is as large as the model twice
-    shutil.rmtree(job_dir / reward_job.CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(job_dir / specs.CHECKPOINT_DIR, ignore_errors=True)
     log.info(
         "ppo finished",
         extra={

@@ -58,15 +58,15 @@ from transformers import (
     GenerationConfig,
 )
 
+from clinalign.common.artefacts import MANIFEST_NAME, POLICY, ProgressFn
 from clinalign.common.errors import InvalidArgument
-from clinalign.common.training import ProgressFn, code_version, library_versions, write_model_dir
-from clinalign.foundation import render_user_prompt
-from clinalign.trainer.ppo import core
-from clinalign.trainer.ppo.config import PPOHyperparameters
-from clinalign.trainer.registry import MANIFEST_NAME, POLICY
+from clinalign.common.prompts import render_user_prompt
+from clinalign.common.training import code_version, library_versions, write_model_dir
+from clinalign.trainer.methods.ppo import core
+from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 
 if TYPE_CHECKING:  # the reward trainer's module loads TRL's trainers and datasets
-    from clinalign.reward.training import LoraSettings
+    from clinalign.common.artefacts import LoraSettings
 
 # (prompts, responses) → one score per pair, higher is better
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]

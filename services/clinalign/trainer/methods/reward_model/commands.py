@@ -17,10 +17,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from clinalign.common.artefacts import LoraSettings, ProgressFn
 from clinalign.common.errors import InvalidArgument
-from clinalign.common.training import ProgressFn
-from clinalign.reward.evaluation import Report, evaluate_reward_model
-from clinalign.reward.training import LoraSettings, RewardHyperparameters, train_reward_model
+from clinalign.trainer.methods.reward_model.evaluation import Report, evaluate_reward_model
+from clinalign.trainer.methods.reward_model.training import (
+    RewardHyperparameters,
+    train_reward_model,
+)
 
 MANIFEST_SUFFIX = ".manifest.json"
 

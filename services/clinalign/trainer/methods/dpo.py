@@ -15,7 +15,7 @@ through a LoRA adapter merged at save.
 - β defaults to 0.1, the paper's and TRL's default.
 - The held-out metrics are DPO loss and implicit-reward accuracy (the share of eval pairs
   whose chosen answer gets the larger β·log-ratio) on the snapshot's eval split.
-- Checkpoints and resuming as in ``clinalign.trainer.sft``.
+- Checkpoints and resuming as in ``clinalign.trainer.methods.sft``.
 """
 
 from __future__ import annotations
@@ -32,16 +32,15 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 
+from clinalign.common.artefacts import LoraSettings, ProgressFn
 from clinalign.common.errors import InvalidArgument
-from clinalign.reward.training import LoraSettings
-from clinalign.trainer import policy_training as common
-from clinalign.trainer.policy_training import ProgressFn
+from clinalign.trainer.methods import policy_training
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DPOHyperparameters(common.PolicyHyperparameters):
+class DPOHyperparameters(policy_training.PolicyHyperparameters):
     """Everything besides the data and the base model that determines the DPO policy."""
 
     learning_rate: float = 1e-6  # TRL DPOConfig's default; the DPO paper used 1e-6 too
@@ -70,8 +69,8 @@ def dpo_examples(
         if r.get("tie"):
             ties += 1
             continue
-        prompt, chosen = common.conversation(str(r["prompt"]), str(r["chosen"]))
-        _, rejected = common.conversation(str(r["prompt"]), str(r["rejected"]))
+        prompt, chosen = policy_training.conversation(str(r["prompt"]), str(r["chosen"]))
+        _, rejected = policy_training.conversation(str(r["prompt"]), str(r["rejected"]))
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows, ties
 
@@ -97,8 +96,8 @@ def train_dpo(
     started = time.monotonic()
     hyper = hyper or DPOHyperparameters()
     hyper.validate()
-    base_model, out_dir = common.check_paths(base_model, out_dir)
-    resume = common.check_resume(resume_from)
+    base_model, out_dir = policy_training.check_paths(base_model, out_dir)
+    resume = policy_training.check_resume(resume_from)
     train_rows, train_ties = dpo_examples(records, "train")
     eval_rows, _ = dpo_examples(records, "eval")
     if not train_rows:
@@ -110,10 +109,12 @@ def train_dpo(
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
 
     # -- trainer -------------------------------------------------------------------------
-    callback = common.Progress(progress)
-    with common.trainer_output_dir(checkpoint_dir, "clinalign-dpo-") as scratch:
+    callback = policy_training.Progress(progress)
+    with policy_training.trainer_output_dir(checkpoint_dir, "clinalign-dpo-") as scratch:
         args = DPOConfig(
-            **common.trainer_arguments(hyper, scratch, checkpoints=checkpoint_dir is not None),
+            **policy_training.trainer_arguments(
+                hyper, scratch, checkpoints=checkpoint_dir is not None
+            ),
             beta=hyper.beta,
             per_device_eval_batch_size=hyper.eval_batch_size,
         )
@@ -125,7 +126,7 @@ def train_dpo(
             eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
             processing_class=tokenizer,
             callbacks=[callback],
-            peft_config=common.lora_config(**asdict(lora)) if lora else None,
+            peft_config=policy_training.lora_config(**asdict(lora)) if lora else None,
         )
         # Progress goes to ``progress`` and the manifest; Trainer would print every log.
         trainer.remove_callback(PrinterCallback)
@@ -139,7 +140,7 @@ def train_dpo(
     metrics = {
         "train_pairs": float(len(train_rows)),
         "train_ties_dropped": float(train_ties),
-        **common.loss_metrics(summary, callback),
+        **policy_training.loss_metrics(summary, callback),
         "eval_pairs": float(len(eval_rows)),
     }
     if "rewards/accuracies" in callback.last:
@@ -148,7 +149,7 @@ def train_dpo(
         metrics["eval_loss"] = float(held_out["eval_loss"])
         metrics["eval_reward_accuracy"] = float(held_out["eval_rewards/accuracies"])
         metrics["eval_reward_margin"] = float(held_out["eval_rewards/margins"])
-    manifest = common.policy_manifest(
+    manifest = policy_training.policy_manifest(
         method={
             "name": "dpo",
             "loss": "sigmoid DPO (Rafailov et al. 2023, Eq. 7; TRL DPOTrainer)",
@@ -168,6 +169,6 @@ def train_dpo(
         },
         started=started,
     )
-    common.save_policy(trained, tokenizer, manifest, out_dir)
+    policy_training.save_policy(trained, tokenizer, manifest, out_dir)
     log.info("dpo policy trained", extra={"fields": {"path": str(out_dir), **metrics}})
     return manifest

@@ -1,4 +1,4 @@
-"""``python -m clinalign.trainer.worker <job-id>``: runs one job in its own process.
+"""``python -m clinalign.trainer.jobs.worker <job-id>``: runs one job in its own process.
 
 The local executor starts it with the trainer's settings in the environment
 (``CLINALIGN_DATA_DIR``, ``CLINALIGN_TRAINER_DATABASE_URL``, the peer targets and tokens
@@ -23,6 +23,8 @@ from typing import Any
 
 import grpc.aio
 
+from clinalign.common import artefacts
+from clinalign.common.artefacts import ProgressFn
 from clinalign.common.channels import open_channel, service_token
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
@@ -30,31 +32,31 @@ from clinalign.common.errors import ClinAlignError
 from clinalign.common.logs import configure_logging
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.trainer import jobs, policy_jobs, ppo_job, registry, report, reward_job
 from clinalign.trainer.config import TrainerSettings
+from clinalign.trainer.jobs import ppo_job, report, specs, supervised
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.registry import versions as registry
 
-log = logging.getLogger("clinalign.trainer.worker")
+log = logging.getLogger("clinalign.trainer.jobs.worker")
 EXPORT_TIMEOUT_S = 600.0
 REPORT_FILE = "metrics.json"
 
 REPORT_DIR = "report"
 
 TrainFn = Callable[
-    [Path, Path | None, dict[str, Any], reward_job.ProgressFn, CommonSettings],
+    [Path, Path | None, dict[str, Any], ProgressFn, CommonSettings],
     tuple[Path, dict[str, Any]],
 ]
 
 
 def _without_settings(
-    train: Callable[
-        [Path, Path, dict[str, Any], reward_job.ProgressFn], tuple[Path, dict[str, Any]]
-    ],
+    train: Callable[[Path, Path, dict[str, Any], ProgressFn], tuple[Path, dict[str, Any]]],
 ) -> TrainFn:
     def run(
         job_dir: Path,
         snapshot: Path | None,
         inputs: dict[str, Any],
-        progress: reward_job.ProgressFn,
+        progress: ProgressFn,
         common: CommonSettings,
     ) -> tuple[Path, dict[str, Any]]:
         assert snapshot is not None
@@ -68,16 +70,16 @@ def _without_settings(
 KINDS: dict[str, tuple[pb.ExportKind.ValueType, TrainFn, str]] = {
     "reward_model": (
         pb.EXPORT_KIND_PREFERENCE,
-        _without_settings(reward_job.train),
-        registry.REWARD,
+        _without_settings(supervised.train_reward_model_job),
+        artefacts.REWARD,
     ),
-    "sft": (pb.EXPORT_KIND_SFT, _without_settings(policy_jobs.train_sft_job), registry.POLICY),
+    "sft": (pb.EXPORT_KIND_SFT, _without_settings(supervised.train_sft_job), artefacts.POLICY),
     "dpo": (
         pb.EXPORT_KIND_PREFERENCE,
-        _without_settings(policy_jobs.train_dpo_job),
-        registry.POLICY,
+        _without_settings(supervised.train_dpo_job),
+        artefacts.POLICY,
     ),
-    "ppo": (pb.EXPORT_KIND_PREFERENCE, ppo_job.train_ppo_job, registry.POLICY),
+    "ppo": (pb.EXPORT_KIND_PREFERENCE, ppo_job.train_ppo_job, artefacts.POLICY),
 }
 
 
@@ -124,7 +126,7 @@ async def fetch_snapshot(
 def _link_report(model_dir: Path, report_dir: Path) -> None:
     """Records the job's report directory in the manifest the registry will copy, so a
     version leads to its training curves."""
-    path = model_dir / registry.MANIFEST_NAME
+    path = model_dir / artefacts.MANIFEST_NAME
     if path.is_file():
         manifest = json.loads(path.read_text())
         path.write_text(json.dumps({**manifest, "report": str(report_dir)}, indent=2) + "\n")
@@ -157,8 +159,8 @@ def run_job(db: Database, common: CommonSettings, job_id: str) -> bool:
         snapshot_id = str(job.spec.get("snapshot_id", ""))
         if snapshot_id:
             data, manifest_json = asyncio.run(fetch_snapshot(common, snapshot_id, export_kind))
-            name = reward_job.SNAPSHOT_FILE if rank == 0 else f"snapshot.rank{rank}.jsonl"
-            snapshot = reward_job.write_snapshot(job_dir, data, manifest_json, name)
+            name = specs.SNAPSHOT_FILE if rank == 0 else f"snapshot.rank{rank}.jsonl"
+            snapshot = specs.write_snapshot(job_dir, data, manifest_json, name)
         out, manifest = train(job_dir, snapshot, job.inputs, progress, common)
         if rank != 0:
             return True
@@ -214,7 +216,7 @@ def run_job(db: Database, common: CommonSettings, job_id: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m clinalign.trainer.worker <job-id>", file=sys.stderr)
+        print("usage: python -m clinalign.trainer.jobs.worker <job-id>", file=sys.stderr)
         return 2
     common, settings = CommonSettings(), TrainerSettings()
     configure_logging("trainer-worker", common.log_level)

@@ -65,7 +65,16 @@ from transformers import (
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference, suppress_seqcls_warning
 
+from clinalign.common.artefacts import MANIFEST_NAME, NORMALISATION_FILE, REWARD, LoraSettings
 from clinalign.common.errors import InvalidArgument
+from clinalign.common.prompts import render_user_prompt
+from clinalign.common.reward_format import (
+    Pair,
+    pair_deltas,
+    preference_pairs,
+    raw_rewards,
+    reward_ids,
+)
 from clinalign.common.training import (
     Progress,
     ProgressFn,
@@ -77,10 +86,7 @@ from clinalign.common.training import (
     trainer_output_dir,
     write_model_dir,
 )
-from clinalign.foundation import render_user_prompt
-from clinalign.reward import bt
-from clinalign.reward.formatting import Pair, pair_deltas, preference_pairs, raw_rewards, reward_ids
-from clinalign.trainer.registry import MANIFEST_NAME, NORMALISATION_FILE, REWARD
+from clinalign.trainer.methods.reward_model import bt
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +142,6 @@ class RewardHyperparameters:
             raise InvalidArgument("warmup_ratio", "must be in [0, 1)")
         if self.margin_scale < 0:
             raise InvalidArgument("margin_scale", "must be 0 (off) or positive")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """A LoRA adapter (Hu et al. 2021) on the base model; the reward head trains in full."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    # "all-linear": every linear layer but the head, which QLoRA (Dettmers et al. 2023,
-    # §4) found needed to match full fine-tuning; or a list of module names.
-    target_modules: str | tuple[str, ...] = "all-linear"
 
 
 # -- TRL adaptations --------------------------------------------------------------------

@@ -2,7 +2,7 @@
 ``kubernetes_max_running_jobs`` at once, the rest waiting QUEUED.
 
 The Job's pod runs the same worker as the local executor (``python -m
-clinalign.trainer.worker <job-id>``, or ``torchrun``/``accelerate launch`` of it across the
+clinalign.trainer.jobs.worker <job-id>``, or ``torchrun``/``accelerate launch`` of it across the
 pod's GPUs), which writes progress and the result to the trainer's database itself. The
 executor only creates Jobs, follows them by polling their status and records the failures
 the worker cannot: a Job that ended (failed, hit its deadline, was deleted) while its job
@@ -29,11 +29,11 @@ from urllib3.exceptions import HTTPError
 
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database
-from clinalign.trainer import jobs
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.executor import WORKER_MODULE, ExecutorBase
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.jobs.executor import WORKER_MODULE, ExecutorBase
 
-log = logging.getLogger("clinalign.trainer.kube")
+log = logging.getLogger("clinalign.trainer.jobs.kube")
 KUBERNETES = "kubernetes"
 NAME_PREFIX = "clinalign-job-"
 JOB_ID_LABEL = "clinalign.io/job-id"

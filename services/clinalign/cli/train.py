@@ -38,11 +38,11 @@ def snapshot_export(
     (`<out>.manifest.json`) so training records the snapshot's content hash."""
     import grpc
 
-    from clinalign.client import channel_for
+    from clinalign.cli.client import channel_for
     from clinalign.common.auth import Role
     from clinalign.preference.v1 import preference_pb2 as pb
     from clinalign.preference.v1 import preference_pb2_grpc
-    from clinalign.reward.commands import MANIFEST_SUFFIX
+    from clinalign.trainer.methods.reward_model.commands import MANIFEST_SUFFIX
 
     async def fetch() -> tuple[bytes, str, int]:
         async with channel_for("preference", Role.ML_ENGINEER, _common(data_dir)) as channel:
@@ -87,7 +87,7 @@ def train_reward_model(
     from rich.progress import Progress
 
     from clinalign.common.errors import ClinAlignError
-    from clinalign.reward.commands import train_command
+    from clinalign.trainer.methods.reward_model.commands import train_command
 
     with Progress(transient=True) as bar:
         task = bar.add_task("reward model", total=None)
@@ -132,8 +132,8 @@ def eval_reward_model(
     """Held-out accuracy with a bootstrap CI, per category and tag, calibration, the
     annotators' own agreement, and the promotion verdict (exit 3 when refused)."""
     from clinalign.common.errors import ClinAlignError
-    from clinalign.reward.commands import eval_command
-    from clinalign.reward.evaluation import promotion_check
+    from clinalign.trainer.methods.reward_model.commands import eval_command
+    from clinalign.trainer.methods.reward_model.evaluation import promotion_check
 
     try:
         result = eval_command(model, snapshot, baseline)

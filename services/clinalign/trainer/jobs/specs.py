@@ -1,37 +1,34 @@
-"""The ``reward_model`` job kind: checking its spec at submission, and running it in the
-worker process.
+"""What every training job kind shares at submission and at run time: reading the spec's
+string maps into typed hyperparameters and LoRA settings, resolving the base model to a
+directory and registry version, resuming a failed or cancelled job, and running a
+training method on the job's snapshot export.
 
-Submission resolves everything the run depends on (the base model directory and its
-registry version, the hyperparameters, the LoRA settings) into the job's ``inputs``, so
-a job runs what was accepted even if the served policy changes while it waits. The run
-fetches the snapshot export from the preference service, trains with
-``clinalign.reward.training.train_reward_model`` and registers the result.
-
-Every run checkpoints into ``<job_dir>/checkpoints`` (the latest checkpoint is kept, and
-removed once the run has trained). A spec with ``resume_job_id`` names a FAILED or
-CANCELLED job of the same kind: the new job takes that job's inputs (base model,
-hyperparameters, LoRA; the spec must name the same snapshot) and continues from the
-newest checkpoint the job, or a job it resumed in turn, left. The same rules serve
-``sft`` and ``dpo`` (``clinalign.trainer.policy_jobs``).
+Submission resolves everything the run depends on into the job's ``inputs``, so a job
+runs what was accepted even if the served policy changes while it waits. Every run
+checkpoints into ``<job_dir>/checkpoints`` (the latest checkpoint is kept, and removed once
+the run has trained). A spec with ``resume_job_id`` names a FAILED or CANCELLED job of the
+same kind: the new job takes that job's inputs (base model, hyperparameters, LoRA; the spec
+must name the same snapshot) and continues from the newest checkpoint the job, or a job it
+resumed in turn, left. The job kinds themselves are ``supervised`` (reward_model, sft,
+dpo) and ``ppo_job``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from clinalign.common.artefacts import NORMALISATION_FILE, POLICY, REWARD, ProgressFn
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from clinalign.trainer import jobs
-from clinalign.trainer.registry import NORMALISATION_FILE, POLICY, REWARD, ModelVersionRow
+from clinalign.trainer.jobs import store as jobs
+from clinalign.trainer.registry.versions import ModelVersionRow
 
-# (step, total steps, metrics logged at that step), as clinalign.common.training.ProgressFn
-ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 SNAPSHOT_FILE = "snapshot.jsonl"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
@@ -64,17 +61,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "bool": _parse_bool,
 }
-
-
-def parse_hyperparameters(values: dict[str, str], seed: int) -> dict[str, Any]:
-    """The spec's ``hyperparameters`` map as ``RewardHyperparameters`` fields, checked;
-    errors name ``spec.hyperparameters[<key>]``. ``seed`` is the spec's seed, used
-    unless the map sets one."""
-    # Imported here: it loads torch and TRL, which the trainer needs only once a
-    # reward-model job is submitted.
-    from clinalign.reward.training import RewardHyperparameters
-
-    return parse_fields(values, seed, RewardHyperparameters)
 
 
 def parse_fields(values: dict[str, str], seed: int, hyper_class: Any) -> dict[str, Any]:
@@ -207,25 +193,6 @@ def resume_inputs(session: Session, spec: dict[str, Any], kind: str) -> dict[str
     return {**old.inputs, "resume_job_id": old_id, "resume_chain": chain}
 
 
-def check_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
-    """Checks a reward_model spec (protobuf JSON form); returns the job's inputs."""
-    if spec.get("resume_job_id"):
-        return resume_inputs(session, spec, "reward_model")
-    if not spec.get("snapshot_id"):
-        raise InvalidArgument(
-            "spec.snapshot_id", "is required: the preference snapshot id or content hash"
-        )
-    base_dir, parent = resolve_base_model(session, str(spec.get("base_model", "")), reward=True)
-    return {
-        "base_model_dir": base_dir,
-        "parent_version": parent,
-        "hyperparameters": parse_hyperparameters(
-            dict(spec.get("hyperparameters", {})), int(spec.get("seed", 0))
-        ),
-        "lora": parse_lora(dict(spec.get("lora", {}))),
-    }
-
-
 def resume_checkpoint(
     job_dir: Path,
     inputs: dict[str, Any],
@@ -261,8 +228,8 @@ def run_trainer(
     job's snapshot export into ``<job_dir>/model``, checkpointing into
     ``<job_dir>/checkpoints`` and continuing from the resumed job's checkpoint, if any;
     (directory, manifest). The checkpoints go once the model is written."""
-    from clinalign.reward.commands import read_snapshot
-    from clinalign.reward.training import LoraSettings
+    from clinalign.common.artefacts import LoraSettings
+    from clinalign.trainer.methods.reward_model.commands import read_snapshot
 
     resume_from = resume_checkpoint(job_dir, inputs)
     data = read_snapshot(snapshot)
@@ -289,22 +256,12 @@ def run_trainer(
     return out, manifest
 
 
-def train(
-    job_dir: Path, snapshot: Path, inputs: dict[str, Any], progress: ProgressFn
-) -> tuple[Path, dict[str, Any]]:
-    """Trains the reward model into ``<job_dir>/model``; (directory, manifest)."""
-    from clinalign.reward.training import RewardHyperparameters, train_reward_model
-
-    return run_trainer(
-        train_reward_model, RewardHyperparameters, job_dir, snapshot, inputs, progress
-    )
-
-
 def write_snapshot(
     job_dir: Path, data: bytes, manifest_json: str, name: str = SNAPSHOT_FILE
 ) -> Path:
-    """Writes the export and its manifest sidecar (see ``clinalign.reward.commands``)."""
-    from clinalign.reward.commands import MANIFEST_SUFFIX
+    """Writes the export and its manifest sidecar (see
+    ``clinalign.trainer.methods.reward_model.commands``)."""
+    from clinalign.trainer.methods.reward_model.commands import MANIFEST_SUFFIX
 
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / name

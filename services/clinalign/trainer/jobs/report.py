@@ -19,7 +19,7 @@ CSV_FILE = "metrics.csv"
 REPORT_FILE = "report.md"
 
 # One plot per group, for the series of the group that the history holds: the loss of
-# every kind, and the PPO statistics (names as ``clinalign.trainer.ppo`` logs them).
+# every kind, and the PPO statistics (names as ``clinalign.trainer.methods.ppo`` logs them).
 PLOTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("loss", "Training loss", ("loss",)),
     ("reward", "Reward", ("score", "non_score_reward", "reward")),

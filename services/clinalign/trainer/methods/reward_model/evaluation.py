@@ -33,8 +33,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
-from clinalign.reward import bt
-from clinalign.reward.formatting import Pair, pair_deltas, preference_pairs
+from clinalign.common.reward_format import Pair, pair_deltas, preference_pairs
+from clinalign.trainer.methods.reward_model import bt
 
 CHANCE = 0.5
 NO_CATEGORY = "none"

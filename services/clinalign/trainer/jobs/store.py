@@ -25,7 +25,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, NotFound
-from clinalign.trainer.registry import Base
+from clinalign.trainer.registry.versions import Base
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
