@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON_SYS ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint test test-fast demo up bootstrap bench bench-ppo images clean
+.PHONY: install protos lint test test-fast docs demo up bootstrap bench bench-ppo images clean
 
 # Installs are stamped so repeated `make test` runs skip them until an input changes.
 $(VENV)/.stamp-install: requirements.txt requirements-dev.txt pyproject.toml
@@ -46,6 +46,9 @@ test: install lint ## lint, then the whole test suite (PostgreSQL too when CLINA
 
 test-fast: install ## tests without the slow marker, no lint
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+docs: install ## build the documentation site strictly (mkdocs.yml) into .clinalign/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bootstrap: install ## build the embedded foundation model
 	$(VENV)/bin/clinalign bootstrap
