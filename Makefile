@@ -35,11 +35,12 @@ protos: $(VENV)/.stamp-install ## regenerate Python/gRPC/mypy stubs from protos/
 	PYTHON=$(PY) scripts/gen_protos.sh
 	touch $(VENV)/.stamp-protos
 
-lint: install ## buf lint, ruff, mypy
+lint: install ## buf lint, ruff, mypy, the import graph (import-linter)
 	cd protos && ../node_modules/.bin/buf lint
-	$(VENV)/bin/ruff check services tests bench
-	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff check services tests bench scripts
+	$(VENV)/bin/ruff format --check services tests bench scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo
 
 test: install lint ## lint, then the whole test suite (PostgreSQL too when CLINALIGN_TEST_DATABASE_URL is set)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

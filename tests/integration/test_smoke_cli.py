@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clinalign.cli.main import SMOKE_PROVENANCE, smoke_problems
+from clinalign.cli.generate import SMOKE_PROVENANCE, smoke_problems
 from clinalign.common.config import CommonSettings
 from clinalign.common.hashing import weights_hash
 from clinalign.common.v1 import common_pb2

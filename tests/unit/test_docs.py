@@ -15,7 +15,7 @@ from types import ModuleType
 from pydantic_settings import BaseSettings
 from typer import Typer
 
-from clinalign.cli.main import app
+from clinalign.cli import app
 from clinalign.cli.stack import SERVICES
 from clinalign.common.config import CommonSettings
 from clinalign.common.deid import DeidSettings

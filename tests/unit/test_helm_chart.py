@@ -373,10 +373,11 @@ def test_trainer_job_settings_match_the_chart() -> None:
 
 # -- network topology -----------------------------------------------------------------------
 
-# Who calls whom, from the code: generation/server.py (monitor_target RecordOutputs,
-# trainer_target resolve_version), reward/server.py (trainer_target), trainer/jobs/worker.py
-# (preference_target) and trainer/jobs/ppo_job.py (reward_target), used by the trainer's gate and
-# by job pods alike, monitor/server.py Peers (preference, trainer, reward, generation).
+# Who calls whom, from the code (each service reaches its peers through common.channels.Clients):
+# generation/server.py (clients.monitor RecordOutputs, resolve_version on the trainer),
+# reward/server.py (resolve_version), trainer/jobs/worker.py (clients.preference) and
+# trainer/jobs/ppo_job.py (clients.reward), used by the trainer's gate and by job pods alike,
+# the monitor's peers (preference, trainer, reward, generation).
 CALLS = {
     ("generation", "monitor"),
     ("generation", "trainer"),
@@ -397,12 +398,13 @@ def test_the_call_table_matches_the_code() -> None:
     found = set()
     pattern = re.compile(
         r"\b(generation|reward|preference|trainer|monitor)_target\b"
-        r"|peers\.(generation|reward|preference|trainer|monitor)\b"
+        r"|(?:peers|clients)\.(generation|reward|preference|trainer|monitor)\b"
+        r"|\b(resolve_version)\b"  # common.registry_client: the trainer's registry
     )
     for service in SERVICES:
         for path in (ROOT / "services/clinalign" / service).rglob("*.py"):
             for match in pattern.finditer(path.read_text()):
-                peer = match.group(1) or match.group(2)
+                peer = match.group(1) or match.group(2) or (match.group(3) and "trainer")
                 if peer != service:
                     found.add((service, peer))
     assert found == {c for c in CALLS if c[0] in SERVICES}

@@ -21,12 +21,21 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import feedback, flags, retraining, store
+from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.retraining import Cut, Policy, Signals, Trigger, triggers
 from clinalign.preference.v1 import preference_pb2 as ppb
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from tests.conftest import reset_tables, serving
 
-POLICY = Policy(min_new_pairs=10, max_flag_rate=0.1, min_outputs=20, max_psi=0.25, poll_s=0.01)
+POLICY = Policy.from_settings(
+    MonitorSettings(
+        retrain_min_new_pairs=10,
+        retrain_max_flag_rate=0.1,
+        retrain_min_outputs=20,
+        retrain_max_psi=0.25,
+        retrain_poll_s=0.01,
+    )
+)
 
 
 def _sig(**kw: Any) -> Signals:
@@ -557,11 +566,10 @@ def test_settings_parse_hyperparameters_from_json(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from clinalign.monitor.config import MonitorSettings
-    from clinalign.monitor.server import retraining_policy
 
     monkeypatch.setenv("CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS", '{"iterations": "4"}')
     monkeypatch.setenv("CLINALIGN_MONITOR_RETRAIN_MIN_NEW_PAIRS", "240")
-    policy = retraining_policy(MonitorSettings())
+    policy = Policy.from_settings(MonitorSettings())
     assert policy.ppo_hyperparameters == {"iterations": "4"} and policy.min_new_pairs == 240
     assert policy.reward_hyperparameters == {}
 
@@ -724,7 +732,9 @@ async def test_feedback_of_an_erased_or_empty_output_fails_once_and_is_not_retri
     ids = await db.run_write(setup)
     preference = StandInPreferenceIngest()
     peers = StandIns(preference=preference)  # type: ignore[arg-type]
-    delivery = feedback.Delivery(db, peers, feedback.Settings(max_attempts=5))
+    delivery = feedback.Delivery(
+        db, peers, feedback.Settings.from_settings(MonitorSettings(feedback_max_attempts=5))
+    )
     assert await delivery.deliver_due() == (0, 2)
     assert await delivery.deliver_due() == (0, 0)  # final: not tried again
     rows = await db.run_sync(lambda s: [feedback.get(s, i) for i in ids])

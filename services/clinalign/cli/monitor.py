@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from clinalign.cli.jobs import AsJson, _echo_json, _table, _when, service_rpc
-from clinalign.cli.train import DataDir
+from clinalign.cli.options import AsJson, DataDir, echo_json, rpc, table, when
+from clinalign.common.protos import enum_name
 
 if TYPE_CHECKING:
     from clinalign.monitor.v1 import monitor_pb2 as pb
-    from clinalign.monitor.v1.monitor_pb2_grpc import MonitorServiceStub
+    from clinalign.monitor.v1.monitor_pb2_grpc import MonitorServiceAsyncStub
 
 retraining_app = typer.Typer(
     no_args_is_help=True, help="The monitor's retraining policy and its runs."
@@ -29,11 +29,9 @@ retraining_app = typer.Typer(
 T = TypeVar("T")
 
 
-def _rpc(data_dir: Path | None, call: Callable[[MonitorServiceStub], Awaitable[T]]) -> T:
-    """Runs ``call`` against the monitor (see ``cli_jobs.service_rpc``)."""
-    from clinalign.monitor.v1.monitor_pb2_grpc import MonitorServiceStub
-
-    return service_rpc(data_dir, "monitor", MonitorServiceStub, call)
+def _rpc(data_dir: Path | None, call: Callable[[MonitorServiceAsyncStub], Awaitable[T]]) -> T:
+    """Runs ``call`` against the monitor as the local ml-engineer (``options.rpc``)."""
+    return rpc(data_dir, lambda clients: call(clients.monitor))
 
 
 def lineage_tree(steps: list[pb.LineageStep]) -> object:
@@ -67,7 +65,7 @@ def lineage(
 
     reply = _rpc(data_dir, lambda stub: stub.GetLineage(pb.GetLineageRequest(output_id=output_id)))
     if as_json:
-        _echo_json(reply)
+        echo_json(reply)
         return
     Console().print(lineage_tree(list(reply.steps)))
 
@@ -77,12 +75,12 @@ def _run_rows(runs: list[pb.RetrainingRun]) -> list[list[str]]:
 
     rows = []
     for run in runs:
-        state = pb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+        state = enum_name(pb.RunState, run.state)
         last = run.steps[-1] if run.steps else None
         rows.append(
             [
                 run.id,
-                _when(run.create_time),
+                when(run.create_time),
                 run.trigger,
                 state,
                 f"{last.name}: {last.outcome}" if last else "-",
@@ -112,7 +110,7 @@ def retraining_evaluate(
         lambda stub: stub.EvaluateRetraining(pb.EvaluateRetrainingRequest(dry_run=dry_run)),
     )
     if as_json:
-        _echo_json(reply)
+        echo_json(reply)
         return
     if not reply.triggered:
         typer.echo("no trigger fired")
@@ -121,7 +119,7 @@ def retraining_evaluate(
         if dry_run:
             typer.echo("dry run: nothing started")
     if reply.HasField("run"):
-        _table("retraining run", _RUN_COLUMNS, _run_rows([reply.run]))
+        table("retraining run", _RUN_COLUMNS, _run_rows([reply.run]))
 
 
 @retraining_app.command("list")
@@ -141,8 +139,8 @@ def retraining_list(
         ),
     )
     if as_json:
-        _echo_json(reply)
+        echo_json(reply)
         return
-    _table("retraining runs", _RUN_COLUMNS, _run_rows(list(reply.runs)))
+    table("retraining runs", _RUN_COLUMNS, _run_rows(list(reply.runs)))
     if reply.next_page_token:
         typer.echo(f"next page: --page-token {reply.next_page_token}")

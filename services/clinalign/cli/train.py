@@ -3,29 +3,23 @@ commands for data, training and evaluation, mounted on the main ``clinalign`` ap
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from clinalign.common.config import CommonSettings
+from clinalign.cli.options import DataDir, rpc
+
+if TYPE_CHECKING:
+    from clinalign.common.channels import Clients
 
 snapshot_app = typer.Typer(no_args_is_help=True, help="Preference-store snapshots.")
 train_app = typer.Typer(no_args_is_help=True, help="Train a model (runs in this process).")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model and check the gate.")
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(help="Data directory (tokens, endpoints); default CLINALIGN_DATA_DIR."),
-]
 REFUSED_EXIT = 3  # `clinalign eval` exit status when the promotion gate refuses the model
-
-
-def _common(data_dir: Path | None) -> CommonSettings:
-    return CommonSettings() if data_dir is None else CommonSettings(data_dir=data_dir)
 
 
 @snapshot_app.command("export")
@@ -36,34 +30,22 @@ def snapshot_export(
 ) -> None:
     """Export a snapshot's preference pairs as JSONL, with its manifest beside it
     (`<out>.manifest.json`) so training records the snapshot's content hash."""
-    import grpc
-
-    from clinalign.cli.client import channel_for
-    from clinalign.common.auth import Role
     from clinalign.preference.v1 import preference_pb2 as pb
-    from clinalign.preference.v1 import preference_pb2_grpc
     from clinalign.trainer.methods.reward_model.commands import MANIFEST_SUFFIX
 
-    async def fetch() -> tuple[bytes, str, int]:
-        async with channel_for("preference", Role.ML_ENGINEER, _common(data_dir)) as channel:
-            stub = preference_pb2_grpc.PreferenceServiceStub(channel)
-            got = await stub.GetSnapshot(pb.GetSnapshotRequest(id=snapshot_id), timeout=30)
-            chunks, records = [], 0
-            request = pb.ExportSnapshotRequest(
-                id=snapshot_id,
-                format=pb.EXPORT_FORMAT_JSONL,
-                kind=pb.EXPORT_KIND_PREFERENCE,
-            )
-            async for part in stub.ExportSnapshot(request, timeout=600):
-                chunks.append(part.chunk)
-                records = records or part.records
-            return b"".join(chunks), got.snapshot.manifest_json, records
+    async def fetch(clients: Clients) -> tuple[bytes, str, int]:
+        stub = clients.preference
+        got = await stub.GetSnapshot(pb.GetSnapshotRequest(id=snapshot_id), timeout=30)
+        chunks, records = [], 0
+        request = pb.ExportSnapshotRequest(
+            id=snapshot_id, format=pb.EXPORT_FORMAT_JSONL, kind=pb.EXPORT_KIND_PREFERENCE
+        )
+        async for part in stub.ExportSnapshot(request, timeout=600):
+            chunks.append(part.chunk)
+            records = records or part.records
+        return b"".join(chunks), got.snapshot.manifest_json, records
 
-    try:
-        data, manifest, records = asyncio.run(fetch())
-    except grpc.aio.AioRpcError as err:
-        typer.echo(f"error: {err.code().name}: {err.details()}", err=True)
-        raise typer.Exit(1) from None
+    data, manifest, records = rpc(data_dir, fetch)
     out.write_bytes(data)
     out.with_name(out.name + MANIFEST_SUFFIX).write_text(manifest)
     typer.echo(f"{records} preference records -> {out} (manifest beside it)")

@@ -1,4 +1,8 @@
-"""Outgoing gRPC channels: TLS when configured, bearer token and request id on every call.
+"""The one way to reach a ClinAlign service: ``Clients``, typed stubs of the five services
+on channels opened on first use, with TLS when configured, the caller's bearer token and
+the request id on every call, and the message-size and keepalive settings of
+``CommonSettings``. Services, the CLI, the demo and the tests all reach their peers
+through it (``open_channel`` underneath is for a single channel to an explicit target).
 
 The request id of the RPC being served (``contextvars``) travels to the callee, so one id
 ties together the logs of every service a request touches; trace context travels through
@@ -9,13 +13,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import grpc.aio
 
+from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.context import REQUEST_ID_HEADER, current_request_id, new_request_id
+from clinalign.generation.v1.generation_pb2_grpc import GenerationServiceStub
+from clinalign.monitor.v1.monitor_pb2_grpc import MonitorServiceStub
+from clinalign.preference.v1.preference_pb2_grpc import PreferenceServiceStub
+from clinalign.reward.v1.reward_pb2_grpc import RewardServiceStub
+from clinalign.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
+
+# mypy-protobuf's async stub types exist in the .pyi files only (and grpc ships no types,
+# so its overloads cannot pick them): the properties cast to them.
+if TYPE_CHECKING:
+    from clinalign.generation.v1.generation_pb2_grpc import GenerationServiceAsyncStub
+    from clinalign.monitor.v1.monitor_pb2_grpc import MonitorServiceAsyncStub
+    from clinalign.preference.v1.preference_pb2_grpc import PreferenceServiceAsyncStub
+    from clinalign.reward.v1.reward_pb2_grpc import RewardServiceAsyncStub
+    from clinalign.trainer.v1.trainer_pb2_grpc import TrainerServiceAsyncStub
 
 
 def _metadata(token: str | None, existing: Any) -> list[tuple[str, str]]:
@@ -114,6 +133,73 @@ def open_channel(
 
 def service_token(settings: CommonSettings) -> str:
     """The token this service presents to its peers (role ``service``)."""
-    from clinalign.common.auth import Role, token_for_role
+    from clinalign.common.auth import token_for_role
 
     return settings.service_token or token_for_role(settings.resolved_tokens_file, Role.SERVICE)
+
+
+class Clients:
+    """Typed async stubs of the five services, each on a channel to the service's configured
+    target (``CLINALIGN_<SERVICE>_TARGET``) opened on first use, inside the event loop.
+
+    The bearer token is ``token``; else the local token of ``role`` (the CLI and the demo
+    act as a person's role); else this service's own credential (``service_token``). The
+    target is read on every use, so a peer whose address changed gets a fresh channel.
+    ``async with Clients(...)`` closes the channels on exit.
+    """
+
+    def __init__(
+        self, settings: CommonSettings, *, token: str | None = None, role: Role | None = None
+    ) -> None:
+        self.settings = settings
+        self._token = token
+        self._role = role
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def token(self) -> str:
+        if self._token is None:
+            if self._role is None:
+                self._token = service_token(self.settings)
+            else:
+                from clinalign.common.auth import token_for_role
+
+                self._token = token_for_role(self.settings.resolved_tokens_file, self._role)
+        return self._token
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """The channel to ``service`` (a name in ``CommonSettings.target``)."""
+        target = self.settings.target(service)
+        if target not in self._channels:
+            self._channels[target] = open_channel(target, self.settings, self.token())
+        return self._channels[target]
+
+    @property
+    def generation(self) -> GenerationServiceAsyncStub:
+        return cast("GenerationServiceAsyncStub", GenerationServiceStub(self.channel("generation")))
+
+    @property
+    def reward(self) -> RewardServiceAsyncStub:
+        return cast("RewardServiceAsyncStub", RewardServiceStub(self.channel("reward")))
+
+    @property
+    def preference(self) -> PreferenceServiceAsyncStub:
+        return cast("PreferenceServiceAsyncStub", PreferenceServiceStub(self.channel("preference")))
+
+    @property
+    def trainer(self) -> TrainerServiceAsyncStub:
+        return cast("TrainerServiceAsyncStub", TrainerServiceStub(self.channel("trainer")))
+
+    @property
+    def monitor(self) -> MonitorServiceAsyncStub:
+        return cast("MonitorServiceAsyncStub", MonitorServiceStub(self.channel("monitor")))
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    async def __aenter__(self) -> Clients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

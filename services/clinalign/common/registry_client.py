@@ -6,22 +6,23 @@ from __future__ import annotations
 import grpc
 import grpc.aio
 
+from clinalign.common.channels import Clients
 from clinalign.common.errors import InvalidArgument, NotFound, Unavailable
 from clinalign.common.v1 import common_pb2
-from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from clinalign.trainer.v1 import trainer_pb2
 
 REGISTRY_TIMEOUT_S = 10.0
 _KIND_NAMES = {common_pb2.MODEL_KIND_POLICY: "policy", common_pb2.MODEL_KIND_REWARD: "reward"}
 
 
 async def resolve_version(
-    channel: grpc.aio.Channel, target: str, version: str, kind: common_pb2.ModelKind.ValueType
+    clients: Clients, version: str, kind: common_pb2.ModelKind.ValueType
 ) -> common_pb2.ModelVersion:
     """The registry entry of version, which must be of kind; NOT_FOUND names the field
     ``version``, and a trainer that cannot answer is UNAVAILABLE."""
-    stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+    target = clients.settings.trainer_target
     try:
-        reply = await stub.GetModelVersion(
+        reply = await clients.trainer.GetModelVersion(
             trainer_pb2.GetModelVersionRequest(version=version), timeout=REGISTRY_TIMEOUT_S
         )
     except grpc.aio.AioRpcError as err:

@@ -85,7 +85,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Runs the demonstration and returns the report's figures (also written to
     ``<data_dir>/demo/report.json``)."""
-    from clinalign.cli.main import _model_env, bootstrap, foundation_dir
+    from clinalign.cli.main import bootstrap, foundation_dir, model_env
     from clinalign.cli.stack import Stack, ensure_tokens
     from clinalign.demo.report import summarise, write_report
     from clinalign.simulation import SimulatedPanel
@@ -104,7 +104,7 @@ def run_demo(
         common.resolved_tokens_file, {a.annotator_id: Role.CLINICIAN for a in panel.annotators}
     )
     echo("== 2. starting the five services")
-    stack = Stack(common, extra_env={**_model_env(common), **stack_env(plan, threads)})
+    stack = Stack(common, extra_env={**model_env(common), **stack_env(plan, threads)})
     stack.start()
     try:
         for r in stack.wait_ready():

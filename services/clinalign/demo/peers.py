@@ -12,17 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc.aio
-
-from clinalign.common.auth import Role, token_for_role
-from clinalign.common.channels import open_channel
+from clinalign.common.auth import Role
+from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
-from clinalign.generation.v1 import generation_pb2, generation_pb2_grpc
-from clinalign.monitor.v1 import monitor_pb2_grpc
-from clinalign.preference.v1 import preference_pb2_grpc
-from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
-from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from clinalign.generation.v1 import generation_pb2
+from clinalign.reward.v1 import reward_pb2
+from clinalign.trainer.v1 import trainer_pb2
 
 Echo = Callable[[str], Any]
 JOB_DONE = (
@@ -38,42 +34,34 @@ class DemoError(RuntimeError):
 
 @dataclass
 class Peers:
-    """Stubs for the five services, each on a channel authenticated as the role a real
-    caller of that RPC has: the ML engineer trains and promotes, the EHR system generates,
-    the labelling tool (role ``service``) stores labels, each simulated clinician flags with
-    a token of their own."""
+    """Stubs for the five services, each through ``Clients`` authenticated as the role a
+    real caller of that RPC has: the ML engineer trains and promotes, the EHR system
+    generates, the labelling tool (role ``service``) stores labels, each simulated
+    clinician flags with a token of their own."""
 
     common: CommonSettings
     clinician_tokens: dict[str, str]
-    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+    _clients: list[Clients] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        def channel(service: str, token: str) -> grpc.aio.Channel:
-            ch = open_channel(self.common.target(service), self.common, token)
-            self._channels.append(ch)
-            return ch
+        def clients(**who: Any) -> Clients:
+            self._clients.append(Clients(self.common, **who))
+            return self._clients[-1]
 
-        tokens = self.common.resolved_tokens_file
-        engineer = token_for_role(tokens, Role.ML_ENGINEER)
-        service = token_for_role(tokens, Role.SERVICE)
-        self.trainer = trainer_pb2_grpc.TrainerServiceStub(channel("trainer", engineer))
-        self.preference = preference_pb2_grpc.PreferenceServiceStub(channel("preference", service))
-        self.preference_admin = preference_pb2_grpc.PreferenceServiceStub(
-            channel("preference", engineer)
-        )
-        self.generation = generation_pb2_grpc.GenerationServiceStub(channel("generation", engineer))
-        self.ehr = generation_pb2_grpc.GenerationServiceStub(
-            channel("generation", token_for_role(tokens, Role.EHR_CLIENT))
-        )
-        self.reward = reward_pb2_grpc.RewardServiceStub(channel("reward", engineer))
-        self.monitor = monitor_pb2_grpc.MonitorServiceStub(channel("monitor", engineer))
+        engineer = clients(role=Role.ML_ENGINEER)
+        self.trainer = engineer.trainer
+        self.preference = clients(role=Role.SERVICE).preference
+        self.preference_admin = engineer.preference
+        self.generation = engineer.generation
+        self.ehr = clients(role=Role.EHR_CLIENT).generation
+        self.reward = engineer.reward
+        self.monitor = engineer.monitor
         self.clinicians = {
-            name: monitor_pb2_grpc.MonitorServiceStub(channel("monitor", token))
-            for name, token in self.clinician_tokens.items()
+            name: clients(token=token).monitor for name, token in self.clinician_tokens.items()
         }
 
     async def close(self) -> None:
-        await asyncio.gather(*(ch.close() for ch in self._channels))
+        await asyncio.gather(*(c.close() for c in self._clients))
 
     # -- trainer ---------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from clinalign.common.channels import open_channel, service_token
+from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition
 from clinalign.common.prompts import render_user_prompt
@@ -24,7 +23,7 @@ from clinalign.generation.reporter import MonitorReporter
 from clinalign.generation.router import Router
 from clinalign.generation.servicer import ROLES, GenerationServicer
 from clinalign.generation.v1 import generation_pb2_grpc
-from clinalign.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from clinalign.monitor.v1 import monitor_pb2
 
 MONITOR_TIMEOUT_S = 10.0
 
@@ -38,7 +37,7 @@ class GenerationApp:
         self.common = common
         self.settings = settings
         self.model_path = settings.model_path or common.data_dir / "models" / "foundation"
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.clients = Clients(common)  # the monitor and the trainer's registry
         self.reporter: MonitorReporter | None = None
         if settings.report_to_monitor:
             self.reporter = MonitorReporter(
@@ -49,14 +48,8 @@ class GenerationApp:
         self.router = Router(self._load_version)
         self.servicer = GenerationServicer(settings, self.router, self.reporter)
 
-    def _channel(self, target: str) -> grpc.aio.Channel:
-        if target not in self._channels:
-            self._channels[target] = open_channel(target, self.common, service_token(self.common))
-        return self._channels[target]
-
     async def _send_to_monitor(self, batch: list[monitor_pb2.ProductionOutput]) -> None:
-        stub = monitor_pb2_grpc.MonitorServiceStub(self._channel(self.common.monitor_target))
-        await stub.RecordOutputs(
+        await self.clients.monitor.RecordOutputs(
             monitor_pb2.RecordOutputsRequest(outputs=batch), timeout=MONITOR_TIMEOUT_S
         )
 
@@ -95,10 +88,7 @@ class GenerationApp:
                 "backend=remote serves the model its TGI/vLLM server loaded; switch versions by "
                 "redeploying that server (or run backend=local)"
             )
-        target = self.common.trainer_target
-        mv = await resolve_version(
-            self._channel(target), target, version, common_pb2.MODEL_KIND_POLICY
-        )
+        mv = await resolve_version(self.clients, version, common_pb2.MODEL_KIND_POLICY)
         if mv.adapter_path:
             backend = self._local(
                 Path(mv.base_model), version, Path(mv.adapter_path), mv.weights_hash
@@ -127,7 +117,7 @@ class GenerationApp:
         await self.router.close()
         if self.reporter is not None:
             await self.reporter.stop()
-        await asyncio.gather(*(ch.close() for ch in self._channels.values()))
+        await self.clients.close()
 
 
 def _chat_renderer(model_path: Path) -> Callable[[str], str] | None:

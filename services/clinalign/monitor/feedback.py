@@ -37,8 +37,10 @@ import grpc.aio
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from clinalign.common.channels import Clients
 from clinalign.common.db import Database
 from clinalign.monitor import metrics
+from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.store import FeedbackRow, FlagRow, OutputRow
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
@@ -89,14 +91,30 @@ def enqueue(session: Session, flag: FlagRow) -> None:
 
 @dataclass(frozen=True)
 class Settings:
-    guideline_version: str = "flag-review-v1"
-    batch_id: str = "flagged-outputs"
-    overlap: int = 2
-    candidates: int = 2
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    batch: int = 20
-    max_attempts: int = 100
+    """The feedback settings (``MonitorSettings.feedback_*``, where each is documented and
+    has its default)."""
+
+    guideline_version: str
+    batch_id: str
+    overlap: int
+    candidates: int
+    max_new_tokens: int
+    temperature: float
+    batch: int
+    max_attempts: int
+
+    @classmethod
+    def from_settings(cls, settings: MonitorSettings) -> Settings:
+        return cls(
+            guideline_version=settings.feedback_guideline_version,
+            batch_id=settings.feedback_batch_id,
+            overlap=settings.feedback_overlap,
+            candidates=settings.feedback_candidates,
+            max_new_tokens=settings.feedback_max_new_tokens,
+            temperature=settings.feedback_temperature,
+            batch=settings.feedback_batch,
+            max_attempts=settings.feedback_max_attempts,
+        )
 
 
 @dataclass(frozen=True)
@@ -159,7 +177,7 @@ class Delivery:
     """Delivers feedback through the peers' stubs (``peers.preference``, and for tasks
     ``peers.generation``), read on each use."""
 
-    def __init__(self, db: Database, peers: Any, settings: Settings) -> None:
+    def __init__(self, db: Database, peers: Clients, settings: Settings) -> None:
         self.db = db
         self.peers = peers
         self.settings = settings

@@ -25,11 +25,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc.aio
 
-from clinalign.common.channels import open_channel, service_token
+from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.deid import build_redactor
@@ -40,87 +39,6 @@ from clinalign.monitor.servicer import ROLES, Limits, MonitorServicer
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
 log = logging.getLogger("clinalign.monitor")
-
-
-class Peers:
-    """Stubs of the services the monitor calls, on channels opened on first use (inside
-    the event loop) and authenticated with this service's ``service`` token."""
-
-    def __init__(self, common: CommonSettings) -> None:
-        self.common = common
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._token: str | None = None
-
-    def _channel(self, service: str) -> grpc.aio.Channel:
-        # Keyed by target, read on every call: a peer that moved gets a fresh channel.
-        target = self.common.target(service)
-        if target not in self._channels:
-            if self._token is None:
-                self._token = service_token(self.common)
-            self._channels[target] = open_channel(target, self.common, self._token)
-        return self._channels[target]
-
-    @property
-    def preference(self) -> Any:
-        from clinalign.preference.v1.preference_pb2_grpc import PreferenceServiceStub
-
-        return PreferenceServiceStub(self._channel("preference"))
-
-    @property
-    def trainer(self) -> Any:
-        from clinalign.trainer.v1.trainer_pb2_grpc import TrainerServiceStub
-
-        return TrainerServiceStub(self._channel("trainer"))
-
-    @property
-    def reward(self) -> Any:
-        from clinalign.reward.v1.reward_pb2_grpc import RewardServiceStub
-
-        return RewardServiceStub(self._channel("reward"))
-
-    @property
-    def generation(self) -> Any:
-        from clinalign.generation.v1.generation_pb2_grpc import GenerationServiceStub
-
-        return GenerationServiceStub(self._channel("generation"))
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-
-
-def retraining_policy(settings: MonitorSettings) -> retraining.Policy:
-    return retraining.Policy(
-        min_new_pairs=settings.retrain_min_new_pairs,
-        max_flag_rate=settings.retrain_max_flag_rate,
-        min_outputs=settings.retrain_min_outputs,
-        max_psi=settings.retrain_max_psi,
-        window_minutes=settings.retrain_window_minutes,
-        min_agreement=settings.retrain_min_agreement,
-        eval_fraction=settings.retrain_eval_fraction,
-        psi_bins=settings.psi_bins,
-        poll_s=settings.retrain_poll_s,
-        reward_base_model=settings.retrain_reward_base_model,
-        reward_hyperparameters=dict(settings.retrain_reward_hyperparameters),
-        ppo_hyperparameters=dict(settings.retrain_ppo_hyperparameters),
-        prompt_set=settings.retrain_prompt_set,
-        on_reward_refused=settings.retrain_on_reward_refused,
-        seed=settings.retrain_seed,
-    )
-
-
-def feedback_settings(settings: MonitorSettings) -> feedback.Settings:
-    return feedback.Settings(
-        guideline_version=settings.feedback_guideline_version,
-        batch_id=settings.feedback_batch_id,
-        overlap=settings.feedback_overlap,
-        candidates=settings.feedback_candidates,
-        max_new_tokens=settings.feedback_max_new_tokens,
-        temperature=settings.feedback_temperature,
-        batch=settings.feedback_batch,
-        max_attempts=settings.feedback_max_attempts,
-    )
 
 
 class MonitorApp(DatabaseApp):
@@ -137,16 +55,14 @@ class MonitorApp(DatabaseApp):
         url = settings.database_url or default_sqlite_url(common.data_dir, "monitor")
         super().__init__(Database(url, store.Base))
         self.settings = settings
-        limits = Limits(
-            max_batch=settings.max_batch,
-            max_text_chars=settings.max_text_chars,
-            max_comment_chars=settings.max_comment_chars,
-            baseline_outputs=settings.baseline_outputs,
-            psi_bins=settings.psi_bins,
+        limits = Limits.from_settings(settings)
+        self.peers = Clients(common)
+        self.retraining = retraining.Retraining(
+            self.db, self.peers, retraining.Policy.from_settings(settings)
         )
-        self.peers = Peers(common)
-        self.retraining = retraining.Retraining(self.db, self.peers, retraining_policy(settings))
-        self.feedback = feedback.Delivery(self.db, self.peers, feedback_settings(settings))
+        self.feedback = feedback.Delivery(
+            self.db, self.peers, feedback.Settings.from_settings(settings)
+        )
         self.servicer = MonitorServicer(
             self.db, redact or build_redactor(), limits, self.retraining, self.peers
         )

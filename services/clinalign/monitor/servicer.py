@@ -10,19 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc.aio
 from sqlalchemy.orm import Session
 
 from clinalign.common.auth import Role, roles
+from clinalign.common.channels import Clients
 from clinalign.common.context import principal_name
 from clinalign.common.db import Database
-from clinalign.common.errors import InvalidArgument
+from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.protos import timestamp
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import drift, feedback, flags, lineage, metrics, retraining, store
+from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
@@ -57,11 +58,24 @@ def severity_name(value: int) -> str:
 
 @dataclass(frozen=True)
 class Limits:
-    max_batch: int = 512
-    max_text_chars: int = 20_000
-    max_comment_chars: int = 2_000
-    baseline_outputs: int = 200
-    psi_bins: int = 10
+    """The request limits (``MonitorSettings``, where each is documented and has its
+    default)."""
+
+    max_batch: int
+    max_text_chars: int
+    max_comment_chars: int
+    baseline_outputs: int
+    psi_bins: int
+
+    @classmethod
+    def from_settings(cls, settings: MonitorSettings) -> Limits:
+        return cls(
+            max_batch=settings.max_batch,
+            max_text_chars=settings.max_text_chars,
+            max_comment_chars=settings.max_comment_chars,
+            baseline_outputs=settings.baseline_outputs,
+            psi_bins=settings.psi_bins,
+        )
 
 
 def _record(i: int, out: pb.ProductionOutput, limits: Limits) -> store.OutputRecord:
@@ -187,7 +201,7 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         redact: store.Redactor,
         limits: Limits,
         loop: retraining.Retraining | None = None,
-        peers: Any = None,
+        peers: Clients | None = None,
     ) -> None:
         self.db = db
         self.redact = redact
@@ -310,6 +324,8 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
             raise InvalidArgument("output_id", "is required: the output id from a provenance")
         if len(request.output_id) > 64:
             raise InvalidArgument("output_id", "is at most 64 characters")
+        if self.peers is None:
+            raise FailedPrecondition("this monitor has no peers to follow the lineage through")
         steps, model = await lineage.walk(
             self.db, self.peers.trainer, self.peers.preference, request.output_id
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc.aio
 
-from clinalign.common.channels import open_channel, service_token
+from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition
 from clinalign.common.registry_client import resolve_version
@@ -33,7 +33,7 @@ class RewardApp:
         self.models = ActiveModel(self._load_version, self._activated)
         self.servicer = RewardServicer(settings, self.models)
         self._readiness: Readiness | None = None
-        self._channel: grpc.aio.Channel | None = None
+        self.clients = Clients(common)  # the trainer's registry
 
     def register(self, server: grpc.aio.Server) -> None:
         reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, server)
@@ -56,10 +56,7 @@ class RewardApp:
 
     async def _load_version(self, version: str) -> Batcher:
         """Resolves a registry version through the trainer service and loads it."""
-        target = self.common.trainer_target
-        if self._channel is None:
-            self._channel = open_channel(target, self.common, service_token(self.common))
-        mv = await resolve_version(self._channel, target, version, common_pb2.MODEL_KIND_REWARD)
+        mv = await resolve_version(self.clients, version, common_pb2.MODEL_KIND_REWARD)
         if mv.adapter_path:
             raise FailedPrecondition(
                 f"reward version {version} is a LoRA adapter; the reward service serves "
@@ -88,8 +85,7 @@ class RewardApp:
 
     async def stop(self) -> None:
         await self.models.close()
-        if self._channel is not None:
-            await self._channel.close()
+        await self.clients.close()
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import grpc.aio
 from sqlalchemy.orm import Session
 
 from clinalign.common.artefacts import REWARD
-from clinalign.common.channels import open_channel, service_token
+from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.trainer import prompt_sets
@@ -109,10 +109,10 @@ async def score_remote(
     """(scores, the reward version that gave them) from ``RewardService.Score``: the pairs
     go out in concurrent chunks (the service batches across them and other callers), and
     overload and restarts are retried with backoff. The chunks must agree on the version."""
-    from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
+    from clinalign.reward.v1 import reward_pb2
 
-    async with open_channel(common.reward_target, common, service_token(common)) as channel:
-        stub = reward_pb2_grpc.RewardServiceStub(channel)
+    async with Clients(common) as clients:
+        stub = clients.reward
 
         async def chunk(start: int) -> tuple[list[float], str]:
             items = [

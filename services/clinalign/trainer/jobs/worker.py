@@ -25,13 +25,12 @@ import grpc.aio
 
 from clinalign.common import artefacts
 from clinalign.common.artefacts import ProgressFn
-from clinalign.common.channels import open_channel, service_token
+from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.errors import ClinAlignError
 from clinalign.common.logs import configure_logging
 from clinalign.preference.v1 import preference_pb2 as pb
-from clinalign.preference.v1 import preference_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.jobs import ppo_job, report, specs, supervised
 from clinalign.trainer.jobs import store as jobs
@@ -112,9 +111,8 @@ async def fetch_snapshot(
 ) -> tuple[bytes, str]:
     """(JSONL export of both splits of one record kind, the snapshot's manifest JSON), as
     `clinalign snapshot export` fetches them, with the service token."""
-    target = common.preference_target
-    async with open_channel(target, common, service_token(common)) as channel:
-        stub = preference_pb2_grpc.PreferenceServiceStub(channel)
+    async with Clients(common) as clients:
+        stub = clients.preference
         got = await stub.GetSnapshot(pb.GetSnapshotRequest(id=snapshot_id), timeout=30)
         request = pb.ExportSnapshotRequest(id=snapshot_id, format=pb.EXPORT_FORMAT_JSONL, kind=kind)
         chunks = [

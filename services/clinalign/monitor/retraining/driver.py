@@ -1,382 +1,61 @@
-"""The retraining policy that closes the loop: when to retrain, and the run that does it.
-
-Triggers (``triggers``, pure), evaluated by EvaluateRetraining and, when
-``retrain_interval_s`` > 0, by the monitor server on that period:
-
-- ``new_preferences:<n>``: a snapshot cut now (preference CreateSnapshot with
-  ``retrain_min_agreement``, every annotator's label, ties dropped) holds at least
-  ``retrain_min_new_pairs`` pairs (train + eval; ``retrain_eval_fraction`` of the prompts
-  held out for the reward-model gate) more than the last run's snapshot (all of
-  them when there was no run). Key: ``data:<content hash>``.
-- ``flag_rate:<rate>``: confirmed flags per output of the served policy version over the
-  trailing ``retrain_window_minutes`` exceed ``retrain_max_flag_rate``, over at least
-  ``retrain_min_outputs`` outputs. Key: ``flag_rate:<served version>:<content hash>``.
-- ``drift_psi:<psi>``: the PSI of that window's reward scores against the version's
-  baseline exceeds ``retrain_max_psi``. Key: ``drift_psi:<served version>:<content hash>``.
-
-A dry run cuts the snapshot too: the store has no way to count a snapshot's pairs without
-cutting it, and cutting is idempotent by content (the same data gives back the same
-snapshot), so a dry run changes nothing a later decision reads; it records no run, no
-trigger key and no flag inclusion.
-
-Idempotency, held by the database rather than a lock in one process: at most one run is
-RUNNING (a unique column set only while running), and each trigger key starts at most one
-run (the key is a primary key). A call that finds a RUNNING run returns it (a dry run or a
-call on which nothing fires too, so a caller racing the one that started a run sees it); a
-call whose fired keys all started runs already returns the run of the first one. Two
-monitors evaluating at once: one insert wins, the other's transaction retries and finds it.
-
-A run's steps, each recorded once when it ends (``retraining_run_steps``, unique per run
-and name) with what it produced and its outcome:
-
-``snapshot`` → ``reward_model_job`` (trainer SubmitJob, kind reward_model, on the snapshot,
-from ``retrain_reward_base_model``: the served policy, the policy the served reward model
-was first trained from (``served-reward-base``), the served reward model itself, trained
-further (``served-reward``: a warm start), or a named version or directory; idempotency key
-``<run>:reward_model_job``; recorded when the job ends) →
-``promote_reward_model`` (trainer PromoteModel: the reward-model gate) →
-``activate_reward_model`` (RewardService.ActivateModel: PPO jobs score through the reward
-service, which must serve the version they name) → ``ppo_job`` (kind ppo from the served
-policy, against the new reward model, on ``retrain_prompt_set``: by default the run's
-snapshot, so the policy practises on the prompts clinicians flagged) → ``promote_policy`` (the
-policy gate) → ``activate_policy`` (GenerationService.ActivateModel).
-
-A refused reward model is never activated. What the run does next is
-``retrain_on_reward_refused``: ``served`` (the default) records ``activate_reward_model``
-as keeping the reward model that serves, and the PPO job trains against that one (the new
-data did not make a better judge, which need not hold back the policy's retraining; the
-policy gate still decides); ``stop`` ends the run REFUSED before PPO, as does a refusal
-while no reward model serves. A refused policy is never activated and ends the run REFUSED
-(the generation service keeps serving what it served; a new reward model that passed its
-own gate stays active). A job that fails or is cancelled, or a call that keeps failing,
-ends it FAILED with the reason. Every step is idempotent (job keys, promotion read back
-from the registry's stage, activation of the active version is a no-op), so after a
-monitor restart ``resume`` carries each RUNNING run on from its last recorded step.
-"""
+"""The run that retrains: evaluating the policy, starting a run when a trigger fires, and
+driving it step by step through the peers (snapshot → reward-model job → its gate →
+activation → PPO job → the policy gate → activation), resuming after a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from clinalign.common.channels import Clients
 from clinalign.common.db import Database
 from clinalign.common.errors import ClinAlignError, FailedPrecondition, Unavailable
 from clinalign.common.v1 import common_pb2
-from clinalign.monitor import metrics, store
-from clinalign.monitor.feedback import DELIVERED
-from clinalign.monitor.store import FeedbackRow, RunRow, RunStepRow, RunTriggerRow
-from clinalign.monitor.v1 import monitor_pb2 as pb
+from clinalign.monitor import metrics
+from clinalign.monitor.retraining.runs import (
+    FAILED,
+    PROMOTED,
+    REFUSED,
+    RUNNING,
+    STATE_NAMES,
+    Cut,
+    RunView,
+    finish,
+    get_run,
+    last_run_pairs,
+    record_step,
+    running_run,
+    set_versions,
+    start_run,
+)
+from clinalign.monitor.retraining.triggers import (
+    RUN_SNAPSHOT,
+    SERVED_REWARD,
+    SERVED_REWARD_BASE,
+    STOP,
+    Policy,
+    Signals,
+    triggers,
+    window_signals,
+)
+from clinalign.monitor.store import RunRow
 
 log = logging.getLogger("clinalign.monitor.retraining")
 T = TypeVar("T")
 
-RUNNING = pb.RUN_STATE_RUNNING
-PROMOTED = pb.RUN_STATE_PROMOTED
-REFUSED = pb.RUN_STATE_REFUSED
-FAILED = pb.RUN_STATE_FAILED
-STATE_NAMES: dict[int, str] = {
-    RUNNING: "running",
-    PROMOTED: "promoted",
-    REFUSED: "refused",
-    FAILED: "failed",
-}
 RPC_TIMEOUT_S = 120.0
 # A gate decision runs the candidate over held-out prompts: give it room.
 GATE_TIMEOUT_S = 1800.0
 RETRIES = 3  # UNAVAILABLE from a peer is retried this many times, retrain_poll_s apart
-
-
-# `reward_base_model` values. SERVED_REWARD_BASE: train the new reward model from the policy
-# the served reward model was first trained from, so that the gate, which compares the two
-# on the same held-out pairs, compares models that differ only in their data.
-# SERVED_REWARD: continue training the served reward model on the new snapshot (a warm
-# start): the new model starts where the served one is, and the new data moves it.
-SERVED_REWARD_BASE = "served-reward-base"
-SERVED_REWARD = "served-reward"
-# What a run does when the reward-model gate refuses its reward model:
-KEEP_SERVED_REWARD = "served"  # train the policy against the reward model that serves
-STOP = "stop"  # end the run REFUSED before PPO
-# ``retrain_prompt_set`` naming the run's own snapshot: PPO samples the prompts of its train
-# split, the prompts of the flagged outputs among them
-RUN_SNAPSHOT = "snapshot"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The retraining settings (``MonitorSettings.retrain_*``), parsed once."""
-
-    min_new_pairs: int = 200
-    max_flag_rate: float = 0.05
-    min_outputs: int = 100
-    max_psi: float = 0.25
-    window_minutes: float = 1440.0
-    min_agreement: float = 0.0
-    eval_fraction: float = 0.1
-    psi_bins: int = 10
-    poll_s: float = 5.0
-    reward_base_model: str = ""  # "" the served policy; SERVED_REWARD_BASE; a version or path
-    reward_hyperparameters: dict[str, str] = field(default_factory=dict)
-    ppo_hyperparameters: dict[str, str] = field(default_factory=dict)
-    prompt_set: str = RUN_SNAPSHOT  # or a named prompt set
-    seed: int = 0
-    on_reward_refused: str = KEEP_SERVED_REWARD  # or STOP
-
-
-@dataclass(frozen=True)
-class Signals:
-    """What the triggers read: the fresh snapshot, the last run's, the served policy's
-    window."""
-
-    snapshot_hash: str
-    pairs: int
-    last_run_pairs: int
-    served_policy: str
-    outputs: int
-    confirmed_flags: int
-    psi: float | None
-
-
-@dataclass(frozen=True)
-class Trigger:
-    kind: str  # new_preferences | flag_rate | drift_psi
-    reason: str
-    key: str
-
-
-def triggers(sig: Signals, policy: Policy) -> list[Trigger]:
-    """The triggers that fire, in a fixed order (data, flag rate, drift)."""
-    fired = []
-    new = sig.pairs - sig.last_run_pairs
-    if new >= policy.min_new_pairs:
-        fired.append(
-            Trigger("new_preferences", f"new_preferences:{new}", f"data:{sig.snapshot_hash}")
-        )
-    if sig.served_policy and sig.outputs >= policy.min_outputs:
-        rate = sig.confirmed_flags / sig.outputs
-        if rate > policy.max_flag_rate:
-            fired.append(
-                Trigger(
-                    "flag_rate",
-                    f"flag_rate:{rate:.2f}",
-                    f"flag_rate:{sig.served_policy}:{sig.snapshot_hash}",
-                )
-            )
-    if sig.served_policy and sig.psi is not None and sig.psi > policy.max_psi:
-        fired.append(
-            Trigger(
-                "drift_psi",
-                f"drift_psi:{sig.psi:.2f}",
-                f"drift_psi:{sig.served_policy}:{sig.snapshot_hash}",
-            )
-        )
-    return fired
-
-
-# ------------------------------------------------------------------------------ the store
-
-
-@dataclass(frozen=True)
-class StepView:
-    name: str
-    ref: str
-    outcome: str
-    at: datetime
-
-
-@dataclass(frozen=True)
-class RunView:
-    id: str
-    trigger: str
-    state: int
-    steps: list[StepView]
-    promoted_version: str
-    created_at: datetime
-    snapshot_id: str = ""
-    snapshot_hash: str = ""
-    served_policy: str = ""
-    reward_version: str = ""
-    policy_version: str = ""
-    reason: str = ""
-
-    def step(self, name: str) -> StepView | None:
-        return next((s for s in self.steps if s.name == name), None)
-
-
-def window_signals(
-    session: Session, version: str, start: datetime, end: datetime, bins: int
-) -> tuple[int, int, float | None]:
-    """(outputs, confirmed flags, reward PSI) of a version over [start, end)."""
-    from clinalign.monitor.flags import CONFIRMED
-
-    for v in store.window_stats(session, version, start, end, CONFIRMED):
-        if v.model_version == version:
-            psi, _ = v.drift(bins)
-            return v.outputs, sum(v.confirmed_by_category.values()), psi
-    return 0, 0, None
-
-
-def last_run_pairs(session: Session) -> int:
-    row = session.scalar(select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id.desc()))
-    return row.pairs if row else 0
-
-
-def view(session: Session, run: RunRow) -> RunView:
-    steps = session.scalars(
-        select(RunStepRow).where(RunStepRow.run_id == run.id).order_by(RunStepRow.seq)
-    )
-    return RunView(
-        id=run.id,
-        trigger=run.trigger,
-        state=run.state,
-        steps=[StepView(s.name, s.ref, s.outcome, store.utc(s.at)) for s in steps],
-        promoted_version=run.promoted_version,
-        created_at=store.utc(run.created_at),
-        snapshot_id=run.snapshot_id,
-        snapshot_hash=run.snapshot_hash,
-        served_policy=run.served_policy,
-        reward_version=run.reward_version,
-        policy_version=run.policy_version,
-        reason=run.reason,
-    )
-
-
-def get_run(session: Session, run_id: str) -> RunView | None:
-    row = session.get(RunRow, run_id)
-    return view(session, row) if row else None
-
-
-def running_run(session: Session) -> RunView | None:
-    row = session.scalar(select(RunRow).where(RunRow.state == RUNNING))
-    return view(session, row) if row else None
-
-
-def list_runs(session: Session, limit: int, offset: int) -> list[RunView]:
-    rows = session.scalars(
-        select(RunRow)
-        .order_by(RunRow.created_at.desc(), RunRow.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return [view(session, r) for r in rows]
-
-
-@dataclass(frozen=True)
-class Cut:
-    """The snapshot an evaluation cut, and when (flags delivered before it are in it)."""
-
-    snapshot_id: str
-    snapshot_hash: str
-    pairs: int
-    at: datetime
-
-
-def start_run(
-    session: Session, fired: list[Trigger], cut: Cut, served_policy: str
-) -> tuple[RunView, bool]:
-    """(the run, whether it is new): the RUNNING run if there is one; else the run of the
-    first fired key when every fired key started one; else a new RUNNING run holding the
-    unused keys, with its snapshot step and the delivered flags its snapshot includes."""
-    running = running_run(session)
-    if running is not None:
-        return running, False
-    keys = [t.key for t in fired]
-    used = dict(
-        session.execute(
-            select(RunTriggerRow.key, RunTriggerRow.run_id).where(RunTriggerRow.key.in_(keys))
-        ).all()
-    )
-    fresh = [t for t in fired if t.key not in used]
-    if not fresh:
-        found = get_run(session, used[keys[0]])
-        assert found is not None
-        return found, False
-    now = datetime.now(UTC)
-    run = RunRow(
-        id=f"run_{uuid.uuid4().hex}",
-        trigger=", ".join(t.reason for t in fresh),
-        state=RUNNING,
-        running="1",
-        snapshot_id=cut.snapshot_id,
-        snapshot_hash=cut.snapshot_hash,
-        pairs=cut.pairs,
-        served_policy=served_policy,
-        created_at=now,
-    )
-    session.add(run)
-    session.flush()  # a second RUNNING run fails here, and run_write retries
-    session.add_all(RunTriggerRow(key=t.key, run_id=run.id) for t in fresh)
-    included = session.execute(
-        update(FeedbackRow)
-        .where(
-            FeedbackRow.state == DELIVERED,
-            FeedbackRow.run_id.is_(None),
-            FeedbackRow.delivered_at <= cut.at,
-        )
-        .values(run_id=run.id)
-        .execution_options(synchronize_session=False)
-    )
-    flags = int(getattr(included, "rowcount", 0) or 0)
-    record_step(
-        session,
-        run.id,
-        "snapshot",
-        cut.snapshot_id,
-        f"{cut.pairs} pairs, {flags} new flags, hash {cut.snapshot_hash[:16]}",
-    )
-    session.flush()
-    return view(session, run), True
-
-
-def record_step(session: Session, run_id: str, name: str, ref: str, outcome: str) -> None:
-    """Records a finished step once; a step already recorded is left as it is."""
-    exists = session.scalar(
-        select(RunStepRow.id).where(RunStepRow.run_id == run_id, RunStepRow.name == name)
-    )
-    if exists is not None:
-        return
-    seq = session.scalar(select(func.count()).where(RunStepRow.run_id == run_id)) or 0
-    session.add(
-        RunStepRow(
-            run_id=run_id,
-            seq=seq + 1,
-            name=name,
-            ref=ref[:128],
-            outcome=outcome[:2000],
-            at=datetime.now(UTC),
-        )
-    )
-    session.flush()
-
-
-def set_versions(session: Session, run_id: str, **versions: str) -> None:
-    row = session.get(RunRow, run_id)
-    if row is not None:
-        for name, value in versions.items():
-            setattr(row, name, value)
-
-
-def finish(session: Session, run_id: str, state: int, reason: str = "", promoted: str = "") -> bool:
-    """Ends a RUNNING run; False if it had ended already."""
-    row = session.get(RunRow, run_id)
-    if row is None or row.state != RUNNING:
-        return False
-    row.state, row.running, row.reason = state, None, reason[:2000]
-    row.promoted_version = promoted
-    row.ended_at = datetime.now(UTC)
-    return True
-
-
-# ------------------------------------------------------------------------ the run itself
 
 
 class StepFailed(Exception):
@@ -394,7 +73,7 @@ class Retraining:
     """Evaluates the policy and drives runs through the peers' stubs (duck-typed, so tests
     may pass labelled stand-ins): ``preference``, ``trainer``, ``reward``, ``generation``."""
 
-    def __init__(self, db: Database, peers: Any, policy: Policy) -> None:
+    def __init__(self, db: Database, peers: Clients, policy: Policy) -> None:
         self.db = db
         self.peers = peers
         self.policy = policy

@@ -1,0 +1,116 @@
+"""``clinalign tokens``, ``clinalign audit`` and ``clinalign deid``: the platform team's
+commands for bearer-token files, the preference store's audit chain, and de-identifying
+text with the stores' own de-identifier. Registered on the main ``clinalign`` app.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clinalign.cli.options import DataDir, common_settings
+from clinalign.common.auth import Role
+
+tokens_app = typer.Typer(no_args_is_help=True, help="Bearer-token files (roles and tokens).")
+
+
+@tokens_app.command("new")
+def tokens_new(
+    path: Annotated[Path, typer.Argument(help="Tokens file to write (mode 0600).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a fresh tokens file with one principal per role, for a Kubernetes Secret or
+    CLINALIGN_TOKENS_FILE; prints the principals and roles, never the tokens."""
+    from clinalign.common.auth import generate_tokens
+
+    if path.exists() and not force:
+        typer.echo(f"error: {path} exists; pass --force to replace its tokens", err=True)
+        raise typer.Exit(1)
+    for entry in generate_tokens(path):
+        typer.echo(f"{entry.principal}\t{entry.role.value}")
+
+
+@tokens_app.command("show")
+def tokens_show(
+    path: Annotated[Path, typer.Argument(help="Tokens file.")],
+    role: Annotated[Role, typer.Option(help="Print the first token of this role.")],
+) -> None:
+    """Print one role's token (for `kubectl create secret ... --from-literal`)."""
+    from clinalign.common.auth import token_for_role
+
+    try:
+        typer.echo(token_for_role(path, role))
+    except (FileNotFoundError, LookupError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    data_dir: DataDir = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Preference-store database (default: CLINALIGN_PREFERENCE_DATABASE_URL"
+            " or <data_dir>/preference.db)."
+        ),
+    ] = None,
+) -> None:
+    """Verify the hash chain of the audit log (exit status 1 if any entry was edited,
+    deleted, reordered or cut off)."""
+    from clinalign.common.db import Database, default_sqlite_url
+    from clinalign.preference import audit
+    from clinalign.preference.config import PreferenceSettings
+    from clinalign.preference.models import Base
+
+    common = common_settings(data_dir)
+    url = (
+        database_url
+        or PreferenceSettings().database_url
+        or default_sqlite_url(common.data_dir, "preference")
+    )
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    db = Database(url, Base)
+    try:
+        with db.sessions() as session:
+            result = audit.verify(session)
+    except (OperationalError, ProgrammingError) as exc:
+        typer.echo(
+            f"{url}: no preference-store schema here ({type(exc).__name__}); start the "
+            "preference service once to migrate it",
+            err=True,
+        )
+        raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
+    if result.ok:
+        typer.echo(f"audit log intact: {result.entries} entries")
+        return
+    typer.echo(f"audit log BROKEN at entry {result.first_bad_sequence}: {result.message}", err=True)
+    raise typer.Exit(1)
+
+
+def deid(
+    as_json: Annotated[bool, typer.Option("--json", help="Print spans and types as JSON.")] = False,
+) -> None:
+    """De-identify clinical text: text on stdin, redacted text on stdout (settings:
+    CLINALIGN_DEID_*)."""
+    from pydantic import ValidationError
+
+    from clinalign.common.deid import DeidSettings
+    from clinalign.common.deid.cli import deid_cli
+
+    try:
+        settings = DeidSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"invalid CLINALIGN_DEID_* settings: {problems}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(deid_cli(sys.stdin.read(), as_json=as_json, settings=settings), nl=False)
