@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -27,8 +27,18 @@ from sqlalchemy.orm import Session
 
 from clinalign.common.db import Database
 from clinalign.common.errors import NotFound, Unavailable
+from clinalign.common.protos import enum_name
+from clinalign.common.v1 import common_pb2
 from clinalign.monitor import store
+from clinalign.monitor.convert import category_name, severity_name
 from clinalign.monitor.store import FeedbackRow, FlagRow, RunRow
+from clinalign.monitor.v1 import monitor_pb2 as pb
+from clinalign.preference.v1 import preference_pb2 as ppb
+from clinalign.trainer.v1 import trainer_pb2 as tpb
+
+if TYPE_CHECKING:
+    from clinalign.preference.v1.preference_pb2_grpc import PreferenceServiceAsyncStub
+    from clinalign.trainer.v1.trainer_pb2_grpc import TrainerServiceAsyncStub
 
 RPC_TIMEOUT_S = 30.0
 MAX_STEPS = 500  # a registry that loops (it should not) still ends the walk
@@ -51,7 +61,6 @@ class _Output:
 
 
 def _output(session: Session, output_id: str) -> _Output:
-    from clinalign.monitor.servicer import category_name, severity_name
 
     row = store.get_output(session, output_id)
     if row is None:
@@ -68,9 +77,8 @@ def _output(session: Session, output_id: str) -> _Output:
 
 
 def _flag_summary(f: FlagRow, category: Any, severity: Any) -> str:
-    from clinalign.monitor.v1 import monitor_pb2 as pb
 
-    status = pb.FlagStatus.Name(pb.FlagStatus.ValueType(f.status)).removeprefix("FLAG_STATUS_")
+    status = enum_name(pb.FlagStatus, pb.FlagStatus.ValueType(f.status), lower=False)
     return (
         f"{status.lower()} {category(f.category)} ({severity(f.severity)}) flag by "
         f"{f.flagged_by} on {f.model_version}"
@@ -79,7 +87,6 @@ def _flag_summary(f: FlagRow, category: Any, severity: Any) -> str:
 
 def _snapshot_flags(session: Session, snapshot_hash: str) -> list[tuple[str, str]]:
     """Flags retraining runs fed into the snapshot with this content hash."""
-    from clinalign.monitor.servicer import category_name, severity_name
 
     runs = select(RunRow.id).where(RunRow.snapshot_hash == snapshot_hash)
     rows = session.execute(
@@ -98,14 +105,16 @@ def _snapshot_flags(session: Session, snapshot_hash: str) -> list[tuple[str, str
 class Walk:
     """One lineage walk through the trainer and preference stubs."""
 
-    def __init__(self, db: Database, trainer: Any, preference: Any) -> None:
+    def __init__(
+        self, db: Database, trainer: TrainerServiceAsyncStub, preference: PreferenceServiceAsyncStub
+    ) -> None:
         self.db = db
         self.trainer = trainer
         self.preference = preference
         self.steps: list[Step] = []
         self.seen: set[tuple[str, str]] = set()
 
-    async def run(self, output_id: str) -> tuple[list[Step], Any]:
+    async def run(self, output_id: str) -> tuple[list[Step], common_pb2.ModelVersion | None]:
         """(steps, the output's ModelVersion proto or None)."""
         out = await self.db.run_sync(lambda s: _output(s, output_id))
         written = f"written by {out.model_version} at {out.created_at}"
@@ -123,8 +132,6 @@ class Walk:
         return True
 
     async def _version(self, version: str, parent: str) -> Any:
-        from clinalign.common.v1 import common_pb2
-        from clinalign.trainer.v1 import trainer_pb2 as tpb
 
         if ("model_version", version) in self.seen:
             return None
@@ -138,8 +145,8 @@ class Walk:
             self._add("model_version", version, "not in the model registry", parent)
             return None
         mv, manifest = reply.version, _json(reply.manifest_json)
-        kind = common_pb2.ModelKind.Name(mv.kind).removeprefix("MODEL_KIND_").lower()
-        stage = common_pb2.ModelStage.Name(mv.stage).removeprefix("MODEL_STAGE_").lower()
+        kind = enum_name(common_pb2.ModelKind, mv.kind)
+        stage = enum_name(common_pb2.ModelStage, mv.stage)
         root = not mv.job_id and not mv.parent_version
         what = "foundation model" if root and kind == "policy" else f"{kind} model"
         summary = f"{what}, {stage}, weights {mv.weights_hash[:12]}"
@@ -157,7 +164,6 @@ class Walk:
         return mv
 
     async def _job(self, job_id: str, parent: str, mv: Any, manifest: dict[str, Any]) -> None:
-        from clinalign.trainer.v1 import trainer_pb2 as tpb
 
         try:
             job = (
@@ -168,8 +174,8 @@ class Walk:
                 raise Unavailable(f"trainer failed: {err.code().name}") from None
             self._add("job", job_id, "not known to the trainer", parent)
             return
-        kind = tpb.JobKind.Name(job.spec.kind).removeprefix("JOB_KIND_").lower()
-        state = tpb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+        kind = enum_name(tpb.JobKind, job.spec.kind)
+        state = enum_name(tpb.JobState, job.state)
         source = job.spec.prompt_set or job.spec.snapshot_id
         summary = f"{kind} job, {state}" + (f", on {source}" if source else "")
         if not self._add("job", job_id, summary, parent):
@@ -187,7 +193,6 @@ class Walk:
             await self._version(reward, job_id)
 
     async def _snapshot(self, ident: str, parent: str) -> None:
-        from clinalign.preference.v1 import preference_pb2 as ppb
 
         try:
             snap = (
@@ -220,7 +225,10 @@ def _json(text: str) -> dict[str, Any]:
 
 
 async def walk(
-    db: Database, trainer: Any, preference: Any, output_id: str
-) -> tuple[list[Step], Any]:
+    db: Database,
+    trainer: TrainerServiceAsyncStub,
+    preference: PreferenceServiceAsyncStub,
+    output_id: str,
+) -> tuple[list[Step], common_pb2.ModelVersion | None]:
     """The lineage of an output: (steps, its model version proto, or None if unknown)."""
     return await Walk(db, trainer, preference).run(output_id)

@@ -35,7 +35,8 @@ from clinalign.common.deid import build_redactor
 from clinalign.common.server import DatabaseApp, Readiness, run_main
 from clinalign.monitor import feedback, flags, metrics, retraining, store
 from clinalign.monitor.config import MonitorSettings
-from clinalign.monitor.servicer import ROLES, Limits, MonitorServicer
+from clinalign.monitor.servicer import ROLES, MonitorServicer
+from clinalign.monitor.usecases import Limits, Monitor
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
 log = logging.getLogger("clinalign.monitor")
@@ -63,9 +64,10 @@ class MonitorApp(DatabaseApp):
         self.feedback = feedback.Delivery(
             self.db, self.peers, feedback.Settings.from_settings(settings)
         )
-        self.servicer = MonitorServicer(
+        self.monitor = Monitor(
             self.db, redact or build_redactor(), limits, self.retraining, self.peers
         )
+        self.servicer = MonitorServicer(self.monitor)
         self._tasks: list[asyncio.Task[None]] = []
 
     def register(self, server: grpc.aio.Server) -> None:

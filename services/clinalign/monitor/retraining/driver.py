@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from clinalign.common.channels import Clients
 from clinalign.common.db import Database
 from clinalign.common.errors import ClinAlignError, FailedPrecondition, Unavailable
+from clinalign.common.protos import enum_name
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import metrics
 from clinalign.monitor.retraining.runs import (
@@ -338,7 +339,7 @@ class Retraining:
         while job.state not in ended:
             await asyncio.sleep(self.policy.poll_s)
             job = (await self._call(self.peers.trainer.GetJob, tpb.GetJobRequest(id=job.id))).job
-        state = tpb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+        state = enum_name(tpb.JobState, job.state)
         if job.state != tpb.JOB_STATE_SUCCEEDED:
             why = f": {job.failure_reason}" if job.failure_reason else ""
             await self._record(run_id, step, job.id, f"{state}{why}")

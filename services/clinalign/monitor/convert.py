@@ -1,0 +1,105 @@
+"""Conversions between the monitor's domain types and its protobuf messages (no
+validation: that is the use cases' job, ``usecases``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from clinalign.common.protos import enum_name, timestamp
+from clinalign.common.v1 import common_pb2
+from clinalign.monitor import drift, feedback, flags, store
+from clinalign.monitor.retraining import RunView
+from clinalign.monitor.v1 import monitor_pb2 as pb
+
+
+def category_name(value: int) -> str:
+    """``ERROR_CATEGORY_FACTUAL_ERROR`` → ``factual_error``, the preference store's names."""
+    return enum_name(common_pb2.ErrorCategory, value)
+
+
+def severity_name(value: int) -> str:
+    return enum_name(pb.Severity, value)
+
+
+def output_from_proto(out: pb.ProductionOutput) -> store.OutputRecord:
+    created = out.create_time.ToDatetime(UTC) if out.HasField("create_time") else datetime.now(UTC)
+    return store.OutputRecord(
+        output_id=out.output_id,
+        model_version=out.model_version,
+        prompt_template_version=out.prompt_template_version,
+        latency_s=out.latency_s,
+        completion_tokens=out.completion_tokens,
+        reward_score=out.reward_score if out.HasField("reward_score") else None,
+        created_at=created,
+        prompt=out.prompt,
+        text=out.text,
+    )
+
+
+def flag_from_proto(req: pb.FlagOutputRequest) -> flags.NewFlag:
+    return flags.NewFlag(req.output_id, req.category, req.severity, req.comment, req.corrected_text)
+
+
+def flag_to_proto(row: store.FlagRow, fb: feedback.View | None = None) -> pb.Flag:
+    flag = pb.Flag(
+        id=row.id,
+        output_id=row.output_id,
+        category=row.category,  # type: ignore[arg-type]
+        severity=row.severity,  # type: ignore[arg-type]
+        comment=row.comment,
+        corrected_text=row.corrected_text,
+        status=row.status,  # type: ignore[arg-type]
+        flagged_by=row.flagged_by,
+        resolved_by=row.resolved_by,
+        resolution_reason=row.resolution_reason,
+        model_version=row.model_version,
+        create_time=timestamp(store.utc(row.created_at)),
+    )
+    if row.resolved_at is not None:
+        flag.resolve_time.CopyFrom(timestamp(store.utc(row.resolved_at)))
+    if fb is not None:
+        flag.feedback_state = fb.state
+        flag.feedback_reason = fb.reason
+        flag.feedback_refs.extend(fb.refs)
+    return flag
+
+
+def _distribution(values: list[float]) -> pb.Distribution:
+    s = drift.summarise(values)
+    if s is None:
+        return pb.Distribution()
+    return pb.Distribution(count=s.count, mean=s.mean, p50=s.p50, p90=s.p90, p99=s.p99)
+
+
+def stats_to_proto(v: store.WindowStats, bins: int) -> pb.VersionStats:
+    out = pb.VersionStats(
+        model_version=v.model_version,
+        outputs=v.outputs,
+        flag_rate=v.flag_rate,
+        confirmed_flag_rate_by_category={
+            category_name(c): n / v.outputs for c, n in sorted(v.confirmed_by_category.items())
+        },
+        reward_score=_distribution(v.reward_scores),
+        latency_s=_distribution(v.latency),
+    )
+    psi, ks = v.drift(bins)
+    if psi is not None and ks is not None:
+        out.reward_psi, out.reward_ks = psi, ks
+    if v.baseline_flag_rate is not None:
+        out.baseline_flag_rate = v.baseline_flag_rate
+    return out
+
+
+def run_to_proto(run: RunView) -> pb.RetrainingRun:
+    return pb.RetrainingRun(
+        id=run.id,
+        trigger=run.trigger,
+        state=run.state,  # type: ignore[arg-type]
+        steps=[
+            pb.RunStep(name=s.name, ref=s.ref, outcome=s.outcome, time=timestamp(s.at))
+            for s in run.steps
+        ],
+        promoted_version=run.promoted_version,
+        create_time=timestamp(run.created_at),
+        reason=run.reason,
+    )

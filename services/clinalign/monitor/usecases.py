@@ -1,0 +1,228 @@
+"""The monitor's use cases, one method per RPC, transport-free: each validates its input
+(``InvalidArgument`` naming the field), owns its transaction and invariants, and updates
+the service's metrics. The servicer only converts between protobuf and these types; the
+CLI, the demo and the console reach the same code through the RPCs.
+
+The closed loop's longer-running parts live beside it: ``feedback`` (confirmed flags to
+the preference store), ``retraining`` (the policy and its runs) and ``lineage``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from clinalign.common.channels import Clients
+from clinalign.common.db import Database
+from clinalign.common.errors import FailedPrecondition, InvalidArgument
+from clinalign.common.pagination import next_token, page_bounds
+from clinalign.common.v1 import common_pb2
+from clinalign.monitor import feedback, flags, lineage, metrics, retraining, store
+from clinalign.monitor.config import MonitorSettings
+from clinalign.monitor.convert import category_name, severity_name
+from clinalign.monitor.v1 import monitor_pb2 as pb
+
+ID_CHARS = 64  # output ids, model and template versions
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The request limits (``MonitorSettings``, where each is documented and has its
+    default)."""
+
+    max_batch: int
+    max_text_chars: int
+    max_comment_chars: int
+    baseline_outputs: int
+    psi_bins: int
+
+    @classmethod
+    def from_settings(cls, settings: MonitorSettings) -> Limits:
+        return cls(
+            max_batch=settings.max_batch,
+            max_text_chars=settings.max_text_chars,
+            max_comment_chars=settings.max_comment_chars,
+            baseline_outputs=settings.baseline_outputs,
+            psi_bins=settings.psi_bins,
+        )
+
+
+@dataclass(frozen=True)
+class FlagPage:
+    flags: list[store.FlagRow]
+    feedback: dict[str, feedback.View]
+    next_page_token: str
+
+
+def check_output(i: int, out: store.OutputRecord, limits: Limits) -> None:
+    field = f"outputs[{i}]"
+    if not out.output_id or len(out.output_id) > ID_CHARS:
+        raise InvalidArgument(f"{field}.output_id", "is required, at most 64 characters")
+    if not out.model_version or len(out.model_version) > ID_CHARS:
+        raise InvalidArgument(f"{field}.model_version", "is required, at most 64 characters")
+    if len(out.prompt_template_version) > ID_CHARS:
+        raise InvalidArgument(f"{field}.prompt_template_version", "is at most 64 characters")
+    for name in ("prompt", "text"):
+        if len(getattr(out, name)) > limits.max_text_chars:
+            raise InvalidArgument(
+                f"{field}.{name}", f"is longer than {limits.max_text_chars} characters"
+            )
+    if out.latency_s < 0:
+        raise InvalidArgument(f"{field}.latency_s", "must not be negative")
+    if out.completion_tokens < 0:
+        raise InvalidArgument(f"{field}.completion_tokens", "must not be negative")
+
+
+def check_flag(new: flags.NewFlag, limits: Limits) -> None:
+    if not new.output_id:
+        raise InvalidArgument("output_id", "is required")
+    if new.category == common_pb2.ERROR_CATEGORY_UNSPECIFIED:
+        raise InvalidArgument("category", "is required: one of the ErrorCategory values")
+    if new.category not in common_pb2.ErrorCategory.values():
+        raise InvalidArgument("category", f"{new.category} is not an ErrorCategory value")
+    if new.severity == pb.SEVERITY_UNSPECIFIED:
+        raise InvalidArgument("severity", "is required: SEVERITY_LOW to SEVERITY_CRITICAL")
+    if new.severity not in pb.Severity.values():
+        raise InvalidArgument("severity", f"{new.severity} is not a Severity value")
+    if len(new.comment) > limits.max_comment_chars:
+        raise InvalidArgument("comment", f"is longer than {limits.max_comment_chars} characters")
+    if len(new.corrected_text) > limits.max_text_chars:
+        raise InvalidArgument(
+            "corrected_text", f"is longer than {limits.max_text_chars} characters"
+        )
+
+
+def check_filter(f: flags.Filter) -> None:
+    if f.status not in pb.FlagStatus.values():
+        raise InvalidArgument("status", f"{f.status} is not a FlagStatus value")
+    if f.category not in common_pb2.ErrorCategory.values():
+        raise InvalidArgument("category", f"{f.category} is not an ErrorCategory value")
+    if f.min_severity not in pb.Severity.values():
+        raise InvalidArgument("min_severity", f"{f.min_severity} is not a Severity value")
+
+
+# What a ResolveFlag resolution sets a flag to; anything else is refused.
+RESOLUTIONS: dict[int, int] = {
+    pb.RESOLUTION_CONFIRM: flags.CONFIRMED,
+    pb.RESOLUTION_DISMISS: flags.DISMISSED,
+}
+
+
+class Monitor:
+    """The use cases over the monitor's database, its de-identifier and its peers."""
+
+    def __init__(
+        self,
+        db: Database,
+        redact: store.Redactor,
+        limits: Limits,
+        loop: retraining.Retraining | None = None,
+        peers: Clients | None = None,
+    ) -> None:
+        self.db = db
+        self.redact = redact
+        self.limits = limits
+        self.loop = loop
+        self.peers = peers
+
+    async def record_outputs(self, records: Sequence[store.OutputRecord]) -> tuple[int, int]:
+        """(outputs recorded, duplicates skipped) of one batch, written whole or not at all."""
+        if not records:
+            raise InvalidArgument("outputs", "must hold at least one output")
+        if len(records) > self.limits.max_batch:
+            raise InvalidArgument(
+                "outputs", f"holds {len(records)}; at most {self.limits.max_batch} per call"
+            )
+        for i, record in enumerate(records):
+            check_output(i, record, self.limits)
+        n = self.limits.baseline_outputs
+        # A race to freeze one baseline (PostgreSQL) rolls the batch back; run_write's
+        # retry then records it whole.
+        recorded, dupes = await self.db.run_write(
+            lambda s: store.record_outputs(s, records, self.redact, n)
+        )
+        for version, count in recorded.items():
+            metrics.OUTPUTS.labels(version).inc(count)
+        return sum(recorded.values()), dupes
+
+    async def flag_output(self, new: flags.NewFlag, who: str) -> store.FlagRow:
+        check_flag(new, self.limits)
+        row = await self.db.run_write(lambda s: flags.create(s, new, self.redact, who))
+        metrics.FLAGS.labels(category_name(row.category), severity_name(row.severity)).inc()
+        return row
+
+    async def list_flags(self, f: flags.Filter, page_size: int, page_token: str) -> FlagPage:
+        check_filter(f)
+        limit, offset = page_bounds(page_size, page_token)
+
+        def page(s: Session) -> tuple[list[store.FlagRow], dict[str, feedback.View]]:
+            rows = flags.list_flags(s, f, limit, offset)
+            return rows, feedback.views(s, [r.id for r in rows])
+
+        rows, delivery = await self.db.run_sync(page)
+        return FlagPage(rows, delivery, next_token(offset, limit, len(rows)))
+
+    async def resolve_flag(
+        self, flag_id: str, resolution: int, reason: str, who: str
+    ) -> tuple[store.FlagRow, feedback.View | None]:
+        """Confirms or dismisses a flag; a confirmed flag's feedback is enqueued in the same
+        transaction, so no confirmed flag is lost between the two."""
+        if not flag_id:
+            raise InvalidArgument("flag_id", "is required")
+        status = RESOLUTIONS.get(resolution)
+        if status is None:
+            raise InvalidArgument("resolution", "must be RESOLUTION_CONFIRM or RESOLUTION_DISMISS")
+        reason = reason.strip()
+        if status == flags.DISMISSED and not reason:
+            raise InvalidArgument("reason", "is required when dismissing a flag")
+        if len(reason) > self.limits.max_comment_chars:
+            raise InvalidArgument(
+                "reason", f"is longer than {self.limits.max_comment_chars} characters"
+            )
+
+        def resolve(s: Session) -> tuple[store.FlagRow, feedback.View | None]:
+            row = flags.resolve(s, flag_id, status, reason, self.redact, who)
+            if row.status != flags.CONFIRMED:
+                return row, None
+            feedback.enqueue(s, row)
+            return row, feedback.views(s, [row.id]).get(row.id)
+
+        row, delivery = await self.db.run_write(resolve)
+        outcome = "confirm" if status == flags.CONFIRMED else "dismiss"
+        metrics.RESOLUTIONS.labels(category_name(row.category), outcome).inc()
+        return row, delivery
+
+    async def stats(
+        self, model_version: str, start: datetime, end: datetime
+    ) -> list[store.WindowStats]:
+        if start >= end:
+            raise InvalidArgument("start_time", "must be before end_time")
+        return await self.db.run_sync(
+            lambda s: store.window_stats(s, model_version or None, start, end, flags.CONFIRMED)
+        )
+
+    async def lineage(
+        self, output_id: str
+    ) -> tuple[list[lineage.Step], common_pb2.ModelVersion | None]:
+        if not output_id:
+            raise InvalidArgument("output_id", "is required: the output id from a provenance")
+        if len(output_id) > ID_CHARS:
+            raise InvalidArgument("output_id", "is at most 64 characters")
+        if self.peers is None:
+            raise FailedPrecondition("this monitor has no peers to follow the lineage through")
+        return await lineage.walk(self.db, self.peers.trainer, self.peers.preference, output_id)
+
+    async def evaluate_retraining(self, dry_run: bool) -> retraining.Evaluation:
+        if self.loop is None:
+            raise FailedPrecondition("this monitor runs no retraining policy")
+        return await self.loop.evaluate(dry_run)
+
+    async def list_runs(
+        self, page_size: int, page_token: str
+    ) -> tuple[list[retraining.RunView], str]:
+        limit, offset = page_bounds(page_size, page_token)
+        runs = await self.db.run_sync(lambda s: retraining.list_runs(s, limit, offset))
+        return runs, next_token(offset, limit, len(runs))
