@@ -543,7 +543,7 @@ async def test_flags_retrain_promote_refuse_and_trace_back(
 
                 # The same trainer as if restarted with CLINALIGN_TRAINER_GATE_MIN_WIN_RATE
                 # set just below 1 (its upper bound): a gate that wants a win rate above 0.99.
-                trainer.servicer.settings = trainer.servicer.settings.model_copy(
+                trainer.trainer.settings = trainer.trainer.settings.model_copy(
                     update={"gate_min_win_rate": 0.99}
                 )
                 async with client(mon, wired, engineer) as ch:

@@ -20,6 +20,7 @@ from clinalign.trainer.registry import gate
 from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.registry.policy_gate import PolicyScorer
 from clinalign.trainer.servicer import ROLES, TrainerServicer
+from clinalign.trainer.usecases import Trainer
 from clinalign.trainer.v1 import trainer_pb2_grpc
 
 
@@ -66,7 +67,7 @@ class TrainerApp(DatabaseApp):
 
             by_name["kubernetes"] = KubernetesExecutor(self.db, common, settings)
         self.executor = Executors(self.db, by_name)
-        self.servicer = TrainerServicer(
+        self.trainer = Trainer(
             self.db,
             self.registry,
             self.executor,
@@ -74,6 +75,7 @@ class TrainerApp(DatabaseApp):
             snapshot_fetcher(common),
             reward_scorer(common),
         )
+        self.servicer = TrainerServicer(self.trainer)
 
     def register(self, server: grpc.aio.Server) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(self.servicer, server)
