@@ -1,4 +1,5 @@
-"""gRPC surface of the reward service: validate → the active batcher → protobuf.
+"""gRPC surface of the reward service: protobuf → the scoring use case (``usecases``) →
+protobuf.
 
 ScoreStream answers each request message with one response message, in order, and
 scores up to ``STREAM_WINDOW`` of a stream's messages at once so that a long stream keeps
@@ -16,8 +17,9 @@ from typing import Any
 import grpc.aio
 
 from clinalign.common.auth import ALL_ROLES, Role, roles
-from clinalign.common.errors import ClinAlignError, InvalidArgument
+from clinalign.common.errors import ClinAlignError
 from clinalign.common.v1 import common_pb2
+from clinalign.reward import usecases
 from clinalign.reward.batcher import ActiveModel, Batcher
 from clinalign.reward.config import RewardSettings
 from clinalign.reward.scorer import Scored
@@ -32,25 +34,6 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "ActivateModel": _SCORE,
 }
 STREAM_WINDOW = 4  # messages of one ScoreStream being scored at once
-
-
-def validate_items(
-    items: Sequence[reward_pb2.ScoreItem], settings: RewardSettings
-) -> list[tuple[str, str]]:
-    if not items:
-        raise InvalidArgument("items", "must hold at least one pair")
-    if len(items) > settings.max_batch:
-        raise InvalidArgument(
-            "items", f"holds {len(items)} pairs; at most {settings.max_batch} per request"
-        )
-    limit = settings.max_text_chars
-    for i, item in enumerate(items):
-        if not item.response.strip():
-            raise InvalidArgument(f"items[{i}].response", "must not be empty")
-        for name in ("prompt", "response"):
-            if len(getattr(item, name)) > limit:
-                raise InvalidArgument(f"items[{i}].{name}", f"longer than {limit} characters")
-    return [(item.prompt, item.response) for item in items]
 
 
 def model_version_pb(batcher: Batcher) -> common_pb2.ModelVersion:
@@ -79,10 +62,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     async def _score(
         self, items: Sequence[reward_pb2.ScoreItem], truncate: bool
     ) -> tuple[list[reward_pb2.ScoreResult], str]:
-        pairs = validate_items(items, self.settings)
-        batcher = self.models.pick()
-        scored = await batcher.score(pairs, truncate)
-        return _results(scored), batcher.info.version
+        pairs = [(item.prompt, item.response) for item in items]
+        scored, version = await usecases.score(self.models, self.settings, pairs, truncate)
+        return _results(scored), version
 
     async def Score(
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
