@@ -144,9 +144,10 @@ async def test_beyond_concurrency_limit_is_resource_exhausted(
     common: CommonSettings, token: Token, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = _app(common)
-    release = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def slow(request: Any, context: Any) -> monitor_pb2.GetStatsResponse:
+        entered.set()
         await release.wait()
         return monitor_pb2.GetStatsResponse()
 
@@ -156,7 +157,7 @@ async def test_beyond_concurrency_limit_is_resource_exhausted(
         async with client(running, common, token(Role.ML_ENGINEER)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
             first = asyncio.ensure_future(stub.GetStats(monitor_pb2.GetStatsRequest()))
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(entered.wait(), 10)  # the one slot is taken
             code, _ = await _code(stub.GetStats(monitor_pb2.GetStatsRequest(), timeout=5))
             release.set()
             await first
@@ -200,9 +201,11 @@ async def test_graceful_stop_lets_in_flight_rpc_finish(
     from clinalign.common.server import create_server
 
     app = _app(common)
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def slow(request: Any, context: Any) -> monitor_pb2.GetStatsResponse:
-        await asyncio.sleep(0.5)
+        entered.set()
+        await release.wait()
         return monitor_pb2.GetStatsResponse()
 
     monkeypatch.setattr(app.servicer, "GetStats", slow)
@@ -213,9 +216,11 @@ async def test_graceful_stop_lets_in_flight_rpc_finish(
         stub = monitor_pb2_grpc.MonitorServiceStub(ch)
         health = health_pb2_grpc.HealthStub(ch)
         call = asyncio.ensure_future(stub.GetStats(monitor_pb2.GetStatsRequest()))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(entered.wait(), 10)  # in flight
         stopping = asyncio.ensure_future(running.stop(5.0))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # let the stop begin while the call is still in flight
+        assert not call.done()
+        release.set()
         assert isinstance(await call, monitor_pb2.GetStatsResponse)
         await stopping
         with pytest.raises(grpc.aio.AioRpcError):

@@ -391,8 +391,13 @@ async def test_submitted_job_gets_a_job_and_fails_with_the_jobs_reason(
         assert executor.followed == {job_id}
         assert (await _get(db, local_id)).state == jobs.QUEUED  # not this executor's
 
-        await asyncio.sleep(0.05)  # a few polls of a running Job change nothing
-        assert (await _get(db, job_id)).state == jobs.RUNNING
+        reads = sum(c[0] == "read" for c in fake.calls)
+        for _ in range(1000):  # until the executor has polled the running Job twice more
+            if sum(c[0] == "read" for c in fake.calls) >= reads + 2:
+                break
+            await asyncio.sleep(0.005)
+        assert sum(c[0] == "read" for c in fake.calls) >= reads + 2
+        assert (await _get(db, job_id)).state == jobs.RUNNING  # polls changed nothing
         fake.end(job_id, "Failed", "DeadlineExceeded", "Job was active longer than specified")
 
         async def failed() -> bool:
