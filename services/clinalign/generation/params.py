@@ -1,4 +1,5 @@
-"""Validated sampling parameters (domain type) and their checks.
+"""Sampling parameters as a request asks for them (``SamplingRequest``), validated
+(``Sampling``, the domain type), and their checks.
 
 Each check names the protobuf field it guards, so callers see e.g.
 ``sampling.top_p: must be in (0, 1], got 1.5``.
@@ -26,6 +27,30 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """Sampling as a request asks for it: None where it leaves a value to the default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def validate(self, *, default_max_new_tokens: int, max_new_tokens_limit: int) -> Sampling:
+        return validate_sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_new_tokens=self.max_new_tokens,
+            stop=list(self.stop),
+            seed=self.seed,
+            default_max_new_tokens=default_max_new_tokens,
+            max_new_tokens_limit=max_new_tokens_limit,
+        )
 
 
 def validate_sampling(

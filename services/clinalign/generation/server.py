@@ -22,6 +22,7 @@ from clinalign.generation.engine import LocalBackend
 from clinalign.generation.reporter import MonitorReporter
 from clinalign.generation.router import Router
 from clinalign.generation.servicer import ROLES, GenerationServicer
+from clinalign.generation.usecases import Generation
 from clinalign.generation.v1 import generation_pb2_grpc
 from clinalign.monitor.v1 import monitor_pb2
 
@@ -46,7 +47,8 @@ class GenerationApp:
                 batch=settings.monitor_batch,
             )
         self.router = Router(self._load_version)
-        self.servicer = GenerationServicer(settings, self.router, self.reporter)
+        self.generation = Generation(settings, self.router, self.reporter)
+        self.servicer = GenerationServicer(self.generation)
 
     async def _send_to_monitor(self, batch: list[monitor_pb2.ProductionOutput]) -> None:
         await self.clients.monitor.RecordOutputs(
