@@ -13,7 +13,7 @@ The chart is rendered with the real Helm engine (helm_python) three times, with
   overlay has, and ``$patch: delete`` for objects it drops.
 
 ``kubectl kustomize deploy/kustomize/overlays/<name>`` therefore yields exactly what
-``helm template`` yields for that overlay's values; tests/unit/test_kustomize.py checks it
+``helm template`` yields for that overlay's values; tests/deploy/test_kustomize.py checks it
 with the real kustomize. The helm test Pod (a hook) is left out, Helm's own labels become
 ``app.kubernetes.io/managed-by: kustomize``, and no Secret is generated: the overlays name
 Secrets the operator creates (see deploy/kustomize/README.md).

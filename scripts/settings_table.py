@@ -1,5 +1,5 @@
 """Writes docs/settings.md, the settings reference, from the settings classes, so the page
-and the code never drift (tests/unit/test_docs.py checks it is current).
+and the code never drift (tests/integration/test_docs.py checks it is current).
 
     .venv/bin/python scripts/settings_table.py           # rewrite docs/settings.md
     .venv/bin/python scripts/settings_table.py --check   # exit 1 if it is stale

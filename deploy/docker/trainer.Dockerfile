@@ -5,7 +5,7 @@
 # VARIANT=cpu (default) installs torch from https://download.pytorch.org/whl/cpu; VARIANT=cuda
 # from https://download.pytorch.org/whl/$TORCH_CUDA (CUDA libraries inside the wheels).
 # The base is python:3.11-slim-bookworm (Python 3.11.16) pinned by its OCI index digest; every
-# Dockerfile here uses the same one (tests/unit/test_dockerfiles.py checks it).
+# Dockerfile here uses the same one (tests/deploy/test_dockerfiles.py checks it).
 
 FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS builder
 ARG VARIANT=cpu
