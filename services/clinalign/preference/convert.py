@@ -1,16 +1,30 @@
-"""Protobuf ↔ domain conversions of the preference store."""
+"""Protobuf ↔ domain conversions of the preference store. Nothing here checks a value: an
+enum value with no domain meaning becomes ``""`` (or the documented default where the
+proto has one), which the use case then rejects, naming the field."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from clinalign.common.errors import InvalidArgument
 from clinalign.common.protos import timestamp
 from clinalign.common.v1 import common_pb2
-from clinalign.preference import snapshots, store
-from clinalign.preference.models import PromptRow, ResponseRow, SnapshotRow
+from clinalign.preference import audit, queue, snapshots
+from clinalign.preference.domain import (
+    Annotator,
+    ComparisonIn,
+    CorrectionIn,
+    ErrorAnnotationIn,
+    LabelMeta,
+    PromptIn,
+    RankingIn,
+    RatingIn,
+    ResponseIn,
+)
+from clinalign.preference.models import AuditRow, PromptRow, ResponseRow, SnapshotRow
+from clinalign.preference.usecases import exports, labelling
 from clinalign.preference.v1 import preference_pb2 as pb
 
 SOURCE_FROM_PROTO = {
@@ -35,22 +49,51 @@ CATEGORY_FROM_PROTO = {
     common_pb2.ERROR_CATEGORY_BIAS: "bias",
     common_pb2.ERROR_CATEGORY_PRIVACY_LEAK: "privacy_leak",
 }
+TIE_FROM_PROTO = {
+    pb.TIE_HANDLING_UNSPECIFIED: "drop",
+    pb.TIE_HANDLING_DROP: "drop",
+    pb.TIE_HANDLING_KEEP: "keep",
+}
+FORMAT_FROM_PROTO = {
+    pb.EXPORT_FORMAT_JSONL: exports.JSONL,
+    pb.EXPORT_FORMAT_PARQUET: exports.PARQUET,
+}
+KIND_FROM_PROTO = {
+    pb.EXPORT_KIND_PREFERENCE: snapshots.PREFERENCE,
+    pb.EXPORT_KIND_SFT: snapshots.SFT,
+}
+# SPLIT_UNSPECIFIED (and any value the proto does not define) asks for both splits.
+SPLIT_FROM_PROTO = {pb.SPLIT_TRAIN: snapshots.TRAIN, pb.SPLIT_EVAL: snapshots.EVAL}
 
 
 def utc(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def meta(ctx: pb.LabelContext, task_id: str = "") -> store.LabelMeta:
-    return store.LabelMeta(ctx.annotator_id, ctx.guideline_version, task_id or None)
+# --- requests → domain -----------------------------------------------------------------
 
 
-def prompt_in(p: pb.PromptInput) -> store.PromptIn:
-    return store.PromptIn(p.text, SOURCE_FROM_PROTO.get(p.source, ""), tuple(p.tags))
+def annotator_in(request: pb.RegisterAnnotatorRequest) -> Annotator | None:
+    if not request.HasField("annotator"):
+        return None
+    a = request.annotator
+    return Annotator(a.id, a.role, a.specialty)
 
 
-def comparison_in(c: pb.Comparison) -> store.ComparisonIn:
-    return store.ComparisonIn(
+def meta(ctx: pb.LabelContext, task_id: str = "") -> LabelMeta:
+    return LabelMeta(ctx.annotator_id, ctx.guideline_version, task_id or None)
+
+
+def prompt_in(p: pb.PromptInput) -> PromptIn:
+    return PromptIn(p.text, SOURCE_FROM_PROTO.get(p.source, ""), tuple(p.tags))
+
+
+def response_in(r: pb.ResponseInput) -> ResponseIn:
+    return ResponseIn(r.prompt_id, r.text, r.model_version, r.generation_params_json)
+
+
+def comparison_in(c: pb.Comparison) -> ComparisonIn:
+    return ComparisonIn(
         meta(c.context, c.task_id),
         c.response_a_id,
         c.response_b_id,
@@ -59,24 +102,67 @@ def comparison_in(c: pb.Comparison) -> store.ComparisonIn:
     )
 
 
-def ranking_in(r: pb.Ranking) -> store.RankingIn:
-    return store.RankingIn(meta(r.context, r.task_id), tuple(r.response_ids))
+def ranking_in(r: pb.Ranking) -> RankingIn:
+    return RankingIn(meta(r.context, r.task_id), tuple(r.response_ids))
 
 
-def rating_in(r: pb.Rating) -> store.RatingIn:
-    return store.RatingIn(
+def rating_in(r: pb.Rating) -> RatingIn:
+    return RatingIn(
         meta(r.context, r.task_id), r.response_id, AXIS_FROM_PROTO.get(r.axis, ""), r.score
     )
 
 
-def correction_in(c: pb.Correction) -> store.CorrectionIn:
-    return store.CorrectionIn(meta(c.context), c.response_id, c.corrected_text, c.comment)
+def correction_in(c: pb.Correction) -> CorrectionIn:
+    return CorrectionIn(meta(c.context), c.response_id, c.corrected_text, c.comment)
 
 
-def annotation_in(a: pb.ErrorAnnotation) -> store.ErrorAnnotationIn:
-    return store.ErrorAnnotationIn(
+def annotation_in(a: pb.ErrorAnnotation) -> ErrorAnnotationIn:
+    return ErrorAnnotationIn(
         meta(a.context), a.response_id, CATEGORY_FROM_PROTO.get(a.category, ""), a.comment
     )
+
+
+def task_spec(t: pb.TaskSpec) -> queue.TaskSpec:
+    return queue.TaskSpec(t.prompt_id, tuple(t.response_ids))
+
+
+def task_submission(request: pb.SubmitTaskRequest) -> labelling.TaskSubmission:
+    which = request.WhichOneof("label")
+    label: ComparisonIn | RankingIn | None = None
+    if which == "comparison":
+        label = comparison_in(request.comparison)
+    elif which == "ranking":
+        label = ranking_in(request.ranking)
+    return labelling.TaskSubmission(
+        request.task_id,
+        request.annotator_id,
+        label,
+        [rating_in(r) for r in request.ratings],
+        [annotation_in(a) for a in request.annotations],
+    )
+
+
+def adjudication_threshold(request: pb.GetAgreementRequest) -> float:
+    return request.adjudication_threshold or labelling.DEFAULT_ADJUDICATION_THRESHOLD
+
+
+def snapshot_filter(f: pb.SnapshotFilter) -> snapshots.Filter:
+    return snapshots.Filter(
+        start=f.start_time.ToDatetime(UTC) if f.HasField("start_time") else None,
+        end=f.end_time.ToDatetime(UTC) if f.HasField("end_time") else None,
+        sources=tuple(SOURCE_FROM_PROTO.get(s, "") for s in f.sources),
+        min_agreement=f.min_agreement,
+        tie_handling=TIE_FROM_PROTO.get(f.tie_handling, ""),
+        deduplicate=f.deduplicate,
+        eval_fraction=f.eval_fraction or 0.1,
+    )
+
+
+# --- domain → responses ----------------------------------------------------------------
+
+
+def annotator_out(a: Annotator) -> pb.Annotator:
+    return pb.Annotator(id=a.id, role=a.role, specialty=a.specialty)
 
 
 def prompt_out(row: PromptRow) -> pb.Prompt:
@@ -100,29 +186,47 @@ def response_out(row: ResponseRow) -> pb.Response:
     )
 
 
-TIE_FROM_PROTO = {
-    pb.TIE_HANDLING_UNSPECIFIED: "drop",
-    pb.TIE_HANDLING_DROP: "drop",
-    pb.TIE_HANDLING_KEEP: "keep",
-}
+def task_out(view: queue.TaskView) -> pb.Task:
+    return pb.Task(
+        id=view.task.id,
+        batch_id=view.task.batch_id,
+        prompt=prompt_out(view.prompt),
+        responses=[response_out(r) for r in view.responses],
+        guideline_version=view.task.guideline_version,
+        guideline_text=view.guideline_text,
+    )
 
 
-def snapshot_filter(f: pb.SnapshotFilter) -> snapshots.Filter:
-    sources = []
-    for i, s in enumerate(f.sources):
-        if s not in SOURCE_FROM_PROTO:
-            raise InvalidArgument(f"filter.sources[{i}]", "must be a PROMPT_SOURCE_* value")
-        sources.append(SOURCE_FROM_PROTO[s])
-    if f.tie_handling not in TIE_FROM_PROTO:
-        raise InvalidArgument("filter.tie_handling", "must be a TIE_HANDLING_* value")
-    return snapshots.Filter(
-        start=f.start_time.ToDatetime(UTC) if f.HasField("start_time") else None,
-        end=f.end_time.ToDatetime(UTC) if f.HasField("end_time") else None,
-        sources=tuple(sorted(set(sources))),
-        min_agreement=f.min_agreement,
-        tie_handling=TIE_FROM_PROTO[f.tie_handling],
-        deduplicate=f.deduplicate,
-        eval_fraction=f.eval_fraction or 0.1,
+def agreement_out(a: labelling.Agreement) -> pb.GetAgreementResponse:
+    report = a.report
+    out = pb.AgreementReport(items=report.pairable_items, annotators=report.annotators)
+    for name in ("raw_agreement", "cohen_kappa", "fleiss_kappa", "krippendorff_alpha"):
+        value = getattr(report, name)
+        if value is not None:
+            setattr(out, name, value)
+    return pb.GetAgreementResponse(
+        report=out,
+        adjudication=[
+            pb.TaskConsensus(task_id=c.item_id, consensus=c.consensus, labels=c.n_labels)
+            for c in a.adjudication
+        ],
+    )
+
+
+def audit_event_out(row: AuditRow) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        sequence=row.seq,
+        principal=row.principal,
+        action=row.action,
+        object=row.object,
+        time=timestamp(utc(row.at)),
+        entry_hash=row.entry_hash,
+    )
+
+
+def verification_out(v: audit.Verification) -> pb.VerifyAuditResponse:
+    return pb.VerifyAuditResponse(
+        ok=v.ok, entries=v.entries, first_bad_sequence=v.first_bad_sequence, message=v.message
     )
 
 
@@ -148,3 +252,15 @@ def snapshot_out(row: SnapshotRow) -> pb.Snapshot:
         manifest_json=json.dumps(m, sort_keys=True),
         create_time=timestamp(utc(row.created_at)),
     )
+
+
+def export_out(export: exports.Export) -> Iterator[pb.ExportSnapshotResponse]:
+    """The file in chunks: the first message counts the records, the last carries the
+    file's SHA-256."""
+    last = len(export.chunks) - 1
+    for i, part in enumerate(export.chunks):
+        yield pb.ExportSnapshotResponse(
+            chunk=part,
+            records=export.records if i == 0 else 0,
+            file_sha256=export.sha256 if i == last else "",
+        )

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument, NotFound
-from clinalign.preference import audit, store
+from clinalign.preference import audit, domain, store, validation
 from clinalign.preference.models import (
     AnnotatorRow,
     AssignmentRow,
@@ -48,11 +48,11 @@ class TaskView:
 
 
 def check_create(
-    batch_id: str, specs: Sequence[TaskSpec], overlap: int, guideline: str, limits: store.Limits
+    batch_id: str, specs: Sequence[TaskSpec], overlap: int, guideline: str, limits: domain.Limits
 ) -> None:
     if not batch_id:
         raise InvalidArgument("batch_id", "is required")
-    store.check_batch("tasks", specs, limits)
+    validation.check_batch("tasks", specs, limits)
     if not 1 <= overlap <= MAX_OVERLAP:
         raise InvalidArgument("overlap", f"must be between 1 and {MAX_OVERLAP}, got {overlap}")
     if not guideline:
@@ -79,7 +79,7 @@ def create_tasks(
             for j, rid in enumerate(spec.response_ids)
         ],
     )
-    t = store.now()
+    t = domain.now()
     ids = []
     for i, spec in enumerate(specs):
         for j, rid in enumerate(spec.response_ids):
@@ -158,7 +158,7 @@ def next_task(session: Session, annotator_id: str, batch_id: str) -> TaskView | 
         return None
     session.add(
         AssignmentRow(
-            task_id=task.id, annotator_id=annotator_id, status="assigned", assigned_at=store.now()
+            task_id=task.id, annotator_id=annotator_id, status="assigned", assigned_at=domain.now()
         )
     )
     session.flush()
@@ -187,11 +187,11 @@ def submit(
     session: Session,
     task_id: str,
     annotator_id: str,
-    comparison: store.ComparisonIn | None,
-    ranking: store.RankingIn | None,
-    ratings: Sequence[store.RatingIn],
-    annotations: Sequence[store.ErrorAnnotationIn],
-    redact: store.Redactor,
+    comparison: domain.ComparisonIn | None,
+    ranking: domain.RankingIn | None,
+    ratings: Sequence[domain.RatingIn],
+    annotations: Sequence[domain.ErrorAnnotationIn],
+    redact: domain.Redactor,
 ) -> str:
     task, assignment = _assignment(session, task_id, annotator_id)
     members = set(task.response_ids)
@@ -222,7 +222,7 @@ def submit(
         store.add_ratings(session, ratings)
     if annotations:
         store.add_annotations(session, annotations, redact)
-    assignment.status, assignment.label_id, assignment.completed_at = "done", label_id, store.now()
+    assignment.status, assignment.label_id, assignment.completed_at = "done", label_id, domain.now()
     return label_id
 
 
@@ -232,10 +232,10 @@ def skip(
     task_id: str,
     annotator_id: str,
     reason: str,
-    redact: store.Redactor,
+    redact: domain.Redactor,
 ) -> None:
     _, assignment = _assignment(session, task_id, annotator_id)
-    assignment.status, assignment.completed_at = "skipped", store.now()
+    assignment.status, assignment.completed_at = "skipped", domain.now()
     assignment.reason = redact(reason) if reason else ""
     audit.append(session, principal, "skip_task", f"{task_id} by {annotator_id}")
 

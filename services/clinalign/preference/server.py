@@ -10,8 +10,8 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.deid import build_redactor
 from clinalign.common.server import DatabaseApp, run_main
-from clinalign.preference import store
 from clinalign.preference.config import PreferenceSettings
+from clinalign.preference.domain import Limits, Redactor
 from clinalign.preference.models import Base
 from clinalign.preference.servicer import ROLES, PreferenceServicer
 from clinalign.preference.v1 import preference_pb2_grpc
@@ -28,11 +28,11 @@ class PreferenceApp(DatabaseApp):
         self,
         common: CommonSettings,
         settings: PreferenceSettings,
-        redact: store.Redactor | None = None,
+        redact: Redactor | None = None,
     ) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "preference")
         super().__init__(Database(url, Base, migrations=MIGRATIONS))
-        limits = store.Limits(max_text_chars=settings.max_text_chars, max_batch=settings.max_batch)
+        limits = Limits(max_text_chars=settings.max_text_chars, max_batch=settings.max_batch)
         self.servicer = PreferenceServicer(self.db, redact or build_redactor(), limits)
 
     def register(self, server: grpc.aio.Server) -> None:

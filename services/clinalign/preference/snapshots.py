@@ -21,17 +21,17 @@ import hashlib
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from clinalign import __version__
 from clinalign.common.errors import InvalidArgument, NotFound
-from clinalign.preference import audit, store
+from clinalign.preference import audit, domain
 from clinalign.preference.agreement import Label, agreement_report
 from clinalign.preference.models import (
     ComparisonRow,
@@ -62,17 +62,21 @@ class Filter:
     eval_fraction: float = 0.1
 
     def validate(self) -> None:
+        for i, s in enumerate(self.sources):
+            if s not in domain.SOURCES:
+                raise InvalidArgument(f"filter.sources[{i}]", "must be a PROMPT_SOURCE_* value")
+        if self.tie_handling not in ("drop", "keep"):
+            raise InvalidArgument("filter.tie_handling", "must be a TIE_HANDLING_* value")
         if self.start and self.end and self.start >= self.end:
             raise InvalidArgument("filter.start_time", "must be before filter.end_time")
-        for i, s in enumerate(self.sources):
-            if s not in store.SOURCES:
-                raise InvalidArgument(f"filter.sources[{i}]", "is not a prompt source")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise InvalidArgument("filter.min_agreement", "must be in [0, 1]")
-        if self.tie_handling not in ("drop", "keep"):
-            raise InvalidArgument("filter.tie_handling", "must be DROP or KEEP")
         if not 0.0 < self.eval_fraction <= 0.5:
             raise InvalidArgument("filter.eval_fraction", "must be in (0, 0.5]")
+
+    def normalised(self) -> Filter:
+        """The same selection with its sources sorted and each named once."""
+        return replace(self, sources=tuple(sorted(set(self.sources))))
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,6 +132,21 @@ def _batch_agreement(session: Session) -> dict[str, float | None]:
     return out
 
 
+class _Pair(NamedTuple):
+    """One preference pair of one label: a comparison, or one ordered pair of a ranking."""
+
+    prompt_id: str
+    chosen: str
+    rejected: str
+    tie: bool
+    strength: float
+    label: ComparisonRow | RankingRow
+
+
+# (sort key, split, canonical record): records are stored in sort-key order.
+_Row = tuple[tuple[str, ...], str, str]
+
+
 def build(session: Session, f: Filter) -> Built:
     prompts = {
         p.id: p
@@ -135,96 +154,143 @@ def build(session: Session, f: Filter) -> Built:
         if not f.sources or p.source in f.sources
     }
     responses = {r.id: r for r in session.scalars(select(ResponseRow))}
-    errors: dict[str, set[str]] = defaultdict(set)
-    for e in session.scalars(select(ErrorAnnotationRow)):
-        errors[e.response_id].add(e.category)
+    pairs = _pairs(session, f, prompts, _admission(session, f))
+    built = Built()
+    for _, split, line in sorted(_preference_rows(session, f, pairs, prompts, responses)):
+        built.records[(PREFERENCE, split)].append(line)
+    for _, split, line in sorted(_sft_rows(session, f, prompts, responses)):
+        built.records[(SFT, split)].append(line)
+    return built
+
+
+def _admission(session: Session, f: Filter) -> Callable[[str | None], bool]:
+    """Whether a label of this task passes ``f.min_agreement``. Agreement is known only for
+    labels collected through the queue; direct submissions and corrections carry no batch
+    and are always admitted."""
+    if f.min_agreement <= 0:
+        return lambda task_id: True
     task_batch = dict(session.execute(select(TaskRow.id, TaskRow.batch_id)).all())
-    agreement = _batch_agreement(session) if f.min_agreement > 0 else {}
+    agreement = _batch_agreement(session)
 
     def admitted(task_id: str | None) -> bool:
-        # Agreement is known only for labels collected through the queue; direct
-        # submissions and corrections carry no batch and are always admitted.
-        if f.min_agreement <= 0 or not task_id:
+        if not task_id:
             return True
         score = agreement.get(task_batch.get(task_id, ""))
         return score is not None and score >= f.min_agreement
 
-    pairs: list[
-        tuple[str, str, str, bool, float, Any]
-    ] = []  # prompt, chosen, rejected, tie, s, row
+    return admitted
+
+
+def _pairs(
+    session: Session,
+    f: Filter,
+    prompts: dict[str, PromptRow],
+    admitted: Callable[[str | None], bool],
+) -> list[_Pair]:
+    """The pairs of the comparisons and rankings the filter selects, in label-id order."""
+
+    def selected(label: ComparisonRow | RankingRow) -> bool:
+        return (
+            label.prompt_id in prompts
+            and _in_window(label.created_at, f)
+            and admitted(label.task_id)
+        )
+
+    pairs: list[_Pair] = []
     for c in session.scalars(select(ComparisonRow).order_by(ComparisonRow.id)):
-        if c.prompt_id not in prompts or not _in_window(c.created_at, f) or not admitted(c.task_id):
-            continue
-        if c.preference == "tie" and f.tie_handling == "drop":
+        if not selected(c) or (c.preference == "tie" and f.tie_handling == "drop"):
             continue
         chosen, rejected = (
             (c.response_b_id, c.response_a_id)
             if c.preference == "b"
             else (c.response_a_id, c.response_b_id)
         )
-        pairs.append((c.prompt_id, chosen, rejected, c.preference == "tie", c.strength, c))
+        pairs.append(_Pair(c.prompt_id, chosen, rejected, c.preference == "tie", c.strength, c))
     for k in session.scalars(select(RankingRow).order_by(RankingRow.id)):
-        if k.prompt_id not in prompts or not _in_window(k.created_at, f) or not admitted(k.task_id):
+        if not selected(k):
             continue
         for i, better in enumerate(k.response_ids):
             for worse in k.response_ids[i + 1 :]:
-                pairs.append((k.prompt_id, better, worse, False, 1.0, k))
+                pairs.append(_Pair(k.prompt_id, better, worse, False, 1.0, k))
+    return pairs
 
-    built = Built()
+
+def _preference_rows(
+    session: Session,
+    f: Filter,
+    pairs: list[_Pair],
+    prompts: dict[str, PromptRow],
+    responses: dict[str, ResponseRow],
+) -> list[_Row]:
+    errors: dict[str, set[str]] = defaultdict(set)
+    for e in session.scalars(select(ErrorAnnotationRow)):
+        errors[e.response_id].add(e.category)
     seen: set[tuple[str, str, str]] = set()
-    rows: list[tuple[tuple[str, ...], str, str]] = []
-    for prompt_id, chosen, rejected, tie, strength, label in pairs:
-        p, ch, rj = prompts[prompt_id], responses[chosen], responses[rejected]
-        key = (
-            p.text_sha256,
-            hashlib.sha256(ch.text.encode()).hexdigest(),
-            hashlib.sha256(rj.text.encode()).hexdigest(),
-        )
+    rows: list[_Row] = []
+    for pair in pairs:
+        p, ch, rj = prompts[pair.prompt_id], responses[pair.chosen], responses[pair.rejected]
         if f.deduplicate:
+            key = (
+                p.text_sha256,
+                hashlib.sha256(ch.text.encode()).hexdigest(),
+                hashlib.sha256(rj.text.encode()).hexdigest(),
+            )
             if key in seen:
                 continue
             seen.add(key)
-        record = {
-            "prompt": p.text,
-            "chosen": ch.text,
-            "rejected": rj.text,
-            "tie": tie,
-            "strength": strength,
-            "prompt_id": p.id,
-            "chosen_id": ch.id,
-            "rejected_id": rj.id,
-            "label_id": label.id,
-            "annotator_id": label.annotator_id,
-            "guideline_version": label.guideline_version,
-            "source": p.source,
-            "tags": sorted(p.tags),
-            "rejected_error_categories": sorted(errors[rj.id]),
-        }
-        split = split_of(p.text_sha256, f.eval_fraction)
-        rows.append(((split, p.text_sha256, ch.id, rj.id, label.id), split, canonical(record)))
-    for _, split, line in sorted(rows):
-        built.records[(PREFERENCE, split)].append(line)
+        rows.append(_preference(p, ch, rj, pair, sorted(errors.get(rj.id, ())), f))
+    return rows
 
-    sft: list[tuple[tuple[str, ...], str, str]] = []
+
+def _preference(
+    p: PromptRow,
+    ch: ResponseRow,
+    rj: ResponseRow,
+    pair: _Pair,
+    rejected_errors: list[str],
+    f: Filter,
+) -> _Row:
+    label = pair.label
+    record = {
+        "prompt": p.text,
+        "chosen": ch.text,
+        "rejected": rj.text,
+        "tie": pair.tie,
+        "strength": pair.strength,
+        "prompt_id": p.id,
+        "chosen_id": ch.id,
+        "rejected_id": rj.id,
+        "label_id": label.id,
+        "annotator_id": label.annotator_id,
+        "guideline_version": label.guideline_version,
+        "source": p.source,
+        "tags": sorted(p.tags),
+        "rejected_error_categories": rejected_errors,
+    }
+    split = split_of(p.text_sha256, f.eval_fraction)
+    return (split, p.text_sha256, ch.id, rj.id, label.id), split, canonical(record)
+
+
+def _sft_rows(
+    session: Session, f: Filter, prompts: dict[str, PromptRow], responses: dict[str, ResponseRow]
+) -> list[_Row]:
+    """Clinician corrections, then human-written responses (demonstrations)."""
+    rows: list[_Row] = []
     for x in session.scalars(select(CorrectionRow).order_by(CorrectionRow.id)):
         fixed, original = responses[x.corrected_response_id], responses[x.response_id]
         fixed_prompt = prompts.get(original.prompt_id)
         if fixed_prompt is None or not _in_window(x.created_at, f):
             continue
-        sft.append(_sft(fixed_prompt, fixed.text, x.id, x.annotator_id, "correction", f))
+        rows.append(_sft(fixed_prompt, fixed.text, x.id, x.annotator_id, "correction", f))
     for r in responses.values():
         demo_prompt = prompts.get(r.prompt_id)
         if demo_prompt is None or r.model_version or not _in_window(r.created_at, f):
             continue  # model-written, or a correction (model_version "human:...") above
-        sft.append(_sft(demo_prompt, r.text, r.id, r.created_by, "demonstration", f))
-    for _, split, line in sorted(sft):
-        built.records[(SFT, split)].append(line)
-    return built
+        rows.append(_sft(demo_prompt, r.text, r.id, r.created_by, "demonstration", f))
+    return rows
 
 
-def _sft(
-    p: PromptRow, completion: str, ref: str, author: str, origin: str, f: Filter
-) -> tuple[tuple[str, ...], str, str]:
+def _sft(p: PromptRow, completion: str, ref: str, author: str, origin: str, f: Filter) -> _Row:
     split = split_of(p.text_sha256, f.eval_fraction)
     record = {
         "prompt": p.text,
@@ -283,7 +349,7 @@ def create(session: Session, principal: str, f: Filter) -> tuple[SnapshotRow, bo
         eval_pairs=counts["preference_eval"],
         sft_records=counts["sft_train"] + counts["sft_eval"],
         created_by=principal,
-        created_at=store.now(),
+        created_at=domain.now(),
     )
     session.add(row)
     session.flush()

@@ -1,22 +1,21 @@
-"""The preference store's write path: validate, de-identify, write, audit, all in one
-transaction keyed by the caller's idempotency key.
+"""The preference store's write path: de-identify, write and audit inside one transaction
+keyed by the caller's idempotency key; and the reads of what was written.
 
 A batch is written whole or not at all. Its ids are recorded under its idempotency key in
 the same transaction, so a retried batch (after a lost acknowledgement, a crash or a
 timeout) returns the ids of the first attempt and writes nothing twice. The service
 acknowledges only after the commit, and SQLite runs with synchronous=FULL, so an
 acknowledged batch is on disk.
+
+The input records and limits live in ``domain``, their checks in ``validation``; the
+use cases (``usecases``) run the checks, then these functions in one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, text
@@ -24,6 +23,21 @@ from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument, NotFound
 from clinalign.preference import audit
+from clinalign.preference.domain import (
+    Annotator,
+    Batch,
+    ComparisonIn,
+    CorrectionIn,
+    ErrorAnnotationIn,
+    LabelMeta,
+    PromptIn,
+    RankingIn,
+    RatingIn,
+    Redactor,
+    ResponseIn,
+    new_id,
+    now,
+)
 from clinalign.preference.models import (
     AnnotatorRow,
     ComparisonRow,
@@ -37,178 +51,7 @@ from clinalign.preference.models import (
     ResponseRow,
 )
 from clinalign.preference.models import Base as Base  # re-export for the app and tests
-
-# Pseudonymous ids only: letters, digits and - _ . so a name or e-mail cannot pass as one.
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
-_TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
-
-SOURCES = ("curated", "production", "flagged")
-PREFERENCES = ("a", "b", "tie")
-AXES = ("accuracy", "safety", "completeness", "clarity")
-CATEGORIES = (
-    "factual_error",
-    "unsafe_advice",
-    "omission",
-    "hallucinated_reference",
-    "inappropriate_certainty",
-    "bias",
-    "privacy_leak",
-)
-RATING_SCALE = (1, 5)
-
-
-# De-identifies free text before it is stored (``clinalign.common.deid.build_redactor``).
-Redactor = Callable[[str], str]
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_text_chars: int = 20_000
-    max_batch: int = 1_000
-    max_tags: int = 16
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Annotator:
-    id: str
-    role: str
-    specialty: str
-
-
-@dataclass(frozen=True)
-class PromptIn:
-    text: str
-    source: str
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ResponseIn:
-    prompt_id: str
-    text: str
-    model_version: str = ""
-    generation_params: str = ""
-
-
-@dataclass(frozen=True)
-class LabelMeta:
-    annotator_id: str
-    guideline_version: str
-    task_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ComparisonIn:
-    meta: LabelMeta
-    response_a_id: str
-    response_b_id: str
-    preference: str  # a | b | tie
-    strength: float = 1.0
-
-
-@dataclass(frozen=True)
-class RankingIn:
-    meta: LabelMeta
-    response_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RatingIn:
-    meta: LabelMeta
-    response_id: str
-    axis: str
-    score: int
-
-
-@dataclass(frozen=True)
-class CorrectionIn:
-    meta: LabelMeta
-    response_id: str
-    corrected_text: str
-    comment: str = ""
-
-
-@dataclass(frozen=True)
-class ErrorAnnotationIn:
-    meta: LabelMeta
-    response_id: str
-    category: str
-    comment: str = ""
-
-
-@dataclass
-class Batch:
-    """Results of one submit call."""
-
-    ids: list[str] = field(default_factory=list)
-    replayed: bool = False
-
-
-# --- validation ------------------------------------------------------------------------
-
-
-def validate_annotator(a: Annotator) -> None:
-    if not _ID.match(a.id) or "@" in a.id:
-        raise InvalidArgument(
-            "annotator.id", "must be a pseudonymous id of 3-64 letters, digits, '.', '_' or '-'"
-        )
-    if not _LABEL.match(a.role):
-        raise InvalidArgument("annotator.role", "is required: lower-case, such as 'physician'")
-    if a.specialty and not _LABEL.match(a.specialty):
-        raise InvalidArgument("annotator.specialty", "must be lower-case, such as 'cardiology'")
-
-
-def check_key(key: str) -> None:
-    if not 8 <= len(key) <= 128 or not key.isprintable():
-        raise InvalidArgument("idempotency_key", "is required: 8 to 128 printable characters")
-
-
-def check_batch(field_name: str, items: Sequence[object], limits: Limits) -> None:
-    if not items:
-        raise InvalidArgument(field_name, "must hold at least one item")
-    if len(items) > limits.max_batch:
-        raise InvalidArgument(
-            field_name, f"holds {len(items)}; at most {limits.max_batch} per call"
-        )
-
-
-def check_text(field_name: str, text: str, limits: Limits, *, required: bool = True) -> None:
-    if required and not text.strip():
-        raise InvalidArgument(field_name, "must not be empty")
-    if len(text) > limits.max_text_chars:
-        raise InvalidArgument(
-            field_name, f"is {len(text)} characters; at most {limits.max_text_chars}"
-        )
-
-
-def check_prompt(f: str, p: PromptIn, limits: Limits) -> None:
-    check_text(f"{f}.text", p.text, limits)
-    if p.source not in SOURCES:
-        raise InvalidArgument(f"{f}.source", f"must be one of {', '.join(SOURCES)}")
-    if len(p.tags) > limits.max_tags:
-        raise InvalidArgument(f"{f}.tags", f"at most {limits.max_tags} tags")
-    for j, tag in enumerate(p.tags):
-        if not _TAG.match(tag):
-            raise InvalidArgument(
-                f"{f}.tags[{j}]", "must be lower-case, such as 'specialty:cardiology'"
-            )
-
-
-def check_meta(f: str, meta: LabelMeta) -> None:
-    if not meta.annotator_id:
-        raise InvalidArgument(f"{f}.context.annotator_id", "is required")
-    if not meta.guideline_version:
-        raise InvalidArgument(f"{f}.context.guideline_version", "is required")
-
+from clinalign.preference.validation import check_key, validate_annotator
 
 # --- the transaction -------------------------------------------------------------------
 
@@ -359,30 +202,6 @@ def add_comparisons(session: Session, items: Sequence[ComparisonIn]) -> list[str
     return [r["id"] for r in rows]
 
 
-def check_comparison(f: str, c: ComparisonIn) -> None:
-    check_meta(f, c.meta)
-    if not c.response_a_id:
-        raise InvalidArgument(f"{f}.response_a_id", "is required")
-    if not c.response_b_id:
-        raise InvalidArgument(f"{f}.response_b_id", "is required")
-    if c.response_a_id == c.response_b_id:
-        raise InvalidArgument(f"{f}.response_b_id", "compares a response with itself")
-    if c.preference not in PREFERENCES:
-        raise InvalidArgument(
-            f"{f}.preference", "must be PREFERENCE_A, PREFERENCE_B or PREFERENCE_TIE"
-        )
-    if not 0.0 <= c.strength <= 1.0:
-        raise InvalidArgument(f"{f}.strength", f"must be in [0, 1], got {c.strength:g}")
-
-
-def check_ranking(f: str, r: RankingIn) -> None:
-    check_meta(f, r.meta)
-    if len(r.response_ids) < 2:
-        raise InvalidArgument(f"{f}.response_ids", "must rank at least two responses")
-    if len(set(r.response_ids)) != len(r.response_ids):
-        raise InvalidArgument(f"{f}.response_ids", "must not repeat a response")
-
-
 def add_rankings(session: Session, items: Sequence[RankingIn]) -> list[str]:
     fields = [f"rankings[{i}]" for i in range(len(items))]
     _annotators(session, list(zip(fields, (r.meta for r in items), strict=True)))
@@ -416,17 +235,6 @@ def add_rankings(session: Session, items: Sequence[RankingIn]) -> list[str]:
     return ids
 
 
-def check_rating(f: str, r: RatingIn) -> None:
-    check_meta(f, r.meta)
-    if not r.response_id:
-        raise InvalidArgument(f"{f}.response_id", "is required")
-    if r.axis not in AXES:
-        raise InvalidArgument(f"{f}.axis", f"must be one of {', '.join(AXES)}")
-    lo, hi = RATING_SCALE
-    if not lo <= r.score <= hi:
-        raise InvalidArgument(f"{f}.score", f"must be between {lo} and {hi}, got {r.score}")
-
-
 def add_ratings(session: Session, items: Sequence[RatingIn]) -> list[str]:
     fields = [f"ratings[{i}]" for i in range(len(items))]
     _annotators(session, list(zip(fields, (r.meta for r in items), strict=True)))
@@ -451,14 +259,6 @@ def add_ratings(session: Session, items: Sequence[RatingIn]) -> list[str]:
         )
         ids.append(rid)
     return ids
-
-
-def check_correction(f: str, c: CorrectionIn, limits: Limits) -> None:
-    check_meta(f, c.meta)
-    if not c.response_id:
-        raise InvalidArgument(f"{f}.response_id", "is required")
-    check_text(f"{f}.corrected_text", c.corrected_text, limits)
-    check_text(f"{f}.comment", c.comment, limits, required=False)
 
 
 def add_corrections(
@@ -520,15 +320,6 @@ def add_corrections(
     return ids
 
 
-def check_annotation(f: str, a: ErrorAnnotationIn, limits: Limits) -> None:
-    check_meta(f, a.meta)
-    if not a.response_id:
-        raise InvalidArgument(f"{f}.response_id", "is required")
-    if a.category not in CATEGORIES:
-        raise InvalidArgument(f"{f}.category", "must be a category of the clinical taxonomy")
-    check_text(f"{f}.comment", a.comment, limits, required=False)
-
-
 def add_annotations(
     session: Session, items: Sequence[ErrorAnnotationIn], redact: Redactor
 ) -> list[str]:
@@ -572,10 +363,7 @@ def get_prompt(session: Session, prompt_id: str) -> tuple[PromptRow, list[Respon
 
 
 def publish_guidelines(session: Session, principal: str, version: str, text: str) -> str:
-    if not _TAG.match(version):
-        raise InvalidArgument("version", "is required: lower-case letters, digits, '.', '-', ':'")
-    if not text.strip():
-        raise InvalidArgument("text", "must not be empty")
+    """A version is immutable: publishing it again with the same text changes nothing."""
     existing = session.get(GuidelineRow, version)
     if existing is not None:
         if existing.text != text:
@@ -584,13 +372,3 @@ def publish_guidelines(session: Session, principal: str, version: str, text: str
     session.add(GuidelineRow(version=version, text=text, created_at=now()))
     audit.append(session, principal, "publish_guidelines", version)
     return version
-
-
-def generation_params_json(params: str, field_name: str) -> str:
-    if not params:
-        return ""
-    try:
-        json.loads(params)
-    except ValueError as exc:
-        raise InvalidArgument(field_name, "must be JSON") from exc
-    return params

@@ -1,0 +1,118 @@
+"""The preference store's vocabulary, request limits and input records: what the use
+cases take in and the store writes, free of protobuf and of the database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+SOURCES = ("curated", "production", "flagged")
+PREFERENCES = ("a", "b", "tie")
+AXES = ("accuracy", "safety", "completeness", "clarity")
+CATEGORIES = (
+    "factual_error",
+    "unsafe_advice",
+    "omission",
+    "hallucinated_reference",
+    "inappropriate_certainty",
+    "bias",
+    "privacy_leak",
+)
+RATING_SCALE = (1, 5)
+
+
+# De-identifies free text before it is stored (``clinalign.common.deid.build_redactor``).
+Redactor = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_chars: int = 20_000
+    max_batch: int = 1_000
+    max_tags: int = 16
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: str
+    role: str
+    specialty: str
+
+
+@dataclass(frozen=True)
+class PromptIn:
+    text: str
+    source: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResponseIn:
+    prompt_id: str
+    text: str
+    model_version: str = ""
+    generation_params: str = ""  # JSON, or empty
+
+
+@dataclass(frozen=True)
+class LabelMeta:
+    annotator_id: str
+    guideline_version: str
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ComparisonIn:
+    meta: LabelMeta
+    response_a_id: str
+    response_b_id: str
+    preference: str  # a | b | tie
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class RankingIn:
+    meta: LabelMeta
+    response_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RatingIn:
+    meta: LabelMeta
+    response_id: str
+    axis: str
+    score: int
+
+
+@dataclass(frozen=True)
+class CorrectionIn:
+    meta: LabelMeta
+    response_id: str
+    corrected_text: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class ErrorAnnotationIn:
+    meta: LabelMeta
+    response_id: str
+    category: str
+    comment: str = ""
+
+
+@dataclass
+class Batch:
+    """Results of one submit call."""
+
+    ids: list[str] = field(default_factory=list)
+    replayed: bool = False

@@ -1,0 +1,183 @@
+"""Use cases that write preference data (annotators, prompts and responses, the five kinds
+of label, labelling guidelines) and GetPrompt, which reads a prompt back.
+
+A Submit* use case checks its whole batch before it opens a transaction, then writes it
+under the caller's idempotency key (``store.idempotent``): whole or not at all, once per
+key. Checks that need the database (unknown ids, responses of different prompts) run
+inside the transaction, so a batch that fails one writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from clinalign.common.errors import InvalidArgument
+from clinalign.preference import store, validation
+from clinalign.preference.domain import (
+    Annotator,
+    Batch,
+    ComparisonIn,
+    CorrectionIn,
+    ErrorAnnotationIn,
+    PromptIn,
+    RankingIn,
+    RatingIn,
+    ResponseIn,
+)
+from clinalign.preference.models import PromptRow, ResponseRow
+from clinalign.preference.usecases import Core
+
+Item = TypeVar("Item")
+
+
+async def _submit(
+    core: Core,
+    principal: str,
+    key: str,
+    rpc: str,
+    field: str,
+    items: Sequence[Item],
+    check: Callable[[str, Item], None],
+    write: Callable[[Session], list[str]],
+) -> Batch:
+    """Checks each item of ``items`` (request field ``field``), then runs ``write`` once
+    per idempotency key, recorded and audited as ``rpc``."""
+    validation.check_batch(field, items, core.limits)
+    for i, item in enumerate(items):
+        check(f"{field}[{i}]", item)
+    return await core.db.run_write(
+        lambda s: store.idempotent(s, key, rpc, principal, lambda: write(s))
+    )
+
+
+async def register_annotator(core: Core, principal: str, annotator: Annotator | None) -> Annotator:
+    """Registers a pseudonymous annotator, or updates its role and specialty."""
+    if annotator is None:
+        raise InvalidArgument("annotator", "is required")
+    validation.validate_annotator(annotator)
+    return await core.db.run_write(lambda s: store.upsert_annotator(s, principal, annotator))
+
+
+async def submit_prompts(
+    core: Core, principal: str, key: str, prompts: Sequence[PromptIn]
+) -> Batch:
+    return await _submit(
+        core,
+        principal,
+        key,
+        "submit_prompts",
+        "prompts",
+        prompts,
+        lambda f, p: validation.check_prompt(f, p, core.limits),
+        lambda s: store.add_prompts(s, prompts, core.redact, principal),
+    )
+
+
+async def submit_responses(
+    core: Core, principal: str, key: str, responses: Sequence[ResponseIn]
+) -> Batch:
+    # Malformed generation parameters are named before any other problem of the batch.
+    for i, r in enumerate(responses):
+        validation.check_generation_params(f"responses[{i}]", r)
+    return await _submit(
+        core,
+        principal,
+        key,
+        "submit_responses",
+        "responses",
+        responses,
+        lambda f, r: validation.check_response(f, r, core.limits),
+        lambda s: store.add_responses(s, responses, core.redact, principal),
+    )
+
+
+async def submit_comparisons(
+    core: Core, principal: str, key: str, comparisons: Sequence[ComparisonIn]
+) -> Batch:
+    return await _submit(
+        core,
+        principal,
+        key,
+        "submit_comparisons",
+        "comparisons",
+        comparisons,
+        validation.check_comparison,
+        lambda s: store.add_comparisons(s, comparisons),
+    )
+
+
+async def submit_rankings(
+    core: Core, principal: str, key: str, rankings: Sequence[RankingIn]
+) -> Batch:
+    return await _submit(
+        core,
+        principal,
+        key,
+        "submit_rankings",
+        "rankings",
+        rankings,
+        validation.check_ranking,
+        lambda s: store.add_rankings(s, rankings),
+    )
+
+
+async def submit_ratings(
+    core: Core, principal: str, key: str, ratings: Sequence[RatingIn]
+) -> Batch:
+    return await _submit(
+        core,
+        principal,
+        key,
+        "submit_ratings",
+        "ratings",
+        ratings,
+        validation.check_rating,
+        lambda s: store.add_ratings(s, ratings),
+    )
+
+
+async def submit_corrections(
+    core: Core, principal: str, key: str, corrections: Sequence[CorrectionIn]
+) -> Batch:
+    """Each correction also stores the rewrite as a human response and an implicit
+    comparison preferring it over the original (``store.add_corrections``)."""
+    return await _submit(
+        core,
+        principal,
+        key,
+        "submit_corrections",
+        "corrections",
+        corrections,
+        lambda f, c: validation.check_correction(f, c, core.limits),
+        lambda s: store.add_corrections(s, corrections, core.redact, principal),
+    )
+
+
+async def submit_error_annotations(
+    core: Core, principal: str, key: str, annotations: Sequence[ErrorAnnotationIn]
+) -> Batch:
+    return await _submit(
+        core,
+        principal,
+        key,
+        "submit_error_annotations",
+        "annotations",
+        annotations,
+        lambda f, a: validation.check_annotation(f, a, core.limits),
+        lambda s: store.add_annotations(s, annotations, core.redact),
+    )
+
+
+async def get_prompt(core: Core, prompt_id: str) -> tuple[PromptRow, list[ResponseRow]]:
+    """A prompt and its responses, oldest first."""
+    validation.check_required("id", prompt_id)
+    return await core.db.run_sync(lambda s: store.get_prompt(s, prompt_id))
+
+
+async def publish_guidelines(core: Core, principal: str, version: str, text: str) -> str:
+    """Publishes an immutable guideline version (again with the same text: a no-op)."""
+    validation.check_guidelines(version, text)
+    return await core.db.run_write(lambda s: store.publish_guidelines(s, principal, version, text))
