@@ -93,7 +93,7 @@ async def test_reporter_batches_retries_and_counts_drops() -> None:
     reporter = MonitorReporter(send, capacity=3, batch=2, max_attempts=3, backoff_s=0.001)
     assert [reporter.submit(_out(i)) for i in range(4)] == [True, True, True, False]
     reporter.start()
-    await asyncio.wait_for(reporter._queue.join(), 5)
+    await asyncio.wait_for(reporter.drained(), 5)
     await reporter.stop()
     assert calls == [2, 2, 1]  # first batch failed once and was retried whole
     assert SENT._value.get() == sent_before + 3
@@ -109,6 +109,6 @@ async def test_reporter_gives_up_after_max_attempts() -> None:
     reporter.submit(_out(1))
     reporter.submit(_out(2))
     reporter.start()
-    await asyncio.wait_for(reporter._queue.join(), 5)
+    await asyncio.wait_for(reporter.drained(), 5)
     await reporter.stop()
     assert DROPPED.labels("retries_exhausted")._value.get() == before + 2

@@ -77,6 +77,10 @@ class MonitorReporter:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    async def drained(self) -> None:
+        """Returns once every output submitted so far was delivered or given up on."""
+        await self._queue.join()
+
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
