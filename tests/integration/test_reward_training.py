@@ -27,11 +27,11 @@ from clinalign.common.reward_format import preference_pairs, raw_rewards
 from clinalign.preference.snapshots import canonical, render_jsonl
 from clinalign.trainer.methods.reward_model.commands import eval_command, train_command
 from clinalign.trainer.methods.reward_model.evaluation import evaluate_reward_model, promotion_check
+from clinalign.trainer.methods.reward_model.normalisation import reference_responses
 from clinalign.trainer.methods.reward_model.training import (
     LoraSettings,
     RewardHyperparameters,
     continued_reference_policy,
-    reference_responses,
     train_reward_model,
 )
 from clinalign.trainer.registry.versions import Base, Registry

@@ -166,12 +166,37 @@ def test_token_rewards_rejects_bad_input() -> None:
         core.token_rewards(torch.zeros(2), zeros, torch.zeros(2, 2), torch.ones(2, 3), 0.1)
 
 
-def test_penalise_unfinished_replaces_the_score() -> None:
-    scores = torch.tensor([0.5, 2.0, -0.3])
-    ended = torch.tensor([True, False, True])
-    close(core.penalise_unfinished(scores, ended, penalty=-1.0), [0.5, -1.0, -0.3])
+def test_finished_responses_ended_and_not_blank() -> None:
+    ended = torch.tensor([True, False, True, False])
+    blank = torch.tensor([False, False, True, True])
+    assert core.finished_responses(ended, blank).tolist() == [True, False, False, False]
     with pytest.raises(ValueError, match="shape mismatch"):
-        core.penalise_unfinished(scores, ended[:2], penalty=-1.0)
+        core.finished_responses(ended, blank[:3])
+
+
+def test_penalise_unfinished_scores_only_the_finished() -> None:
+    f_scores = torch.tensor([0.5, -0.3])  # the scorer's answers for rows 0 and 2, in order
+    finished = torch.tensor([True, False, True, False])
+    b_scores = core.penalise_unfinished(f_scores, finished, penalty=-1.0)
+    close(b_scores, [0.5, -1.0, -0.3, -1.0])
+    assert b_scores.dtype == torch.float32
+    nothing = core.penalise_unfinished(torch.zeros(0), torch.zeros(3, dtype=torch.bool), -2.5)
+    close(nothing, [-2.5, -2.5, -2.5])
+    with pytest.raises(ValueError, match=r"f_scores must be \[F\] with F=2 finished responses"):
+        core.penalise_unfinished(torch.zeros(3), finished, penalty=-1.0)
+    with pytest.raises(ValueError, match=r"b_finished must be a \[B\] bool tensor"):
+        core.penalise_unfinished(f_scores, finished.long(), penalty=-1.0)
+
+
+def test_penalise_unfinished_agrees_with_scoring_all_then_replacing() -> None:
+    """lm-human-preferences scores every response and then replaces the unfinished ones'
+    scores (``torch.where`` in N details' "Rejection sampling"); scoring only the finished
+    ones gives the same scores."""
+    torch.manual_seed(0)
+    b_all = torch.randn(16)  # what a reward model would say of every response
+    finished = torch.rand(16) > 0.4
+    replaced = torch.where(finished, b_all, torch.full_like(b_all, -1.0))
+    close(core.penalise_unfinished(b_all[finished], finished, penalty=-1.0), replaced.tolist())
 
 
 # -- GAE ------------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ def test_bt_loss_agrees_with_plain_reference_and_cross_entropy() -> None:
     assert loss == pytest.approx(bce, rel=1e-6)
 
 
+def test_centring_penalty_hand_values() -> None:
+    # (1 + -1)² = 0 and (2 + 0.5)² = 6.25: mean 3.125; it ignores the difference BT fits
+    chosen, rejected = torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5])
+    assert bt.centring_penalty(chosen, rejected).item() == pytest.approx(3.125, abs=1e-7)
+    assert bt.centring_penalty(chosen - 5, rejected + 5).item() == pytest.approx(3.125, abs=1e-6)
+
+
 def test_bt_probability_and_pairwise_correct() -> None:
     p = bt.bt_probability(torch.tensor([math.log(3), 0.0]), torch.tensor([0.0, 0.0]))
     assert p.tolist() == pytest.approx([0.75, 0.5])

@@ -108,8 +108,53 @@ def train_dpo(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
 
-    # -- trainer -------------------------------------------------------------------------
+    # -- training and held-out evaluation -------------------------------------------------
     callback = policy_training.Progress(progress)
+    trained, summary, held_out = _fit(
+        model, tokenizer, train_rows, eval_rows, hyper, lora, callback, checkpoint_dir, resume
+    )
+
+    # -- manifest and save ----------------------------------------------------------------
+    metrics = _metrics(train_rows, train_ties, eval_rows, summary, callback, held_out)
+    manifest = policy_training.policy_manifest(
+        method={
+            "name": "dpo",
+            "loss": "sigmoid DPO (Rafailov et al. 2023, Eq. 7; TRL DPOTrainer)",
+            "reference": "the base model" + (" (LoRA adapter disabled)" if lora else ""),
+            "ties": "dropped",
+            "format": "tokenizer chat template: user = prompt, assistant = response",
+        },
+        hyper=hyper,
+        lora=lora,
+        metrics=metrics,
+        callback=callback,
+        lineage={
+            "snapshot_hash": snapshot_hash,
+            "snapshot_hash_source": snapshot_hash_source,
+            "base_model": str(base_model),
+            "parent_version": parent_version,
+        },
+        started=started,
+    )
+    policy_training.save_policy(trained, tokenizer, manifest, out_dir)
+    log.info("dpo policy trained", extra={"fields": {"path": str(out_dir), **metrics}})
+    return manifest
+
+
+def _fit(
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    hyper: DPOHyperparameters,
+    lora: LoraSettings | None,
+    callback: policy_training.Progress,
+    checkpoint_dir: Path | None,
+    resume: str | None,
+) -> tuple[Any, Any, dict[str, float]]:
+    """(trained model, LoRA merged and in eval mode; TRL's training summary; the held-out
+    metrics, empty without eval rows): TRL's ``DPOTrainer`` with ``ref_model=None``, so the
+    reference is a frozen copy of the base (or, with LoRA, the base with the adapter off)."""
     with policy_training.trainer_output_dir(checkpoint_dir, "clinalign-dpo-") as scratch:
         args = DPOConfig(
             **policy_training.trainer_arguments(
@@ -136,7 +181,19 @@ def train_dpo(
     if lora is not None:
         trained = trained.merge_and_unload()
     trained.eval()
+    return trained, summary, held_out
 
+
+def _metrics(
+    train_rows: list[dict[str, Any]],
+    train_ties: int,
+    eval_rows: list[dict[str, Any]],
+    summary: Any,
+    callback: policy_training.Progress,
+    held_out: dict[str, float],
+) -> dict[str, float]:
+    """The manifest's metrics: pair counts, the loss curve's ends, the last training
+    implicit-reward accuracy and the held-out DPO loss, accuracy and margin."""
     metrics = {
         "train_pairs": float(len(train_rows)),
         "train_ties_dropped": float(train_ties),
@@ -149,26 +206,4 @@ def train_dpo(
         metrics["eval_loss"] = float(held_out["eval_loss"])
         metrics["eval_reward_accuracy"] = float(held_out["eval_rewards/accuracies"])
         metrics["eval_reward_margin"] = float(held_out["eval_rewards/margins"])
-    manifest = policy_training.policy_manifest(
-        method={
-            "name": "dpo",
-            "loss": "sigmoid DPO (Rafailov et al. 2023, Eq. 7; TRL DPOTrainer)",
-            "reference": "the base model" + (" (LoRA adapter disabled)" if lora else ""),
-            "ties": "dropped",
-            "format": "tokenizer chat template: user = prompt, assistant = response",
-        },
-        hyper=hyper,
-        lora=lora,
-        metrics=metrics,
-        callback=callback,
-        lineage={
-            "snapshot_hash": snapshot_hash,
-            "snapshot_hash_source": snapshot_hash_source,
-            "base_model": str(base_model),
-            "parent_version": parent_version,
-        },
-        started=started,
-    )
-    policy_training.save_policy(trained, tokenizer, manifest, out_dir)
-    log.info("dpo policy trained", extra={"fields": {"path": str(out_dir), **metrics}})
-    return manifest
+    return metrics

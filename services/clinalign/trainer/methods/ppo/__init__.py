@@ -1,1 +1,3 @@
-"""PPO for language models: the pure maths lives in ``core``; see IMPLEMENTATION_DETAILS.md."""
+"""PPO for language models: ``trainer.train_ppo`` runs the phases (``models``, ``rollout``,
+``scoring``, ``optimise``, ``figures``, ``checkpoint``); the pure maths lives in ``core``;
+see IMPLEMENTATION_DETAILS.md."""

@@ -64,6 +64,13 @@ class PPOHyperparameters:
     activation_checkpointing: bool = False
 
     def validate(self, world_size: int = 1) -> None:
+        """Raises ``InvalidArgument`` naming the first field that is out of range, not one
+        of its choices, or does not divide the batch over ``world_size`` processes."""
+        self._check_ranges()
+        self._check_choices()
+        self._check_batches(world_size)
+
+    def _check_ranges(self) -> None:
         positive = {
             "iterations": self.iterations,
             "rollout_batch_size": self.rollout_batch_size,
@@ -95,6 +102,8 @@ class PPOHyperparameters:
         for name, value in {"gamma": self.gamma, "lam": self.lam}.items():
             if not 0.0 <= value <= 1.0:
                 raise InvalidArgument(name, f"must be in [0, 1], got {value}")
+
+    def _check_choices(self) -> None:
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "advantage_estimator": (self.advantage_estimator, ADVANTAGE_ESTIMATORS),
             "critic": (self.critic, CRITICS),
@@ -104,6 +113,8 @@ class PPOHyperparameters:
         for name, (choice, allowed) in choices.items():
             if choice not in allowed:
                 raise InvalidArgument(name, f"must be one of {', '.join(allowed)}, got {choice!r}")
+
+    def _check_batches(self, world_size: int) -> None:
         if self.checkpoint_every < 0:
             raise InvalidArgument("checkpoint_every", "must not be negative")
         per_process, rest = divmod(self.rollout_batch_size, world_size)

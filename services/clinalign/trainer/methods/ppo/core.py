@@ -2,8 +2,9 @@
 torch functions. The trainer loop calls these; IMPLEMENTATION_DETAILS.md lists every choice.
 
 Shapes: B responses in a rollout batch, MB in a minibatch, T response tokens (right-padded),
-V vocabulary. ``b_`` names index the whole rollout batch, ``mb_`` a minibatch of it, as in
-CleanRL's ``ppo.py``. A ``mask`` is 1 (or True) on response tokens up to and including the
+V vocabulary, F the finished responses of a batch. ``b_`` names index the whole rollout
+batch, ``mb_`` a minibatch of it, as in CleanRL's ``ppo.py``, and ``f_`` its finished
+responses. A ``mask`` is 1 (or True) on response tokens up to and including the
 last one kept (EOS or the truncation point) and 0 on the padding after it; masks are right
 padded, so each row is a run of ones followed by zeros.
 
@@ -135,16 +136,44 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_r) - log_r - 1.0
 
 
+def finished_responses(b_ended: torch.Tensor, b_blank: torch.Tensor) -> torch.Tensor:
+    """The responses the reward model scores: those that ended (an EOS within the response
+    length) with some text before the EOS. A response that never ended is cut off mid-answer
+    (Ziegler et al. 2019, "Rejection sampling" in N details); one that is blank (EOS first,
+    or only whitespace) has nothing a reward model can read (a ClinAlign choice). Shapes
+    [B] bool, [B] bool → [B] bool."""
+    _same_shape(b_ended=b_ended, b_blank=b_blank)
+    return b_ended.bool() & ~b_blank.bool()
+
+
 def penalise_unfinished(
-    b_scores: torch.Tensor, b_ended: torch.Tensor, penalty: float
+    f_scores: torch.Tensor, b_finished: torch.Tensor, penalty: float
 ) -> torch.Tensor:
-    """Replace the score of each response that never ended (no EOS within the response
-    length) with the fixed value ``penalty``. Ziegler et al. 2019 give such continuations
-    "a fixed reward of -1" (lm-human-preferences ``penalty_reward_value``; N details,
-    "Rejection sampling"); TRL's current ``missing_eos_penalty`` subtracts instead of
-    replacing. Shapes [B], [B] bool → [B]."""
-    _same_shape(b_scores=b_scores, b_ended=b_ended)
-    return torch.where(b_ended.bool(), b_scores, torch.full_like(b_scores, penalty))
+    """The sequence scores of a rollout batch in which only the F finished responses
+    (``finished_responses``) were scored: each finished response gets its score from
+    ``f_scores`` (in row order), every other response the fixed value ``penalty`` instead,
+    without the reward model being asked. Ziegler et al. 2019 give continuations that do
+    not end "a fixed reward of -1" in place of the reward model's
+    (lm-human-preferences ``penalty_reward_value``; N details, "Rejection sampling"), which
+    scores every response and then replaces; asking only about the finished ones gives the
+    same scores with fewer reward-service calls. TRL's current ``missing_eos_penalty``
+    subtracts from the score instead of replacing it. Shapes [F], [B] bool → [B]."""
+    if b_finished.dim() != 1 or b_finished.dtype != torch.bool:
+        raise ValueError(
+            f"b_finished must be a [B] bool tensor, got {b_finished.dtype} "
+            f"{tuple(b_finished.shape)}"
+        )
+    n_finished = int(b_finished.sum())
+    if tuple(f_scores.shape) != (n_finished,):
+        raise ValueError(
+            f"f_scores must be [F] with F={n_finished} finished responses, "
+            f"got shape {tuple(f_scores.shape)}"
+        )
+    b_scores = torch.full(
+        b_finished.shape, penalty, dtype=f_scores.dtype, device=f_scores.device
+    )  # [B]
+    b_scores[b_finished.to(f_scores.device)] = f_scores
+    return b_scores
 
 
 def token_rewards(

@@ -51,6 +51,16 @@ def bt_loss(
     return b_nll.mean()
 
 
+def centring_penalty(
+    b_reward_chosen: torch.Tensor, b_reward_rejected: torch.Tensor
+) -> torch.Tensor:
+    """mean((r_c + r_r)²): the auxiliary term of Eisenstein et al. 2023 (eq. 2) that keeps
+    the rewards centred on zero, which the Bradley-Terry loss alone leaves free (it sees
+    only differences). TRL's ``RewardTrainer`` adds it times ``center_rewards_coefficient``.
+    Shapes (B,), (B,) → ()."""
+    return torch.mean((b_reward_chosen + b_reward_rejected) ** 2)
+
+
 def pairwise_correct(b_delta: Sequence[float] | np.ndarray) -> np.ndarray:
     """Per pair: 1 when the chosen response scores higher, 0 when lower, 0.5 when equal
     (the expected score of breaking the tie at random). Shape (B,) → (B,)."""

@@ -25,12 +25,13 @@ Details, each from the RLHF literature and each recorded in the manifest:
   than a fresh seed's noise). Its reference policy is the one the continued model was
   normalised on (``reference_policy`` in its manifest), so the two models' scores are on
   one scale.
-- The normalisation is the mean and std of the trained model's raw rewards over responses
-  the reference policy (the base model, or the continued model's) samples for up to
-  ``norm_prompts`` training prompts, at the temperature PPO samples at; the reward
-  service subtracts and divides by them, so PPO starts from rewards of mean 0 and std 1
-  (Ziegler et al. 2019, lm-human-preferences ``train_reward.py``). Samples of the
-  policy, not the labelled responses, because they are the distribution PPO will score.
+- The normalisation (module ``normalisation``) is the mean and std of the trained
+  model's raw rewards over responses the reference policy (the base model, or the
+  continued model's) samples for up to ``norm_prompts`` training prompts, at the
+  temperature PPO samples at; the reward service subtracts and divides by them, so PPO
+  starts from rewards of mean 0 and std 1 (Ziegler et al. 2019, lm-human-preferences
+  ``train_reward.py``). Samples of the policy, not the labelled responses, because they
+  are the distribution PPO will score.
 - With LoRA the adapter is merged into the weights at save time: the output is an
   ordinary full model that the scorer loads like any other, and the adapter's rank is a
   training detail, not a serving one.
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -56,7 +56,6 @@ import peft
 import torch
 from datasets import Dataset
 from transformers import (
-    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PrinterCallback,
@@ -67,12 +66,10 @@ from trl.trainer.reward_trainer import DataCollatorForPreference, suppress_seqcl
 
 from clinalign.common.artefacts import MANIFEST_NAME, NORMALISATION_FILE, REWARD, LoraSettings
 from clinalign.common.errors import InvalidArgument
-from clinalign.common.prompts import render_user_prompt
 from clinalign.common.reward_format import (
     Pair,
     pair_deltas,
     preference_pairs,
-    raw_rewards,
     reward_ids,
 )
 from clinalign.common.training import (
@@ -87,6 +84,10 @@ from clinalign.common.training import (
     write_model_dir,
 )
 from clinalign.trainer.methods.reward_model import bt
+from clinalign.trainer.methods.reward_model.normalisation import compute_normalisation
+from clinalign.trainer.methods.reward_model.normalisation import (
+    reference_responses as reference_responses,  # importable here, as before
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class _SoftLabelRewardTrainer(RewardTrainer):
         loss = bt.bt_loss(b_reward_chosen, b_reward_rejected, b_target, inputs.get("margin"))
         coefficient = cast(RewardConfig, self.args).center_rewards_coefficient
         if coefficient is not None:
-            loss = loss + coefficient * torch.mean((b_reward_chosen + b_reward_rejected) ** 2)
+            loss = loss + coefficient * bt.centring_penalty(b_reward_chosen, b_reward_rejected)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -225,20 +226,74 @@ def train_reward_model(
         raise InvalidArgument("snapshot", "holds no preference pairs in its train split")
 
     # -- model: the base model with a small fresh reward head, or a reward model --------
+    tokenizer, model, reference, continued = _load_model(base_model, hyper)
+
+    # -- data: token ids exactly as the scorer makes them --------------------------------
+    rows, kept = _training_rows(tokenizer, train_pairs, hyper)
+
+    # -- trainer --------------------------------------------------------------------------
+    callback = Progress(progress)
+    trained, summary = _fit(model, tokenizer, rows, hyper, lora, callback, checkpoint_dir, resume)
+
+    # -- normalisation and held-out accuracy ---------------------------------------------
+    normalisation = compute_normalisation(trained, tokenizer, reference, train_pairs, hyper)
+    metrics = {
+        **_train_metrics(train_pairs, kept, summary, callback),
+        **_eval_accuracy(trained, tokenizer, eval_pairs, hyper),
+    }
+
+    # -- save: full weights, tokenizer, normalisation, manifest --------------------------
+    manifest: dict[str, Any] = {
+        "kind": REWARD,
+        "format_version": FORMAT_VERSION,
+        "snapshot_hash": snapshot_hash,
+        "snapshot_hash_source": snapshot_hash_source,  # "manifest" or "file_sha256"
+        "base_model": str(base_model),
+        "reference_policy": str(reference),
+        "parent_version": parent_version,
+        "seed": hyper.seed,
+        "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
+        "method": _method(model, continued, lora),
+        "normalisation": normalisation,
+        "metrics": metrics,
+        "loss_curve": [[s, round(v, 6)] for s, v in callback.loss_curve],
+        "code_version": code_version(),
+        "versions": library_versions(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - started, 2),
+    }
+    write_model_dir(
+        trained, tokenizer, out_dir, {NORMALISATION_FILE: normalisation, MANIFEST_NAME: manifest}
+    )
+    log.info(
+        "reward model trained",
+        extra={"fields": {"path": str(out_dir), **{k: metrics[k] for k in sorted(metrics)}}},
+    )
+    return manifest
+
+
+def _load_model(base_model: Path, hyper: RewardHyperparameters) -> tuple[Any, Any, Path, bool]:
+    """(tokenizer, model, reference policy, continued): the base model with a fresh reward
+    head (``_init_reward_head``), or, for a reward-model directory, that model, head
+    included, with the reference policy it was normalised on."""
     continued_from = continued_reference_policy(base_model)
-    continued = continued_from is not None
-    reference = continued_from or base_model
     set_seed(hyper.seed)  # before loading: from_pretrained draws the head's first weights
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     with suppress_seqcls_warning():  # the missing head and unused LM head are expected
         model = AutoModelForSequenceClassification.from_pretrained(
             base_model, num_labels=1, dtype=torch.float32
         )
-    if not continued:
+    if continued_from is None:
         _init_reward_head(model, hyper.seed)
+    return tokenizer, model, continued_from or base_model, continued_from is not None
 
-    # -- data: token ids exactly as the scorer makes them --------------------------------
-    rows = _dataset_rows(tokenizer, train_pairs, hyper)
+
+def _training_rows(
+    tokenizer: Any, pairs: Sequence[Pair], hyper: RewardHyperparameters
+) -> tuple[list[dict[str, Any]], int]:
+    """(the training rows, how many fit in ``max_length``): TRL filters out the rest;
+    refuses a snapshot none of whose pairs fits."""
+    rows = _dataset_rows(tokenizer, pairs, hyper)
     kept = sum(
         len(r["chosen_ids"]) <= hyper.max_length and len(r["rejected_ids"]) <= hyper.max_length
         for r in rows
@@ -247,9 +302,21 @@ def train_reward_model(
         raise InvalidArgument(
             "max_length", f"every training pair is longer than {hyper.max_length} tokens"
         )
+    return rows, kept
 
-    # -- trainer --------------------------------------------------------------------------
-    callback = Progress(progress)
+
+def _fit(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    hyper: RewardHyperparameters,
+    lora: LoraSettings | None,
+    callback: Progress,
+    checkpoint_dir: Path | None,
+    resume: str | None,
+) -> tuple[Any, Any]:
+    """(trained model, LoRA merged and in eval mode; TRL's training summary): the soft-label
+    ``RewardTrainer`` over ``rows``, checkpointing to ``checkpoint_dir`` when given."""
     with trainer_output_dir(checkpoint_dir, "clinalign-rm-") as scratch:
         trainer = _SoftLabelRewardTrainer(
             model=model,
@@ -267,56 +334,35 @@ def train_reward_model(
     if lora is not None:
         trained = trained.merge_and_unload()
     trained.eval()
+    return trained, summary
 
-    # -- normalisation and held-out accuracy ---------------------------------------------
-    normalisation = _normalisation(trained, tokenizer, reference, train_pairs, hyper)
-    metrics = {
-        "train_pairs": float(len(train_pairs)),
+
+def _train_metrics(
+    pairs: Sequence[Pair], kept: int, summary: Any, callback: Progress
+) -> dict[str, float]:
+    """Pair counts (all, fitting ``max_length``, ties), steps and the loss curve's ends."""
+    return {
+        "train_pairs": float(len(pairs)),
         "train_pairs_used": float(kept),
-        "train_ties": float(sum(p.tie for p in train_pairs)),
+        "train_ties": float(sum(p.tie for p in pairs)),
         "train_steps": float(summary.global_step),
         "train_loss": float(summary.training_loss),
         "train_loss_first": callback.loss_curve[0][1] if callback.loss_curve else float("nan"),
         "train_loss_last": callback.loss_curve[-1][1] if callback.loss_curve else float("nan"),
     }
-    metrics.update(_eval_accuracy(trained, tokenizer, eval_pairs, hyper))
 
-    # -- save: full weights, tokenizer, normalisation, manifest --------------------------
-    manifest: dict[str, Any] = {
-        "kind": REWARD,
-        "format_version": FORMAT_VERSION,
-        "snapshot_hash": snapshot_hash,
-        "snapshot_hash_source": snapshot_hash_source,  # "manifest" or "file_sha256"
-        "base_model": str(base_model),
-        "reference_policy": str(reference),
-        "parent_version": parent_version,
-        "seed": hyper.seed,
-        "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
-        "method": {
-            "loss": "Bradley-Terry (TRL RewardTrainer), ties as soft label 0.5",
-            "reward_token": "last non-padding token (EOS of the chat template)",
-            "init": "continues the reward model base_model, head included"
-            if continued
-            else "base_model with a fresh head",
-            "head_init_std": None if continued else bt.head_init_std(_hidden_size(model)),
-            "lora": "merged into full weights" if lora else None,
-        },
-        "normalisation": normalisation,
-        "metrics": metrics,
-        "loss_curve": [[s, round(v, 6)] for s, v in callback.loss_curve],
-        "code_version": code_version(),
-        "versions": library_versions(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_s": round(time.monotonic() - started, 2),
+
+def _method(model: Any, continued: bool, lora: LoraSettings | None) -> dict[str, Any]:
+    """The manifest's ``method``: loss, reward token, initialisation and LoRA."""
+    return {
+        "loss": "Bradley-Terry (TRL RewardTrainer), ties as soft label 0.5",
+        "reward_token": "last non-padding token (EOS of the chat template)",
+        "init": "continues the reward model base_model, head included"
+        if continued
+        else "base_model with a fresh head",
+        "head_init_std": None if continued else bt.head_init_std(_hidden_size(model)),
+        "lora": "merged into full weights" if lora else None,
     }
-    write_model_dir(
-        trained, tokenizer, out_dir, {NORMALISATION_FILE: normalisation, MANIFEST_NAME: manifest}
-    )
-    log.info(
-        "reward model trained",
-        extra={"fields": {"path": str(out_dir), **{k: metrics[k] for k in sorted(metrics)}}},
-    )
-    return manifest
 
 
 def continued_reference_policy(base_model: Path) -> Path | None:
@@ -357,28 +403,6 @@ def _dataset_rows(
             row["margin"] = 0.0 if p.tie else hyper.margin_scale * p.strength
         rows.append(row)
     return rows
-
-
-def _normalisation(
-    model: Any,
-    tokenizer: Any,
-    base_model: Path,
-    pairs: Sequence[Pair],
-    hyper: RewardHyperparameters,
-) -> dict[str, Any]:
-    reference = reference_responses(base_model, [p.prompt for p in pairs], hyper)
-    rewards, _ = raw_rewards(model, tokenizer, reference, batch_size=hyper.eval_batch_size)
-    mean, std = bt.normalisation_stats(rewards)
-    return {
-        "mean": mean,
-        "std": std,
-        "n": len(rewards),
-        "source": (
-            f"reference policy {base_model.name}: {len(reference)} sampled responses "
-            f"(temperature {hyper.norm_temperature:g}, up to {hyper.norm_max_new_tokens} new "
-            "tokens) to training prompts"
-        ),
-    }
 
 
 def _reward_config(
@@ -438,41 +462,6 @@ def _init_reward_head(model: Any, seed: int) -> None:
         head.weight.copy_(weight * bt.head_init_std(_hidden_size(model)))
         if head.bias is not None:
             head.bias.zero_()
-
-
-def reference_responses(
-    base_model: Path, prompts: Sequence[str], hyper: RewardHyperparameters
-) -> list[tuple[str, str]]:
-    """(prompt, response) for up to ``norm_prompts`` distinct training prompts, picked by
-    the seed, each answered by one sample of the reference policy."""
-    distinct = sorted(set(prompts))
-    chosen = random.Random(hyper.seed).sample(distinct, min(hyper.norm_prompts, len(distinct)))
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    tokenizer.padding_side = "left"  # batched generation continues every row at its end
-    policy: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy.to(device).eval()
-    out: list[tuple[str, str]] = []
-    torch.manual_seed(hyper.seed)
-    for start in range(0, len(chosen), hyper.eval_batch_size):
-        batch_prompts = chosen[start : start + hyper.eval_batch_size]
-        texts = [render_user_prompt(tokenizer, p) for p in batch_prompts]
-        batch = tokenizer(texts, return_tensors="pt", padding=True).to(device)
-        with torch.inference_mode():
-            generated = policy.generate(
-                **batch,
-                do_sample=True,
-                temperature=hyper.norm_temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=hyper.norm_max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        responses = tokenizer.batch_decode(
-            generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True
-        )
-        out.extend(zip(batch_prompts, (r.strip() for r in responses), strict=True))
-    return out
 
 
 def _eval_accuracy(

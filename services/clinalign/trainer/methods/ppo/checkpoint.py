@@ -1,0 +1,191 @@
+"""PPO's loop state, checkpoints and output: ``accelerate``'s ``save_state`` (weights,
+optimiser, every process's RNG, and the ``LoopState`` registered with it) written beside
+and renamed into place; at the end the trained policy (LoRA merged), its critic and the
+manifest."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import peft
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from clinalign.common.artefacts import MANIFEST_NAME, POLICY
+from clinalign.common.training import code_version, library_versions, write_model_dir
+from clinalign.trainer.methods.ppo.config import PPOHyperparameters
+
+if TYPE_CHECKING:  # the reward trainer's module loads TRL's trainers and datasets
+    from clinalign.common.artefacts import LoraSettings
+    from clinalign.trainer.methods.ppo.models import PolicyAndCritic
+
+FORMAT_VERSION = 1
+CRITIC_DIR = "critic"  # in the saved model directory: the trained critic or value head
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class LoopState:
+    """What ``accelerate`` cannot see: iteration, data position, β and the logged history.
+    Registered for checkpointing, so ``save_state``/``load_state`` carry it."""
+
+    iteration: int = 0
+    data_epoch: int = 0
+    data_index: int = 0
+    kl_coef: float = 0.0
+    history: list[list[Any]] = field(default_factory=list)  # [iteration, {metric: value}]
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def start_state(
+    accelerator: Accelerator, hyper: PPOHyperparameters, resume_from: Path | None, seed: int
+) -> LoopState:
+    """The loop state, registered for checkpointing: a fresh one with the global RNG seeded
+    by ``seed`` (each process its own: N details "different seeds"), or the checkpoint
+    ``resume_from``'s, with every process's RNG, weights and optimiser restored."""
+    state = LoopState(kl_coef=hyper.kl_coef)
+    accelerator.register_for_checkpointing(state)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+    else:
+        set_seed(seed)
+    return state
+
+
+def checkpoint_due(hyper: PPOHyperparameters, iteration: int) -> bool:
+    """Whether to checkpoint after ``iteration``: every ``checkpoint_every`` iterations
+    (0: never)."""
+    every = hyper.checkpoint_every
+    return bool(every) and iteration % every == 0
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, iteration: int) -> Path:
+    """``accelerate``'s state (weights, optimiser, each process's RNG, the loop state) in
+    ``root/checkpoint-<iteration>``, written beside and renamed into place so a kill never
+    leaves a half-written checkpoint as the latest; older ones are removed."""
+    final = root / f"{CHECKPOINT_PREFIX}{iteration}"
+    staging = root / f".writing-{CHECKPOINT_PREFIX}{iteration}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        staging.rename(final)
+        for old in root.glob(f"{CHECKPOINT_PREFIX}*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def last_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    found = [
+        (int(p.name.removeprefix(CHECKPOINT_PREFIX)), p)
+        for p in root.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
+    ]
+    return max(found)[1] if found else None
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def save_output(
+    model: PolicyAndCritic, tokenizer: Any, manifest: dict[str, Any], out_dir: Path
+) -> None:
+    """The trained policy (LoRA merged into full weights, as SFT and DPO save) with its
+    critic or value head in ``critic/`` and the manifest, written atomically."""
+    policy: Any = model.policy
+    if isinstance(policy, peft.PeftModel):
+        policy = policy.merge_and_unload()  # an ordinary full model, as SFT and DPO save
+
+    def save_critic(staging: Path) -> None:
+        target = staging / CRITIC_DIR
+        if model.critic is not None:
+            model.critic.save_pretrained(target)
+        else:
+            target.mkdir()
+            torch.save(model.value_head.state_dict(), target / "value_head.pt")
+
+    write_model_dir(
+        policy,
+        tokenizer,
+        out_dir,
+        {MANIFEST_NAME: manifest},
+        extra=save_critic if model.has_values else None,
+    )
+
+
+def build_manifest(
+    hyper: PPOHyperparameters,
+    lora: LoraSettings | None,
+    state: LoopState,
+    lineage: Mapping[str, Any],
+    started: float,
+    critic_dir: Path | None,
+    world: int,
+) -> dict[str, Any]:
+    """The trained policy's manifest: lineage, settings, method, the last iteration's
+    figures and the per-iteration history (non-finite figures as null)."""
+    gae = hyper.advantage_estimator == "gae"
+    history = state.history
+    last = dict(history[-1][1]) if history else {}
+    first = dict(history[0][1]) if history else {}
+    metrics = {k: float(v) for k, v in last.items() if isinstance(v, int | float)}
+    metrics.update(
+        {
+            "iterations": float(state.iteration),
+            "score_first": float(first.get("score", math.nan)),
+            "score_last": float(last.get("score", math.nan)),
+        }
+    )
+    return {
+        "kind": POLICY,
+        "format_version": FORMAT_VERSION,
+        **dict(lineage),
+        "seed": hyper.seed,
+        "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
+        "method": {
+            "algorithm": "ppo",
+            "advantage_estimator": hyper.advantage_estimator,
+            "critic": hyper.critic if gae else None,
+            "critic_init": str(critic_dir)
+            if critic_dir and gae and hyper.critic == "separate"
+            else None,
+            "reference": "base weights with the adapter disabled"
+            if lora
+            else "frozen copy of the initial policy",
+            "lora": "merged into full weights" if lora else None,
+            "processes": world,
+        },
+        "metrics": metrics,
+        "history": [[i, {k: _finite(v) for k, v in f.items()}] for i, f in history],
+        "code_version": code_version(),
+        "versions": library_versions(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - started, 2),
+    }
+
+
+def _finite(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
