@@ -48,10 +48,10 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
         "CLINALIGN_MONITOR_RETRAIN_MIN_NEW_PAIRS": str(plan.min_new_pairs),
         "CLINALIGN_MONITOR_RETRAIN_POLL_S": "1",
         "CLINALIGN_MONITOR_RETRAIN_EVAL_FRACTION": str(plan.eval_fraction),
-        # the second reward model continues the first on the new snapshot (a warm start).
-        # Trained afresh, from the PPO policy or from the SFT policy the first came from,
-        # it was refused by the gate in four runs out of four (0.626-0.634 against
-        # 0.634-0.67 on the same pairs): a new seed's noise outweighed a few dozen new pairs
+        # the second reward model continues the first on the new snapshot (a warm start):
+        # trained afresh, from the PPO policy or from the SFT policy the first came from,
+        # a new seed's noise outweighed a few dozen new pairs and the gate refused it
+        # (see docs/experiments.md, 2026-12-06)
         "CLINALIGN_MONITOR_RETRAIN_REWARD_BASE_MODEL": "served-reward",
         "CLINALIGN_MONITOR_RETRAIN_REWARD_HYPERPARAMETERS": json.dumps(plan.loop_reward),
         "CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS": json.dumps(plan.loop_ppo),

@@ -107,7 +107,8 @@ def evaluate_policy(
     """``prompts`` holds each prompt ``samples_per_prompt`` times in a row."""
     from clinalign.trainer.registry.policy_gate import sample
 
-    # 128 rows a batch: 768 answers took 18.0 s against 20.8 s in batches of 64
+    # 128 rows a batch: a decoding step of a small model costs about as much for many
+    # rows as for few, so bigger batches finish sooner (see docs/experiments.md, 2026-11-26)
     samples = sample(model_dir, prompts, max_new_tokens, seed, parent_dir=sft_dir, batch_size=128)
     scored = [rubric.score(p, t) for p, t in zip(prompts, samples.texts, strict=True)]
     criteria: dict[str, float] = {}

@@ -26,13 +26,13 @@ from typing import Any
 import tokenizers
 import torch
 import transformers
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from clinalign.common.prompts import CHAT_TEMPLATE, SPECIAL_TOKENS, format_prompt
 
-from .corpus import generate_corpus
+from .corpus import Corpus, generate_corpus
 from .presets import FOUNDATION, TINY, FoundationPreset
-from .pretrain import ProgressFn, pretrain
+from .pretrain import ProgressFn, TrainResult, pretrain
 from .tokenizer import train_tokenizer
 from .vocab import data_sha256
 
@@ -180,16 +180,10 @@ def _build(
     t_train = time.monotonic()
 
     model = result.model
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_new_tokens=200,
-    )
-    model.save_pretrained(staging)
-    _save_tokenizer(tokenizer, staging)
+    _save_model(model, tokenizer, staging)
     t_save = time.monotonic()
 
+    parameters = sum(p.numel() for p in model.parameters())
     manifest: dict[str, Any] = {
         "kind": MANIFEST_KIND,
         "format_version": FORMAT_VERSION,
@@ -197,7 +191,7 @@ def _build(
         "seed": seed,
         "settings_key": key,
         # Summary figures, also found in the sections below.
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameters,
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
         "final_loss": round(result.final_loss, 4),
@@ -208,59 +202,88 @@ def _build(
             "document": format_prompt("{question}") + "{answer}</s>",
             "chat_template": CHAT_TEMPLATE,
         },
-        "corpus": {
-            "sha256": corpus.sha256,
-            "bytes": corpus.num_bytes,
-            "documents": len(corpus.documents),
-            "kinds": corpus.kind_counts(),
-            "tokens": corpus_tokens,
-            "data_sha256": data_sha256(),
-        },
-        "tokenizer": {
-            "type": "byte-level BPE",
-            "vocab_size": len(tokenizer),
-            "special_tokens": {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
-            "padding_side": tokenizer.padding_side,
-            "adds_bos": False,
-        },
+        "corpus": _corpus_section(corpus, corpus_tokens),
+        "tokenizer": _tokenizer_section(tokenizer),
         "model": {
             "architecture": type(model).__name__,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": parameters,
             "config": json.loads(model.config.to_json_string()),
         },
-        "training": {
-            "planned_steps": result.planned_steps,
-            "steps": result.steps,
-            "tokens_seen": result.tokens_seen,
-            "epochs": round(
-                result.tokens_seen / max(1, result.num_blocks * preset.context_length), 3
-            ),
-            "first_loss": round(result.first_loss, 4),
-            "final_loss": round(result.final_loss, 4),
-            "loss_curve": [[int(s), round(v, 4)] for s, v in result.loss_curve],
-            "budget_limited": result.budget_limited,
-            "time_budget_s": time_budget_s,
-            "notes": result.notes,
-            "bf16_autocast": result.bf16,
-            "threads": torch.get_num_threads(),
-        },
+        "training": _training_section(result, preset, time_budget_s),
         "timings_s": {
             "corpus": round(t_corpus - started, 2),
             "tokenizer": round(t_tokenizer - t_corpus, 2),
             "training": round(t_train - t_tokenizer, 2),
             "save": round(t_save - t_train, 2),
         },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__,
-        },
+        "versions": _versions(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     manifest["wall_s"] = round(time.monotonic() - started, 2)
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
     return manifest
+
+
+def _save_model(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, directory: Path
+) -> None:
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=200,
+    )
+    model.save_pretrained(directory)
+    _save_tokenizer(tokenizer, directory)
+
+
+def _corpus_section(corpus: Corpus, tokens: int) -> dict[str, Any]:
+    return {
+        "sha256": corpus.sha256,
+        "bytes": corpus.num_bytes,
+        "documents": len(corpus.documents),
+        "kinds": corpus.kind_counts(),
+        "tokens": tokens,
+        "data_sha256": data_sha256(),
+    }
+
+
+def _tokenizer_section(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    return {
+        "type": "byte-level BPE",
+        "vocab_size": len(tokenizer),
+        "special_tokens": {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
+        "padding_side": tokenizer.padding_side,
+        "adds_bos": False,
+    }
+
+
+def _training_section(
+    result: TrainResult, preset: FoundationPreset, time_budget_s: float
+) -> dict[str, Any]:
+    return {
+        "planned_steps": result.planned_steps,
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "epochs": round(result.tokens_seen / max(1, result.num_blocks * preset.context_length), 3),
+        "first_loss": round(result.first_loss, 4),
+        "final_loss": round(result.final_loss, 4),
+        "loss_curve": [[int(s), round(v, 4)] for s, v in result.loss_curve],
+        "budget_limited": result.budget_limited,
+        "time_budget_s": time_budget_s,
+        "notes": result.notes,
+        "bf16_autocast": result.bf16,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
 
 
 def _save_tokenizer(tokenizer: Any, directory: Path) -> None:

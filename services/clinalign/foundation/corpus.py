@@ -51,8 +51,8 @@ __all__ = [
 # Share of each kind in the pretraining corpus. Symptom questions dominate because they
 # are what the platform is asked most; plain documents add register variety. Medication
 # questions get extra weight because answering them means copying the medicine's name from
-# the question, which a small model learns late (14% -> 18% raised the share of dose
-# answers naming the asked-about medicine from 79% to over 90%).
+# the question, which a small model learns late: more of them made more dose answers name
+# the asked-about medicine (see docs/experiments.md, 2026-11-25).
 KIND_WEIGHTS: dict[str, float] = {
     "symptom": 0.30,
     "escalation": 0.12,

@@ -39,8 +39,9 @@ class FoundationPreset:
     weight_decay: float
     grad_clip: float
     log_every: int  # loss-curve resolution in steps
-    # bf16 autocast on CPU: ~2.5x faster matmuls where the CPU has native bf16
-    # (AVX512-BF16 / AMX); "auto" uses it only there, because elsewhere it is slower.
+    # bf16 autocast on CPU: faster matmuls where the CPU has native bf16 (AVX512-BF16 /
+    # AMX), slower elsewhere, so "auto" uses it only there (see docs/experiments.md,
+    # 2026-11-25).
     bf16: str  # "auto", "on" or "off"
 
     @property
@@ -51,12 +52,11 @@ class FoundationPreset:
         return asdict(self)
 
 
-# Chosen by a sweep scored on held-out prompts (answer loss, and how often a greedy answer
-# names the right condition): at a fixed ~170 s of CPU, small batches with many steps beat
-# bigger models or batches (hidden 192, batch 4: loss 0.33, right condition 78%; hidden
-# 256, batch 16: 0.95, 0%). The step count is fixed, so the same seed builds the same model
-# on a quiet or a busy machine: 1600 steps take 130-220 s on two cores (80-135 ms a step,
-# depending on load). See IMPLEMENTATION.md.
+# Sized by a sweep scored on held-out prompts (answer loss, and how often a greedy answer
+# names the right condition) at a fixed CPU time: small batches with many steps beat bigger
+# models or batches (see docs/experiments.md, 2026-11-25). The step count is fixed rather
+# than timed, so the same seed builds the same model on a quiet or a busy machine; the
+# build's time on two cores is in docs/experiments.md (2026-11-26). See IMPLEMENTATION.md.
 FOUNDATION = FoundationPreset(
     name="foundation",
     corpus_bytes=4_000_000,

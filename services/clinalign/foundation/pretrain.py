@@ -121,17 +121,76 @@ def pretrain(
     """Train from scratch on `token_docs`; stop by `deadline` (a `time.monotonic()` value)."""
     # -- data ---------------------------------------------------------------------------
     blocks = pack_blocks(token_docs, preset.context_length)  # (n_blocks, T)
-    shuffle = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(blocks), generator=shuffle)
-    cursor = 0
+    batches = _Batches(blocks, preset.batch_size, seed)
 
     # -- model and optimiser ------------------------------------------------------------
     torch.manual_seed(seed)
     model = build_model(preset, tokenizer)
     model.train()
+    optimizer = _optimizer(model, preset)
+    bf16 = use_bf16(preset.bf16)
+
+    # -- loop ---------------------------------------------------------------------------
+    budget = _Budget(planned=preset.steps, deadline=deadline)
+    curve = _LossCurve(preset.log_every)
+    step = 0
+    while step < budget.total:
+        # At least one step always runs, so the loss curve and the saved model are defined.
+        if step > 0 and budget.spent(step):
+            break
+        b_input_ids = batches.next()  # (B, T)
+        lr = lr_at(
+            step, budget.total, preset.warmup_steps, preset.learning_rate, preset.min_lr_ratio
+        )
+        value = _train_step(model, optimizer, b_input_ids, lr, bf16, preset.grad_clip)
+        step += 1
+        curve.add(step, value, budget.total)
+        if progress is not None:
+            progress(step, budget.total, value)
+        budget.measure(step)
+    curve.close(step)
+    model.eval()
+    return TrainResult(
+        model=model,
+        planned_steps=preset.steps,
+        steps=step,
+        tokens_seen=step * preset.tokens_per_step,
+        loss_curve=curve.points,
+        first_loss=curve.first,
+        final_loss=curve.points[-1][1] if curve.points else math.nan,
+        budget_limited=budget.limited,
+        bf16=bf16,
+        train_seconds=time.monotonic() - budget.started,
+        num_blocks=len(blocks),
+        notes=budget.notes(),
+    )
+
+
+class _Batches:
+    """Batches of blocks in a seeded random order, reshuffled when an epoch runs out."""
+
+    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.blocks = blocks  # (n_blocks, T)
+        self.batch_size = batch_size
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(blocks), generator=self.shuffle)
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        """The next (B, T) batch of input ids."""
+        if self.cursor + self.batch_size > len(self.order):  # next epoch, new order
+            self.order = torch.randperm(len(self.blocks), generator=self.shuffle)
+            self.cursor = 0
+        b_input_ids = self.blocks[self.order[self.cursor : self.cursor + self.batch_size]]
+        self.cursor += self.batch_size
+        return b_input_ids
+
+
+def _optimizer(model: LlamaForCausalLM, preset: FoundationPreset) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (not on the norms)."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # norms
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": preset.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -139,78 +198,96 @@ def pretrain(
         lr=preset.learning_rate,
         betas=(0.9, 0.95),
     )
-    bf16 = use_bf16(preset.bf16)
 
-    # -- loop ---------------------------------------------------------------------------
-    total = preset.steps
-    stopped = False
-    notes: list[str] = []
-    curve: list[list[float]] = []
-    window: list[float] = []
-    first_loss = math.nan
-    started = time.monotonic()
-    window_started = started
-    per_step = math.nan
-    step = 0
-    while step < total:
-        # At least one step always runs, so the loss curve and the saved model are defined.
-        if step > 0 and time.monotonic() >= deadline - SAVE_RESERVE_S:
-            stopped = True
-            notes.append(f"stopped at step {step} of {total}: time budget spent")
-            break
-        if cursor + preset.batch_size > len(order):  # next epoch, new order
-            order = torch.randperm(len(blocks), generator=shuffle)
-            cursor = 0
-        b_input_ids = blocks[order[cursor : cursor + preset.batch_size]]  # (B, T)
-        cursor += preset.batch_size
 
-        lr = lr_at(step, total, preset.warmup_steps, preset.learning_rate, preset.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            # HF shifts labels inside the model: position t predicts token t+1.
-            loss = model(input_ids=b_input_ids, labels=b_input_ids).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
-        optimizer.step()
+def _train_step(
+    model: LlamaForCausalLM,
+    optimizer: torch.optim.Optimizer,
+    b_input_ids: torch.Tensor,  # (B, T)
+    lr: float,
+    bf16: bool,
+    grad_clip: float,
+) -> float:
+    """One optimiser step at learning rate `lr`; returns the batch's loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        # HF shifts labels inside the model: position t predicts token t+1.
+        loss = model(input_ids=b_input_ids, labels=b_input_ids).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
 
-        step += 1
-        value = float(loss.detach())
+
+class _LossCurve:
+    """The first loss, and the mean loss over each `log_every` steps (and the last ones)."""
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = log_every
+        self.points: list[list[float]] = []  # [step, mean loss over the preceding interval]
+        self.first = math.nan
+        self.window: list[float] = []
+
+    def add(self, step: int, value: float, total: int) -> None:
+        """Record the loss of 1-based `step` of (currently) `total`."""
         if step == 1:
-            first_loss = value
-        window.append(value)
-        if step % preset.log_every == 0 or step == total:
-            curve.append([step, sum(window) / len(window)])
-            window = []
-        if progress is not None:
-            progress(step, total, value)
-        if step % REPLAN_EVERY == 0:
-            now = time.monotonic()
-            # The first window includes one-off start-up costs; later ones are steady.
-            per_step = (now - window_started) / REPLAN_EVERY
-            window_started = now
-            if step > REPLAN_EVERY:
-                total = replan(step, preset.steps, per_step, deadline - SAVE_RESERVE_S - now)
-    if window:
-        curve.append([step, sum(window) / len(window)])
-    if total < preset.steps and not stopped:
-        notes.append(
-            f"schedule shortened from {preset.steps} to {total} steps to fit the time "
-            f"budget ({per_step:.2f} s/step when last measured)"
-        )
-    model.eval()
-    return TrainResult(
-        model=model,
-        planned_steps=preset.steps,
-        steps=step,
-        tokens_seen=step * preset.tokens_per_step,
-        loss_curve=curve,
-        first_loss=first_loss,
-        final_loss=curve[-1][1] if curve else math.nan,
-        budget_limited=stopped or total < preset.steps,
-        bf16=bf16,
-        train_seconds=time.monotonic() - started,
-        num_blocks=len(blocks),
-        notes=notes,
-    )
+            self.first = value
+        self.window.append(value)
+        if step % self.log_every == 0 or step == total:
+            self.points.append([step, sum(self.window) / len(self.window)])
+            self.window = []
+
+    def close(self, step: int) -> None:
+        """The interval cut short when training stopped early."""
+        if self.window:
+            self.points.append([step, sum(self.window) / len(self.window)])
+
+
+class _Budget:
+    """The wall-clock guard: measures the speed every REPLAN_EVERY steps and fits the
+    schedule (`total`) to the time left, and says when the time is spent."""
+
+    def __init__(self, planned: int, deadline: float) -> None:
+        self.planned = planned
+        self.deadline = deadline
+        self.total = planned
+        self.stopped_at: int | None = None
+        self.started = time.monotonic()
+        self.window_started = self.started
+        self.per_step = math.nan
+
+    def spent(self, step: int) -> bool:
+        """Whether the budget (less the reserve for saving) is spent before `step`."""
+        if time.monotonic() >= self.deadline - SAVE_RESERVE_S:
+            self.stopped_at = step
+            return True
+        return False
+
+    def measure(self, step: int) -> None:
+        """After 1-based `step`: every REPLAN_EVERY steps, re-plan at the measured speed."""
+        if step % REPLAN_EVERY:
+            return
+        now = time.monotonic()
+        # The first window includes one-off start-up costs; later ones are steady.
+        self.per_step = (now - self.window_started) / REPLAN_EVERY
+        self.window_started = now
+        if step > REPLAN_EVERY:
+            seconds_left = self.deadline - SAVE_RESERVE_S - now
+            self.total = replan(step, self.planned, self.per_step, seconds_left)
+
+    @property
+    def limited(self) -> bool:
+        """The schedule was shortened or training stopped for time."""
+        return self.stopped_at is not None or self.total < self.planned
+
+    def notes(self) -> list[str]:
+        if self.stopped_at is not None:
+            return [f"stopped at step {self.stopped_at} of {self.total}: time budget spent"]
+        if self.total < self.planned:
+            return [
+                f"schedule shortened from {self.planned} to {self.total} steps to fit the "
+                f"time budget ({self.per_step:.2f} s/step when last measured)"
+            ]
+        return []

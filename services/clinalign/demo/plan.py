@@ -1,0 +1,169 @@
+"""What the demonstration does (`Plan`: the size of every step) and what it measured
+(`Figures`, for the report).
+
+The full plan's settings were chosen by experiment; the comments give the reason for each,
+and docs/experiments.md holds the runs behind them under their dates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+GUIDELINE_VERSION = "rubric-2026-11"
+PAIRS_BATCH = "demo-candidate-pairs"
+FLAGGED_BATCH = "flagged-outputs"  # the monitor's default labelling batch for flags
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of every step; `full()` is `clinalign demo`, `quick()` the end-to-end test's."""
+
+    demonstrations: int
+    sft: dict[str, str]
+    pair_prompts: int
+    reference_pairs: int  # demonstrations also paired against an SFT answer to their prompt
+    overlap: int
+    max_new_tokens: int
+    reward: dict[str, str]
+    ppo: dict[str, str]
+    traffic: int
+    correction_share: float  # flags that carry the corpus answer as the correction
+    eval_prompts: int
+    min_new_pairs: int  # the monitor's retraining threshold in the demo
+    eval_fraction: float = 0.1  # of prompts held out in snapshots, for the reward gate
+    eval_samples: int = 1  # answers per held-out prompt and policy in the final evaluation
+    contrast_pairs: int = 0  # curated answers against a copy with one clinical fault
+    # the loop's reward-model job: `reward` with these changes (it continues the served
+    # reward model)
+    retrain_reward: dict[str, str] = field(default_factory=dict)
+    # the loop's PPO job: `ppo` with these changes (it continues from the served policy)
+    retrain_ppo: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def loop_reward(self) -> dict[str, str]:
+        return {**self.reward, **self.retrain_reward}
+
+    @property
+    def loop_ppo(self) -> dict[str, str]:
+        return {**self.ppo, **self.retrain_ppo}
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            demonstrations=400,
+            sft={"epochs": "2", "learning_rate": "2e-4", "batch_size": "8"},
+            # Two SFT answers to one prompt differ little, and the panel's labels on them
+            # are mostly noise to a small reward model (see docs/experiments.md,
+            # 2026-11-26); every demonstration against an SFT answer to its prompt shows
+            # it what a complete, safe answer looks like.
+            pair_prompts=256,
+            reference_pairs=400,
+            # and a curated answer against itself with one clinical fault (a dropped
+            # escalation, dose or follow-up, a certain diagnosis, reassurance despite a
+            # caution, padding) shows it which part of an answer matters
+            contrast_pairs=360,
+            overlap=3,
+            max_new_tokens=96,
+            # One epoch over every annotator's label: on the same snapshots it was more
+            # accurate on held-out labels than training longer on deduplicated ones, in
+            # about as many steps (see docs/experiments.md, 2026-12-06).
+            reward={"epochs": "1", "learning_rate": "1e-4", "batch_size": "8"},
+            # Four answers to each of 16 prompts an iteration, each judged against the other
+            # three (the rloo estimator): the between-prompt spread of the reward is half its
+            # variance, and the critic, started from the reward model, never learned it, so
+            # its advantages were mostly noise. rloo's policies beat SFT more often than the
+            # critic's, and more often after 20 iterations than after fewer (see
+            # docs/experiments.md, 2026-11-26).
+            ppo={
+                "iterations": "20",
+                "advantage_estimator": "rloo",
+                "samples_per_prompt": "4",
+                "rollout_batch_size": "64",
+                "minibatches": "2",
+                "ppo_epochs": "2",
+                "response_length": "96",
+                "learning_rate": "1e-4",
+                "kl_controller": "fixed",
+                "kl_coef": "0.1",
+                "checkpoint_every": "10",
+            },
+            # The loop's reward model continues the served one for half an epoch over the
+            # new snapshot (old and new labels). Trained afresh, a new seed's noise
+            # outweighed the few dozen new pairs and the gate refused it; continued, it
+            # lands within a label or two of the served one, so the gate passes or refuses
+            # it by that margin, and a run whose reward model is refused trains the policy
+            # against the served one (see docs/experiments.md, 2026-12-06).
+            retrain_reward={"epochs": "0.5"},
+            # the second round continues from the first round's policy, on the prompts of
+            # the loop's snapshot (the flagged ones among them)
+            retrain_ppo={"iterations": "10"},
+            traffic=128,
+            correction_share=0.2,
+            eval_prompts=384,
+            # Two answers a prompt and policy: with one, two draws of the same policy's
+            # answers gave win rates too far apart to compare policies (see
+            # docs/experiments.md, 2026-11-26).
+            eval_samples=2,
+            min_new_pairs=40,
+            eval_fraction=0.25,
+        )
+
+    @classmethod
+    def quick(cls) -> Plan:
+        # The tiny model's own answer pairs are noise to the panel; the reward model learns
+        # from the demonstration-vs-answer pairs, enough to clear the gate.
+        return cls(
+            demonstrations=64,
+            sft={"epochs": "1", "learning_rate": "1e-3", "batch_size": "8", "max_length": "256"},
+            pair_prompts=8,
+            reference_pairs=64,
+            overlap=3,
+            max_new_tokens=24,
+            reward={
+                "epochs": "4",
+                "learning_rate": "1e-3",
+                "batch_size": "8",
+                "max_length": "256",
+                "norm_prompts": "8",
+                "norm_max_new_tokens": "16",
+            },
+            ppo={
+                "iterations": "2",
+                "advantage_estimator": "rloo",
+                "samples_per_prompt": "2",
+                "rollout_batch_size": "8",
+                "minibatches": "2",
+                "ppo_epochs": "1",
+                "response_length": "24",
+                "learning_rate": "1e-4",
+                "checkpoint_every": "0",
+            },
+            retrain_reward={"epochs": "2"},
+            traffic=24,
+            correction_share=0.5,
+            eval_prompts=16,
+            min_new_pairs=1,
+            # enough held-out pairs for the reward gate's interval to clear chance
+            eval_fraction=0.3,
+        )
+
+
+@dataclass
+class Figures:
+    """What the pipeline measured, for the report."""
+
+    versions: dict[str, str] = field(default_factory=dict)  # role -> registry version
+    paths: dict[str, str] = field(default_factory=dict)  # role -> model directory
+    agreement: float | None = None
+    agreement_detail: dict[str, float] = field(default_factory=dict)
+    labelled_pairs: int = 0
+    rm_accuracy: dict[str, float] = field(default_factory=dict)  # rm version -> eval accuracy
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    gate: list[dict[str, Any]] = field(default_factory=list)
+    promoted_versions: list[str] = field(default_factory=list)
+    traffic: int = 0
+    flags: dict[str, int] = field(default_factory=dict)
+    flags_fed_back: int = 0
+    retraining_runs: list[dict[str, Any]] = field(default_factory=list)
+    lineage_example: list[dict[str, str]] = field(default_factory=list)
