@@ -35,18 +35,19 @@ protos: $(VENV)/.stamp-install ## regenerate Python/gRPC/mypy stubs from protos/
 	PYTHON=$(PY) scripts/gen_protos.sh
 	touch $(VENV)/.stamp-protos
 
-lint: install ## buf lint, ruff, mypy, the import graph (import-linter)
+lint: install ## buf lint, ruff, mypy, the import graph (import-linter), module and function sizes
 	cd protos && ../node_modules/.bin/buf lint
 	$(VENV)/bin/ruff check services tests bench scripts
 	$(VENV)/bin/ruff format --check services tests bench scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-logo
+	$(PY) scripts/check_sizes.py services
 
 test: install lint ## lint, then the whole test suite (PostgreSQL too when CLINALIGN_TEST_DATABASE_URL is set)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-test-fast: install ## tests without the slow marker, no lint
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+test-fast: install ## unit and integration tests without the slow marker (no e2e, deploy or lint)
+	$(VENV)/bin/pytest -q -m "not slow" tests/unit tests/integration $(PYTEST_ARGS)
 
 docs: install ## build the documentation site strictly (mkdocs.yml) into .clinalign/site
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

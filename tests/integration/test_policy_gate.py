@@ -40,6 +40,7 @@ def _ppo_candidate(tiny_model_dir: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
     reg = registry.Registry(tmp_path / "registry")

@@ -56,6 +56,7 @@ def series(manifest: dict[str, Any], key: str) -> list[float]:
     return [float(figures[key]) for _, figures in manifest["history"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("critic", ["separate", "value_head"])
 def test_ppo_raises_reward_within_bounded_kl(
     critic: str, tiny_model_dir: Path, tiny_reward_dir: Path, tmp_path: Path
@@ -88,6 +89,7 @@ def test_ppo_raises_reward_within_bounded_kl(
     assert (out / CRITIC_DIR).is_dir()
 
 
+@pytest.mark.slow
 def test_rloo_learns_without_a_critic_from_groups_of_one_prompt(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -115,6 +117,7 @@ def test_rloo_learns_without_a_critic_from_groups_of_one_prompt(
     assert not (tmp_path / "out" / CRITIC_DIR).exists()  # there is no critic to save
 
 
+@pytest.mark.slow
 def test_lora_reference_is_the_base_with_the_adapter_off(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -135,6 +138,7 @@ def test_lora_reference_is_the_base_with_the_adapter_off(
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(tiny_model_dir: Path, tmp_path: Path) -> None:
     hyper = fast(iterations=6, checkpoint_every=3, critic="value_head")
     whole = train_ppo(

@@ -260,6 +260,7 @@ def test_a_reward_model_whose_reference_policy_is_gone_is_refused(
     assert not (tmp_path / "x").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_lora_training_saves_a_merged_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "reward-lora"
     manifest = train_reward_model(
@@ -305,6 +306,7 @@ def test_training_is_deterministic_and_reports_progress(
     assert first["metrics"]["eval_pairs"] == 0  # the subset has no held-out split
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on the CPU: a machine without CUDA")
 def test_training_in_bf16_on_the_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Asked for, bf16 trains under CPU autocast (transformers refuses it without CUDA

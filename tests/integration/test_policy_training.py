@@ -41,6 +41,7 @@ def _tensor(model_dir: Path, name: str) -> torch.Tensor:
     return load_file(model_dir / "model.safetensors")[name]
 
 
+@pytest.mark.slow
 def test_dpo_learns_the_preferred_marker(tiny_model_dir: Path, tmp_path: Path) -> None:
     hyper = DPOHyperparameters(epochs=2, learning_rate=1e-3, batch_size=12, warmup_ratio=0.0)
     manifest = train_dpo(_preferences(48), "hash-1", tiny_model_dir, tmp_path / "dpo", hyper)
