@@ -5,6 +5,7 @@ exercised end to end in ``test_ppo_job``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,12 @@ import pytest
 from clinalign.common import artefacts
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition
+from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.registry import gate
 from clinalign.trainer.registry import versions as registry
-from clinalign.trainer.registry.policy_gate import PolicyGateSettings, bootstrap_interval, win_rate
+from clinalign.trainer.registry.policy_gate import bootstrap_interval, win_rate
 
-SETTINGS = PolicyGateSettings(prompts=8, max_new_tokens=24)
+SETTINGS = replace(TrainerSettings.model_construct().policy_gate, prompts=8, max_new_tokens=24)
 
 
 def _ppo_candidate(tiny_model_dir: Path, out: Path) -> Path:
@@ -73,7 +75,7 @@ async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> No
         # identical weights, the same seed: identical samples, every prompt a tie
         tie = await gate.promote(db, reg, same, None, score=by_length, policy_settings=SETTINGS)
         # a tight KL bound refuses a policy that moved away from its parent ...
-        tight = PolicyGateSettings(prompts=8, max_new_tokens=24, max_kl=1e-3)
+        tight = replace(SETTINGS, max_kl=1e-3)
         far = await gate.promote(db, reg, trained, None, score=by_length, policy_settings=tight)
         # ... and the default one lets it through
         better = await gate.promote(

@@ -7,6 +7,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clinalign.preference.config import PreferenceSettings
 
 SOURCES = ("curated", "production", "flagged")
 PREFERENCES = ("a", "b", "tie")
@@ -29,9 +33,16 @@ Redactor = Callable[[str], str]
 
 @dataclass(frozen=True)
 class Limits:
-    max_text_chars: int = 20_000
-    max_batch: int = 1_000
+    """Request limits: the two settings (``PreferenceSettings``, where each is documented and
+    has its default) and the tag cap, which is no setting."""
+
+    max_text_chars: int
+    max_batch: int
     max_tags: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: PreferenceSettings) -> Limits:
+        return cls(max_text_chars=settings.max_text_chars, max_batch=settings.max_batch)
 
 
 def new_id(prefix: str) -> str:

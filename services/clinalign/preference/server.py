@@ -32,7 +32,7 @@ class PreferenceApp(DatabaseApp):
     ) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "preference")
         super().__init__(Database(url, Base, migrations=MIGRATIONS))
-        limits = Limits(max_text_chars=settings.max_text_chars, max_batch=settings.max_batch)
+        limits = Limits.from_settings(settings)
         self.servicer = PreferenceServicer(self.db, redact or build_redactor(), limits)
 
     def register(self, server: grpc.aio.Server) -> None:

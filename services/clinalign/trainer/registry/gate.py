@@ -185,7 +185,7 @@ async def promote(
     if plan.candidate.kind == POLICY:
         if score is None:
             raise FailedPrecondition("this trainer has no reward service to judge policies with")
-        checks = await policy_checks(plan, score, policy_settings or PolicyGateSettings())
+        checks = await policy_checks(plan, score, policy_settings or _default_gate_settings())
     else:
         if fetch is None:
             raise FailedPrecondition("this trainer has no preference service to run the gate on")
@@ -319,3 +319,11 @@ async def _apply(
         },
     )
     return Decision(promoted, checks, after)
+
+
+def _default_gate_settings() -> PolicyGateSettings:
+    """The policy gate's settings at their defaults (``TrainerSettings``, not the
+    environment: a caller that wants the environment's passes them)."""
+    from clinalign.trainer.config import TrainerSettings
+
+    return TrainerSettings.model_construct().policy_gate

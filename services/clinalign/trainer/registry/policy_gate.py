@@ -39,12 +39,15 @@ UNSCORABLE_PENALTY = -1.0  # PPO's missing_eos_penalty default
 
 @dataclass(frozen=True)
 class PolicyGateSettings:
-    prompt_set: str = "clinical-heldout"
-    prompts: int = 64
-    max_new_tokens: int = 128
-    min_win_rate: float = 0.5
-    max_kl: float = 20.0
-    seed: int = 0
+    """The policy gate's settings (``TrainerSettings.gate_*``, where each is documented and
+    has its default; ``TrainerSettings.policy_gate`` builds this)."""
+
+    prompt_set: str
+    prompts: int
+    max_new_tokens: int
+    min_win_rate: float
+    max_kl: float
+    seed: int = 0  # the sampling seed; no setting
 
 
 @dataclass(frozen=True)
