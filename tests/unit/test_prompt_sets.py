@@ -12,12 +12,20 @@ from clinalign.trainer import prompt_sets
 
 
 def test_builtin_sets_are_fixed_distinct_and_disjoint() -> None:
-    train, heldout = prompt_sets.load("clinical-train"), prompt_sets.load("clinical-heldout")
-    assert len(train) == len(heldout) == generator.SIZE
-    assert len(set(train)) == len(train)
-    assert not set(train) & set(heldout)  # the gate judges on wording PPO never saw
+    train = prompt_sets.load("clinical-train")
+    validation = prompt_sets.load("clinical-validation")
+    test = prompt_sets.load("clinical-test")
+    assert len(train) == len(validation) == len(test) == generator.SIZE
+    for prompts in (train, validation, test):
+        assert len(set(prompts)) == len(prompts)
+    assert not set(train) & set(validation)  # the gate judges on wording PPO never saw
+    assert not set(train) & set(test)
+    assert not set(validation) & set(test)  # the reported figures were not chosen by
     assert prompt_sets.load("clinical-train") == train  # the same order every time
-    assert prompt_sets.load("clinical-heldout", limit=5) == heldout[:5]
+    assert prompt_sets.load("clinical-validation", limit=5) == validation[:5]
+    # the validation set's earlier name still reads it
+    assert prompt_sets.load("clinical-heldout") == validation
+    prompt_sets.check("clinical-heldout")
 
 
 def test_shipped_builtin_sets_are_what_the_foundation_corpus_generates() -> None:

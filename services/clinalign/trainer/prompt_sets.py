@@ -3,10 +3,14 @@ policy gate judges a candidate on.
 
 A ``prompt_set`` is one of
 
-- ``clinical-train`` / ``clinical-heldout``: synthetic patient questions from the
-  foundation corpus's ``train`` and ``heldout`` splits, whose question phrasings never
-  overlap, so a policy judged on ``clinical-heldout`` is judged on wording it never
-  trained on. They ship as JSONL files in ``data/prompt_sets`` (written by
+- ``clinical-train``: synthetic patient questions from the foundation corpus's ``train``
+  split, the prompts PPO samples;
+- ``clinical-validation``: questions in phrasings no policy trains on (the ``heldout``
+  split), for the promotion gate and every choice of hyperparameters and data;
+  ``clinical-heldout`` is its earlier name;
+- ``clinical-test``: more held-out questions, none in the validation set, touched only by
+  the reported evaluation, so the figures reported were not also the ones chosen by.
+  They ship as JSONL files in ``data/prompt_sets`` (written by
   ``python -m clinalign.foundation.prompt_sets``);
 - a path to a JSONL file readable by the trainer (and its job pods), one
   ``{"prompt": "..."}`` object a line, such as a set a hospital curates.
@@ -25,11 +29,13 @@ from pathlib import Path
 from clinalign.common.errors import InvalidArgument
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "data" / "prompt_sets"
-BUILTIN = ("clinical-train", "clinical-heldout")
+BUILTIN = ("clinical-train", "clinical-validation", "clinical-test")
+ALIASES = {"clinical-heldout": "clinical-validation"}  # earlier names
 
 
 def load(name: str, field: str = "spec.prompt_set", limit: int | None = None) -> list[str]:
     """The prompts of set ``name``, in a fixed order, without duplicates."""
+    name = ALIASES.get(name, name)
     path = BUILTIN_DIR / f"{name}.jsonl" if name in BUILTIN else Path(name)
     prompts = _read_jsonl(path, field)
     return prompts[:limit] if limit else prompts
@@ -38,7 +44,7 @@ def load(name: str, field: str = "spec.prompt_set", limit: int | None = None) ->
 def check(name: str, field: str = "spec.prompt_set") -> None:
     """Raises InvalidArgument unless ``name`` is a built-in set or a readable JSONL file
     with at least one prompt (read now, so a bad file fails the submission, not the job)."""
-    if name in BUILTIN:
+    if name in BUILTIN or name in ALIASES:
         return
     if Path(name).suffix != ".jsonl":
         raise InvalidArgument(
