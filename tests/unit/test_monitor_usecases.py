@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
@@ -116,3 +118,34 @@ async def test_stats_lineage_and_retraining_refuse_what_they_cannot_answer(
     with pytest.raises(FailedPrecondition, match="no retraining policy"):
         await monitor.evaluate_retraining(dry_run=True)
     assert await monitor.list_runs(10, "") == ([], "")
+
+
+async def test_replay_cases_default_to_critical_and_count_erased_prompts(
+    monitor: Monitor,
+) -> None:
+    await monitor.record_outputs([_output("out-1"), _output("out-2"), _output("out-3")])
+    for oid, severity in (("out-1", pb.SEVERITY_CRITICAL), ("out-2", pb.SEVERITY_CRITICAL)):
+        row = await monitor.flag_output(_flag(output_id=oid, severity=severity), "clin-a")
+        await monitor.resolve_flag(row.id, pb.RESOLUTION_CONFIRM, "", "clin-b")
+    high = await monitor.flag_output(_flag(output_id="out-3"), "clin-a")
+    await monitor.resolve_flag(high.id, pb.RESOLUTION_CONFIRM, "", "clin-b")
+
+    def erase(s: Session) -> None:  # what retention does to a baseline output
+        s.execute(
+            update(store.OutputRow)
+            .where(store.OutputRow.output_id == "out-2")
+            .values(prompt=None, text=None)
+        )
+
+    await monitor.db.run_write(erase)
+    page = await monitor.replay_cases(pb.SEVERITY_UNSPECIFIED, 0, "")
+    assert [c.prompt for c in page.cases] == ["[NAME] asks about a synthetic cough"]
+    assert page.purged == 1 and page.next_page_token == ""
+    page = await monitor.replay_cases(pb.SEVERITY_HIGH, 0, "")
+    assert [c.severity for c in page.cases] == [pb.SEVERITY_CRITICAL, pb.SEVERITY_HIGH]
+    with pytest.raises(InvalidArgument, match="is not a Severity value") as info:
+        await monitor.replay_cases(-1, 0, "")
+    assert info.value.field == "min_severity"
+    with pytest.raises(InvalidArgument, match="between 0 and 500") as info:
+        await monitor.replay_cases(0, 501, "")
+    assert info.value.field == "page_size"

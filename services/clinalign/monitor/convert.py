@@ -64,6 +64,18 @@ def flag_to_proto(row: store.FlagRow, fb: feedback.View | None = None) -> pb.Fla
     return flag
 
 
+def replay_case_to_proto(case: flags.ReplayCase) -> pb.ReplayCase:
+    return pb.ReplayCase(
+        flag_id=case.flag_id,
+        category=case.category,  # type: ignore[arg-type]
+        severity=case.severity,  # type: ignore[arg-type]
+        prompt=case.prompt,
+        flagged_text=case.flagged_text,
+        corrected_text=case.corrected_text,
+        model_version=case.model_version,
+    )
+
+
 def _distribution(values: list[float]) -> pb.Distribution:
     s = drift.summarise(values)
     if s is None:

@@ -1,4 +1,5 @@
-"""Clinician flags on production outputs: create, list for review, resolve.
+"""Clinician flags on production outputs: create, list for review, resolve, and list the
+confirmed ones for the promotion gate to replay.
 
 Statuses, categories and severities are stored as their protobuf enum numbers
 (``FlagStatus``, ``clinalign.common.v1.ErrorCategory``, ``Severity``); the servicer
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import ColumnElement, CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -80,6 +81,60 @@ def list_flags(session: Session, f: Filter, limit: int, offset: int) -> list[Fla
         query = query.where(FlagRow.severity >= f.min_severity)
     query = query.order_by(FlagRow.severity.desc(), FlagRow.created_at, FlagRow.id)
     return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+@dataclass(frozen=True)
+class ReplayCase:
+    """A confirmed flag with its output's de-identified prompt and text, as stored."""
+
+    flag_id: str
+    category: int
+    severity: int
+    prompt: str
+    flagged_text: str
+    corrected_text: str
+    model_version: str
+
+
+def _confirmed_at_least(min_severity: int) -> tuple[ColumnElement[bool], ...]:
+    return (FlagRow.status == CONFIRMED, FlagRow.severity >= min_severity)
+
+
+def replay_cases(session: Session, min_severity: int, limit: int, offset: int) -> list[ReplayCase]:
+    """Confirmed flags at or above ``min_severity`` whose output still has its prompt text,
+    highest severity first, then oldest, then by id."""
+    query = (
+        select(FlagRow, OutputRow.prompt, OutputRow.text)
+        .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
+        .where(*_confirmed_at_least(min_severity), OutputRow.prompt.is_not(None))
+        .order_by(FlagRow.severity.desc(), FlagRow.created_at, FlagRow.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [
+        ReplayCase(
+            flag_id=flag.id,
+            category=flag.category,
+            severity=flag.severity,
+            prompt=prompt or "",  # never NULL here: the query keeps only stored prompts
+            flagged_text=text or "",
+            corrected_text=flag.corrected_text,
+            model_version=flag.model_version,
+        )
+        for flag, prompt, text in session.execute(query)
+    ]
+
+
+def count_purged(session: Session, min_severity: int) -> int:
+    """Confirmed flags at or above ``min_severity`` whose output's prompt text retention has
+    erased (``store.purge_expired``), so that they cannot be replayed."""
+    query = (
+        select(func.count())
+        .select_from(FlagRow)
+        .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
+        .where(*_confirmed_at_least(min_severity), OutputRow.prompt.is_(None))
+    )
+    return int(session.scalar(query) or 0)
 
 
 def resolve(

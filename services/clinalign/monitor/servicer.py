@@ -15,6 +15,7 @@ from clinalign.monitor.convert import (
     flag_from_proto,
     flag_to_proto,
     output_from_proto,
+    replay_case_to_proto,
     run_to_proto,
     stats_to_proto,
 )
@@ -32,6 +33,7 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "GetLineage": roles(Role.CLINICIAN, Role.ML_ENGINEER),
     _SVC + "EvaluateRetraining": roles(Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "ListRetrainingRuns": roles(Role.ML_ENGINEER),
+    _SVC + "ListReplayCases": roles(Role.SERVICE),
 }
 
 
@@ -116,4 +118,16 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         runs, token = await self.monitor.list_runs(request.page_size, request.page_token)
         return pb.ListRetrainingRunsResponse(
             runs=[run_to_proto(r) for r in runs], next_page_token=token
+        )
+
+    async def ListReplayCases(
+        self, request: pb.ListReplayCasesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListReplayCasesResponse:
+        page = await self.monitor.replay_cases(
+            request.min_severity, request.page_size, request.page_token
+        )
+        return pb.ListReplayCasesResponse(
+            cases=[replay_case_to_proto(c) for c in page.cases],
+            next_page_token=page.next_page_token,
+            purged=page.purged,
         )

@@ -57,6 +57,17 @@ class FlagPage:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class ReplayPage:
+    cases: list[flags.ReplayCase]
+    next_page_token: str
+    purged: int
+
+
+# ListReplayCases pages: the gate wants every case, so its pages are larger than ListFlags'.
+REPLAY_PAGE_DEFAULT, REPLAY_PAGE_MAX = 100, 500
+
+
 def check_output(i: int, out: store.OutputRecord, limits: Limits) -> None:
     field = f"outputs[{i}]"
     if not out.output_id or len(out.output_id) > ID_CHARS:
@@ -164,6 +175,24 @@ class Monitor:
 
         rows, delivery = await self.db.run_sync(page)
         return FlagPage(rows, delivery, next_token(offset, limit, len(rows)))
+
+    async def replay_cases(self, min_severity: int, page_size: int, page_token: str) -> ReplayPage:
+        """The confirmed flags at or above ``min_severity`` (unspecified: critical) that the
+        promotion gate replays, with their de-identified text as stored. ``purged`` counts
+        those retention has erased the prompt of, over the whole listing, the same on every
+        page (as AIP-158's ``total_size``), so a caller reads it once, not summed."""
+        if min_severity not in pb.Severity.values():
+            raise InvalidArgument("min_severity", f"{min_severity} is not a Severity value")
+        limit, offset = page_bounds(
+            page_size, page_token, default=REPLAY_PAGE_DEFAULT, maximum=REPLAY_PAGE_MAX
+        )
+        floor = min_severity or pb.SEVERITY_CRITICAL
+
+        def page(s: Session) -> tuple[list[flags.ReplayCase], int]:
+            return flags.replay_cases(s, floor, limit, offset), flags.count_purged(s, floor)
+
+        cases, purged = await self.db.run_sync(page)
+        return ReplayPage(cases, next_token(offset, limit, len(cases)), purged)
 
     async def resolve_flag(
         self, flag_id: str, resolution: int, reason: str, who: str
