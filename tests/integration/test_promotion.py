@@ -99,7 +99,7 @@ async def test_promotion_gate_and_rollback_through_grpc(
                 # No lineage of its own: judged on the served model's snapshot, against it.
                 refused = await stub.PromoteModel(_promote(untrained.ref.version))
 
-                # The same weights once more: not below the served model, so it serves.
+                # The same weights once more: no difference pair by pair, so it serves.
                 same = (await stub.RegisterModel(_register(trained))).version
                 replaced = await stub.PromoteModel(_promote(same.ref.version))
                 rolled = (await stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD))).version
@@ -162,13 +162,17 @@ async def test_promotion_gate_and_rollback_through_grpc(
     assert not ci.passed and ci.threshold == 0.5 and ci.value <= 0.5
     assert ci.message.startswith("pairwise accuracy ")
     assert ci.message.endswith("is not above chance (0.5) with confidence")
-    assert not vs_served.passed and vs_served.threshold == 1.0  # reward-v2's accuracy
-    assert vs_served.message == (
-        f"pairwise accuracy {vs_served.value:.2f} is below reward-v2's 1.00 on the same pairs"
+    # judged at the trainer's margin: the paired interval's lower end against -margin
+    margin = TrainerSettings().gate_reward_margin
+    assert not vs_served.passed and vs_served.threshold == -margin and vs_served.value <= -margin
+    assert vs_served.message.startswith("pairwise accuracy ")
+    assert " against reward-v2's 1.000 on the same " in vs_served.message
+    assert vs_served.message.endswith(
+        f"is not shown non-inferior, the interval's lower end not above the margin -{margin:g}"
     )
 
     assert replaced.promoted and all(c.passed for c in replaced.checks)
-    assert replaced.checks[1].value == pytest.approx(replaced.checks[1].threshold)
+    assert replaced.checks[1].value == 0.0  # identical scores: every difference is zero
     assert rolled.ref.version == "reward-v2" and rolled.stage == common_pb2.MODEL_STAGE_SERVING
     stages = {v.ref.version: v.stage for v in after.versions}
     assert stages == {

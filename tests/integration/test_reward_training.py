@@ -56,6 +56,7 @@ FALSE_REASSURANCE = (
     "No need to see anyone about this.",
 )
 SNAPSHOT_HASH = "f" * 64
+MARGIN = 0.02  # the reward-model gate's non-inferiority margin
 HYPER: dict[str, Any] = {  # a learning rate for a 48-wide model, and a short normalisation sample
     "epochs": 2.0,
     "learning_rate": 1e-3,
@@ -196,7 +197,7 @@ def test_normalisation_makes_reference_responses_mean_0_std_1(
 def test_evaluation_report_and_promotion(
     trained: Path, export: Path, tiny_reward_dir: Path
 ) -> None:
-    report = eval_command(trained, export, tiny_reward_dir)
+    report = eval_command(trained, export, tiny_reward_dir, margin=MARGIN)
     assert report.model == "reward-v2" and report.snapshot_hash == SNAPSHOT_HASH
     assert report.n == len(EVAL_LABELS) and report.ties == 0
     assert report.accuracy >= 0.8 and 0.5 < report.ci_low <= report.accuracy <= report.ci_high
@@ -211,9 +212,12 @@ def test_evaluation_report_and_promotion(
     assert "Promotion: allowed." in report.to_markdown()
 
     # the untrained model is refused, and the message names the figure that failed
-    untrained = evaluate_reward_model(tiny_reward_dir, RECORDS, trained)
+    untrained = evaluate_reward_model(tiny_reward_dir, RECORDS, trained, margin=MARGIN)
     failures = promotion_check(untrained)
-    assert f"is below reward-v2's {report.accuracy:.2f} on the same pairs" in failures[-1]
+    assert f" against reward-v2's {report.accuracy:.3f} on the same " in failures[-1]
+    assert failures[-1].endswith(
+        "is not shown non-inferior, the interval's lower end not above the margin -0.02"
+    )
     assert failures[0].startswith(f"pairwise accuracy {untrained.accuracy:.2f} (95% CI ")
     assert failures[0].endswith("is not above chance (0.5) with confidence")
 

@@ -3,11 +3,13 @@ failing with promotion_check's own message."""
 
 from __future__ import annotations
 
-from clinalign.trainer.methods.reward_model.evaluation import Report
+from clinalign.trainer.methods.reward_model.evaluation import Paired, Report
 from clinalign.trainer.registry.gate import Check, records_from_export, reward_checks
 
 
-def _report(accuracy: float, ci_low: float, baseline: Report | None = None) -> Report:
+def _report(
+    accuracy: float, ci_low: float, baseline: Report | None = None, paired: Paired | None = None
+) -> Report:
     return Report(
         model="reward-v2" if baseline else "reward-v1",
         snapshot_hash="h",
@@ -21,6 +23,7 @@ def _report(accuracy: float, ci_low: float, baseline: Report | None = None) -> R
         ece=0.1,
         ece_bins=10,
         baseline=baseline,
+        paired=paired,
     )
 
 
@@ -39,7 +42,8 @@ def test_without_a_served_model_only_the_confidence_figure_is_checked() -> None:
 
 def test_each_failed_figure_carries_promotion_checks_message() -> None:
     served = _report(0.9, 0.8)
-    ci, vs_served = reward_checks(_report(0.55, 0.45, baseline=served))
+    worse = Paired(n=40, difference=-0.35, ci_low=-0.5, ci_high=-0.2, margin=0.02)
+    ci, vs_served = reward_checks(_report(0.55, 0.45, baseline=served, paired=worse))
     assert ci == Check(
         "accuracy_ci_low",
         0.45,
@@ -49,22 +53,27 @@ def test_each_failed_figure_carries_promotion_checks_message() -> None:
     )
     assert vs_served == Check(
         "accuracy_vs_served",
-        0.55,
-        0.9,
+        -0.5,
+        -0.02,
         False,
-        "pairwise accuracy 0.55 is below reward-v1's 0.90 on the same pairs",
+        "pairwise accuracy 0.550 against reward-v1's 0.900 on the same 40 pairs: difference "
+        "-0.350 (95% CI -0.500 to -0.200) is not shown non-inferior, the interval's lower "
+        "end not above the margin -0.02",
     )
 
 
-def test_a_candidate_as_accurate_as_the_served_model_passes() -> None:
-    checks = reward_checks(_report(0.9, 0.8, baseline=_report(0.9, 0.8)))
-    assert [(c.name, c.passed) for c in checks] == [
-        ("accuracy_ci_low", True),
-        ("accuracy_vs_served", True),
+def test_a_candidate_non_inferior_to_the_served_model_passes() -> None:
+    # a point below the served model, within the margin with confidence
+    close = Paired(n=40, difference=-0.01, ci_low=-0.015, ci_high=0.005, margin=0.02)
+    checks = reward_checks(_report(0.89, 0.8, baseline=_report(0.9, 0.8), paired=close))
+    assert [(c.name, c.value, c.threshold, c.passed) for c in checks] == [
+        ("accuracy_ci_low", 0.8, 0.5, True),
+        ("accuracy_vs_served", -0.015, -0.02, True),
     ]
-    assert (
-        checks[1].message
-        == "pairwise accuracy 0.9000 is not below reward-v1's 0.9000 on the same pairs"
+    assert checks[1].message == (
+        "pairwise accuracy 0.890 against reward-v1's 0.900 on the same 40 pairs: difference "
+        "-0.010 (95% CI -0.015 to +0.005) is non-inferior, the interval's lower end above "
+        "the margin -0.02"
     )
 
 

@@ -21,6 +21,7 @@ from clinalign.trainer.methods.reward_model import bt
 from clinalign.trainer.methods.reward_model.commands import load_snapshot_jsonl, read_snapshot
 from clinalign.trainer.methods.reward_model.evaluation import (
     Figure,
+    Paired,
     Report,
     agreement_ceiling,
     promotion_check,
@@ -253,31 +254,41 @@ def test_promotion_refused_when_not_above_chance_with_confidence() -> None:
         require_promotable(report("reward-v2", 0.54, 0.47, 0.61))
 
 
-def test_promotion_refused_below_the_model_it_would_replace() -> None:
+def test_promotion_refused_unless_non_inferior_to_the_model_it_would_replace() -> None:
     baseline = report("reward-v1", 0.66, 0.6, 0.72)
-    candidate = report("reward-v2", 0.62, 0.55, 0.69, baseline=baseline)
+    worse = Paired(n=200, difference=-0.04, ci_low=-0.07, ci_high=-0.01, margin=0.02)
+    candidate = report("reward-v2", 0.62, 0.55, 0.69, baseline=baseline, paired=worse)
     assert promotion_check(candidate) == [
-        "pairwise accuracy 0.62 is below reward-v1's 0.66 on the same pairs"
+        "pairwise accuracy 0.620 against reward-v1's 0.660 on the same 200 pairs: difference "
+        "-0.040 (95% CI -0.070 to -0.010) is not shown non-inferior, the interval's lower end "
+        "not above the margin -0.02"
     ]
-    close = report("reward-v2", 0.6581, 0.6, 0.7, baseline=baseline)
+    # a point estimate above the baseline's is not enough when the interval reaches below
+    unsure = Paired(n=200, difference=0.005, ci_low=-0.025, ci_high=0.035, margin=0.02)
+    close = report("reward-v2", 0.665, 0.6, 0.73, baseline=baseline, paired=unsure)
     assert promotion_check(close) == [
-        "pairwise accuracy 0.6581 is below reward-v1's 0.6600 on the same pairs"
+        "pairwise accuracy 0.665 against reward-v1's 0.660 on the same 200 pairs: difference "
+        "+0.005 (95% CI -0.025 to +0.035) is not shown non-inferior, the interval's lower end "
+        "not above the margin -0.02"
     ]
-    both = report("reward-v2", 0.52, 0.45, 0.59, baseline=baseline)
-    assert promotion_check(both) == [
-        "pairwise accuracy 0.52 (95% CI 0.45 to 0.59) is not above chance (0.5) with confidence",
-        "pairwise accuracy 0.52 is below reward-v1's 0.66 on the same pairs",
-    ]
+    both = report("reward-v2", 0.52, 0.45, 0.59, baseline=baseline, paired=worse)
+    assert promotion_check(both)[0] == (
+        "pairwise accuracy 0.52 (95% CI 0.45 to 0.59) is not above chance (0.5) with confidence"
+    )
+    assert len(promotion_check(both)) == 2
+    with pytest.raises(FailedPrecondition, match=r"reward-v2 is refused .* not shown non-inf"):
+        require_promotable(candidate)
 
 
 def test_promotion_allowed_and_report_renders() -> None:
     baseline = report("reward-v1", 0.66, 0.6, 0.72)
     candidate = report(
         "reward-v2",
-        0.7,
-        0.64,
-        0.76,
+        0.655,
+        0.6,
+        0.71,
         baseline=baseline,
+        paired=Paired(n=200, difference=-0.005, ci_low=-0.015, ci_high=0.005, margin=0.02),
         per_category={"omission": Figure(0.8, 10)},
         agreement_ceiling=0.75,
         ceiling_n=20,
@@ -289,10 +300,15 @@ def test_promotion_allowed_and_report_renders() -> None:
     assert "| figure | reward-v2 (candidate) | reward-v1 (baseline) | annotators |" in text
     assert "| accuracy on doubly-labelled items | 0.700 (n=20) | n/a | 0.750 (n=20) |" in text
     assert "| category: omission | 0.800 (n=10) | n/a |  |" in text
+    assert (
+        "| accuracy minus the baseline's, pair by pair | -0.005 (95% CI -0.015 to +0.005), "
+        "margin -0.02 |  |  |" in text
+    )
     assert text.rstrip().endswith("Promotion: allowed.")
     data = json.loads(candidate.to_json())
     assert data["baseline"]["accuracy"] == 0.66
     assert data["per_category"]["omission"] == {"accuracy": 0.8, "n": 10}
+    assert data["paired"]["margin"] == 0.02
 
 
 # -- snapshot exports ----------------------------------------------------------------------

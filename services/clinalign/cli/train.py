@@ -108,17 +108,28 @@ def eval_reward_model(
     baseline: Annotated[
         Path | None, typer.Option(help="The model it would replace, scored on the same pairs.")
     ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option(
+            help="Non-inferiority margin against --baseline, in pairwise accuracy; default: "
+            "the trainer's CLINALIGN_TRAINER_GATE_REWARD_MARGIN, as the promotion gate uses."
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the report here (.md)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Held-out accuracy with a bootstrap CI, per category and tag, calibration, the
-    annotators' own agreement, and the promotion verdict (exit 3 when refused)."""
+    annotators' own agreement, the paired difference to the baseline, and the promotion
+    verdict (exit 3 when refused)."""
     from clinalign.common.errors import ClinAlignError
+    from clinalign.trainer.config import TrainerSettings
     from clinalign.trainer.methods.reward_model.commands import eval_command
     from clinalign.trainer.methods.reward_model.evaluation import promotion_check
 
+    if margin is None and baseline is not None:
+        margin = TrainerSettings().gate_reward_margin
     try:
-        result = eval_command(model, snapshot, baseline)
+        result = eval_command(model, snapshot, baseline, margin=margin)
     except ClinAlignError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -91,9 +91,11 @@ class Plan:
             # The loop's reward model continues the served one for half an epoch over the
             # new snapshot (old and new labels). Trained afresh, a new seed's noise
             # outweighed the few dozen new pairs and the gate refused it; continued, it
-            # lands within a label or two of the served one, so the gate passes or refuses
-            # it by that margin, and a run whose reward model is refused trains the policy
-            # against the served one (see docs/experiments.md, 2026-12-06).
+            # lands within a label or two of the served one, which the gate's paired
+            # non-inferiority test does not count against it, though its interval can
+            # still reach past the margin; a run whose reward model is refused trains the
+            # policy against the served one (see docs/experiments.md, 2026-12-06 and
+            # 2026-12-07).
             retrain_reward={"epochs": "0.5"},
             # the second round continues from the first round's policy, on the prompts of
             # the loop's snapshot (the flagged ones among them)

@@ -146,6 +146,19 @@ class TrainerSettings(ServiceSettings):
         "(the embedded default on a small machine): oversubscribed threads spin and slow "
         "training several-fold.",
     )
+    gate_reward_margin: float = Field(
+        0.03,
+        gt=0,
+        lt=0.5,
+        description="Non-inferiority margin of the reward-model gate, in pairwise accuracy: "
+        "a reward model is promoted only if the 95 % interval of its accuracy minus the "
+        "served model's, pair by pair on the same held-out pairs and bootstrapped over "
+        "prompts, has its lower end above minus this. 0.03 keeps at least 85 % of a useful "
+        "reward model's lead over chance (about 0.2 of accuracy), as a non-inferiority "
+        "margin in a trial keeps most of the active control's effect; a smaller one refuses "
+        "more candidates as good as the served model: on the demo's 900 held-out labels the "
+        "interval is about ±0.03 wide (docs/experiments.md, 2026-12-07).",
+    )
     gate_prompt_set: str = Field(
         "clinical-heldout",
         description="Prompt set the policy gate judges a candidate on: `clinical-heldout` "

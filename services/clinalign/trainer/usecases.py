@@ -161,6 +161,7 @@ class Trainer:
             principal=principal,
             score=self.score,
             policy_settings=self.settings.policy_gate,
+            reward_margin=self.settings.gate_reward_margin,
         )
 
     async def rollback_model(self, kind: str) -> ModelVersion:

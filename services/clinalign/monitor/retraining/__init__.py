@@ -44,7 +44,7 @@ policy gate) → ``activate_policy`` (GenerationService.ActivateModel).
 A refused reward model is never activated. What the run does next is
 ``retrain_on_reward_refused``: ``served`` (the default) records ``activate_reward_model``
 as keeping the reward model that serves, and the PPO job trains against that one (the new
-data did not make a better judge, which need not hold back the policy's retraining; the
+data did not make a judge shown as good, which need not hold back the policy's retraining; the
 policy gate still decides); ``stop`` ends the run REFUSED before PPO, as does a refusal
 while no reward model serves. A refused policy is never activated and ends the run REFUSED
 (the generation service keeps serving what it served; a new reward model that passed its

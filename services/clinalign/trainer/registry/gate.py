@@ -3,7 +3,8 @@
 A reward version is evaluated, beside the served reward model it would replace, on the
 ``eval`` split of a preference snapshot, and must pass the reward-model rule of
 ``clinalign.trainer.methods.reward_model.evaluation.promotion_check``: pairwise accuracy
-above chance with confidence, and not below the served model's on the same pairs. The
+above chance with confidence, and non-inferior to the served model's on the same pairs (the
+interval of the paired difference above minus the ``gate_reward_margin`` setting). The
 snapshot is the one the version was trained on (its job's ``snapshot_id``, else the content
 hash its manifest records); a version without one, such as a registered directory, is judged
 on the served model's snapshot. A policy version is judged by
@@ -79,9 +80,14 @@ def records_from_export(data: bytes) -> list[dict[str, Any]]:
 
 def reward_checks(report: Report) -> list[Check]:
     """The gate's checks from an ``evaluation.Report`` of the reward-model method (with its
-    baseline, if a reward model is served). The failure messages are ``promotion_check``'s own, so
-    the rule and its wording live in one place."""
-    from clinalign.trainer.methods.reward_model.evaluation import CHANCE, promotion_check
+    baseline, if a reward model is served). The messages are ``promotion_check``'s own (the
+    comparison's, passed or failed, from ``non_inferiority``, which it applies), so the rule and
+    its wording live in one place."""
+    from clinalign.trainer.methods.reward_model.evaluation import (
+        CHANCE,
+        non_inferiority,
+        promotion_check,
+    )
 
     # promotion_check without the baseline holds the confidence rule's failure only.
     ci_failures = promotion_check(replace(report, baseline=None))
@@ -98,21 +104,10 @@ def reward_checks(report: Report) -> list[Check]:
             f"{report.ci_high:.2f}) is above chance ({CHANCE}) with confidence, n={report.n}",
         )
     ]
-    base = report.baseline
-    if base is not None:
-        base_failures = [f for f in promotion_check(report) if f not in ci_failures]
-        checks.append(
-            Check(
-                ACCURACY_VS_SERVED,
-                report.accuracy,
-                base.accuracy,
-                not base_failures,
-                base_failures[0]
-                if base_failures
-                else f"pairwise accuracy {report.accuracy:.4f} is not below {base.model}'s "
-                f"{base.accuracy:.4f} on the same pairs",
-            )
-        )
+    verdict, paired = non_inferiority(report), report.paired
+    if verdict is not None and paired is not None:
+        passed, message = verdict
+        checks.append(Check(ACCURACY_VS_SERVED, paired.ci_low, -paired.margin, passed, message))
     return checks
 
 
@@ -177,6 +172,7 @@ async def promote(
     n_resamples: int = 2000,
     score: PolicyScorer | None = None,
     policy_settings: PolicyGateSettings | None = None,
+    reward_margin: float | None = None,  # the reward-model gate's; default: the setting's
 ) -> Decision:
     """Runs the gate on ``version`` and applies and records its decision. A reward
     version needs ``fetch`` (its snapshot); a policy version needs ``score`` (the reward
@@ -189,12 +185,13 @@ async def promote(
     else:
         if fetch is None:
             raise FailedPrecondition("this trainer has no preference service to run the gate on")
-        checks = await _reward_checks(plan, version, fetch, n_resamples)
+        margin = _default_reward_margin() if reward_margin is None else reward_margin
+        checks = await _reward_checks(plan, version, fetch, n_resamples, margin)
     return await _apply(db, registry, plan, version, checks, principal)
 
 
 async def _reward_checks(
-    plan: _Plan, version: str, fetch: SnapshotFetcher, n_resamples: int
+    plan: _Plan, version: str, fetch: SnapshotFetcher, n_resamples: int, margin: float
 ) -> list[Check]:
     from clinalign.trainer.methods.reward_model.evaluation import evaluate_reward_model
 
@@ -207,6 +204,7 @@ async def _reward_checks(
             candidate_dir,
             records,
             baseline_dir,
+            margin=margin,
             snapshot_hash=snapshot_hash,
             n_resamples=n_resamples,
         )
@@ -327,3 +325,10 @@ def _default_gate_settings() -> PolicyGateSettings:
     from clinalign.trainer.config import TrainerSettings
 
     return TrainerSettings.model_construct().policy_gate
+
+
+def _default_reward_margin() -> float:
+    """The reward-model gate's margin at its default (``TrainerSettings``)."""
+    from clinalign.trainer.config import TrainerSettings
+
+    return TrainerSettings.model_construct().gate_reward_margin

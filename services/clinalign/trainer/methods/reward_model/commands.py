@@ -108,6 +108,11 @@ def train_command(
     return manifest
 
 
-def eval_command(model: Path, snapshot: Path, baseline: Path | None = None) -> Report:
+def eval_command(
+    model: Path, snapshot: Path, baseline: Path | None = None, *, margin: float | None = None
+) -> Report:
+    """``margin``: the non-inferiority margin against ``baseline`` (required with one)."""
     data = read_snapshot(snapshot)
-    return evaluate_reward_model(model, data.records, baseline, snapshot_hash=data.snapshot_hash)
+    return evaluate_reward_model(
+        model, data.records, baseline, margin=margin, snapshot_hash=data.snapshot_hash
+    )

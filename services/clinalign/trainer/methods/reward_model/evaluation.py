@@ -16,7 +16,8 @@ Figures, all over the ``eval`` split's preference pairs:
   every annotator's label of a pair.
 
 A baseline model (the one a candidate would replace) is evaluated on the same pairs and
-reported beside it. ``promotion_check`` lists what stops a promotion.
+reported beside it, with the paired difference of the two accuracies and its interval
+(``paired_difference``). ``promotion_check`` lists what stops a promotion.
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class Figure:
     n: int
 
 
+@dataclass(frozen=True)
+class Paired:
+    """The candidate against its baseline on the same labelled pairs, and the
+    non-inferiority margin the difference is judged at (see ``paired_difference``)."""
+
+    n: int  # labelled pairs behind the difference
+    difference: float  # the candidate's accuracy minus the baseline's
+    ci_low: float
+    ci_high: float
+    margin: float  # non-inferior: ci_low above -margin
+
+
 @dataclass
 class Report:
     model: str  # the model directory's name: a registry version such as reward-v2
@@ -65,6 +78,7 @@ class Report:
     ceiling_n: int = 0  # labels behind the ceiling
     ceiling_model_accuracy: float | None = None  # the model on those same labels
     baseline: Report | None = None
+    paired: Paired | None = None  # with a baseline: the difference to it, pair by pair
 
     @property
     def baseline_accuracy(self) -> float | None:
@@ -104,6 +118,17 @@ class Report:
                 "",
             ],
         ]
+        if (paired := self.paired) is not None:
+            rows.insert(
+                1,
+                [
+                    "accuracy minus the baseline's, pair by pair",
+                    f"{paired.difference:+.3f} ({self.ci_level:.0%} CI {paired.ci_low:+.3f} to "
+                    f"{paired.ci_high:+.3f}), margin -{paired.margin:g}",
+                    "",
+                    "",
+                ],
+            )
         for title, figures in (("category", "per_category"), ("tag", "per_tag")):
             for key in sorted(getattr(self, figures)):
                 cells = [getattr(r, figures).get(key) for r in reports]
@@ -198,6 +223,7 @@ def evaluate_reward_model(
     records: Sequence[Mapping[str, Any]],
     baseline_dir: Path | None = None,
     *,
+    margin: float | None = None,
     snapshot_hash: str = "",
     split: str = "eval",
     level: float = 0.95,
@@ -206,7 +232,11 @@ def evaluate_reward_model(
     seed: int = 0,
     batch_size: int = 32,
 ) -> Report:
-    """Score the split's pairs with the model (and the baseline) and compute the figures."""
+    """Score the split's pairs with the model (and the baseline) and compute the figures.
+    With a baseline, ``margin`` is required: the non-inferiority margin the paired
+    difference is judged at (the trainer's ``gate_reward_margin``)."""
+    if baseline_dir is not None and margin is None:
+        raise ValueError("a comparison with a baseline needs its non-inferiority margin")
     pairs = preference_pairs(records, split)
     if not any(not p.tie for p in pairs):
         raise InvalidArgument(
@@ -214,32 +244,31 @@ def evaluate_reward_model(
             f"holds no labelled (non-tie) preference pairs in its {split} split; cut it with "
             "eval_fraction > 0 or from more labels",
         )
-    baseline = (
-        evaluate_reward_model(
-            baseline_dir,
-            records,
-            snapshot_hash=snapshot_hash,
-            split=split,
-            level=level,
-            n_resamples=n_resamples,
-            n_bins=n_bins,
-            seed=seed,
-            batch_size=batch_size,
+    stats: dict[str, Any] = {"level": level, "n_resamples": n_resamples, "seed": seed}
+    report, b_delta = _evaluate(Path(model_dir), pairs, snapshot_hash, batch_size, n_bins, stats)
+    if baseline_dir is not None and margin is not None:
+        report.baseline, b_delta_base = _evaluate(
+            Path(baseline_dir), pairs, snapshot_hash, batch_size, n_bins, stats
         )
-        if baseline_dir is not None
-        else None
+        report.paired = paired_difference(pairs, b_delta, b_delta_base, margin=margin, **stats)
+    return report
+
+
+def _evaluate(
+    model_dir: Path,
+    pairs: Sequence[Pair],
+    snapshot_hash: str,
+    batch_size: int,
+    n_bins: int,
+    stats: Mapping[str, Any],
+) -> tuple[Report, np.ndarray]:
+    """One model's report, and its Δ per pair, shape (B,)."""
+    b_delta, truncated = _score(model_dir, pairs, batch_size)
+    figures = report_figures(pairs, b_delta, n_bins=n_bins, **stats)
+    report = Report(
+        model=model_dir.name, snapshot_hash=snapshot_hash, truncated=truncated, **figures
     )
-    b_delta, truncated = _score(Path(model_dir), pairs, batch_size)
-    figures = report_figures(
-        pairs, b_delta, level=level, n_resamples=n_resamples, n_bins=n_bins, seed=seed
-    )
-    return Report(
-        model=Path(model_dir).name,
-        snapshot_hash=snapshot_hash,
-        truncated=truncated,
-        baseline=baseline,
-        **figures,
-    )
+    return report, b_delta
 
 
 def _score(model_dir: Path, pairs: Sequence[Pair], batch_size: int) -> tuple[np.ndarray, int]:
@@ -308,13 +337,54 @@ def _figure(b_correct: np.ndarray, index: list[int]) -> Figure:
     return Figure(float(b_correct[index].mean()), len(index))
 
 
+def paired_difference(
+    pairs: Sequence[Pair],
+    b_delta: np.ndarray,
+    b_delta_base: np.ndarray,
+    *,
+    margin: float,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Paired:
+    """The candidate's accuracy minus the baseline's on the same labelled pairs, from each
+    model's Δ per pair, shape (B,), with a percentile bootstrap interval of the mean
+    difference.
+
+    Per pair the difference is the candidate's correctness minus the baseline's: -1, 0 or
+    1, and ±0.5 where a model scores the two responses exactly alike. Paired, the pairs both
+    models find easy or hard cancel out, so the interval is far narrower than two separate
+    intervals would allow. The bootstrap resamples whole prompts (``bt.bootstrap_ci`` with
+    groups), as the accuracy's own interval does: a snapshot holds several pairs about one
+    prompt, one per pair of its responses and, cut with ``deduplicate=false``, one per
+    annotator's label of the same pair, and they are not independent evidence. McNemar's
+    test and the exact or score intervals for paired proportions (Newcombe 1998, Tango 1998)
+    treat pairs as independent, and so would give too narrow an interval here, and admit
+    no half-correct draw; the cluster bootstrap needs neither.
+
+    A candidate is non-inferior when the interval's lower end is above -margin: with the
+    two-sided 95 % interval, a one-sided test at 2.5 %, as in non-inferiority trials
+    (CONSORT extension, Piaggio et al. 2012; FDA guidance on non-inferiority trials, 2016).
+    """
+    labelled = [i for i, p in enumerate(pairs) if not p.tie]
+    b_difference = bt.pairwise_correct(b_delta) - bt.pairwise_correct(b_delta_base)  # (B,)
+    low, high = bt.bootstrap_ci(
+        b_difference[labelled],
+        groups=[pairs[i].prompt_id or pairs[i].prompt for i in labelled],
+        level=level,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    return Paired(len(labelled), float(b_difference[labelled].mean()), low, high, margin)
+
+
 # -- promotion ----------------------------------------------------------------------------
 
 
 def promotion_check(report: Report) -> list[str]:
     """Why the model must not be promoted; empty when it may be. A reward model must be
-    above chance with confidence (its interval's lower end above 0.5) and must not be less
-    accurate than the model it would replace on the same pairs."""
+    above chance with confidence (its interval's lower end above 0.5) and, beside a
+    baseline, non-inferior to it on the same pairs (``non_inferiority``)."""
     failures = []
     if report.ci_low <= CHANCE:
         failures.append(
@@ -322,14 +392,30 @@ def promotion_check(report: Report) -> list[str]:
             f"{report.ci_low:.2f} to {report.ci_high:.2f}) is not above chance ({CHANCE}) "
             "with confidence"
         )
-    base = report.baseline
-    if base is not None and report.accuracy < base.accuracy:
-        digits = 2 if round(report.accuracy, 2) != round(base.accuracy, 2) else 4
-        failures.append(
-            f"pairwise accuracy {report.accuracy:.{digits}f} is below {base.model}'s "
-            f"{base.accuracy:.{digits}f} on the same pairs"
-        )
+    verdict = non_inferiority(report)
+    if verdict is not None and not verdict[0]:
+        failures.append(verdict[1])
     return failures
+
+
+def non_inferiority(report: Report) -> tuple[bool, str] | None:
+    """Whether the candidate is non-inferior to its baseline, and the sentence that says
+    so, naming the difference, its interval, the margin and the pairs; None without a
+    baseline. Non-inferior: the interval of the paired accuracy difference (candidate
+    minus baseline) has its lower end above -margin: a difference of a label or two, within
+    the interval's noise, does not decide it."""
+    base, paired = report.baseline, report.paired
+    if base is None or paired is None:
+        return None
+    passed = paired.ci_low > -paired.margin
+    return passed, (
+        f"pairwise accuracy {report.accuracy:.3f} against {base.model}'s {base.accuracy:.3f} "
+        f"on the same {paired.n} pairs: difference {paired.difference:+.3f} "
+        f"({report.ci_level:.0%} CI {paired.ci_low:+.3f} to {paired.ci_high:+.3f}) "
+        + ("is" if passed else "is not shown")
+        + f" non-inferior, the interval's lower end {'above' if passed else 'not above'} "
+        f"the margin -{paired.margin:g}"
+    )
 
 
 def require_promotable(report: Report) -> None:
