@@ -285,6 +285,22 @@ def test_rloo_advantages_reject_bad_groups() -> None:
         core.rloo_advantages(torch.zeros(2, 3), torch.tensor([[1, 0, 1], [1, 1, 1]]), 2)
 
 
+def test_scale_sequence_advantages_hand_values_keep_the_zero_sum() -> None:
+    # sequence advantages 3, -3 (one prompt) and 1, -1 (another), on rows of unequal length
+    advantages = t([3.0, 3.0, 3.0], [-3.0, 0.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 0.0, 0.0])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]])
+    # unbiased variance over the 4 responses: (9 + 9 + 1 + 1) / 3 = 20/3
+    scale = 1.0 / math.sqrt(20.0 / 3.0 + core.WHITEN_EPS)
+    scaled = core.scale_sequence_advantages(advantages, mask)
+    close(scaled, (advantages * scale).tolist())
+    per_prompt = scaled[:, 0].view(2, 2).sum(dim=1)  # one value a response, summed by prompt
+    close(per_prompt, [0.0, 0.0])
+    # token-weighted whitening shifts every response by the token-weighted mean (3·3 - 3 +
+    # 2·1 - 1) / 7 = 1: the leave-one-out sums would no longer be zero
+    whitened = core.masked_whiten(advantages, mask) * mask
+    assert abs(float(whitened[:, 0].view(2, 2).sum(dim=1)[0])) > 0.1
+
+
 def test_gae_rejects_a_mask_with_holes() -> None:
     x = torch.zeros(1, 3)
     for gae in GAE_IMPLEMENTATIONS:

@@ -5,6 +5,7 @@ in ``tests/integration/test_ppo_training.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,6 +148,30 @@ def test_compute_advantages_rloo_hand_values() -> None:
     adv = compute_advantages(SCORES, evaluation, MASK, 0.2, hyper)
     close(adv.advantages, [[1.9, 1.9], [-1.9, 0.0]])
     assert adv.returns is evaluation.values  # no critic: nothing to fit
+
+
+def test_whitened_rloo_advantages_sum_to_zero_for_each_prompt() -> None:
+    # 3 prompts, k = 4 responses each, of lengths 1..6, random scores and KL: whitening scales
+    # the leave-one-out advantages and must not shift them (issue 20)
+    k, n_prompts, width = 4, 3, 6
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, width + 1, (k * n_prompts,), generator=gen)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # [B, T]
+    logprobs = -torch.rand(k * n_prompts, width, generator=gen)
+    evaluation = Evaluation(logprobs, logprobs - 0.1, torch.zeros_like(logprobs), entropy=1.0)
+    scores = torch.randn(k * n_prompts, generator=gen)
+    hyper = PPOHyperparameters(advantage_estimator="rloo", samples_per_prompt=k)
+    adv = compute_advantages(scores, evaluation, mask, 0.2, hyper).advantages
+    b_seq = adv[:, 0]  # [B]: each response's advantage, the same on its every token
+    assert torch.equal(adv, b_seq[:, None] * mask)
+    close(b_seq.view(n_prompts, k).sum(dim=1), [0.0] * n_prompts)
+    close(b_seq.std(), 1.0)  # scaled to unit (unbiased) std over the responses
+    plain = compute_advantages(
+        scores, evaluation, mask, 0.2, dataclasses.replace(hyper, whiten_advantages=False)
+    ).advantages
+    ratio = adv[mask.bool()] / plain[mask.bool()]  # one positive scale for every token
+    assert float(ratio[0]) > 0
+    close(ratio, ratio[0].expand_as(ratio))
 
 
 # -- optimise ----------------------------------------------------------------------------------

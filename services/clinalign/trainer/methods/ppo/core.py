@@ -286,6 +286,22 @@ def rloo_advantages(b_rewards: torch.Tensor, b_mask: torch.Tensor, k: int) -> to
     return (returns - baseline).view(-1, 1) * mask  # [B, T]
 
 
+def scale_sequence_advantages(b_advantages: torch.Tensor, b_mask: torch.Tensor) -> torch.Tensor:
+    """Whitening for sequence-level advantages (one value per response, on each of its
+    tokens, as ``rloo_advantages`` gives): divided by their unbiased standard deviation over
+    the B responses (ε = 1e-8 inside the rsqrt, as ``masked_whiten``), and not re-centred.
+    The leave-one-out advantages of a prompt's k responses sum to zero, and a positive scale
+    keeps that; ``masked_whiten`` over tokens would subtract the token-weighted mean, which
+    is not zero when the responses differ in length, and so shift every advantage by
+    an amount that rewards or penalises length. TRL's ``RLOOTrainer`` also normalises
+    per response, not per token. Shapes [B, T] (two) → [B, T]; padding stays 0."""
+    _same_shape(b_advantages=b_advantages, b_mask=b_mask)
+    _right_padded(b_mask)
+    b_seq = b_advantages[:, 0]  # [B]: every response has a first token
+    var = masked_var(b_seq, torch.ones_like(b_seq))
+    return b_advantages * torch.rsqrt(var + WHITEN_EPS) * b_mask.to(b_advantages.dtype)
+
+
 # -- losses and diagnostics -------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """PPO's score and advantage phases: one forward pass of policy, critic and reference over
 each query + response (old log-probabilities, values, reference log-probabilities), the
 sequence scores (finished responses scored by the reward model, the rest penalised), and
-the per-token rewards, advantages and returns. The maths is in ``core``;
+the per-token rewards, advantages and returns (rloo's advantages whitened by scale only, so
+each prompt's leave-one-out advantages keep their zero sum: issue 20). The maths is in ``core``;
 IMPLEMENTATION_DETAILS.md, "Rewards" and "Advantages and returns", lists the choices.
 
 Shapes: B rows of the process's rollout batch, T response columns (right-padded), F the
@@ -129,7 +130,9 @@ def compute_advantages(
     """Rewards r_t = -β·KL_t plus the score at the last token (``core.token_rewards``), then
     advantages and returns by GAE over the old values or, with the ``rloo`` estimator, each
     response's return against the other responses to its prompt; advantages whitened over
-    this process's batch. Shapes [B], [B, T] mask → [B, T] each."""
+    this process's batch: GAE's per token (mean and scale), rloo's per response and by
+    scale only, so that a prompt's leave-one-out advantages still sum to zero
+    (``core.scale_sequence_advantages``). Shapes [B], [B, T] mask → [B, T] each."""
     b_rewards, b_non_score, b_kl = core.token_rewards(
         b_scores,
         evaluation.logprobs,
@@ -145,6 +148,8 @@ def compute_advantages(
         b_advantages, b_returns = core.gae(
             b_rewards, evaluation.values, b_mask, hyper.gamma, hyper.lam
         )
-    if hyper.whiten_advantages and int(b_mask.sum()) > 1:
+    if hyper.whiten_advantages and hyper.advantage_estimator == "rloo":
+        b_advantages = core.scale_sequence_advantages(b_advantages, b_mask)
+    elif hyper.whiten_advantages and int(b_mask.sum()) > 1:
         b_advantages = core.masked_whiten(b_advantages, b_mask) * b_mask
     return Advantages(b_rewards, b_non_score, b_kl, b_advantages, b_returns)
