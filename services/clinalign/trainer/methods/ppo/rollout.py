@@ -2,12 +2,20 @@
 from the current policy, with everything after the first EOS made padding.
 IMPLEMENTATION_DETAILS.md, "Rollouts", lists the choices and their sources.
 
+The sampling distribution is ours alone (issue 20): ``pinned_generation_config`` sets every
+generation field that changes it to its "off" value and ``checkpoint_defaults_off`` keeps
+the checkpoint's ``generation_config.json`` out of the fields it cannot pin, so an instruct
+checkpoint's repetition penalty or min-p cannot make the rollout sample from one
+distribution while the loss recomputes log-probabilities from another. Other samplers of a
+policy (the policy gate) use the same two.
+
 Shapes: B rows of the process's rollout batch, Q query columns (left-padded), T response
 columns (right-padded)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,18 +61,91 @@ def local_prompts(
 # -- responses -------------------------------------------------------------------------------
 
 
-def generation_config(hyper: PPOHyperparameters, tokenizer: Any) -> GenerationConfig:
-    """Sampling from the whole vocabulary at temperature T: no top-k, no top-p (N details
-    "Response generation"), up to ``response_length`` new tokens, stopping at EOS."""
+# Every GenerationConfig field that changes which token is drawn, at the value that switches
+# it off. transformers (5.x) fills each field left None from the checkpoint's
+# generation_config.json, then from its own defaults (top_k=50 among them), so a field left
+# unset is the checkpoint's choice, not ours.
+NEUTRAL_GENERATION = {
+    # strategy: one sample per row, no beams
+    "do_sample": True,
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "num_return_sequences": 1,
+    "length_penalty": 1.0,
+    "early_stopping": False,
+    # warpers: the whole vocabulary
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,  # keeps every token; the only other "off" is None, which the checkpoint fills
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    # processors: no penalties, no bans, no forced lengths
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,  # overrides min_length
+    "suppress_tokens": [],
+    "begin_suppress_tokens": [],
+    "guidance_scale": 1.0,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "token_healing": False,
+    # outputs and cache: the token ids only
+    "use_cache": True,
+    "output_scores": False,
+    "output_logits": False,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "return_dict_in_generate": False,
+}
+
+
+def pinned_generation_config(
+    max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0
+) -> GenerationConfig:
+    """Ancestral sampling from the whole vocabulary at ``temperature`` (N details "Response
+    generation"): no top-k, top-p or min-p, no penalties, up to ``max_new_tokens`` new
+    tokens, stopping at ``eos_token_id``. Built from scratch with every field that changes
+    the distribution set to the value that switches it off (``NEUTRAL_GENERATION``), so a
+    checkpoint's ``generation_config.json`` cannot change it and the log-probabilities
+    recomputed from the logits at ``temperature`` are those of the distribution sampled.
+    Fields whose only "off" is None (forced BOS/EOS, bad words, sequence bias, watermarking,
+    exponential length decay, top-h, stop strings, time limits, DoLa, contrastive and
+    assisted decoding) cannot be pinned by a value: generate under
+    ``checkpoint_defaults_off`` as well."""
     return GenerationConfig(
-        do_sample=True,
-        temperature=hyper.temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=hyper.response_length,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
+        **NEUTRAL_GENERATION,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+@contextlib.contextmanager
+def checkpoint_defaults_off(model: Any) -> Iterator[None]:
+    """Within the block, ``model`` (a transformers model, or a peft model around one)
+    generates without its checkpoint's ``generation_config.json``: transformers fills the
+    fields a ``generate`` call leaves None from ``model.generation_config``, so it is a
+    fresh ``GenerationConfig()`` meanwhile and restored after (the saved model keeps its
+    own). Not thread-safe: one generating caller per model."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
+def generation_config(hyper: PPOHyperparameters, tokenizer: Any) -> GenerationConfig:
+    """The rollout's ``pinned_generation_config``: temperature T, up to ``response_length``
+    new tokens, the tokenizer's EOS and padding."""
+    return pinned_generation_config(
+        hyper.response_length, tokenizer.eos_token_id, tokenizer.pad_token_id, hyper.temperature
     )
 
 
@@ -124,7 +205,8 @@ def generate_responses(
 ) -> Rollout:
     """The rollout phase: the rendered prompts ``texts`` left-padded (a long one cut from
     the left to ``max_prompt_length`` tokens) and one response to each sampled from
-    ``policy`` (in eval mode; ``generation_config``), everything after its first EOS
+    ``policy`` (in eval mode; ``generation_config``, the checkpoint's own generation
+    settings ignored: ``checkpoint_defaults_off``), everything after its first EOS
     replaced by padding. Draws from the global RNG."""
     encoded = tokenizer(
         list(texts),
@@ -136,7 +218,7 @@ def generate_responses(
     )
     queries = encoded.input_ids.to(accelerator.device)  # [B, Q]
     q_mask = encoded.attention_mask.to(accelerator.device)
-    with torch.no_grad(), accelerator.autocast():
+    with torch.no_grad(), accelerator.autocast(), checkpoint_defaults_off(policy):
         generated = policy.generate(
             input_ids=queries,
             attention_mask=q_mask,
