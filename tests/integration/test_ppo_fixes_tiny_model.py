@@ -1,8 +1,11 @@
-"""Issue 20's PPO fixes on the tiny fixture model: a checkpoint's ``generation_config.json``
-cannot change the rollout's distribution."""
+"""Issue 20's PPO fixes on the tiny fixture model: the critic starts on the returns' scale
+(its value of a text is the reward service's normalised score of it); a checkpoint's
+``generation_config.json`` cannot change the rollout's distribution; and a second round of
+PPO keeps the first round's KL anchor, at submission and in the run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
@@ -13,10 +16,17 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
 from transformers import GenerationConfig
 
+from clinalign.common.artefacts import MANIFEST_NAME, NORMALISATION_FILE, POLICY, REWARD
+from clinalign.common.errors import InvalidArgument
 from clinalign.common.prompts import render_user_prompt
+from clinalign.common.reward_format import reward_ids
+from clinalign.reward.scorer import Scorer
+from clinalign.trainer.jobs.ppo_job import check_ppo_spec
 from clinalign.trainer.methods.ppo import core
+from clinalign.trainer.methods.ppo.checkpoint import CRITIC_DIR, SCORE_HEAD_FILE
 from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 from clinalign.trainer.methods.ppo.models import build_models, load_tokenizer, positions
 from clinalign.trainer.methods.ppo.rollout import (
@@ -25,6 +35,8 @@ from clinalign.trainer.methods.ppo.rollout import (
     generate_responses,
     generation_config,
 )
+from clinalign.trainer.methods.ppo.trainer import train_ppo
+from clinalign.trainer.registry.versions import Registry
 
 PROMPTS = [f"I have had a dry cough for {n} days. What should I do?" for n in range(2, 6)]
 ANSWERS = ["Rest, drink fluids and see a doctor if it lasts.", "See your GP."]
@@ -67,6 +79,34 @@ def accelerator() -> Iterator[Accelerator]:
     AcceleratorState._reset_state(reset_partial_state=False)  # as train_ppo does
     yield Accelerator(cpu=True)
     AcceleratorState._reset_state(reset_partial_state=False)
+
+
+# -- the critic starts where the reward service scores -------------------------------------
+
+
+def test_the_initial_critic_values_a_text_as_the_reward_service_scores_it(
+    tiny_model_dir: Path, tiny_reward_dir: Path, tmp_path: Path, accelerator: Accelerator
+) -> None:
+    reward_dir = tmp_path / "reward"
+    shutil.copytree(tiny_reward_dir, reward_dir)
+    (reward_dir / NORMALISATION_FILE).write_text(json.dumps({"mean": 0.7, "std": 2.5}))
+    scorer = Scorer(reward_dir, "reward-v1", "cpu")
+    pairs = [(p, a) for p, a in zip(PROMPTS, ANSWERS * 2, strict=True)]
+    scored = scorer.score(pairs, truncate=False)
+    assert all(abs(s.score - s.raw_score) > 0.1 for s in scored)  # the normalisation matters
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model, _ = build_models(
+        tiny_model_dir, tokenizer, HYPER, accelerator.device, critic_dir=reward_dir
+    )
+    model.eval()
+    for (prompt, answer), expected in zip(pairs, scored, strict=True):
+        # the state after the whole text is the one before one more token
+        ids = torch.tensor([[*reward_ids(tokenizer, prompt, answer), tokenizer.eos_token_id]])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            _, values = model(ids, mask, positions(mask), 1)  # [1, 1]
+        assert float(values[0, 0]) == pytest.approx(expected.score, abs=1e-5)
 
 
 # -- the rollout samples from the distribution the loss recomputes --------------------------
@@ -144,3 +184,86 @@ def test_a_checkpoints_generation_config_cannot_change_the_rollout(
             input_ids=pinned.queries, attention_mask=pinned.query_mask, generation_config=unpinned
         )[:, pinned.queries.shape[1] :]
     assert not torch.equal(leaked[:, :width], pinned.responses)
+
+
+# -- the KL anchor stays the SFT policy ------------------------------------------------------
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_second_round_keeps_the_first_rounds_anchor(
+    tiny_model_dir: Path, tiny_reward_dir: Path, tmp_path: Path, accelerator: Accelerator
+) -> None:
+    hyper = dataclasses.replace(HYPER, iterations=2)
+    prompts = PROMPTS * 2
+    words = lambda ps, rs: [min(len(r.split()), 8) / 8 for r in rs]  # noqa: E731
+    first = train_ppo(
+        prompts, tiny_model_dir, tmp_path / "round-1", hyper, words, critic_dir=tiny_reward_dir
+    )
+    sft = str(tiny_model_dir.resolve())
+    assert first["kl_anchor_path"] == sft
+    assert first["method"]["reference"] == "frozen copy of the initial policy"
+    assert series_first(first, "kl") == pytest.approx(0.0, abs=1e-5)  # policy = reference
+    assert (tmp_path / "round-1" / CRITIC_DIR / SCORE_HEAD_FILE).is_file()  # the folded bias
+
+    second = train_ppo(
+        prompts,
+        tmp_path / "round-1",
+        tmp_path / "round-2",
+        hyper,
+        words,
+        critic_dir=tiny_reward_dir,
+    )
+    assert second["kl_anchor_path"] == sft  # the SFT policy, not round 1's output
+    assert second["method"]["reference"] == f"frozen copy of the KL anchor {sft}"
+    assert series_first(second, "kl") > 1e-3  # round 1 moved away from it, and it shows
+
+    # the reference the second round builds holds the anchor's weights
+    tokenizer = load_tokenizer(tmp_path / "round-1")
+    _, reference = build_models(
+        tmp_path / "round-1", tokenizer, hyper, accelerator.device, reference_dir=tiny_model_dir
+    )
+    assert reference is not None
+    anchor_weights = load_file(tiny_model_dir / "model.safetensors")
+    got = _weights(reference)
+    assert all(torch.equal(got[k], v) for k, v in anchor_weights.items() if k in got)
+    round_1 = load_file(tmp_path / "round-1" / "model.safetensors")
+    assert any(not torch.equal(got[k], v) for k, v in round_1.items() if k in got)
+
+
+def series_first(manifest: dict[str, Any], key: str) -> float:
+    return float(manifest["history"][0][1][key])
+
+
+def test_submission_resolves_the_anchor_from_the_base_lineage(
+    tiny_model_dir: Path, tiny_reward_dir: Path, tmp_path: Path, trainer_db: Any
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    spec = {"prompt_set": "clinical-train", "reward_model_version": "reward-v1"}
+    round_1 = tmp_path / "round-1"
+    shutil.copytree(tiny_model_dir, round_1)
+    with trainer_db.sessions.begin() as session:
+        sft = registry.register(session, tiny_model_dir, POLICY)
+        registry.register(session, tiny_reward_dir, REWARD)
+        first = check_ppo_spec(session, {**spec, "base_model": sft.version})
+        assert (first["kl_anchor_version"], first["kl_anchor_dir"]) == (
+            sft.version,
+            first["base_model_dir"],
+        )
+        manifest = {"kind": POLICY, "kl_anchor_version": sft.version, "kl_anchor_path": "/moved"}
+        (round_1 / MANIFEST_NAME).write_text(json.dumps(manifest))
+        served = registry.register(session, round_1, POLICY)  # round 1's output, registered
+        second = check_ppo_spec(session, {**spec, "base_model": served.version})
+        assert second["base_model_dir"] != first["base_model_dir"]
+        # the anchor's registered directory, wherever the manifest last saw it
+        assert (second["kl_anchor_version"], second["kl_anchor_dir"]) == (
+            sft.version,
+            first["base_model_dir"],
+        )
+        (round_1 / MANIFEST_NAME).write_text(
+            json.dumps({**manifest, "kl_anchor_version": "", "kl_anchor_path": "/gone"})
+        )
+        with pytest.raises(InvalidArgument, match="KL anchor /gone, which is no longer"):
+            check_ppo_spec(session, {**spec, "base_model": str(round_1)})

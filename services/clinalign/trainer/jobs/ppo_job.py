@@ -4,7 +4,10 @@ Submission resolves what the run depends on into the job's ``inputs``: the polic
 from (a model directory, a registered full-weight policy, or the served one), the reward
 model version it scores against (named, or the served one) and that version's directory
 (the critic starts from it), the prompts (a named prompt set, or the ``train`` split of a
-preference snapshot), the hyperparameters and LoRA settings. A resumed job
+preference snapshot), the hyperparameters and LoRA settings, and the KL anchor the run's
+reference will be (``_kl_anchor``: the base's own anchor when the base is a PPO output, so
+every round of the loop stays bounded in KL to the SFT policy, not to the round before;
+else the base itself). A resumed job
 (``spec.resume_job_id``) copies the inputs of the job it continues, so it trains exactly
 what that one trained.
 
@@ -33,6 +36,7 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.trainer import prompt_sets
 from clinalign.trainer.jobs import specs
+from clinalign.trainer.methods.ppo.anchor import kl_anchor
 from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 from clinalign.trainer.registry.versions import ModelVersionRow, Registry
 
@@ -72,6 +76,23 @@ def _reward_version(session: Session, named: str) -> tuple[str, str]:
     return row.version, row.artifact_uri
 
 
+def _kl_anchor(session: Session, base_dir: str, parent: str) -> tuple[str, str]:
+    """(version, model directory) of the run's KL anchor (``anchor.kl_anchor``): the
+    registered version's directory when the anchor is registered, else the recorded path.
+    Refuses an anchor that is no longer a model directory."""
+    found = kl_anchor(Path(base_dir), parent)
+    row = session.get(ModelVersionRow, found.version) if found.version else None
+    path = Path(row.artifact_uri) if row is not None else found.path
+    if not (path / "config.json").is_file():
+        raise InvalidArgument(
+            "spec.base_model",
+            f"{parent or base_dir} was trained with the KL anchor "
+            f"{found.version or found.path}, which is no longer a model directory at {path}; "
+            "start from a policy whose anchor is still registered",
+        )
+    return found.version, str(path)
+
+
 def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     """Checks a ppo spec (protobuf JSON form); returns the job's inputs."""
     if spec.get("resume_job_id"):
@@ -87,9 +108,12 @@ def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
         prompt_sets.check(prompt_set)
     base_dir, parent = specs.resolve_base_model(session, str(spec.get("base_model", "")))
     reward_version, reward_dir = _reward_version(session, str(spec.get("reward_model_version", "")))
+    anchor_version, anchor_dir = _kl_anchor(session, base_dir, parent)
     return {
         "base_model_dir": base_dir,
         "parent_version": parent,
+        "kl_anchor_version": anchor_version,
+        "kl_anchor_dir": anchor_dir,
         "reward_model_version": reward_version,
         "reward_model_dir": reward_dir,
         "prompt_set": prompt_set,
@@ -203,7 +227,7 @@ def train_ppo_job(
     """PPO into ``<job_dir>/model``, checkpointing under ``<job_dir>/checkpoints``;
     (directory, manifest)."""
     from clinalign.common.artefacts import LoraSettings
-    from clinalign.trainer.methods.ppo.trainer import last_checkpoint, train_ppo
+    from clinalign.trainer.methods.ppo.trainer import Anchor, last_checkpoint, train_ppo
 
     lineage: dict[str, Any] = {
         "base_model": inputs["base_model_dir"],
@@ -225,6 +249,9 @@ def train_ppo_job(
     lora = inputs.get("lora")
     if lora and isinstance(lora.get("target_modules"), list):
         lora = {**lora, "target_modules": tuple(lora["target_modules"])}
+    anchor = None  # a job accepted before anchors were resolved: train_ppo derives it
+    if inputs.get("kl_anchor_dir"):
+        anchor = Anchor(str(inputs.get("kl_anchor_version", "")), Path(inputs["kl_anchor_dir"]))
     scorer = RemoteScorer(common, inputs["reward_model_version"])
     out = job_dir / specs.MODEL_DIR
     started = time.monotonic()
@@ -241,6 +268,7 @@ def train_ppo_job(
             resume_from=resume_from,
             progress=progress,
             lineage=lineage,
+            anchor=anchor,
         )
     finally:
         scorer.close()

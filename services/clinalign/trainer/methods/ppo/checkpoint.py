@@ -1,7 +1,14 @@
 """PPO's loop state, checkpoints and output: ``accelerate``'s ``save_state`` (weights,
 optimiser, every process's RNG, and the ``LoopState`` registered with it) written beside
 and renamed into place; at the end the trained policy (LoRA merged), its critic and the
-manifest."""
+manifest.
+
+The manifest says what ran (issue 20): ``method.algorithm`` is "ppo" (GAE over a critic's
+values) or "rloo" (the leave-one-out baseline, no critic; both optimise PPO's clipped
+surrogate, ``method.policy_loss``), with ``advantage_estimator``, ``uses_critic``, how the
+critic started (``critic_init``) and how advantages were whitened; and the KL anchor the
+run's reference was, ``kl_anchor_version`` and ``kl_anchor_path``, which the next round
+that starts from this policy keeps (``anchor``)."""
 
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from accelerate.utils import set_seed
 
 from clinalign.common.artefacts import MANIFEST_NAME, POLICY
 from clinalign.common.training import code_version, library_versions, write_model_dir
+from clinalign.trainer.methods.ppo import anchor as kl_anchor
 from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 
 if TYPE_CHECKING:  # the reward trainer's module loads TRL's trainers and datasets
@@ -29,6 +37,9 @@ if TYPE_CHECKING:  # the reward trainer's module loads TRL's trainers and datase
 
 FORMAT_VERSION = 1
 CRITIC_DIR = "critic"  # in the saved model directory: the trained critic or value head
+# in CRITIC_DIR beside a critic whose head has a bias its model class does not declare (the
+# folded normalisation): the head's weights, which ``from_pretrained`` would drop
+SCORE_HEAD_FILE = "score_head.pt"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -114,7 +125,9 @@ def save_output(
     model: PolicyAndCritic, tokenizer: Any, manifest: dict[str, Any], out_dir: Path
 ) -> None:
     """The trained policy (LoRA merged into full weights, as SFT and DPO save) with its
-    critic or value head in ``critic/`` and the manifest, written atomically."""
+    critic or value head in ``critic/`` and the manifest, written atomically. A critic's
+    score head goes to ``SCORE_HEAD_FILE`` too when it has a bias (``from_pretrained`` of
+    a Llama-like classifier would drop it)."""
     policy: Any = model.policy
     if isinstance(policy, peft.PeftModel):
         policy = policy.merge_and_unload()  # an ordinary full model, as SFT and DPO save
@@ -123,6 +136,8 @@ def save_output(
         target = staging / CRITIC_DIR
         if model.critic is not None:
             model.critic.save_pretrained(target)
+            if model.critic.score.bias is not None:
+                torch.save(model.critic.score.state_dict(), target / SCORE_HEAD_FILE)
         else:
             target.mkdir()
             torch.save(model.value_head.state_dict(), target / "value_head.pt")
@@ -144,10 +159,11 @@ def build_manifest(
     started: float,
     critic_dir: Path | None,
     world: int,
+    anchor: kl_anchor.Anchor,
+    policy_dir: Path,
 ) -> dict[str, Any]:
-    """The trained policy's manifest: lineage, settings, method, the last iteration's
-    figures and the per-iteration history (non-finite figures as null)."""
-    gae = hyper.advantage_estimator == "gae"
+    """The trained policy's manifest: lineage, the KL anchor, settings, method, the last
+    iteration's figures and the per-iteration history (non-finite figures as null)."""
     history = state.history
     last = dict(history[-1][1]) if history else {}
     first = dict(history[0][1]) if history else {}
@@ -163,27 +179,62 @@ def build_manifest(
         "kind": POLICY,
         "format_version": FORMAT_VERSION,
         **dict(lineage),
+        kl_anchor.VERSION_KEY: anchor.version,
+        kl_anchor.PATH_KEY: str(anchor.path),
         "seed": hyper.seed,
         "config": {"hyperparameters": asdict(hyper), "lora": asdict(lora) if lora else None},
-        "method": {
-            "algorithm": "ppo",
-            "advantage_estimator": hyper.advantage_estimator,
-            "critic": hyper.critic if gae else None,
-            "critic_init": str(critic_dir)
-            if critic_dir and gae and hyper.critic == "separate"
-            else None,
-            "reference": "base weights with the adapter disabled"
-            if lora
-            else "frozen copy of the initial policy",
-            "lora": "merged into full weights" if lora else None,
-            "processes": world,
-        },
+        "method": method(hyper, lora, critic_dir, world, anchor, policy_dir),
         "metrics": metrics,
         "history": [[i, {k: _finite(v) for k, v in f.items()}] for i, f in history],
         "code_version": code_version(),
         "versions": library_versions(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - started, 2),
+    }
+
+
+def method(
+    hyper: PPOHyperparameters,
+    lora: LoraSettings | None,
+    critic_dir: Path | None,
+    world: int,
+    anchor: kl_anchor.Anchor,
+    policy_dir: Path,
+) -> dict[str, Any]:
+    """The manifest's ``method``: what actually ran, as ``models.build_models`` and
+    ``scoring.compute_advantages`` decide it from the same settings."""
+    gae = hyper.advantage_estimator == "gae"
+    separate = gae and hyper.critic == "separate"
+    from_reward_model = separate and critic_dir is not None
+    critic_init = None  # rloo: no critic
+    if from_reward_model:
+        critic_init = "reward model, normalisation folded into its head"
+    elif separate:
+        critic_init = "policy weights, zero head"
+    elif gae:
+        critic_init = "zero value head on the policy's trunk"
+    whitening = None
+    if hyper.whiten_advantages:
+        whitening = "per token, mean and scale" if gae else "per response, scale only"
+    own_base = Path(anchor.path).resolve() == Path(policy_dir).resolve()
+    if not own_base:
+        reference = f"frozen copy of the KL anchor {anchor.version or anchor.path}"
+    elif lora:
+        reference = "base weights with the adapter disabled"
+    else:
+        reference = "frozen copy of the initial policy"
+    return {
+        "algorithm": "ppo" if gae else "rloo",
+        "advantage_estimator": hyper.advantage_estimator,
+        "policy_loss": "ppo_clip",
+        "uses_critic": gae,
+        "critic": hyper.critic if gae else None,
+        "critic_init": critic_init,
+        "critic_init_path": str(critic_dir) if from_reward_model else None,
+        "advantage_whitening": whitening,
+        "reference": reference,
+        "lora": "merged into full weights" if lora else None,
+        "processes": world,
     }
 
 

@@ -1,12 +1,26 @@
 """PPO's models (phase "build models"): the policy, optionally through a LoRA adapter; the
 critic (a separate value model or a value head on the policy's trunk) or none (rloo); the
 frozen reference; and the one optimiser over policy and critic. IMPLEMENTATION_DETAILS.md,
-"Models", lists the choices and their sources."""
+"Models", lists the choices and their sources.
+
+Two choices of issue 20:
+- A critic initialised from the reward model starts on the scale of the returns: the reward
+  service scores with the model's raw head normalised by the mean and std saved beside it
+  (``NORMALISATION_FILE``; ``(raw - mean) / std``), and the returns are built from those
+  scores, so the normalisation is folded into the critic's head (``fold_normalisation``:
+  w' = w/std, b' = (b - mean)/std). Without it every initial value was off by the mean and
+  the scale of the raw head.
+- The reference (the KL anchor) may be another model than the one the policy starts from:
+  a round that starts from an earlier PPO output keeps that output's anchor, the SFT policy
+  (``anchor``), so drift from SFT does not compound over rounds. It is then a frozen copy
+  of the anchor's weights, with LoRA too (the base with its adapter disabled is the anchor
+  only when the base is the anchor)."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +34,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from clinalign.common.artefacts import NORMALISATION_FILE
 from clinalign.common.errors import InvalidArgument
 from clinalign.trainer.methods.ppo import core
 from clinalign.trainer.methods.ppo.config import PPOHyperparameters
@@ -114,15 +129,20 @@ def build_models(
     *,
     critic_dir: Path | None = None,
     lora: LoraSettings | None = None,
+    reference_dir: Path | None = None,
 ) -> tuple[PolicyAndCritic, nn.Module | None]:
     """(policy and critic, reference): the policy from ``policy_dir`` (through a LoRA
     adapter when given), the critic ``hyper`` asks for, dropout off in all of them. The
-    reference is a frozen copy of the policy on ``device``, or None with LoRA: the policy
-    with its adapter disabled is the reference then (``reference_logprobs``). Draws from
-    the global RNG (the value head), so the caller seeds first."""
+    reference is frozen, on ``device``: the model at ``reference_dir`` when that is another
+    directory than ``policy_dir`` (``load_reference``); else a copy of the policy, or None
+    with LoRA: the policy with its adapter disabled is the reference then
+    (``reference_logprobs``). Draws from the global RNG (the value head), so the caller
+    seeds first."""
     dtype = torch.float32  # master weights; accelerate's autocast gives bf16 compute
     policy: Any = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype)
     reference: Any = None
+    if reference_dir is not None and Path(reference_dir).resolve() != Path(policy_dir).resolve():
+        reference = load_reference(Path(reference_dir), tokenizer, dtype).to(device)
     if lora is not None:
         policy = peft.get_peft_model(
             policy,
@@ -136,7 +156,7 @@ def build_models(
                 else list(lora.target_modules),
             ),
         )
-    else:
+    elif reference is None:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
         reference.to(device)
     if hyper.activation_checkpointing:
@@ -157,11 +177,53 @@ def build_models(
     return model, reference
 
 
+def load_reference(reference_dir: Path, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
+    """The frozen reference (KL anchor) at ``reference_dir``, in eval mode, without
+    gradients; its tokenizer must be the policy's, token for token."""
+    if not (reference_dir / "config.json").is_file():
+        raise InvalidArgument("reference_dir", f"{reference_dir} is not a Hugging Face model")
+    if AutoTokenizer.from_pretrained(reference_dir).get_vocab() != tokenizer.get_vocab():
+        raise InvalidArgument(
+            "reference_dir", f"the KL anchor {reference_dir}'s tokenizer differs from the policy's"
+        )
+    reference: Any = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=dtype)
+    return reference.eval().requires_grad_(False)
+
+
+def read_normalisation(reward_dir: Path) -> tuple[float, float]:
+    """(mean, std) of the reward model at ``reward_dir`` as the reward service applies them
+    (``clinalign.reward.scorer``): from ``NORMALISATION_FILE``, mean 0 and std 1 where the
+    file or a figure is missing, and std 1 in place of 0."""
+    path = reward_dir / NORMALISATION_FILE
+    norm = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return float(norm.get("mean", 0.0)), float(norm.get("std", 1.0)) or 1.0
+
+
+def fold_normalisation(critic: Any, mean: float, std: float) -> None:
+    """Folds the reward service's normalisation (raw - mean) / std into ``critic``'s linear
+    ``score`` head, so that the critic's value of a text is the service's normalised score of
+    it: w' = w / std, b' = (b - mean) / std (b = 0 for a head without a bias; the head is
+    replaced by one with a bias then)."""
+    head = critic.score
+    if not isinstance(head, nn.Linear):
+        raise InvalidArgument(
+            "critic_dir", f"the reward model's head is a {type(head).__name__}, not a linear layer"
+        )
+    folded = nn.Linear(head.in_features, head.out_features, bias=True)
+    folded.to(device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)
+        bias = head.bias if head.bias is not None else torch.zeros_like(folded.bias)
+        folded.bias.copy_((bias - mean) / std)
+    critic.score = folded
+
+
 def _load_critic(
     critic_dir: Path | None, policy_dir: Path, tokenizer: Any, dtype: torch.dtype
 ) -> nn.Module:
-    """A value model: the reward model (Stiennon et al.; Ouyang et al.) when given, else the
-    policy's base weights with a zero-initialised head."""
+    """A value model: the reward model (Stiennon et al.; Ouyang et al.) when given, its head
+    normalised as the reward service normalises its scores (``fold_normalisation``), else
+    the policy's base weights with a zero-initialised head."""
     source = critic_dir or policy_dir
     critic: Any = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=1, dtype=dtype
@@ -174,6 +236,7 @@ def _load_critic(
             raise InvalidArgument(
                 "critic_dir", "the reward model's tokenizer differs from the policy's"
             )
+        fold_normalisation(critic, *read_normalisation(critic_dir))
     else:
         nn.init.zeros_(critic.score.weight)
     critic.config.pad_token_id = tokenizer.pad_token_id

@@ -28,9 +28,12 @@ One iteration:
    the data position and β).
 
 Models: the policy (optionally through a LoRA adapter), a critic (a separate value model,
-initialised from the reward model when one is given, or a value head on the policy's
-trunk), and the frozen reference: with LoRA it is the same weights with the adapter
-switched off, so no second copy is held; without LoRA a frozen copy of the initial policy.
+initialised from the reward model when one is given, its head normalised as the reward
+service normalises scores, or a value head on the policy's trunk), and the frozen
+reference, the KL anchor (``anchor``): the SFT policy a chain of PPO rounds started from,
+which a PPO output passes on to the next round through its manifest. When the anchor is
+the initial policy, with LoRA it is the same weights with the adapter switched off, so no
+second copy is held; without LoRA a frozen copy of the initial policy.
 
 Distributed: the same code runs under ``torchrun``/``accelerate launch``; the policy and
 critic are one module wrapped by DDP, each process samples with its own seed
@@ -52,6 +55,7 @@ from accelerate.utils import set_seed
 from clinalign.common.artefacts import ProgressFn
 from clinalign.common.errors import InvalidArgument
 from clinalign.common.prompts import render_user_prompt
+from clinalign.trainer.methods.ppo.anchor import Anchor, kl_anchor
 from clinalign.trainer.methods.ppo.checkpoint import (
     CHECKPOINT_PREFIX,
     CRITIC_DIR,
@@ -112,22 +116,21 @@ def train_ppo(
     resume_from: Path | None = None,
     progress: ProgressFn | None = None,
     lineage: Mapping[str, Any] | None = None,
+    anchor: Anchor | None = None,
 ) -> dict[str, Any]:
     """Runs PPO on ``prompts`` from the causal LM at ``policy_dir`` and writes the trained
     policy (LoRA merged) with its critic and manifest to ``out_dir``; returns the manifest.
     ``resume_from`` is a checkpoint directory an earlier run wrote under its
-    ``checkpoint_dir``; the run then continues from it, data position and RNG included."""
+    ``checkpoint_dir``; the run then continues from it, data position and RNG included.
+    ``anchor``, the KL reference, is by default ``anchor.kl_anchor`` of the policy."""
     started = time.monotonic()
     accelerator = _accelerator(hyper)
     world, rank = accelerator.num_processes, accelerator.process_index
     policy_dir, out_dir = _check_inputs(prompts, policy_dir, out_dir, hyper, accelerator)
 
-    # -- models: policy, critic, reference, optimiser; the loop state (or a resume's) and β
-    set_seed(hyper.seed)  # identical initialisation (value head) on every process
-    tokenizer = load_tokenizer(policy_dir)
-    model, reference = build_models(
-        policy_dir, tokenizer, hyper, accelerator.device, critic_dir=critic_dir, lora=lora
-    )
+    # -- models: policy, critic, reference (the KL anchor), optimiser; the loop state and β
+    anchor = anchor or kl_anchor(policy_dir, str((lineage or {}).get("parent_version", "")))
+    tokenizer, model, reference = _models(policy_dir, hyper, accelerator, critic_dir, lora, anchor)
     model, optimizer = accelerator.prepare(model, build_optimizer(model, hyper))
     unwrapped: PolicyAndCritic = accelerator.unwrap_model(model)
     ref_logprobs = reference_fn(reference, unwrapped.policy, hyper.temperature)
@@ -172,12 +175,39 @@ def train_ppo(
             save_checkpoint(accelerator, Path(checkpoint_dir), state.iteration)
 
     accelerator.wait_for_everyone()
-    manifest = build_manifest(hyper, lora, state, lineage or {}, started, critic_dir, world)
+    manifest = build_manifest(
+        hyper, lora, state, lineage or {}, started, critic_dir, world, anchor, policy_dir
+    )
     if accelerator.is_main_process:
         save_output(unwrapped, tokenizer, manifest, out_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return manifest
+
+
+def _models(
+    policy_dir: Path,
+    hyper: PPOHyperparameters,
+    accelerator: Accelerator,
+    critic_dir: Path | None,
+    lora: LoraSettings | None,
+    anchor: Anchor,
+) -> tuple[Any, PolicyAndCritic, torch.nn.Module | None]:
+    """(tokenizer, policy and critic, reference) as ``build_models`` makes them, the
+    reference from the KL ``anchor``, after seeding every process alike (the value head
+    draws from the global RNG)."""
+    set_seed(hyper.seed)
+    tokenizer = load_tokenizer(policy_dir)
+    model, reference = build_models(
+        policy_dir,
+        tokenizer,
+        hyper,
+        accelerator.device,
+        critic_dir=critic_dir,
+        lora=lora,
+        reference_dir=anchor.path,
+    )
+    return tokenizer, model, reference
 
 
 def _accelerator(hyper: PPOHyperparameters) -> Accelerator:
@@ -217,6 +247,7 @@ __all__ = [
     "CRITIC_DIR",
     "FORMAT_VERSION",
     "SEED_STRIDE",
+    "Anchor",
     "LoopState",
     "LoraSettings",
     "PolicyAndCritic",
