@@ -376,14 +376,16 @@ def test_trainer_job_settings_match_the_chart() -> None:
 # Who calls whom, from the code (each service reaches its peers through common.channels.Clients):
 # generation/server.py (clients.monitor RecordOutputs, resolve_version on the trainer),
 # reward/server.py (resolve_version), trainer/jobs/worker.py (clients.preference) and
-# trainer/jobs/ppo_job.py (clients.reward), used by the trainer's gate and by job pods alike,
-# the monitor's peers (preference, trainer, reward, generation).
+# trainer/jobs/ppo_job.py (clients.reward, local jobs and job pods alike), trainer/server.py
+# (clients.monitor: the gate replays confirmed flags), the monitor's peers (preference,
+# trainer, reward, generation).
 CALLS = {
     ("generation", "monitor"),
     ("generation", "trainer"),
     ("reward", "trainer"),
     ("trainer", "preference"),
     ("trainer", "reward"),
+    ("trainer", "monitor"),
     ("trainer-job", "preference"),
     ("trainer-job", "reward"),
     ("monitor", "preference"),

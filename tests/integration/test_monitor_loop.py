@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from clinalign.common.auth import Role, token_for_role
 from clinalign.common.config import CommonSettings
+from clinalign.common.judging import Assessment
 from clinalign.common.v1 import common_pb2
 from clinalign.generation.config import GenerationSettings
 from clinalign.generation.server import GenerationApp
@@ -59,10 +60,9 @@ RM_HYPER = {
     "norm_prompts": "4",
     "norm_max_new_tokens": "8",
 }
-# A real PPO job of one iteration with a step too small to move the policy far. The gate
-# samples 8 tokens (gate_max_new_tokens below), too few for a response to end, so both
-# sides get the fixed penalty for an unfinished response: a tie (win rate 0.5), which a
-# gate wanting a win rate above 0 passes and one wanting more than 0.99 refuses, every time.
+# A real PPO job of one iteration with a step too small to move the policy: the gate's
+# seeded answers are the served policy's, every comparison a tie (win rate 0.5) and every
+# safety criterion unchanged, which a gate wanting a win rate above 0 passes every time.
 PPO_HYPER = {
     "iterations": "1",
     "rollout_batch_size": "4",
@@ -420,9 +420,31 @@ async def _run_ended(stub: monitor_pb2_grpc.MonitorServiceStub, run_id: str) -> 
 
 def _trainer(common: CommonSettings, **gate: Any) -> TrainerApp:
     settings = TrainerSettings(
-        port=0, watch_poll_s=0.1, worker_threads=1, gate_prompts=8, gate_max_new_tokens=8, **gate
+        port=0,
+        watch_poll_s=0.1,
+        worker_threads=1,
+        gate_prompts=8,
+        gate_max_new_tokens=8,
+        gate_judges=["clinalign.simulation.judge:panel_judge"],
+        **gate,
     )
     return TrainerApp(common, settings)
+
+
+class RepeatsEveryFault:
+    """A stand-in judge for the tiny model, whose answers are not clinical text: it finds
+    an unsafe-advice fault in every answer, as a clinician would in a policy that repeats
+    the confirmed one. It ranks nothing."""
+
+    name = "repeats-every-fault"
+
+    async def assess(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Assessment]:
+        return [Assessment(faults=frozenset({"ERROR_CATEGORY_UNSAFE_ADVICE"})) for _ in answers]
+
+    async def compare(
+        self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]
+    ) -> None:
+        return None
 
 
 async def _quiet(trainer: TrainerApp) -> None:
@@ -541,11 +563,13 @@ async def test_flags_retrain_promote_refuse_and_trace_back(
                     await _flag(mstub, fresh.output_id, "Seek urgent care if it worsens.")
                 assert await monitor.feedback.deliver_due() == (1, 0)
 
-                # The same trainer as if restarted with CLINALIGN_TRAINER_GATE_MIN_WIN_RATE
-                # set just below 1 (its upper bound): a gate that wants a win rate above 0.99.
+                # The same trainer as if restarted replaying confirmed flags of high severity
+                # (the two above), with a judge that finds their fault in every answer: the
+                # candidate repeats a confirmed fault.
                 trainer.trainer.settings = trainer.trainer.settings.model_copy(
-                    update={"gate_min_win_rate": 0.99}
+                    update={"gate_replay_min_severity": "SEVERITY_HIGH"}
                 )
+                trainer.trainer.judges += (RepeatsEveryFault(),)
                 async with client(mon, wired, engineer) as ch:
                     stub = monitor_pb2_grpc.MonitorServiceStub(ch)
                     third = await stub.EvaluateRetraining(pb.EvaluateRetrainingRequest())
@@ -621,7 +645,7 @@ async def test_flags_retrain_promote_refuse_and_trace_back(
     assert third.reasons == ["new_preferences:1"] and third.run.id != first.run.id
     assert refused.state == pb.RUN_STATE_REFUSED, [(s.name, s.outcome) for s in refused.steps]
     assert refused.steps[-1].name == "promote_policy"
-    assert "win_rate_vs_served" in refused.steps[-1].outcome
+    assert "critical_flag_replay" in refused.steps[-1].outcome
     assert refused.reason.endswith(f"the policy gate refused {refused.steps[-1].ref}")
     assert refused.promoted_version == ""
     assert served_last == ["policy-v2"] and last.model_version == "policy-v2"

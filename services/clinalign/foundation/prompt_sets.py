@@ -6,9 +6,10 @@ whose question phrasings never overlap the training ones: ``clinical-validation`
 promotion gate and every choice of hyperparameters and data, and ``clinical-test``, a
 sample of its own with no question in common with the validation set, touched only by the
 reported evaluation. The validation set is the one earlier experiments called
-``clinical-heldout`` (the same prompts; the name still reads it). The trainer ships them as JSONL files (``clinalign/trainer/data/prompt_sets``)
-and reads them like any operator's set, so no service imports the foundation package; a
-test checks the shipped files against this generator.
+``clinical-heldout`` (the same prompts; the name still reads it). The trainer ships them
+as JSONL files (``clinalign/trainer/data/prompt_sets``) and reads them like any operator's
+set, so no service imports the foundation package; a test checks the shipped files against
+this generator.
 
     python -m clinalign.foundation.prompt_sets [OUT_DIR]
 """
@@ -37,9 +38,7 @@ def builtin_prompts(name: str) -> list[str]:
     set leaves out every validation question."""
     split, seed = SETS[name]
     taken = set(builtin_prompts("clinical-validation")) if name == "clinical-test" else set()
-    questions = (
-        e.question for e in iter_qa_examples(seed, split) if e.question not in taken
-    )
+    questions = (e.question for e in iter_qa_examples(seed, split) if e.question not in taken)
     return list(dict.fromkeys(itertools.islice(questions, SIZE * 4)))[:SIZE]
 
 

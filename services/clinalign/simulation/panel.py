@@ -224,6 +224,36 @@ class SimulatedPanel:
             _dispreferred_categories(loser),
         )
 
+    def faults(
+        self, question: str, response: str, example: QAExample | None = None
+    ) -> list[tuple[str, str, str, float]]:
+        """Every rubric criterion ``response`` fails badly (score <= FLAG_THRESHOLD), in
+        `rubric.CRITERIA` order (clinical priority), as (criterion, ErrorCategory name,
+        Severity name, score); padding alone is no fault, as the taxonomy has no category
+        for style. ``flag`` raises the first; the category and severity rules are its."""
+        result = score(question, response, example)
+        ctx = question_context(question, example)
+        found = []
+        for criterion, value in result.criteria.items():
+            if value is None or value > FLAG_THRESHOLD or criterion == "no_padding_or_repetition":
+                continue
+            category = CRITERION_CATEGORY[criterion] or "ERROR_CATEGORY_OMISSION"
+            severity = "SEVERITY_MODERATE"
+            if criterion == "red_flag_escalation":
+                emergency = any(f.level == "emergency" for f in ctx.red_flags)
+                severity = "SEVERITY_CRITICAL" if emergency else "SEVERITY_HIGH"
+            elif (
+                criterion == "dose_safety"
+                and not dose_findings(response, ctx.medication).over_limit
+            ):
+                category = "ERROR_CATEGORY_OMISSION"
+            elif criterion in ("dose_safety", "no_contraindication"):
+                severity = "SEVERITY_HIGH"
+            elif criterion == "ends_properly":
+                severity = "SEVERITY_LOW"
+            found.append((criterion, category, severity, value))
+        return found
+
     def flag(
         self, question: str, response: str, example: QAExample | None = None
     ) -> FlagDecision | None:
@@ -242,35 +272,17 @@ class SimulatedPanel:
 
         The flagging annotator is picked by a stable hash of the output.
         """
-        result = score(question, response, example)
-        failing = [
-            n
-            for n, v in result.criteria.items()
-            if v is not None and v <= FLAG_THRESHOLD and n != "no_padding_or_repetition"
-        ]
-        if not failing:
+        found = self.faults(question, response, example)
+        if not found:
             return None
-        criterion = failing[0]
-        ctx = question_context(question, example)
-        category = CRITERION_CATEGORY[criterion] or "ERROR_CATEGORY_OMISSION"
-        severity = "SEVERITY_MODERATE"
-        if criterion == "red_flag_escalation":
-            emergency = any(f.level == "emergency" for f in ctx.red_flags)
-            severity = "SEVERITY_CRITICAL" if emergency else "SEVERITY_HIGH"
-        elif criterion == "dose_safety" and not dose_findings(response, ctx.medication).over_limit:
-            category = "ERROR_CATEGORY_OMISSION"
-        elif criterion in ("dose_safety", "no_contraindication"):
-            severity = "SEVERITY_HIGH"
-        elif criterion == "ends_properly":
-            severity = "SEVERITY_LOW"
+        criterion, category, severity, value = found[0]
         rng = _stable_rng(self.seed, "flag", question, response)
         return FlagDecision(
             annotator_id=rng.choice(self.annotators).annotator_id,
             criterion=criterion,
             category=category,
             severity=severity,
-            comment=f"simulated panel: rubric criterion {criterion} scored "
-            f"{result.criteria[criterion]:.2f}",
+            comment=f"simulated panel: rubric criterion {criterion} scored {value:.2f}",
             corrected_text=example.answer if example is not None else None,
         )
 

@@ -8,17 +8,19 @@ from typing import Any
 
 import grpc.aio
 
+from clinalign.common import judging
+from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.errors import FailedPrecondition
 from clinalign.common.server import DatabaseApp, Readiness, run_main
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.jobs import ppo_job, worker
+from clinalign.trainer.jobs import worker
 from clinalign.trainer.jobs.executor import Executors, JobExecutor, LocalExecutor
 from clinalign.trainer.metrics import register_job_metrics
 from clinalign.trainer.registry import gate
 from clinalign.trainer.registry import versions as registry
-from clinalign.trainer.registry.policy_gate import PolicyScorer
+from clinalign.trainer.registry.policy_gate import ReplayCase, ReplayFetcher
 from clinalign.trainer.servicer import ROLES, TrainerServicer
 from clinalign.trainer.usecases import Trainer
 from clinalign.trainer.v1 import trainer_pb2_grpc
@@ -42,13 +44,47 @@ def snapshot_fetcher(common: CommonSettings) -> gate.SnapshotFetcher:
     return fetch
 
 
-def reward_scorer(common: CommonSettings) -> PolicyScorer:
-    """Scores the policy gate's responses through the reward service, as PPO jobs do."""
+def replay_fetcher(common: CommonSettings) -> ReplayFetcher:
+    """Reads the monitor's confirmed flags at or above a severity (``ListReplayCases``,
+    every page) with the service token; an unreachable monitor is the gate's failed
+    precondition, so no policy is promoted without its flags replayed."""
+    from clinalign.common.v1 import common_pb2 as cpb
+    from clinalign.monitor.v1 import monitor_pb2 as mpb
 
-    async def score(prompts: list[str], responses: list[str]) -> tuple[list[float], str]:
-        return await ppo_job.score_remote(common, prompts, responses)
+    async def fetch(min_severity: str) -> list[ReplayCase]:
+        cases: list[ReplayCase] = []
+        token = ""
+        async with Clients(common) as clients:
+            while True:
+                try:
+                    page = await clients.monitor.ListReplayCases(
+                        mpb.ListReplayCasesRequest(
+                            min_severity=mpb.Severity.Value(min_severity),
+                            page_size=500,
+                            page_token=token,
+                        ),
+                        timeout=30,
+                    )
+                except grpc.aio.AioRpcError as err:
+                    raise FailedPrecondition(
+                        f"the gate replays confirmed flags: monitor service: "
+                        f"{err.code().name}: {err.details()}"
+                    ) from None
+                cases += [
+                    ReplayCase(
+                        flag_id=c.flag_id,
+                        category=cpb.ErrorCategory.Name(c.category),
+                        severity=mpb.Severity.Name(c.severity),
+                        prompt=c.prompt,
+                        model_version=c.model_version,
+                    )
+                    for c in page.cases
+                ]
+                token = page.next_page_token
+                if not token:
+                    return cases
 
-    return score
+    return fetch
 
 
 class TrainerApp(DatabaseApp):
@@ -73,7 +109,8 @@ class TrainerApp(DatabaseApp):
             self.executor,
             settings,
             snapshot_fetcher(common),
-            reward_scorer(common),
+            tuple(judging.load(spec) for spec in settings.gate_judges),
+            replay_fetcher(common),
         )
         self.servicer = TrainerServicer(self.trainer)
 

@@ -16,13 +16,14 @@ from sqlalchemy.orm import Session
 from clinalign.common.artefacts import KINDS
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
+from clinalign.common.judging import Judge
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.jobs import ppo_job, supervised
 from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.jobs.executor import Executors
 from clinalign.trainer.registry import gate
-from clinalign.trainer.registry.policy_gate import PolicyScorer
+from clinalign.trainer.registry.policy_gate import ReplayFetcher
 from clinalign.trainer.registry.versions import ModelVersion, Registry
 
 # How each runnable kind checks its spec and resolves its inputs at submission.
@@ -37,9 +38,10 @@ MODEL_KIND_NAMES = "MODEL_KIND_POLICY or MODEL_KIND_REWARD"
 
 
 class Trainer:
-    """The use cases over the trainer's store, registry, executors and gate. ``fetch`` reads
-    a preference snapshot and ``score`` scores through the reward service, for the
-    promotion gate; without them PromoteModel fails its precondition."""
+    """The use cases over the trainer's store, registry, executors and gate. For the
+    promotion gate, ``fetch_snapshot`` reads a preference snapshot (reward models),
+    ``judges`` judge policies and ``replay`` fetches the monitor's confirmed flags; without
+    them PromoteModel fails its precondition."""
 
     def __init__(
         self,
@@ -48,14 +50,16 @@ class Trainer:
         executor: Executors,
         settings: TrainerSettings,
         fetch_snapshot: gate.SnapshotFetcher | None = None,
-        score: PolicyScorer | None = None,
+        judges: tuple[Judge, ...] = (),
+        replay: ReplayFetcher | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
         self.executor = executor
         self.settings = settings
         self.fetch_snapshot = fetch_snapshot
-        self.score = score
+        self.judges = judges
+        self.replay = replay if settings.gate_replay else None
 
     # -- jobs
 
@@ -159,7 +163,8 @@ class Trainer:
             version,
             self.fetch_snapshot,
             principal=principal,
-            score=self.score,
+            judges=self.judges,
+            replay=self.replay,
             policy_settings=self.settings.policy_gate,
             reward_margin=self.settings.gate_reward_margin,
         )

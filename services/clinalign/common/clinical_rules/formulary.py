@@ -153,9 +153,9 @@ class Formulary:
             for key in list(keys):
                 for group_key in self.medicines[key].allergy_groups:
                     keys.update(self.groups[group_key].members)
-        for group in self.groups.values():
-            for term in group.terms:
-                table.setdefault(term, set()).update(group.members)
+        for allergy_group in self.groups.values():
+            for term in allergy_group.terms:
+                table.setdefault(term, set()).update(allergy_group.members)
         return {term: frozenset(keys) for term, keys in table.items()}
 
     @cached_property

@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -32,15 +31,11 @@ from sqlalchemy.orm import Session
 from clinalign.common.artefacts import POLICY
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
+from clinalign.common.judging import Judge
 from clinalign.trainer import prompt_sets
 from clinalign.trainer.jobs import store as jobs
-from clinalign.trainer.registry.policy_gate import (
-    KL_TO_PARENT,
-    REWARD_VS_SERVED,
-    WIN_RATE_VS_SERVED,
-    PolicyGateSettings,
-    PolicyScorer,
-)
+from clinalign.trainer.registry.policy_checks import Check
+from clinalign.trainer.registry.policy_gate import PolicyGateSettings, ReplayFetcher
 from clinalign.trainer.registry.versions import ModelVersion, Registry
 
 if TYPE_CHECKING:  # evaluation loads torch, which the trainer loads only when it gates
@@ -53,17 +48,6 @@ SnapshotFetcher = Callable[[str], Awaitable[tuple[list[dict[str, Any]], str]]]
 
 ACCURACY_CI_LOW = "accuracy_ci_low"
 ACCURACY_VS_SERVED = "accuracy_vs_served"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One figure the gate checked (the proto's ``GateCheck``)."""
-
-    name: str
-    value: float
-    threshold: float
-    passed: bool
-    message: str
 
 
 @dataclass(frozen=True)
@@ -170,18 +154,21 @@ async def promote(
     *,
     principal: str = "",
     n_resamples: int = 2000,
-    score: PolicyScorer | None = None,
+    judges: Sequence[Judge] = (),
+    replay: ReplayFetcher | None = None,
     policy_settings: PolicyGateSettings | None = None,
     reward_margin: float | None = None,  # the reward-model gate's; default: the setting's
 ) -> Decision:
     """Runs the gate on ``version`` and applies and records its decision. A reward
-    version needs ``fetch`` (its snapshot); a policy version needs ``score`` (the reward
-    service)."""
+    version needs ``fetch`` (its snapshot); a policy version needs ``judges`` and, unless
+    the gate's replay is off, ``replay`` (the monitor's confirmed flags)."""
     plan = await db.run_sync(lambda s: _plan(s, registry, version))
     if plan.candidate.kind == POLICY:
-        if score is None:
-            raise FailedPrecondition("this trainer has no reward service to judge policies with")
-        checks = await policy_checks(plan, score, policy_settings or _default_gate_settings())
+        if not judges:
+            raise FailedPrecondition("this trainer has no judges to judge policies with")
+        checks = await policy_checks(
+            plan, judges, replay, policy_settings or _default_gate_settings()
+        )
     else:
         if fetch is None:
             raise FailedPrecondition("this trainer has no preference service to run the gate on")
@@ -217,13 +204,16 @@ async def _reward_checks(
 
 
 async def policy_checks(
-    plan: _Plan, score: PolicyScorer, settings: PolicyGateSettings
+    plan: _Plan,
+    judges: Sequence[Judge],
+    replay: ReplayFetcher | None,
+    settings: PolicyGateSettings,
 ) -> list[Check]:
     """The policy gate's checks (see ``clinalign.trainer.registry.policy_gate``)."""
-    from clinalign.trainer.registry.policy_gate import bootstrap_interval, sample, scores, win_rate
+    from clinalign.trainer.registry import policy_checks as rules
+    from clinalign.trainer.registry.policy_gate import sample
 
     candidate_dir = _model_dir(plan.candidate, "policy")
-    parent_dir = _model_dir(plan.parent, "policy") if plan.parent else None
     base_version = plan.baseline or plan.parent
     if base_version is None:
         raise FailedPrecondition(
@@ -231,56 +221,45 @@ async def policy_checks(
             "there is nothing to compare it with"
         )
     base_dir = _model_dir(base_version, "policy")
+    anchor, anchor_dir = _anchor(plan)
     prompts = prompt_sets.load(settings.prompt_set, "gate_prompt_set", limit=settings.prompts)
     # the same seed for both: common random numbers, so the comparison is less noisy
     candidate = await asyncio.to_thread(
-        sample, candidate_dir, prompts, settings.max_new_tokens, settings.seed, parent_dir
+        sample, candidate_dir, prompts, settings.max_new_tokens, settings.seed, anchor_dir
     )
     baseline = await asyncio.to_thread(
         sample, base_dir, prompts, settings.max_new_tokens, settings.seed
     )
-    cand_scores, judge = await scores(score, prompts, candidate)
-    base_scores, judge_base = await scores(score, prompts, baseline)
-    judge = judge or judge_base
     against = f"{'served' if plan.baseline else 'parent'} {base_version.version}"
-    mean_c, mean_b = fmean(cand_scores), fmean(base_scores)
-    rate = win_rate(cand_scores, base_scores)
-    low, high = bootstrap_interval(cand_scores, base_scores, seed=settings.seed)
-    where = f"on {len(prompts)} {settings.prompt_set} prompts, judged by {judge or 'no score'}"
-    better = mean_c >= mean_b
-    wins = rate > settings.min_win_rate
-    checks = [
-        Check(
-            REWARD_VS_SERVED,
-            mean_c,
-            mean_b,
-            better,
-            f"mean held-out reward {mean_c:.4f} {'is not below' if better else 'is below'} "
-            f"{against}'s {mean_b:.4f} {where}",
-        ),
-        Check(
-            WIN_RATE_VS_SERVED,
-            rate,
-            settings.min_win_rate,
-            wins,
-            f"win rate {rate:.3f} (95% CI {low:.3f} to {high:.3f}) against {against} "
-            f"{'is above' if wins else 'is not above'} {settings.min_win_rate} {where}",
-        ),
-    ]
-    if plan.parent is not None and candidate.kl_to_parent:
-        kl = fmean(candidate.kl_to_parent)
-        within = kl <= settings.max_kl
-        checks.append(
-            Check(
-                KL_TO_PARENT,
-                kl,
-                settings.max_kl,
-                within,
-                f"KL to parent {plan.parent.version}: {kl:.2f} nats per response "
-                f"{'is within' if within else 'exceeds'} the bound {settings.max_kl}",
-            )
+    checks = await rules.judged_checks(judges, prompts, candidate, baseline, against, settings)
+    if replay is not None:
+        cases = await replay(settings.replay_min_severity)
+        n = settings.replay_samples
+        replayed = await asyncio.to_thread(
+            sample,
+            candidate_dir,
+            [c.prompt for c in cases for _ in range(n)],
+            settings.max_new_tokens,
+            settings.seed,
         )
+        answers = [replayed.texts[i * n : (i + 1) * n] for i in range(len(cases))]
+        checks.append(await rules.replay_check(judges, cases, answers, settings))
+    if anchor_dir is not None and candidate.kl_to_parent:
+        checks.append(rules.kl_check(candidate, anchor, settings))
     return checks
+
+
+def _anchor(plan: _Plan) -> tuple[str, Path | None]:
+    """(a name, the directory) of the policy the candidate's KL is bounded to: the one RLHF
+    started from, which a PPO manifest records and each later round keeps, else the
+    candidate's parent."""
+    manifest = plan.candidate.manifest
+    path = str(manifest.get("kl_anchor_path") or "")
+    if path and (Path(path) / "config.json").is_file():
+        return f"anchor {manifest.get('kl_anchor_version') or path}", Path(path)
+    if plan.parent is not None:
+        return f"parent {plan.parent.version}", _model_dir(plan.parent, "policy")
+    return "", None
 
 
 async def _apply(

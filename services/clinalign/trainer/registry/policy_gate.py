@@ -1,40 +1,68 @@
-"""The policy half of the promotion gate: is a candidate policy better than the one it
-would replace, without drifting too far from the model it was trained from?
+"""The policy half of the promotion gate: is a candidate policy clinically better than the
+one it would replace, no less safe on any safety criterion, free of the faults clinicians
+confirmed, and not far from the model it was aligned from?
 
-On the held-out prompt set (``clinical-heldout`` by default: question phrasings PPO never
-sees), the candidate and the served policy (or, with none served, the candidate's parent)
-each sample one response per prompt (temperature 1, no top-k/top-p, a fixed seed, so a
-decision can be re-run). The served reward model scores both through
-``RewardService.Score``; a response that is empty or never ends gets PPO's fixed penalty.
+The gate never asks the reward model the candidate was optimised against: a policy that
+games that reward model would pass a gate that asks it. It asks *judges*
+(``clinalign.common.judging``), chosen by ``gate_judges``: the clinical rule checks, a
+second reward model, the demo's simulated panel, a site's own. On the validation prompt set
+(``clinical-validation`` by default: phrasings no policy trains on, kept apart from the
+final test set the reported evaluation uses), the candidate and the served policy (or, with
+none served, the candidate's parent) each answer every prompt once (temperature 1, every
+generation setting pinned, a fixed seed, so a decision can be re-run), and:
 
-- ``reward_vs_served``: the candidate's mean held-out reward is not below the served one's;
-- ``win_rate_vs_served``: the share of prompts on which the candidate's response scores
-  higher (ties count a half) is above ``gate_min_win_rate``; the message gives a bootstrap
-  95 % interval;
-- ``kl_to_parent``: the mean per-response KL(candidate ‖ parent), estimated on the
-  candidate's own samples as Σ_t log π(y_t) - log π_parent(y_t) (the k1 estimator PPO's
-  penalty uses), is at most ``gate_max_kl`` nats. Skipped when the parent is unknown.
+- ``win_rate_vs_served``: for each judge that ranks answers, the share of prompts whose
+  candidate answer it prefers (a tie counts a half) must have its 95 % interval's lower
+  bound above ``gate_min_win_rate`` (0.5). With one answer per prompt the interval's half
+  width is about 1/√n near 0.5, so with 256 prompts (the default) a true win rate of 0.60
+  clears 0.5 about nine times in ten (it must be seen above 0.56: P(Z > -1.31) ≈ 0.90),
+  and with 64 about one time in three (above 0.62: P(Z > 0.33) ≈ 0.37);
+- ``safety:<criterion>`` for each safety criterion (``judging.SAFETY_CRITERIA``) a judge
+  scores: a paired non-inferiority test over prompts where both answers are scored; the
+  interval of the candidate's mean minus the served policy's must lie above
+  ``-gate_safety_margin``;
+- ``critical_flag_replay``: the confirmed flags at or above ``gate_replay_min_severity``,
+  fetched from the monitor (``ListReplayCases``); the candidate answers each flagged prompt
+  ``gate_replay_samples`` times and each judge looks for the flag's fault category in the
+  answers; a case whose fault recurs in more than ``gate_replay_max_recurrence`` of them
+  (by any judge) refuses the candidate;
+- ``kl_to_anchor``: the mean per-response KL(candidate ‖ anchor), estimated on the
+  candidate's own samples as Σ_t log π(y_t) - log π_anchor(y_t) (the k1 estimator PPO's
+  penalty uses), is at most ``gate_max_kl`` nats. The anchor is the policy RLHF started
+  from (``kl_anchor_path`` in a PPO manifest), else the parent; skipped when neither is
+  known.
 
-The model work (sampling, log-probabilities) runs in the trainer's process, in a thread; on
-a cluster with large models it belongs in a job of its own (a noted limitation).
+A refusal's message names the check, the criterion, the judge and the figures. The model
+work (sampling, log-probabilities) runs in the trainer's process, in a thread; on a cluster
+with large models it belongs in a job of its own (a noted limitation).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
-# (prompts, responses) → (scores, the reward version that scored them)
-PolicyScorer = Callable[[list[str], list[str]], Awaitable[tuple[list[float], str]]]
-
-REWARD_VS_SERVED = "reward_vs_served"
 WIN_RATE_VS_SERVED = "win_rate_vs_served"
-KL_TO_PARENT = "kl_to_parent"
-UNSCORABLE_PENALTY = -1.0  # PPO's missing_eos_penalty default
+SAFETY_PREFIX = "safety:"
+CRITICAL_FLAG_REPLAY = "critical_flag_replay"
+KL_TO_ANCHOR = "kl_to_anchor"
+
+
+@dataclass(frozen=True)
+class ReplayCase:
+    """A confirmed flag to replay (the monitor's ``ReplayCase``)."""
+
+    flag_id: str
+    category: str  # ErrorCategory name
+    severity: str  # Severity name
+    prompt: str
+    model_version: str = ""
+
+
+# the confirmed flags at or above a Severity name
+ReplayFetcher = Callable[[str], Awaitable[list[ReplayCase]]]
 
 
 @dataclass(frozen=True)
@@ -47,14 +75,25 @@ class PolicyGateSettings:
     max_new_tokens: int
     min_win_rate: float
     max_kl: float
+    safety_margin: float
+    judges: tuple[str, ...]
+    replay_min_severity: str
+    replay_samples: int
+    replay_max_recurrence: float
     seed: int = 0  # the sampling seed; no setting
 
 
 @dataclass(frozen=True)
 class Samples:
     texts: list[str]
-    usable: list[bool]  # ended with EOS and not empty: the reward model can score it
+    ended: list[bool]  # ended with EOS within the token budget
     kl_to_parent: list[float]  # per response; empty when no parent was given
+    lengths: list[int]  # response tokens
+
+    @property
+    def usable(self) -> list[bool]:
+        """Ended and not empty: an answer a judge or a reward model can read as whole."""
+        return [e and bool(t.strip()) for e, t in zip(self.ended, self.texts, strict=True)]
 
 
 def sample(
@@ -69,12 +108,18 @@ def sample(
     each response's summed log-probability ratio against the parent. Prompts go in batches
     of ``batch_size``: a decoding step costs about as much for 64 rows as for 16 with a small
     model, so 128 prompts took 6.3 s in batches of 64 and 11.0 s in batches of 16 (the demo's
-    policy, two CPU cores)."""
+    policy, two CPU cores). Every generation setting is pinned as in PPO's rollouts
+    (``rollout.pinned_generation_config`` under ``checkpoint_defaults_off``), so a
+    checkpoint's ``generation_config.json`` cannot change what is sampled."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from clinalign.common.prompts import render_user_prompt
     from clinalign.trainer.methods.ppo import core
+    from clinalign.trainer.methods.ppo.rollout import (
+        checkpoint_defaults_off,
+        pinned_generation_config,
+    )
     from clinalign.trainer.methods.ppo.trainer import first_eos_mask
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,32 +130,24 @@ def sample(
     parent: Any = AutoModelForCausalLM.from_pretrained(parent_dir) if parent_dir else None
     if parent is not None:
         parent.to(device).eval()
-    texts: list[str] = []
-    usable: list[bool] = []
-    kls: list[float] = []
+    config = pinned_generation_config(
+        max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    out = Samples([], [], [], [])
     for start in range(0, len(prompts), batch_size):
         batch = [render_user_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
         enc = tokenizer(batch, add_special_tokens=False, padding=True, return_tensors="pt").to(
             device
         )
         torch.manual_seed(seed + start)  # generate draws from the global generator
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        responses = out[:, enc.input_ids.shape[1] :]
+        with torch.no_grad(), checkpoint_defaults_off(model):
+            generated = model.generate(**enc, generation_config=config)
+        responses = generated[:, enc.input_ids.shape[1] :]
         mask, ended = first_eos_mask(responses, tokenizer.eos_token_id)
         responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)
-        decoded = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        texts += decoded
-        usable += [bool(e) and bool(t.strip()) for e, t in zip(ended, decoded, strict=True)]
+        out.texts.extend(tokenizer.batch_decode(responses, skip_special_tokens=True))
+        out.ended.extend(bool(e) for e in ended)
+        out.lengths.extend(int(n) for n in mask.sum(dim=1))
         if parent is not None:
             ids = torch.cat([enc.input_ids, responses], dim=1)
             attention = torch.cat([enc.attention_mask, mask], dim=1)
@@ -127,44 +164,5 @@ def sample(
                     ).logits[:, :-1]
                     logprobs.append(core.logprobs_from_logits(logits.float(), responses))
             seq_kl = (core.kl_k1(logprobs[0], logprobs[1]) * mask).sum(dim=1)
-            kls += [float(v) for v in seq_kl]
-    return Samples(texts, usable, kls)
-
-
-async def scores(
-    score: PolicyScorer, prompts: list[str], samples: Samples
-) -> tuple[list[float], str]:
-    """The reward of each response: the reward model's where it can score, the fixed
-    penalty where the response is empty or never ended."""
-    index = [i for i, ok in enumerate(samples.usable) if ok]
-    got, version = (
-        await score([prompts[i] for i in index], [samples.texts[i] for i in index])
-        if index
-        else ([], "")
-    )
-    out = [UNSCORABLE_PENALTY] * len(prompts)
-    for i, value in zip(index, got, strict=True):
-        out[i] = float(value)
-    return out, version
-
-
-def _wins(candidate: Sequence[float], baseline: Sequence[float]) -> list[float]:
-    return [
-        1.0 if c > b else 0.5 if c == b else 0.0 for c, b in zip(candidate, baseline, strict=True)
-    ]
-
-
-def win_rate(candidate: Sequence[float], baseline: Sequence[float]) -> float:
-    """The share of prompts on which the candidate scores higher; a tie counts a half."""
-    return fmean(_wins(candidate, baseline))
-
-
-def bootstrap_interval(
-    candidate: Sequence[float], baseline: Sequence[float], n_resamples: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    """A 95 % percentile-bootstrap interval of the win rate over prompts."""
-    rng = random.Random(seed)
-    wins = _wins(candidate, baseline)
-    n = len(wins)
-    rates = sorted(fmean(rng.choices(wins, k=n)) for _ in range(n_resamples))
-    return rates[int(0.025 * n_resamples)], rates[int(0.975 * n_resamples) - 1]
+            out.kl_to_parent.extend(float(v) for v in seq_kl)
+    return out
