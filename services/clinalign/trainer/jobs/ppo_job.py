@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -39,6 +39,9 @@ from clinalign.trainer.jobs import specs
 from clinalign.trainer.methods.ppo.anchor import kl_anchor
 from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 from clinalign.trainer.registry.versions import ModelVersionRow, Registry
+
+if TYPE_CHECKING:  # scoring loads torch, which the trainer service loads only in jobs
+    from clinalign.trainer.methods.ppo.scoring import ScoreFn
 
 log = logging.getLogger("clinalign.trainer.jobs.ppo_job")
 SCORE_CHUNK = 64  # pairs per Score request; chunks go out concurrently
@@ -200,6 +203,24 @@ class RemoteScorer:
 # -- the run --------------------------------------------------------------------------------
 
 
+def with_rule_term(score: ScoreFn, penalty: float) -> ScoreFn:
+    """``score`` less ``penalty`` times each response's shortfall on the clinical rule
+    checks (``clinalign.common.clinical_rules.rule_reward``: 1 with no violation, 0 with a
+    critical one), or ``score`` itself when ``penalty`` is 0. PPO asks it about finished
+    responses only."""
+    if penalty == 0:
+        return score
+    from clinalign.common.clinical_rules import rule_reward
+
+    def scored(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return [
+            float(s) - penalty * (1.0 - rule_reward(p, r))
+            for s, p, r in zip(score(prompts, responses), prompts, responses, strict=True)
+        ]
+
+    return scored
+
+
 def snapshot_prompts(snapshot: Path) -> tuple[list[str], str, str]:
     """(unique prompts of the snapshot's train split, its content hash, hash source)."""
     from clinalign.trainer.methods.reward_model.commands import read_snapshot
@@ -253,6 +274,7 @@ def train_ppo_job(
     if inputs.get("kl_anchor_dir"):
         anchor = Anchor(str(inputs.get("kl_anchor_version", "")), Path(inputs["kl_anchor_dir"]))
     scorer = RemoteScorer(common, inputs["reward_model_version"])
+    hyper = PPOHyperparameters(**inputs["hyperparameters"])
     out = job_dir / specs.MODEL_DIR
     started = time.monotonic()
     try:
@@ -260,8 +282,8 @@ def train_ppo_job(
             prompts,
             Path(inputs["base_model_dir"]),
             out,
-            PPOHyperparameters(**inputs["hyperparameters"]),
-            scorer,
+            hyper,
+            with_rule_term(scorer, hyper.rule_penalty),
             critic_dir=Path(inputs["reward_model_dir"]),
             lora=LoraSettings(**lora) if lora else None,
             checkpoint_dir=job_dir / specs.CHECKPOINT_DIR,

@@ -32,6 +32,10 @@ class PPOHyperparameters:
     max_prompt_length: int = 512  # longer prompts are cut from the left
     # -- reward
     missing_eos_penalty: float = -1.0  # score of a response that never ends
+    # weight of the clinical rule term (a verifiable reward, issue 20): a finished
+    # response scores  reward model - rule_penalty * (1 - clinical_rules.rule_reward), so a
+    # critical dose, contraindication or allergy violation costs rule_penalty; 0: off
+    rule_penalty: float = 0.0
     kl_controller: str = "adaptive"  # "adaptive" (Ziegler et al. 2019 §2.2) or "fixed"
     kl_coef: float = 0.15  # β₀ (adaptive) or β (fixed)
     kl_target: float = 6.0  # nats per sequence (adaptive)
@@ -92,7 +96,12 @@ class PPOHyperparameters:
         for name, value in positive.items():
             if not value > 0:
                 raise InvalidArgument(name, f"must be positive, got {value}")
-        for name, value in {"kl_coef": self.kl_coef, "vf_coef": self.vf_coef}.items():
+        non_negative = {
+            "kl_coef": self.kl_coef,
+            "vf_coef": self.vf_coef,
+            "rule_penalty": self.rule_penalty,
+        }
+        for name, value in non_negative.items():
             if value < 0:
                 raise InvalidArgument(name, f"must not be negative, got {value}")
         if self.kl_controller == "adaptive" and self.kl_coef == 0:
