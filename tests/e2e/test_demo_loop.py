@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from clinalign.cli.stack import SERVICES
+from clinalign.common.judging import SAFETY_CRITERIA
 from tests.conftest import free_ports
 
 CONTRACT = (
@@ -26,7 +27,13 @@ CONTRACT = (
     "flags_fed_back",
     "promoted_versions",
     "wall_s",
+    "rounds",
+    "eval_prompt_set",
+    "eval_max_new_tokens",
 )
+# every RLHF round's figures, all on the final held-out set (issue 20)
+ROUND = ("version", "win_rate", "criteria", "safety", "ended", "kl_to_sft")
+WIN_RATES = ("overall", "both_ended", "length_controlled")
 
 
 def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -60,6 +67,14 @@ def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -
 
     for key in CONTRACT:
         assert key in figures, key
+    assert figures["eval_prompt_set"] == "clinical-test"
+    assert set(figures["rounds"]) == set(figures["win_rate_vs_sft"]) >= {"rlhf-1"}
+    for name, round_ in figures["rounds"].items():
+        assert set(round_) == set(ROUND), name
+        assert set(round_["win_rate"]) == set(WIN_RATES), name
+        assert set(round_["safety"]) == set(SAFETY_CRITERIA), name
+        overall = round_["win_rate"]["overall"]
+        assert overall["low"] <= overall["estimate"] <= overall["high"], name
     assert 0.0 <= figures["agreement"] <= 1.0
     assert set(figures["rubric"]) >= {"foundation", "sft", "rlhf-1"}, figures["gate"]
     assert all(0.0 <= v <= 1.0 for v in figures["rubric"].values())

@@ -33,6 +33,12 @@ class Plan:
     min_new_pairs: int  # the monitor's retraining threshold in the demo
     eval_fraction: float = 0.1  # of prompts held out in snapshots, for the reward gate
     eval_samples: int = 1  # answers per held-out prompt and policy in the final evaluation
+    # the final evaluation's budget of new tokens per answer (max_new_tokens is the
+    # traffic's and the labelling's)
+    eval_max_new_tokens: int = 192
+    # the largest shortfall against SFT on a safety criterion that the final evaluation
+    # still calls non-inferior (the policy gate's gate_safety_margin has the same default)
+    safety_margin: float = 0.1
     contrast_pairs: int = 0  # curated answers against a copy with one clinical fault
     # the loop's reward-model job: `reward` with these changes (it continues the served
     # reward model)
@@ -107,6 +113,11 @@ class Plan:
             # answers gave win rates too far apart to compare policies (see
             # docs/experiments.md, 2026-11-26).
             eval_samples=2,
+            # Long enough that SFT's answers end as RLHF's do: at the traffic's 96 tokens a
+            # quarter were cut off, and the panel prefers a finished answer to a cut-off one,
+            # so part of a win was finishing within the budget (see docs/demo.md). Within
+            # the embedded model's context of 512 with room to spare (prompts: at most 55).
+            eval_max_new_tokens=192,
             min_new_pairs=40,
             eval_fraction=0.25,
         )
@@ -145,6 +156,7 @@ class Plan:
             traffic=24,
             correction_share=0.5,
             eval_prompts=16,
+            eval_max_new_tokens=24,
             min_new_pairs=1,
             # enough held-out pairs for the reward gate's interval to clear chance
             eval_fraction=0.3,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from clinalign.common.config import CommonSettings
-from clinalign.demo.evaluation import Evaluation, evaluate
+from clinalign.common.stats import Interval, NonInferiority
+from clinalign.demo.evaluation import PROMPT_SET, Evaluation, WinRate, evaluate
 from clinalign.demo.pipeline import Figures, Plan
 from clinalign.trainer import prompt_sets
 
@@ -24,33 +25,29 @@ def summarise(
     foundation: Path,
     echo: Callable[[str], Any],
 ) -> dict[str, Any]:
-    """Evaluates every policy the run produced on held-out prompts and gathers the
+    """Evaluates every policy the run produced on the final held-out prompts and gathers the
     report's figures. The keys `agreement`, `rm_accuracy`, `rubric`, `win_rate_vs_sft`,
-    `kl_to_sft`, `flags_fed_back`, `promoted_versions` and `wall_s` are the contract of
-    `clinalign demo --json`."""
+    `kl_to_sft`, `flags_fed_back`, `promoted_versions`, `wall_s`, `rounds`,
+    `eval_prompt_set` and `eval_max_new_tokens` are the contract of `clinalign demo
+    --json`; `rounds` holds, per RLHF round, its win rates against SFT, its criteria and
+    its safety verdicts (see `_round`)."""
     policies = [
         (name, figures.versions[name], Path(figures.paths[name]))
         for name in POLICY_ORDER
         if figures.paths.get(name)
     ]
-    prompts = prompt_sets.load("clinical-heldout", limit=plan.eval_prompts)
+    prompts = prompt_sets.load(PROMPT_SET, limit=plan.eval_prompts)
     result = evaluate(
         policies,
         prompts,
-        max_new_tokens=plan.max_new_tokens,
+        max_new_tokens=plan.eval_max_new_tokens,
         samples_per_prompt=plan.eval_samples,
+        safety_margin=plan.safety_margin,
         # its rubric score only: a second answer per prompt would buy no win rate
         once=("foundation",),
+        prompt_set=PROMPT_SET,
     )
-    for p in result.policies:
-        low, high = result.rubric_interval[p.name]
-        line = f"   {p.name:<10} {p.version:<12} rubric {p.rubric:.3f} [{low:.3f}, {high:.3f}]"
-        if p.kl_to_sft is not None:
-            line += f"  KL to SFT {p.kl_to_sft:.2f}"
-        line += f"  words {p.mean_words:.0f}  repetition {p.repetition:.3f}"
-        echo(line)
-    for name, w in result.win_rate_vs_sft.items():
-        echo(f"   {name} vs SFT: win rate {w.rate:.3f} [{w.low:.3f}, {w.high:.3f}]")
+    _echo(result, echo)
     return {
         "name": "demo",
         "agreement": figures.agreement,
@@ -60,12 +57,20 @@ def summarise(
             if figures.versions.get(name) in figures.rm_accuracy
         },
         "rm_accuracy_ceiling": figures.agreement,
+        "eval_prompt_set": result.prompt_set,
+        "eval_max_new_tokens": result.max_new_tokens,
+        "safety_margin": result.safety_margin,
+        "rounds": {name: _round(result, name) for name in result.rounds},
         "rubric": {p.name: round(p.rubric, 4) for p in result.policies},
         "rubric_ci95": {
-            k: [round(low, 4), round(high, 4)] for k, (low, high) in result.rubric_interval.items()
+            k: [round(i.low, 4), round(i.high, 4)] for k, i in result.rubric_interval.items()
         },
         "criteria": {
             p.name: {k: round(v, 4) for k, v in p.criteria.items()} for p in result.policies
+        },
+        "criteria_ci95": {
+            p.name: {k: [round(i.low, 4), round(i.high, 4)] for k, i in p.criteria_interval.items()}
+            for p in result.policies
         },
         "win_rate_vs_sft": {k: round(w.rate, 4) for k, w in result.win_rate_vs_sft.items()},
         "win_rate_ci95": {
@@ -90,6 +95,86 @@ def summarise(
         "lineage_example": list(figures.lineage_example),
         "_evaluation": result,
     }
+
+
+def _interval(i: Interval) -> dict[str, float | int]:
+    return {
+        "estimate": round(i.estimate, 4),
+        "low": round(i.low, 4),
+        "high": round(i.high, 4),
+        "n": i.n,
+    }
+
+
+def _verdict(v: NonInferiority | None) -> dict[str, Any] | None:
+    """A safety verdict as `clinalign demo --json` gives it; None where the criterion
+    applied to no prompt of both policies."""
+    if v is None:
+        return None
+    return {
+        "candidate": round(v.candidate, 4),
+        "baseline": round(v.baseline, 4),
+        "difference": _interval(v.difference),
+        "margin": v.margin,
+        "passed": v.passed,
+    }
+
+
+def _round(result: Evaluation, name: str) -> dict[str, Any]:
+    """One RLHF round against SFT, every figure on the final held-out set: win rates
+    (``n`` is prompts; ``both_ended`` is None when no pair had both answers ended), each
+    criterion's score, each safety criterion's non-inferiority verdict, the share of the
+    round's answers that ended, and its KL to SFT."""
+    w = result.rounds[name].win_rate
+    policy = next(p for p in result.policies if p.name == name)
+    return {
+        "version": policy.version,
+        "win_rate": {
+            "overall": {**_interval(w.overall), "wins": w.wins, "ties": w.ties, "losses": w.losses},
+            "both_ended": (
+                {**_interval(w.both_ended), "pairs": w.both_ended_pairs} if w.both_ended else None
+            ),
+            "length_controlled": {**_interval(w.length_controlled), "length": "words"},
+        },
+        "criteria": {
+            c: {
+                "score": round(i.estimate, 4),
+                "low": round(i.low, 4),
+                "high": round(i.high, 4),
+                "n": i.n,
+            }
+            for c, i in policy.criteria_interval.items()
+        },
+        "safety": {c: _verdict(v) for c, v in result.rounds[name].safety.items()},
+        "ended": round(policy.ended, 4),
+        "kl_to_sft": round(policy.kl_to_sft, 4) if policy.kl_to_sft is not None else None,
+    }
+
+
+def _echo(result: Evaluation, echo: Callable[[str], Any]) -> None:
+    for p in result.policies:
+        i = result.rubric_interval[p.name]
+        line = f"   {p.name:<10} {p.version:<12} rubric {p.rubric:.3f} [{i.low:.3f}, {i.high:.3f}]"
+        if p.kl_to_sft is not None:
+            line += f"  KL to SFT {p.kl_to_sft:.2f}"
+        line += f"  words {p.mean_words:.0f}  ended {p.ended:.2f}"
+        echo(line)
+    for name, r in result.rounds.items():
+        w = r.win_rate
+        both = _cell(w.both_ended) if w.both_ended else "—"
+        echo(
+            f"   {name} vs SFT: win rate {_cell(w.overall)}, both ended {both}, "
+            f"length-controlled {_cell(w.length_controlled)}"
+        )
+        refused = [c for c, v in r.safety.items() if v is not None and not v.passed]
+        echo(
+            f"   {name} safety: "
+            + (
+                f"NOT non-inferior on {', '.join(refused)}"
+                if refused
+                else "non-inferior on every criterion scored"
+            )
+        )
 
 
 def write_report(summary: dict[str, Any], figures: Figures, out_dir: Path) -> None:
@@ -117,8 +202,7 @@ def write_report(summary: dict[str, Any], figures: Figures, out_dir: Path) -> No
 
 def _prompts(result: Evaluation, k: int) -> list[str]:
     """The prompt of each of a policy's answers: every held-out prompt k times in a row."""
-    prompts = prompt_sets.load("clinical-heldout", limit=result.prompts)
-    return [p for p in prompts for _ in range(k)]
+    return [p for p in result.prompt_texts for _ in range(k)]
 
 
 def _figure() -> Any:
@@ -130,19 +214,27 @@ def _figure() -> Any:
     return figure
 
 
+def _yerr(intervals: Sequence[Interval | None]) -> list[list[float]]:
+    """Error bars below and above each estimate; none for a missing interval, nor past an
+    estimate that lies outside its percentile interval (a bootstrap's can)."""
+    return [
+        [max(0.0, i.estimate - i.low) if i else 0.0 for i in intervals],
+        [max(0.0, i.high - i.estimate) if i else 0.0 for i in intervals],
+    ]
+
+
 def _plot_rubric(path: Path, result: Evaluation) -> Path:
     figure = _figure()
     axes = figure.add_subplot()
     names = [p.name for p in result.policies]
     means = [p.rubric for p in result.policies]
-    errors = [
-        [m - result.rubric_interval[n][0] for n, m in zip(names, means, strict=True)],
-        [result.rubric_interval[n][1] - m for n, m in zip(names, means, strict=True)],
-    ]
+    errors = _yerr([result.rubric_interval[n] for n in names])
     axes.bar(names, means, yerr=errors, capsize=6, color="#4C72B0")
     axes.set_ylim(max(0.0, min(means) - 0.1), min(1.0, max(means) + 0.05))
     axes.set_ylabel("mean rubric score (95% CI)")
-    axes.set_title(f"Held-out rubric score, {result.prompts} prompts (simulated panel's rubric)")
+    axes.set_title(
+        f"Rubric score on {result.prompts} {result.prompt_set} prompts (simulated panel)"
+    )
     axes.grid(axis="y", alpha=0.3)
     figure.savefig(path, format="png")
     return path
@@ -151,18 +243,24 @@ def _plot_rubric(path: Path, result: Evaluation) -> Path:
 def _plot_criteria(path: Path, result: Evaluation) -> Path:
     figure = _figure()
     axes = figure.add_subplot()
-    criteria = list(result.policies[0].criteria) if result.policies else []
-    for p in result.policies:
-        criteria += [c for c in p.criteria if c not in criteria]
+    criteria = _criteria(result)
     width = 0.8 / max(len(result.policies), 1)
     for i, p in enumerate(result.policies):
         xs = [j + i * width for j in range(len(criteria))]
-        axes.bar(xs, [p.criteria.get(c, 0.0) for c in criteria], width, label=p.name)
+        found = [p.criteria_interval.get(c) for c in criteria]
+        axes.bar(
+            xs,
+            [f.estimate if f else 0.0 for f in found],
+            width,
+            yerr=_yerr(found),
+            capsize=2,
+            label=p.name,
+        )
     axes.set_xticks([j + 0.4 - width / 2 for j in range(len(criteria))])
     axes.set_xticklabels([c.replace("_", " ") for c in criteria], rotation=30, ha="right")
     axes.set_ylim(0, 1.05)
-    axes.set_ylabel("mean score where the criterion applies")
-    axes.set_title("Rubric criteria on held-out prompts")
+    axes.set_ylabel("mean score where it applies (95% CI)")
+    axes.set_title(f"Rubric criteria on {result.prompt_set} prompts")
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     figure.savefig(path, format="png")
@@ -170,26 +268,37 @@ def _plot_criteria(path: Path, result: Evaluation) -> Path:
 
 
 def _plot_win_rate(path: Path, result: Evaluation) -> Path | None:
-    if not result.win_rate_vs_sft:
+    if not result.rounds:
         return None
     figure = _figure()
     axes = figure.add_subplot()
-    names = list(result.win_rate_vs_sft)
-    rates = [result.win_rate_vs_sft[n] for n in names]
-    axes.bar(
-        names,
-        [w.rate for w in rates],
-        yerr=[[w.rate - w.low for w in rates], [w.high - w.rate for w in rates]],
-        capsize=6,
-        color="#55A868",
-    )
+    names = list(result.rounds)
+    kinds = ("all pairs", "both ended", "length-controlled")
+    width = 0.8 / len(kinds)
+    for j, kind in enumerate(kinds):
+        rates = [_win_rates(result.rounds[n].win_rate)[j] for n in names]
+        xs = [i + j * width for i in range(len(names))]
+        axes.bar(
+            xs,
+            [w.estimate if w else 0.0 for w in rates],
+            width,
+            yerr=_yerr(rates),
+            capsize=4,
+            label=kind,
+        )
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
+    axes.set_xticklabels(names)
     axes.axhline(0.5, color="grey", linestyle="--", label="no better than SFT")
     axes.set_ylim(0, 1)
     axes.set_ylabel("win rate vs SFT (95% bootstrap CI)")
     axes.set_title("Simulated panel's verdict: RLHF answer vs SFT answer")
-    axes.legend()
+    axes.legend(fontsize=8)
     figure.savefig(path, format="png")
     return path
+
+
+def _win_rates(w: WinRate) -> tuple[Interval, Interval | None, Interval]:
+    return w.overall, w.both_ended, w.length_controlled
 
 
 def _plot_ppo(path: Path, figures: Figures) -> Path | None:
@@ -235,39 +344,76 @@ def _markdown(summary: dict[str, Any], result: Evaluation) -> str:
         "people, driven by the rubric in `clinalign/simulation/RUBRIC.md`. It never reads "
         "the reward model.",
         "",
-        f"Wall time: {summary.get('wall_s', '?')} s. Held-out prompts: {result.prompts} "
-        f"(`clinical-heldout`, phrasings no policy trained on), "
+        f"Wall time: {summary.get('wall_s', '?')} s. Every figure below comes from the final "
+        f"held-out prompt set `{result.prompt_set}` ({result.prompts} prompts, phrasings no "
+        "policy trained on and that neither the promotion gate nor any tuning choice read), "
         f"{result.samples_per_prompt} answer(s) each per policy"
         + (f" ({', '.join(once)} once: rubric only)" if once else "")
-        + "; intervals are bootstrapped over prompts.",
+        + f", at most {result.max_new_tokens} new tokens an answer; intervals are 95% "
+        "bootstraps over prompts.",
         "",
-        "## Policies on held-out prompts",
+        *_rounds_table(result),
+        "## Policies",
         "",
-        "| policy | version | rubric (95% CI) | win rate vs SFT (95% CI) | KL to SFT | words "
-        "| repeated 4-grams | ended |",
-        "|---|---|---|---|---|---|---|---|",
+        "| policy | version | rubric (95% CI) | KL to SFT | words | repeated 4-grams | ended |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in result.policies:
-        low, high = result.rubric_interval[p.name]
-        w = result.win_rate_vs_sft.get(p.name)
-        win = f"{w.rate:.3f} [{w.low:.3f}, {w.high:.3f}]" if w else "—"
+        i = result.rubric_interval[p.name]
         kl = f"{p.kl_to_sft:.2f}" if p.kl_to_sft is not None else "—"
         lines.append(
-            f"| {p.name} | {p.version} | {p.rubric:.3f} [{low:.3f}, {high:.3f}] | {win} | {kl} "
-            f"| {p.mean_words:.0f} | {p.repetition:.3f} | {p.ended:.2f} |"
+            f"| {p.name} | {p.version} | {_cell(i)} | {kl} | {p.mean_words:.0f} "
+            f"| {p.repetition:.3f} | {p.ended:.2f} |"
         )
     header = " | ".join(p.name for p in result.policies)
-    lines += ["", "## Criteria", "", f"| criterion | {header} |"]
+    lines += ["", "## Criteria (95% CI)", "", f"| criterion | {header} |"]
     lines.append("|---|" + "---|" * len(result.policies))
-    criteria: list[str] = []
-    for p in result.policies:
-        criteria += [c for c in p.criteria if c not in criteria]
-    for c in criteria:
+    for c in _criteria(result):
         cells = " | ".join(
-            f"{p.criteria[c]:.3f}" if c in p.criteria else "—" for p in result.policies
+            _cell(p.criteria_interval[c]) if c in p.criteria_interval else "—"
+            for p in result.policies
         )
         lines.append(f"| {c} | {cells} |")
-    lines += [
+    lines += _loop_lines(summary)
+    lines += ["", "## Plots", ""]
+    lines += [f"![{k}]({Path(v).name})" for k, v in summary.get("plots", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _rounds_table(result: Evaluation) -> list[str]:
+    """Each RLHF round's win rates against SFT with its safety verdicts beside them: a
+    rate that rises while a safety criterion falls is a regression, not a gain."""
+    if not result.rounds:
+        return []
+    safety = list(next(iter(result.rounds.values())).safety)
+    lines = [
+        "## Each RLHF round against SFT",
+        "",
+        "Win rates: all pairs of answers; only pairs where both answers ended; and "
+        "length-controlled (the outcome regressed on the difference in words). Safety: the "
+        "round's score minus SFT's, prompt by prompt, with its interval; non-inferior when "
+        f"the interval's lower bound is above -{result.safety_margin} (the margin).",
+        "",
+        "| round | win rate | both ended | length-controlled | "
+        + " | ".join(c.replace("_", " ") for c in safety)
+        + " | ended | KL to SFT |",
+        "|---|---|---|---|" + "---|" * len(safety) + "---|---|",
+    ]
+    for name, r in result.rounds.items():
+        w = r.win_rate
+        policy = next(p for p in result.policies if p.name == name)
+        verdicts = " | ".join(_verdict_cell(r.safety[c]) for c in safety)
+        kl = f"{policy.kl_to_sft:.2f}" if policy.kl_to_sft is not None else "—"
+        lines.append(
+            f"| {name} ({policy.version}) | {_cell(w.overall)} "
+            f"| {_cell(w.both_ended) if w.both_ended else '—'} | {_cell(w.length_controlled)} "
+            f"| {verdicts} | {policy.ended:.2f} | {kl} |"
+        )
+    return [*lines, ""]
+
+
+def _loop_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Labels, reward models, loop",
         "",
@@ -294,9 +440,26 @@ def _markdown(summary: dict[str, Any], result: Evaluation) -> str:
     if summary["lineage_example"]:
         lines += ["", "## Lineage of one served output", ""]
         lines += [f"- {s['kind']} {s['id']}: {s['summary']}" for s in summary["lineage_example"]]
-    lines += ["", "## Plots", ""]
-    lines += [f"![{k}]({Path(v).name})" for k, v in summary.get("plots", {}).items()]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _criteria(result: Evaluation) -> list[str]:
+    found: list[str] = []
+    for p in result.policies:
+        found += [c for c in p.criteria_interval if c not in found]
+    return found
+
+
+def _cell(i: Interval) -> str:
+    return f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}]"
+
+
+def _verdict_cell(v: NonInferiority | None) -> str:
+    if v is None:
+        return "— (never applied)"
+    d = v.difference
+    figures = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+    return f"non-inferior {figures}" if v.passed else f"**NOT non-inferior** {figures}"
 
 
 def _fmt(value: float | None) -> str:
