@@ -188,13 +188,20 @@ def demo(
             "model already in the data directory, no improvement expected.",
         ),
     ] = False,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seeds the foundation model, every training job and the labelling panel "
+            "(bench/demo_seeds.py compares seeds)."
+        ),
+    ] = 0,
 ) -> None:
     """The whole closed loop from nothing through the five services (about 15 minutes on
     2 CPU cores): bootstrap, SFT, simulated panel labels, reward model, PPO, promotion,
     EHR traffic, flags, retraining; report under <data-dir>/demo/."""
     from clinalign.demo import Plan, run_demo
 
-    plan = Plan.quick() if quick else Plan.full()
+    plan = (Plan.quick() if quick else Plan.full()).seeded(seed)
     report = run_demo(
         common_settings(data_dir), echo=typer.echo, plan=plan, bootstrap_model=not quick
     )

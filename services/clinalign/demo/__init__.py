@@ -55,6 +55,12 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
         "CLINALIGN_MONITOR_RETRAIN_REWARD_BASE_MODEL": "served-reward",
         "CLINALIGN_MONITOR_RETRAIN_REWARD_HYPERPARAMETERS": json.dumps(plan.loop_reward),
         "CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS": json.dumps(plan.loop_ppo),
+        # the gate's judges: the formulary's rule checks and the SIMULATED panel, seeded
+        # apart from the panels that label and that judge the reported evaluation; never
+        # the reward model a policy was optimised against
+        "CLINALIGN_TRAINER_GATE_JUDGES": json.dumps(
+            ["clinical-rules", "clinalign.simulation.judge:panel_judge"]
+        ),
         "CLINALIGN_TRAINER_WORKER_THREADS": str(threads),
         "CLINALIGN_GENERATION_TORCH_THREADS": str(threads),
         # PPO waits for its scores, so the reward service may use the cores meanwhile
@@ -97,8 +103,8 @@ def run_demo(
     out_dir = common.data_dir / "demo"
     echo("== 1. foundation model")
     if bootstrap_model or not (model_dir / "config.json").exists():
-        bootstrap(data_dir=common.data_dir)
-    panel = SimulatedPanel(n_annotators=5, seed=0)
+        bootstrap(data_dir=common.data_dir, seed=plan.seed)
+    panel = SimulatedPanel(n_annotators=5, seed=plan.labelling_seed)
     ensure_tokens(common)
     clinician_tokens = ensure_principals(
         common.resolved_tokens_file, {a.annotator_id: Role.CLINICIAN for a in panel.annotators}

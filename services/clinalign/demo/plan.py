@@ -7,7 +7,7 @@ and docs/experiments.md holds the runs behind them under their dates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 GUIDELINE_VERSION = "rubric-2026-11"
@@ -45,6 +45,30 @@ class Plan:
     retrain_reward: dict[str, str] = field(default_factory=dict)
     # the loop's PPO job: `ppo` with these changes (it continues from the served policy)
     retrain_ppo: dict[str, str] = field(default_factory=dict)
+    # seeds the foundation model, every training job and the labelling panel (the panels
+    # that judge the gate and the reported evaluation keep theirs, so seeds are compared
+    # by the same judges); 0 is `clinalign demo`
+    seed: int = 0
+
+    def seeded(self, seed: int) -> Plan:
+        """This plan with every training job seeded ``seed`` (bench/demo_seeds.py)."""
+
+        def with_seed(hyper: dict[str, str]) -> dict[str, str]:
+            return {**hyper, "seed": str(seed)}
+
+        return replace(
+            self,
+            seed=seed,
+            sft=with_seed(self.sft),
+            reward=with_seed(self.reward),
+            ppo=with_seed(self.ppo),
+        )
+
+    @property
+    def labelling_seed(self) -> int:
+        """The labelling panel's seed: 0, 10, 20, ...; never the gate's (2) or the
+        evaluation's (1)."""
+        return 10 * self.seed
 
     @property
     def loop_reward(self) -> dict[str, str]:
@@ -93,6 +117,9 @@ class Plan:
                 "kl_controller": "fixed",
                 "kl_coef": "0.1",
                 "checkpoint_every": "10",
+                # the clinical rule term: a response that breaks a dose, contraindication
+                # or allergy rule loses up to one standard deviation of reward (issue 20)
+                "rule_penalty": "1.0",
             },
             # The loop's reward model continues the served one for half an epoch over the
             # new snapshot (old and new labels). Trained afresh, a new seed's noise
