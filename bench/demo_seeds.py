@@ -18,6 +18,10 @@ Last line JSON:
 "max", "values"}}, "promoted": {...}, "gate": {...}, "wall_s": {...}}
 
     .venv/bin/python bench/demo_seeds.py [--seeds 0 1 2] [--root DIR] [--quick]
+        [--rule-penalty 0]
+
+``--rule-penalty 0`` trains every RLHF round without the clinical rule term: the ablation
+beside the demo's figures, which train with it.
 
 ``--quick`` runs the shortened loop (``Plan.quick``) on a tiny model: a smoke run of this
 script, not a measurement.
@@ -31,6 +35,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
@@ -68,7 +73,7 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
-def run_seed(root: Path, seed: int, quick: bool) -> dict[str, Any]:
+def run_seed(root: Path, seed: int, quick: bool, rule_penalty: str | None) -> dict[str, Any]:
     data_dir = root / f"seed-{seed}"
     foundation = data_dir / "models" / "foundation"
     if quick:
@@ -76,6 +81,8 @@ def run_seed(root: Path, seed: int, quick: bool) -> dict[str, Any]:
     else:
         bootstrap(foundation, seed=seed, time_budget_s=math.inf)
     plan = (Plan.quick() if quick else Plan.full()).seeded(seed)
+    if rule_penalty is not None:
+        plan = replace(plan, ppo={**plan.ppo, "rule_penalty": rule_penalty})
     common = CommonSettings(data_dir=data_dir)
     return run_demo(
         common,
@@ -90,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=None, help="data directories go here")
     parser.add_argument("--quick", action="store_true", help="a smoke run on a tiny model")
+    parser.add_argument(
+        "--rule-penalty",
+        default=None,
+        help="PPO's clinical rule term instead of the plan's (0: trained without it)",
+    )
     args = parser.parse_args(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="clinalign-demo-seeds-"))
     started = time.monotonic()
-    reports = {seed: run_seed(root, seed, args.quick) for seed in args.seeds}
+    reports = {seed: run_seed(root, seed, args.quick, args.rule_penalty) for seed in args.seeds}
     figures: dict[str, list[float]] = {}
     for report in reports.values():
         for key, value in flatten({k: report.get(k) for k in FIGURES}).items():
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "name": "demo_seeds",
         "plan": "quick" if args.quick else "full",
+        "rule_penalty": args.rule_penalty,
         "seeds": args.seeds,
         "root": str(root),
         # n < the seeds where a run did not report a figure (a round the gate refused)
