@@ -64,7 +64,7 @@ demo: install ## build the model, start the stack, run the pipeline end to end
 bench: install ## run the benchmarks under bench/ (not demo_seeds: make bench-demo-seeds)
 	@for b in $(filter-out bench/demo_seeds.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
 
-bench-demo-seeds: install ## the whole demo once per seed (0 1 2): run-to-run variance, ~45 min
+bench-demo-seeds: install ## the whole demo once per seed (0 1 2): run-to-run variance, about an hour
 	$(PY) bench/demo_seeds.py
 
 bench-ppo: install ## PPO iterations: ClinAlign against TRL 0.29.1 (bench/ppo.py; makes TRL's venv)

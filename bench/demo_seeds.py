@@ -9,7 +9,8 @@ model is built first with a step budget only (no time budget, which a slow machi
 and cut the build short), so a seed reproduces. The figures' judges and prompts stay
 fixed across seeds: the final held-out ``clinical-test`` set and the evaluation's panel.
 
-Not a test and not part of ``make demo``: three seeds take about 45 minutes on two cores.
+Not a test and not part of ``make demo``: three seeds take about an hour on two cores
+(1242 s a run on 2026-12-07).
 Run it on a quiet machine; the docs (docs/experiments.md) carry its latest figures with
 their date.
 
