@@ -155,3 +155,14 @@ def test_judges_load_by_name_and_bad_entries_are_named() -> None:
     }.items():
         with pytest.raises(judging.JudgeConfigError, match=says):
             judging.load(spec)
+
+
+def test_a_misspelt_or_missing_judge_fails_the_trainers_settings_by_name() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="gate_judges") as err:
+        TrainerSettings(gate_judges=["clinical-rulez"])
+    assert "judge 'clinical-rulez' is neither 'clinical-rules' nor" in str(err.value)
+    with pytest.raises(ValidationError, match="at least one judge is needed"):
+        TrainerSettings(gate_judges=[])
+    assert TrainerSettings().gate_judges == ["clinical-rules"]

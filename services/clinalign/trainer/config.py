@@ -248,6 +248,19 @@ class TrainerSettings(ServiceSettings):
             replay_max_recurrence=self.gate_replay_max_recurrence,
         )
 
+    @field_validator("gate_judges")
+    @classmethod
+    def _loadable_judges(cls, value: list[str]) -> list[str]:
+        """Each judge loads now, so a misspelt one fails the trainer's start with its name,
+        not its first promotion."""
+        from clinalign.common import judging
+
+        if not value:
+            raise ValueError("at least one judge is needed, such as clinical-rules")
+        for spec in value:
+            judging.load(spec)  # JudgeConfigError is a ValueError naming the entry
+        return value
+
     @field_validator("kubernetes_tolerations")
     @classmethod
     def _known_toleration_keys(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
