@@ -196,7 +196,7 @@ def demo(
         ),
     ] = 0,
 ) -> None:
-    """The whole closed loop from nothing through the five services (about 15 minutes on
+    """The whole closed loop from nothing through the five services (about 21 minutes on
     2 CPU cores): bootstrap, SFT, simulated panel labels, reward model, PPO, promotion,
     EHR traffic, flags, retraining; report under <data-dir>/demo/."""
     from clinalign.demo import Plan, run_demo

@@ -15,7 +15,8 @@ gRPC, on two CPU cores.
 5. evaluate the foundation, SFT and RLHF policies on held-out prompts and write the report
    (``<data_dir>/demo/report.md``, ``report.json`` and PNG plots).
 
-`Plan.full()` sizes the run for about 15 minutes on two cores; `Plan.quick()` is the
+`Plan.full()` is meant to run in 15 minutes on two cores (it took 21 on 2026-12-07, with
+issue 20's gate: docs/experiments.md); `Plan.quick()` is the
 shortened loop the end-to-end test runs on a tiny model.
 """
 
