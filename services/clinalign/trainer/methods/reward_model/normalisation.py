@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clinalign.common.prompts import render_user_prompt
 from clinalign.common.reward_format import Pair, raw_rewards
+from clinalign.trainer.methods.ppo.rollout import checkpoint_defaults_off, pinned_generation_config
 from clinalign.trainer.methods.reward_model import bt
 
 if TYPE_CHECKING:  # training imports this module
@@ -60,21 +61,21 @@ def reference_responses(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy.to(device).eval()
     out: list[tuple[str, str]] = []
+    # PPO's sampling distribution, every setting pinned: a checkpoint's generation_config.json
+    # must not make the statistics describe another one
+    config = pinned_generation_config(
+        hyper.norm_max_new_tokens,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        hyper.norm_temperature,
+    )
     torch.manual_seed(hyper.seed)
     for start in range(0, len(chosen), hyper.eval_batch_size):
         batch_prompts = chosen[start : start + hyper.eval_batch_size]
         texts = [render_user_prompt(tokenizer, p) for p in batch_prompts]
         batch = tokenizer(texts, return_tensors="pt", padding=True).to(device)
-        with torch.inference_mode():
-            generated = policy.generate(
-                **batch,
-                do_sample=True,
-                temperature=hyper.norm_temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=hyper.norm_max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+        with torch.inference_mode(), checkpoint_defaults_off(policy):
+            generated = policy.generate(**batch, generation_config=config)
         responses = tokenizer.batch_decode(
             generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True
         )
