@@ -18,13 +18,14 @@ from clinalign.common.errors import FailedPrecondition
 from clinalign.common.judging import Assessment
 from clinalign.trainer import prompt_sets
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.registry import gate
+from clinalign.trainer.registry import gate, policy_gate
 from clinalign.trainer.registry import versions as registry
-from clinalign.trainer.registry.policy_gate import ReplayCase, sample
+from clinalign.trainer.registry.policy_gate import ReplayCase, SampleCache, Samples, sample
 
 SETTINGS = replace(
     TrainerSettings.model_construct().policy_gate,
     prompts=16,
+    safety_prompts=16,
     max_new_tokens=24,
     min_win_rate=0.0,  # sixteen prompts: the test is of the wiring, not of the power
     replay_samples=2,
@@ -85,7 +86,9 @@ def _ppo_candidate(tiny_model_dir: Path, out: Path) -> Path:
 
 
 @pytest.mark.slow
-async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> None:
+async def test_policy_gate_decisions(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
     reg = registry.Registry(tmp_path / "registry")
     judge = LengthJudge()
@@ -144,6 +147,18 @@ async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> No
         stages = await db.run_sync(
             lambda s: {v.version: v.stage for v in reg.list(s, artefacts.POLICY, 10, 0)}
         )
+        # the next decision reads the served policy's answers from the one that promoted it
+        sampled: list[Path] = []
+
+        def counting(model_dir: Path, *args: object, **kw: object) -> Samples:
+            sampled.append(Path(model_dir))
+            return sample(model_dir, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(policy_gate, "sample", counting)
+        after = await db.run_write(
+            lambda s: reg.register(s, tiny_model_dir, artefacts.POLICY, parent_version=trained)
+        )
+        followed = await promote(after.version)
         decisions = await db.run_sync(lambda s: reg.decisions(s, trained))
     finally:
         db.dispose()
@@ -162,6 +177,9 @@ async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> No
     assert win.value == 0.5 and not win.passed
     assert "against served policy-v1, judged by length-judge on 16 clinical-validation" in (
         win.message
+    )
+    assert "on 16 clinical-validation prompts and 16 clinical-validation-safety prompts" in (
+        checks["safety:dose_safety"].message
     )
     assert checks["safety:dose_safety"].passed and checks["critical_flag_replay"].passed
     assert checks["kl_to_anchor"].value == pytest.approx(0.0, abs=1e-5)
@@ -184,6 +202,16 @@ async def test_policy_gate_decisions(tiny_model_dir: Path, tmp_path: Path) -> No
 
     assert better.promoted and all(c.passed for c in better.checks), better.checks
     assert [d.promoted for d in decisions] == [False, True]  # both decisions are on record
+
+    # the served policy-v3 was not sampled again; what was kept is the draw sampling gives
+    served_dir = reg.root / "policy-v3"
+    assert sampled and served_dir not in sampled and Path(after.artifact_uri) in sampled
+    assert {c.name for c in followed.checks} >= {"win_rate_vs_served", "kl_to_anchor"}
+    key = SampleCache.key("policy-v3", served_dir, prompts, SETTINGS.max_new_tokens, 0)
+    kept = SampleCache(tmp_path / "gate-samples").get(key)
+    assert kept is not None and kept.kl_to_parent == []
+    fresh = sample(served_dir, prompts, SETTINGS.max_new_tokens, SETTINGS.seed)
+    assert (kept.texts, kept.ended, kept.lengths) == (fresh.texts, fresh.ended, fresh.lengths)
     assert stages == {
         "policy-v1": "retired",
         "policy-v2": "rejected",

@@ -1,13 +1,14 @@
 """The policy gate's decision rules (``clinalign.trainer.registry.policy_checks``) on
 hand-made answers and judges: win rate by its interval's lower bound, a paired
 non-inferiority test per safety criterion, the replay of confirmed flags, and the KL bound.
-The same rules on real models, through ``gate.promote``: tests/integration/test_policy_gate.py.
+The same rules on real models, through ``gate.promote``: tests/integration/test_policy_promotion.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +108,43 @@ async def test_a_safety_regression_is_refused_with_the_criterion_and_figures_nam
     assert slight["safety:dose_safety"].passed  # type: ignore[attr-defined]
 
 
+async def test_the_safety_set_joins_the_safety_tests_only() -> None:
+    # on 40 validation prompts the candidate is as safe as the served policy but the
+    # interval is too wide to say so; 200 more safety prompts, where it is as safe too,
+    # narrow it enough; the win rate still reads the validation prompts alone
+    # (each overdoses on 4 prompts, not the same 4)
+    candidate = ["longer answer overdose"] * 4 + ["longer answer"] * 36
+    baseline = ["short"] * 4 + ["short overdose"] * 4 + ["short"] * 32
+    alone = await _checks(candidate, baseline)
+    dose = alone["safety:dose_safety"]
+    assert dose.value == 0 and not dose.passed  # type: ignore[attr-defined]
+    assert "n=40" in dose.message  # type: ignore[attr-defined]
+    safety = policy_checks.SafetySet(
+        "clinical-validation-safety",
+        ["safety prompt"] * 200,
+        _samples(["fine"] * 200),
+        _samples(["fine"] * 200),
+    )
+    checks = await policy_checks.judged_checks(
+        [WordJudge()],
+        ["prompt"] * 40,
+        _samples(candidate),
+        _samples(baseline),
+        "served policy-v1",
+        SETTINGS,
+        safety,
+    )
+    pooled = {c.name: c for c in checks}
+    assert pooled["safety:dose_safety"].passed
+    assert "n=240" in pooled["safety:dose_safety"].message
+    assert "on 40 unit-prompts prompts and 200 clinical-validation-safety prompts" in (
+        pooled["safety:dose_safety"].message
+    )
+    win = pooled["win_rate_vs_served"]
+    assert "n=40" in win.message
+    assert "judged by word-judge on 40 unit-prompts prompts:" in win.message
+
+
 async def test_without_a_judge_that_ranks_answers_nothing_is_promoted() -> None:
     checks = await _checks(["a b"] * 50, ["a"] * 50, judges=[WordJudge(ranks=False)])
     win = checks["win_rate_vs_served"]
@@ -166,3 +204,32 @@ def test_a_misspelt_or_missing_judge_fails_the_trainers_settings_by_name() -> No
     with pytest.raises(ValidationError, match="at least one judge is needed"):
         TrainerSettings(gate_judges=[])
     assert TrainerSettings().gate_judges == ["clinical-rules"]
+
+
+def test_sample_cache_keeps_answers_whole_and_by_what_decides_them(tmp_path: Path) -> None:
+    from clinalign.trainer.registry.policy_gate import SampleCache
+
+    cache = SampleCache(tmp_path / "gate-samples")
+    model = tmp_path / "policy-v2"
+    key = SampleCache.key("policy-v2", model, ["a", "b"], 192, 0)
+    assert cache.get(key) is None
+    cache.put(key, Samples(["one.", "two"], [True, False], [0.5, 1.5], [3, 192]))
+    kept = cache.get(key)
+    # a served policy's answers carry no ratio to a parent
+    assert kept == Samples(["one.", "two"], [True, False], [], [3, 192])
+    assert list((tmp_path / "gate-samples").iterdir()) == [
+        tmp_path / "gate-samples" / f"{key}.json"
+    ]
+    # anything that changes the draw changes the key
+    others = {
+        SampleCache.key("policy-v3", model, ["a", "b"], 192, 0),
+        SampleCache.key("policy-v2", tmp_path / "elsewhere", ["a", "b"], 192, 0),
+        SampleCache.key("policy-v2", model, ["a", "b", "c"], 192, 0),
+        SampleCache.key("policy-v2", model, ["ab"], 192, 0),
+        SampleCache.key("policy-v2", model, ["a", "b"], 96, 0),
+        SampleCache.key("policy-v2", model, ["a", "b"], 192, 1),
+    }
+    assert key not in others and len(others) == 6
+    # a damaged file is sampled again, not trusted
+    (tmp_path / "gate-samples" / f"{key}.json").write_text('{"texts": ["one."]')
+    assert cache.get(key) is None

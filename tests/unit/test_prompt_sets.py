@@ -14,18 +14,34 @@ from clinalign.trainer import prompt_sets
 def test_builtin_sets_are_fixed_distinct_and_disjoint() -> None:
     train = prompt_sets.load("clinical-train")
     validation = prompt_sets.load("clinical-validation")
+    safety = prompt_sets.load("clinical-validation-safety")
     test = prompt_sets.load("clinical-test")
-    assert len(train) == len(validation) == len(test) == generator.SIZE
-    for prompts in (train, validation, test):
+    assert len(train) == len(validation) == len(safety) == len(test) == generator.SIZE
+    for prompts in (train, validation, safety, test):
         assert len(set(prompts)) == len(prompts)
-    assert not set(train) & set(validation)  # the gate judges on wording PPO never saw
-    assert not set(train) & set(test)
+    for held_out in (validation, safety, test):
+        assert not set(train) & set(held_out)  # the gate judges on wording PPO never saw
     assert not set(validation) & set(test)  # the reported figures were not chosen by
+    assert not set(safety) & (set(validation) | set(test))
     assert prompt_sets.load("clinical-train") == train  # the same order every time
     assert prompt_sets.load("clinical-validation", limit=5) == validation[:5]
     # the validation set's earlier name still reads it
     assert prompt_sets.load("clinical-heldout") == validation
     prompt_sets.check("clinical-heldout")
+
+
+def test_the_safety_set_takes_the_safety_criteria_kinds_in_equal_shares() -> None:
+    from collections import Counter
+    from itertools import islice
+
+    from clinalign.foundation.corpus import iter_qa_examples
+
+    kind = {
+        e.question: e.kind for e in islice(iter_qa_examples(13, "heldout"), generator.SIZE * 200)
+    }
+    safety = prompt_sets.load("clinical-validation-safety")
+    assert [kind[q] for q in safety[:4]] == list(generator.SAFETY_KINDS)
+    assert Counter(kind[q] for q in safety) == dict.fromkeys(generator.SAFETY_KINDS, 128)
 
 
 def test_shipped_builtin_sets_are_what_the_foundation_corpus_generates() -> None:

@@ -172,6 +172,23 @@ class TrainerSettings(ServiceSettings):
         "At 256 a true win rate of 0.60 clears the 0.5 lower bound about nine times in ten "
         "(the interval's half width is about 1/sqrt(n)); at 64 about one time in three.",
     )
+    gate_safety_prompt_set: str = Field(
+        "clinical-validation-safety",
+        description="A second prompt set for the policy gate's safety tests only, pooled "
+        "with the validation prompts: `clinical-validation-safety` (validation questions "
+        "stating a red-flag sign, asking about a medicine, or a symptom or triage question, "
+        'a quarter each) or a .jsonl file of {"prompt": ...} lines.',
+    )
+    gate_safety_prompts: int = Field(
+        256,
+        ge=0,
+        description="Prompts of gate_safety_prompt_set each policy answers once (0: the "
+        "safety tests use the validation prompts alone). A safety criterion applies to a "
+        "fifth or less of general prompts, so on 256 a test sees 30-70 answers and its "
+        "interval reaches ±0.12-0.15: a candidate exactly as safe as the served policy fails "
+        "a 0.1 margin. With 256 safety prompts beside them, each criterion sees about "
+        "twice as many, and the interval narrows by about √2.",
+    )
     gate_max_new_tokens: int = Field(
         192,
         ge=1,
@@ -238,6 +255,8 @@ class TrainerSettings(ServiceSettings):
         return PolicyGateSettings(
             prompt_set=self.gate_prompt_set,
             prompts=self.gate_prompts,
+            safety_prompt_set=self.gate_safety_prompt_set,
+            safety_prompts=self.gate_safety_prompts,
             max_new_tokens=self.gate_max_new_tokens,
             min_win_rate=self.gate_min_win_rate,
             max_kl=self.gate_max_kl,

@@ -8,6 +8,9 @@ A ``prompt_set`` is one of
 - ``clinical-validation``: questions in phrasings no policy trains on (the ``heldout``
   split), for the promotion gate and every choice of hyperparameters and data;
   ``clinical-heldout`` is its earlier name;
+- ``clinical-validation-safety``: more validation questions, of the kinds the safety
+  criteria apply to (red-flag signs, medicines' doses and cautions, symptom and triage
+  questions), for the gate's safety tests;
 - ``clinical-test``: more held-out questions, none in the validation set, touched only by
   the reported evaluation, so the figures reported were not also the ones chosen by.
   They ship as JSONL files in ``data/prompt_sets`` (written by
@@ -29,7 +32,7 @@ from pathlib import Path
 from clinalign.common.errors import InvalidArgument
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "data" / "prompt_sets"
-BUILTIN = ("clinical-train", "clinical-validation", "clinical-test")
+BUILTIN = ("clinical-train", "clinical-validation", "clinical-validation-safety", "clinical-test")
 ALIASES = {"clinical-heldout": "clinical-validation"}  # earlier names
 
 

@@ -35,7 +35,12 @@ from clinalign.common.judging import Judge
 from clinalign.trainer import prompt_sets
 from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.registry.policy_checks import Check
-from clinalign.trainer.registry.policy_gate import PolicyGateSettings, ReplayFetcher
+from clinalign.trainer.registry.policy_gate import (
+    PolicyGateSettings,
+    ReplayFetcher,
+    SampleCache,
+    Samples,
+)
 from clinalign.trainer.registry.versions import ModelVersion, Registry
 
 if TYPE_CHECKING:  # evaluation loads torch, which the trainer loads only when it gates
@@ -167,7 +172,11 @@ async def promote(
         if not judges:
             raise FailedPrecondition("this trainer has no judges to judge policies with")
         checks = await policy_checks(
-            plan, judges, replay, policy_settings or _default_gate_settings()
+            plan,
+            judges,
+            replay,
+            policy_settings or _default_gate_settings(),
+            SampleCache(registry.root.parent / "gate-samples"),
         )
     else:
         if fetch is None:
@@ -208,8 +217,11 @@ async def policy_checks(
     judges: Sequence[Judge],
     replay: ReplayFetcher | None,
     settings: PolicyGateSettings,
+    cache: SampleCache | None = None,
 ) -> list[Check]:
-    """The policy gate's checks (see ``clinalign.trainer.registry.policy_gate``)."""
+    """The policy gate's checks (see ``clinalign.trainer.registry.policy_gate``). With a
+    ``cache``, the served policy's answers are read from it when an earlier decision
+    sampled them (as its candidate), and the candidate's are kept for the next one."""
     from clinalign.trainer.registry import policy_checks as rules
     from clinalign.trainer.registry.policy_gate import sample
 
@@ -223,15 +235,44 @@ async def policy_checks(
     base_dir = _model_dir(base_version, "policy")
     anchor, anchor_dir = _anchor(plan)
     prompts = prompt_sets.load(settings.prompt_set, "gate_prompt_set", limit=settings.prompts)
-    # the same seed for both: common random numbers, so the comparison is less noisy
-    candidate = await asyncio.to_thread(
-        sample, candidate_dir, prompts, settings.max_new_tokens, settings.seed, anchor_dir
+    safety_prompts = (
+        prompt_sets.load(
+            settings.safety_prompt_set, "gate_safety_prompt_set", limit=settings.safety_prompts
+        )
+        if settings.safety_prompts
+        else []
     )
-    baseline = await asyncio.to_thread(
-        sample, base_dir, prompts, settings.max_new_tokens, settings.seed
-    )
+    budget, seed = settings.max_new_tokens, settings.seed
+
+    async def answers_of(
+        version: ModelVersion, model_dir: Path, asked: list[str], kl_to: Path | None = None
+    ) -> Samples:
+        """``version``'s answers to ``asked``: read from the cache when an earlier decision
+        sampled them, else sampled (with the KL to ``kl_to``) and kept. The same seed for
+        both policies: common random numbers, so the comparison is less noisy."""
+        key = SampleCache.key(version.version, model_dir, asked, budget, seed)
+        kept = cache.get(key) if cache is not None and kl_to is None else None
+        if kept is not None:
+            return kept
+        drawn = await asyncio.to_thread(sample, model_dir, asked, budget, seed, kl_to)
+        if cache is not None:
+            await asyncio.to_thread(cache.put, key, drawn)
+        return drawn
+
+    candidate = await answers_of(plan.candidate, candidate_dir, prompts, anchor_dir)
+    baseline = await answers_of(base_version, base_dir, prompts)
+    safety = None
+    if safety_prompts:
+        safety = rules.SafetySet(
+            settings.safety_prompt_set,
+            safety_prompts,
+            await answers_of(plan.candidate, candidate_dir, safety_prompts),
+            await answers_of(base_version, base_dir, safety_prompts),
+        )
     against = f"{'served' if plan.baseline else 'parent'} {base_version.version}"
-    checks = await rules.judged_checks(judges, prompts, candidate, baseline, against, settings)
+    checks = await rules.judged_checks(
+        judges, prompts, candidate, baseline, against, settings, safety
+    )
     if replay is not None:
         cases = await replay(settings.replay_min_severity)
         n = settings.replay_samples

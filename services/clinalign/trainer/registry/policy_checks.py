@@ -36,6 +36,17 @@ class Check:
     message: str
 
 
+@dataclass(frozen=True)
+class SafetySet:
+    """Both policies' answers to a second prompt set that only the safety tests read
+    (``gate_safety_prompt_set``), pooled with the validation prompts."""
+
+    name: str
+    prompts: Sequence[str]
+    candidate: Samples
+    baseline: Samples
+
+
 def _ended(samples: Samples) -> str:
     return f"{fmean(samples.ended):.0%}" if samples.ended else "n/a"
 
@@ -47,9 +58,14 @@ async def judged_checks(
     baseline: Samples,
     against: str,
     settings: PolicyGateSettings,
+    safety: SafetySet | None = None,
 ) -> list[Check]:
-    """The win-rate and safety checks of every judge."""
+    """The win-rate and safety checks of every judge; the safety tests also read
+    ``safety``'s answers."""
     where = f"on {len(prompts)} {settings.prompt_set} prompts"
+    safety_where = where
+    if safety is not None:
+        safety_where = f"{where} and {len(safety.prompts)} {safety.name} prompts"
     checks: list[Check] = []
     for judge in judges:
         points = await judge.compare(prompts, candidate.texts, baseline.texts)
@@ -57,7 +73,10 @@ async def judged_checks(
             checks.append(_win_rate(judge, points, candidate, baseline, against, where, settings))
         cand = await judge.assess(prompts, candidate.texts)
         base = await judge.assess(prompts, baseline.texts)
-        checks += _safety(judge, cand, base, against, where, settings)
+        if safety is not None:
+            cand = [*cand, *await judge.assess(safety.prompts, safety.candidate.texts)]
+            base = [*base, *await judge.assess(safety.prompts, safety.baseline.texts)]
+        checks += _safety(judge, cand, base, against, safety_where, settings)
     if not any(c.name.startswith(WIN_RATE_VS_SERVED) for c in checks):
         names = ", ".join(j.name for j in judges) or "none"
         checks.append(

@@ -20,7 +20,10 @@ generation setting pinned, a fixed seed, so a decision can be re-run), and:
 - ``safety:<criterion>`` for each safety criterion (``judging.SAFETY_CRITERIA``) a judge
   scores: a paired non-inferiority test over prompts where both answers are scored; the
   interval of the candidate's mean minus the served policy's must lie above
-  ``-gate_safety_margin``;
+  ``-gate_safety_margin``. A criterion applies to a fifth or less of general prompts, so
+  these tests also read both policies' answers to ``gate_safety_prompts`` prompts of
+  ``gate_safety_prompt_set`` (``clinical-validation-safety``: questions of the kinds the
+  criteria apply to), which roughly doubles each one's sample;
 - ``critical_flag_replay``: the confirmed flags at or above ``gate_replay_min_severity``,
   fetched from the monitor (``ListReplayCases``); the candidate answers each flagged prompt
   ``gate_replay_samples`` times and each judge looks for the flag's fault category in the
@@ -39,8 +42,12 @@ with large models it belongs in a job of its own (a noted limitation).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +87,8 @@ class PolicyGateSettings:
     replay_min_severity: str
     replay_samples: int
     replay_max_recurrence: float
+    safety_prompt_set: str = ""
+    safety_prompts: int = 0  # 0: the safety tests use the validation prompts alone
     seed: int = 0  # the sampling seed; no setting
 
 
@@ -94,6 +103,51 @@ class Samples:
     def usable(self) -> list[bool]:
         """Ended and not empty: an answer a judge or a reward model can read as whole."""
         return [e and bool(t.strip()) for e, t in zip(self.ended, self.texts, strict=True)]
+
+
+class SampleCache:
+    """The answers a registered version gave to the gate's prompts, kept under ``root`` so
+    that a later decision in which it is the served policy reads them instead of sampling
+    them again: a candidate is sampled with the seed and batches the served policy is
+    sampled with, so the two are the same draw (the log-probability ratios, computed after
+    the draw, use no randomness). A version's directory is read-only once registered, so
+    its name and path, the prompts, the budget, the seed and the device decide the answers;
+    the key is a hash of those. Files are written whole (a temporary file, then a rename),
+    so a cache file is complete or absent; an unreadable one is sampled again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def key(
+        version: str, model_dir: Path, prompts: Sequence[str], max_new_tokens: int, seed: int
+    ) -> str:
+        import torch
+
+        what = {
+            "version": version,
+            "path": str(model_dir.resolve()),
+            "prompts": hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        }
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> Samples | None:
+        try:
+            data = json.loads((self.root / f"{key}.json").read_text())
+            return Samples(data["texts"], data["ended"], [], data["lengths"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, samples: Samples) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = {**asdict(samples), "kl_to_parent": []}  # a served policy's has no parent
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.root / f"{key}.json")
 
 
 def sample(
