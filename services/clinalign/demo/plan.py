@@ -94,11 +94,22 @@ class Plan:
             # caution, padding) shows it which part of an answer matters
             contrast_pairs=360,
             overlap=3,
-            max_new_tokens=96,
+            # The labelling pairs, the traffic and PPO's rollouts at the evaluation's
+            # budget: at 96 tokens a quarter of SFT's answers were cut off, so the panel's
+            # labels, the reward model and PPO learnt "ends within 96 tokens", and RLHF's
+            # shorter answers lost to SFT's once both could end (docs/experiments.md,
+            # 2026-12-07: win rate against SFT 0.492 trained at 96, 0.574 at 192).
+            max_new_tokens=192,
             # One epoch over every annotator's label: on the same snapshots it was more
             # accurate on held-out labels than training longer on deduplicated ones, in
             # about as many steps (see docs/experiments.md, 2026-12-06).
-            reward={"epochs": "1", "learning_rate": "1e-4", "batch_size": "8"},
+            # (its normalisation samples at PPO's budget, so it describes PPO's answers)
+            reward={
+                "epochs": "1",
+                "learning_rate": "1e-4",
+                "batch_size": "8",
+                "norm_max_new_tokens": "192",
+            },
             # Four answers to each of 16 prompts an iteration, each judged against the other
             # three (the rloo estimator): the between-prompt spread of the reward is half its
             # variance, and the critic, started from the reward model, never learned it, so
@@ -112,7 +123,7 @@ class Plan:
                 "rollout_batch_size": "64",
                 "minibatches": "2",
                 "ppo_epochs": "2",
-                "response_length": "96",
+                "response_length": "192",
                 "learning_rate": "1e-4",
                 "kl_controller": "fixed",
                 "kl_coef": "0.1",
@@ -140,10 +151,10 @@ class Plan:
             # answers gave win rates too far apart to compare policies (see
             # docs/experiments.md, 2026-11-26).
             eval_samples=2,
-            # Long enough that SFT's answers end as RLHF's do: at the traffic's 96 tokens a
-            # quarter were cut off, and the panel prefers a finished answer to a cut-off one,
-            # so part of a win was finishing within the budget (see docs/demo.md). Within
-            # the embedded model's context of 512 with room to spare (prompts: at most 55).
+            # Long enough that SFT's answers end as RLHF's do: at 96 tokens a quarter were
+            # cut off, and the panel prefers a finished answer to a cut-off one, so part of
+            # a win was finishing within the budget (see docs/demo.md). Within the embedded
+            # model's context of 512 with room to spare (prompts: at most 55).
             eval_max_new_tokens=192,
             min_new_pairs=40,
             eval_fraction=0.25,
