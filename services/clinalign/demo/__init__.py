@@ -7,8 +7,7 @@ gRPC, on two CPU cores.
    SIMULATED clinician panel (`clinalign.simulation`, a simulation standing in for people)
    labels them through the preference store's labelling queue;
 3. train the reward model on a snapshot, promote it through the gate; promote SFT over the
-   foundation model if the gate finds it better; PPO the served policy (SFT, or the
-   foundation model the gate kept) against the served reward model; promote it;
+   foundation model; PPO the SFT policy against the served reward model; promote it;
 4. serve it; simulated EHR traffic calls Generate; simulated clinicians flag bad outputs
    with the same rubric and a second one reviews each flag; the monitor turns confirmed
    flags into preference data, and its retraining policy retrains (reward model, then PPO)
@@ -152,14 +151,8 @@ async def _pipeline(
         rm = await p.reward_model(sft, "rm-1")
         if await p.promote_and_activate(rm, "reward"):
             echo("== 7. SFT through the policy gate; PPO against the served reward model")
-            # RLHF starts from the policy that serves: SFT if the gate promoted it, else
-            # the model the gate kept (in the embedded setup the foundation model was
-            # pretrained on answers like the demonstrations, and SFT can lose to it)
-            start = sft
-            if not await p.promote_and_activate(sft, "policy"):
-                start = p.figures.versions["foundation"]
-                echo(f"   PPO starts from the served {start}: the gate kept it over SFT")
-            rlhf = await p.ppo(start, rm, "rlhf-1")
+            await p.promote_and_activate(sft, "policy")
+            rlhf = await p.ppo(sft, rm, "rlhf-1")
             await p.promote_and_activate(rlhf, "policy")
         else:
             # The gate did its job: no policy is trained against, or judged by, a reward
