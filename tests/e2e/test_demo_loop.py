@@ -46,12 +46,13 @@ def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -
         env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(next(chosen))
     # The tiny model's policies are noise: let the policy gate pass on the figures it can
     # reach so that the run exercises promotion and activation, the gate's refusals being
-    # tested in tests/integration/test_policy_gate.py and test_monitor_loop.py.
+    # tested in tests/integration/test_policy_promotion.py and test_monitor_loop.py.
     env.update(
         CLINALIGN_DATA_DIR=str(data),
         CLINALIGN_TRAINER_GATE_MIN_WIN_RATE="0",
         CLINALIGN_TRAINER_GATE_MAX_KL="1000",
         CLINALIGN_TRAINER_GATE_PROMPTS="8",
+        CLINALIGN_TRAINER_GATE_SAFETY_PROMPTS="8",
     )
     proc = subprocess.run(
         [sys.executable, "-m", "clinalign.cli", "demo", "--quick", "--json"],

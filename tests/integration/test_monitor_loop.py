@@ -424,6 +424,7 @@ def _trainer(common: CommonSettings, **gate: Any) -> TrainerApp:
         watch_poll_s=0.1,
         worker_threads=1,
         gate_prompts=8,
+        gate_safety_prompts=8,
         gate_max_new_tokens=8,
         gate_judges=["clinalign.simulation.judge:panel_judge"],
         **gate,

@@ -82,6 +82,7 @@ async def test_ppo_jobs_through_the_reward_service(
                 watch_poll_s=0.1,
                 worker_threads=1,
                 gate_prompts=8,
+                gate_safety_prompts=8,
                 gate_max_new_tokens=24,
                 gate_judges=["clinalign.simulation.judge:panel_judge"],
                 gate_replay=False,  # no monitor here; test_monitor_loop replays flags
