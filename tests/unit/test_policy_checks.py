@@ -211,6 +211,8 @@ def test_sample_cache_keeps_answers_whole_and_by_what_decides_them(tmp_path: Pat
 
     cache = SampleCache(tmp_path / "gate-samples")
     model = tmp_path / "policy-v2"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
     key = SampleCache.key("policy-v2", model, ["a", "b"], 192, 0)
     assert cache.get(key) is None
     cache.put(key, Samples(["one.", "two"], [True, False], [0.5, 1.5], [3, 192]))
@@ -230,6 +232,9 @@ def test_sample_cache_keeps_answers_whole_and_by_what_decides_them(tmp_path: Pat
         SampleCache.key("policy-v2", model, ["a", "b"], 192, 1),
     }
     assert key not in others and len(others) == 6
+    # other weights in the same directory (a registry rebuilt over old files)
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert SampleCache.key("policy-v2", model, ["a", "b"], 192, 0) != key
     # a damaged file is sampled again, not trusted
     (tmp_path / "gate-samples" / f"{key}.json").write_text('{"texts": ["one."]')
     assert cache.get(key) is None

@@ -111,9 +111,11 @@ class SampleCache:
     them again: a candidate is sampled with the seed and batches the served policy is
     sampled with, so the two are the same draw (the log-probability ratios, computed after
     the draw, use no randomness). A version's directory is read-only once registered, so
-    its name and path, the prompts, the budget, the seed and the device decide the answers;
-    the key is a hash of those. Files are written whole (a temporary file, then a rename),
-    so a cache file is complete or absent; an unreadable one is sampled again."""
+    its name, its path and its files (names, sizes and modification times: a registry
+    rebuilt over an old directory cannot hand out an earlier model's answers), the prompts,
+    the budget, the seed and the device decide the answers; the key is a hash of those.
+    Files are written whole (a temporary file, then a rename), so a cache file is complete
+    or absent; an unreadable one is sampled again."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -127,6 +129,11 @@ class SampleCache:
         what = {
             "version": version,
             "path": str(model_dir.resolve()),
+            "files": sorted(
+                (str(f.relative_to(model_dir)), f.stat().st_size, f.stat().st_mtime_ns)
+                for f in model_dir.rglob("*")
+                if f.is_file()
+            ),
             "prompts": hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
             "max_new_tokens": max_new_tokens,
             "seed": seed,
