@@ -15,9 +15,10 @@ gRPC, on two CPU cores.
 5. evaluate the foundation, SFT and RLHF policies on held-out prompts and write the report
    (``<data_dir>/demo/report.md``, ``report.json`` and PNG plots).
 
-`Plan.full()` is meant to run in 15 minutes on two cores (it took 21 on 2026-12-07, with
-issue 20's gate: docs/experiments.md); `Plan.quick()` is the
-shortened loop the end-to-end test runs on a tiny model.
+`Plan.full()` is meant to run in 15 minutes on two cores (on 2026-12-07 it took 21 with
+issue 20's gate, then 37 on a slower afternoon once it trained at 192 tokens:
+docs/experiments.md); `Plan.quick()` is the shortened loop the end-to-end test runs on a
+tiny model.
 """
 
 from __future__ import annotations
