@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import itertools
 import re
 
@@ -16,7 +17,7 @@ from clinalign.foundation import (
     iter_qa_examples,
     iter_qa_pairs,
 )
-from clinalign.foundation.pretrain import lr_at, pack_blocks
+from clinalign.foundation.pretrain import lr_at, pack_blocks, replan
 from clinalign.foundation.vocab import load_vocabulary
 
 SMALL = 60_000  # bytes: enough documents of every kind, fast to generate
@@ -128,3 +129,15 @@ def test_pack_blocks_concatenates_and_drops_the_tail() -> None:
 
 
 # -- the tiny model -----------------------------------------------------------------------
+
+
+def test_replan_keeps_the_plan_under_a_step_budget_only() -> None:
+    # bench/demo_seeds.py builds with time_budget_s=inf so that a seed reproduces anywhere
+    assert replan(step=10, planned=1600, seconds_per_step=0.2, seconds_left=math.inf) == 1600
+
+
+def test_replan_cuts_the_plan_to_the_time_left_with_a_margin() -> None:
+    # 0.95 × 10 s / 0.5 s = 19 more steps after step 100
+    assert replan(step=100, planned=1600, seconds_per_step=0.5, seconds_left=10.0) == 119
+    assert replan(step=100, planned=110, seconds_per_step=0.5, seconds_left=10.0) == 110
+    assert replan(step=100, planned=1600, seconds_per_step=0.5, seconds_left=0.0) == 101

@@ -54,8 +54,12 @@ def lr_at(step: int, total: int, warmup: int, peak: float, min_ratio: float) -> 
 def replan(step: int, planned: int, seconds_per_step: float, seconds_left: float) -> int:
     """Total steps that fit the remaining time at the measured speed, capped at the plan.
 
-    Keeps a 5% margin for timing noise; below the plan, always allows one more step.
+    Keeps a 5% margin for timing noise; below the plan, always allows one more step. An
+    unlimited time (``math.inf``: a step budget only, so that a seed reproduces on any
+    machine) keeps the plan.
     """
+    if math.isinf(seconds_left):
+        return planned
     affordable = step + int(0.95 * max(0.0, seconds_left) / max(seconds_per_step, 1e-9))
     return min(planned, max(step + 1, affordable))
 
