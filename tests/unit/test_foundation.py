@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import itertools
+import math
 import re
 
 import pytest
@@ -137,7 +137,7 @@ def test_replan_keeps_the_plan_under_a_step_budget_only() -> None:
 
 
 def test_replan_cuts_the_plan_to_the_time_left_with_a_margin() -> None:
-    # 0.95 × 10 s / 0.5 s = 19 more steps after step 100
+    # 0.95 x 10 s / 0.5 s = 19 more steps after step 100
     assert replan(step=100, planned=1600, seconds_per_step=0.5, seconds_left=10.0) == 119
     assert replan(step=100, planned=110, seconds_per_step=0.5, seconds_left=10.0) == 110
     assert replan(step=100, planned=1600, seconds_per_step=0.5, seconds_left=0.0) == 101

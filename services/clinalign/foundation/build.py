@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -270,7 +271,8 @@ def _training_section(
         "final_loss": round(result.final_loss, 4),
         "loss_curve": [[int(s), round(v, 4)] for s, v in result.loss_curve],
         "budget_limited": result.budget_limited,
-        "time_budget_s": time_budget_s,
+        # null: steps only (JSON has no infinity, and PostgreSQL's json type refuses it)
+        "time_budget_s": time_budget_s if math.isfinite(time_budget_s) else None,
         "notes": result.notes,
         "bf16_autocast": result.bf16,
         "threads": torch.get_num_threads(),

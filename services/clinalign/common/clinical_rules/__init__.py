@@ -13,14 +13,14 @@ by ``python -m clinalign.foundation.formulary``, each entry with its source and 
 `check` returns `Violation`s (rule, medicine, severity, detail with figures and units, the
 response text it rests on); `ERROR_CATEGORY` and `CRITERION` map each rule to the clinical
 error taxonomy and to the safety criterion it bears on; `rule_reward` turns violations
-into a reward term in [0, 1]. The modules: `quantities` (numbers with units and how text
-states them), `formulary` (the data), `dose` and `advice` (the rules), `rules` (`check`),
-`reward`.
+into a reward term in [0, 1] and `rule_cost` into a cost in [0, 1], its complement. The
+modules: `quantities` (numbers with units and how text states them), `formulary` (the
+data), `dose` and `advice` (the rules), `rules` (`check`), `reward`.
 """
 
 from .formulary import AllergyGroup, Caution, Formulary, Limit, Medicine, load_formulary
 from .quantities import Quantity, parse_quantities
-from .reward import PENALTY, reward_from, rule_reward
+from .reward import PENALTY, reward_from, rule_cost, rule_reward
 from .rules import check
 from .violations import CRITERION, ERROR_CATEGORY, RULES, Severity, Violation
 
@@ -41,5 +41,6 @@ __all__ = [
     "load_formulary",
     "parse_quantities",
     "reward_from",
+    "rule_cost",
     "rule_reward",
 ]

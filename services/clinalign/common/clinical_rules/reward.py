@@ -10,6 +10,11 @@ checkable properties (Lambert et al., 2024, "Tülu 3", RLVR; Mu et al., 2024, "R
 Rewards for Language Model Safety"). It sees only what the rules see: an answer that
 gives no dose at all, or is otherwise unhelpful, keeps 1.0, so it belongs beside a
 learned reward, never in place of one.
+
+The same checks as a cost in [0, 1], for a constraint rather than a reward term (issue
+21's constrained PPO, ``cost_source: rules``):
+
+    c_rules(prompt, response) = 1 - r_rules(prompt, response)
 """
 
 from __future__ import annotations
@@ -35,3 +40,9 @@ def reward_from(violations: Iterable[Violation]) -> float:
 def rule_reward(prompt: str, response: str, formulary: Formulary | None = None) -> float:
     """1.0 when `response` breaks no clinical rule, lower with each violation's severity."""
     return reward_from(check(prompt, response, formulary))
+
+
+def rule_cost(prompt: str, response: str, formulary: Formulary | None = None) -> float:
+    """0.0 when `response` breaks no clinical rule; 0.25 a minor violation, 0.5 a major
+    one, 1.0 (at most) a critical one or several that add up to it."""
+    return 1.0 - rule_reward(prompt, response, formulary)

@@ -31,6 +31,9 @@ PLOTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("approx_kl", "Approximate KL between PPO epochs", ("approx_kl",)),
     ("explained_variance", "Explained variance of the value head", ("explained_variance",)),
     ("response_length", "Response length", ("response_length",)),
+    # the cost constraint (issue 21): expected cost against the budget, and λ
+    ("cost", "Expected cost per finished response", ("cost", "violation_frac")),
+    ("lagrange_multiplier", "Lagrange multiplier of the cost constraint", ("lagrange_multiplier",)),
 )
 
 History = Sequence[tuple[int, Mapping[str, float]]]
@@ -85,11 +88,11 @@ def _cell(value: float | None) -> str:
 
 
 def _series(history: History, name: str) -> list[tuple[int, float]]:
-    """(step, value) of one metric, non-finite values left out."""
+    """(step, value) of one metric, non-finite values (and a manifest's nulls) left out."""
     return [
-        (step, float(metrics[name]))
+        (step, float(value))
         for step, metrics in history
-        if name in metrics and math.isfinite(metrics[name])
+        if (value := metrics.get(name)) is not None and math.isfinite(value)
     ]
 
 

@@ -45,13 +45,15 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 @dataclass
 class LoopState:
-    """What ``accelerate`` cannot see: iteration, data position, β and the logged history.
+    """What ``accelerate`` cannot see: iteration, data position, β, the cost constraint's λ
+    and the logged history.
     Registered for checkpointing, so ``save_state``/``load_state`` carry it."""
 
     iteration: int = 0
     data_epoch: int = 0
     data_index: int = 0
     kl_coef: float = 0.0
+    multiplier: float = 0.0  # λ of the cost constraint, for the next iteration
     history: list[list[Any]] = field(default_factory=list)  # [iteration, {metric: value}]
 
     def state_dict(self) -> dict[str, Any]:
@@ -68,7 +70,7 @@ def start_state(
     """The loop state, registered for checkpointing: a fresh one with the global RNG seeded
     by ``seed`` (each process its own: N details "different seeds"), or the checkpoint
     ``resume_from``'s, with every process's RNG, weights and optimiser restored."""
-    state = LoopState(kl_coef=hyper.kl_coef)
+    state = LoopState(kl_coef=hyper.kl_coef, multiplier=hyper.lagrangian_init)
     accelerator.register_for_checkpointing(state)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
@@ -223,8 +225,15 @@ def method(
         reference = "base weights with the adapter disabled"
     else:
         reference = "frozen copy of the initial policy"
+    constraint = None
+    if hyper.cost_source != "none":
+        constraint = (
+            f"E[{hyper.cost_source} cost] <= {hyper.cost_budget}: score (R - λC)/(1 + λ), λ by "
+            f"dual ascent from {hyper.lagrangian_init} (step {hyper.lagrangian_lr}, at most "
+            f"{hyper.lagrangian_max})"
+        )
     return {
-        "algorithm": "ppo" if gae else "rloo",
+        "algorithm": ("ppo" if gae else "rloo") + ("-lagrangian" if constraint else ""),
         "advantage_estimator": hyper.advantage_estimator,
         "policy_loss": "ppo_clip",
         "uses_critic": gae,
@@ -234,6 +243,7 @@ def method(
         "advantage_whitening": whitening,
         "reference": reference,
         "lora": "merged into full weights" if lora else None,
+        "cost_constraint": constraint,
         "processes": world,
     }
 

@@ -15,6 +15,9 @@ ADVANTAGE_ESTIMATORS = ("gae", "rloo")
 CRITICS = ("separate", "value_head")
 KL_CONTROLLERS = ("adaptive", "fixed")
 KL_ESTIMATORS = ("k1", "k3")
+# where a response's cost comes from: "none" (no constraint); "rules", the clinical rule
+# checks' shortfall 1 - clinical_rules.rule_reward (issue 21's cost model will add "model")
+COST_SOURCES = ("none", "rules")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,14 @@ class PPOHyperparameters:
     # response scores  reward model - rule_penalty * (1 - clinical_rules.rule_reward), so a
     # critical dose, contraindication or allergy violation costs rule_penalty; 0: off
     rule_penalty: float = 0.0
+    # -- the cost constraint (``constraint``; IMPLEMENTATION_DETAILS.md, "The cost
+    # constraint"): maximise reward subject to E[cost] <= cost_budget, a finished response
+    # scoring (reward - λ·cost) / (1 + λ), λ updated by dual ascent after every iteration
+    cost_source: str = "none"
+    cost_budget: float = 0.02  # d: the expected cost per finished response allowed
+    lagrangian_init: float = 1.0  # λ₀
+    lagrangian_lr: float = 1.0  # alpha: λ += alpha·(expected cost - d) per iteration; 0 holds λ₀
+    lagrangian_max: float = 10.0  # λ is clipped to [0, lagrangian_max]
     kl_controller: str = "adaptive"  # "adaptive" (Ziegler et al. 2019 §2.2) or "fixed"
     kl_coef: float = 0.15  # β₀ (adaptive) or β (fixed)
     kl_target: float = 6.0  # nats per sequence (adaptive)
@@ -100,21 +111,45 @@ class PPOHyperparameters:
             "kl_coef": self.kl_coef,
             "vf_coef": self.vf_coef,
             "rule_penalty": self.rule_penalty,
+            "lagrangian_init": self.lagrangian_init,
+            "lagrangian_lr": self.lagrangian_lr,
         }
         for name, value in non_negative.items():
             if value < 0:
                 raise InvalidArgument(name, f"must not be negative, got {value}")
         if self.kl_controller == "adaptive" and self.kl_coef == 0:
             raise InvalidArgument("kl_coef", "must be positive for the adaptive controller")
+        self._check_constraint()
         if self.critic_learning_rate is not None and not self.critic_learning_rate > 0:
             raise InvalidArgument("critic_learning_rate", "must be positive")
         for name, value in {"gamma": self.gamma, "lam": self.lam}.items():
             if not 0.0 <= value <= 1.0:
                 raise InvalidArgument(name, f"must be in [0, 1], got {value}")
 
+    def _check_constraint(self) -> None:
+        if not 0.0 <= self.cost_budget <= 1.0:
+            raise InvalidArgument(
+                "cost_budget", f"must be in [0, 1] (costs are in [0, 1]), got {self.cost_budget}"
+            )
+        if not self.lagrangian_max > 0:
+            raise InvalidArgument("lagrangian_max", f"must be positive, got {self.lagrangian_max}")
+        if self.lagrangian_init > self.lagrangian_max:
+            raise InvalidArgument(
+                "lagrangian_init",
+                f"must not exceed lagrangian_max ({self.lagrangian_max}), got "
+                f"{self.lagrangian_init}",
+            )
+        if self.cost_source == "rules" and self.rule_penalty > 0:
+            raise InvalidArgument(
+                "rule_penalty",
+                "must be 0 when cost_source is rules: the rule checks are already the "
+                "constraint's cost, and counting them twice would weigh them past λ",
+            )
+
     def _check_choices(self) -> None:
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "advantage_estimator": (self.advantage_estimator, ADVANTAGE_ESTIMATORS),
+            "cost_source": (self.cost_source, COST_SOURCES),
             "critic": (self.critic, CRITICS),
             "kl_controller": (self.kl_controller, KL_CONTROLLERS),
             "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),

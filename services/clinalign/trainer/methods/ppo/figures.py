@@ -9,7 +9,7 @@ import math
 import torch
 from accelerate import Accelerator
 
-from clinalign.trainer.methods.ppo import core
+from clinalign.trainer.methods.ppo import constraint, core
 from clinalign.trainer.methods.ppo.checkpoint import LoopState
 from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 from clinalign.trainer.methods.ppo.rollout import Rollout
@@ -73,11 +73,22 @@ def record_iteration(
 ) -> dict[str, float]:
     """Adds β (the one this iteration used), the learning rate, episodes so far and the
     iteration's duration to ``figures``, adapts β to the batch's mean KL per response
-    (Ziegler et al. 2019 §2.2: n_steps = the batch's episodes), and appends the figures to
-    the loop state's history, one iteration on. Returns the figures."""
+    (Ziegler et al. 2019 §2.2: n_steps = the batch's episodes), steps the cost
+    constraint's λ by dual ascent on the batch's expected cost (``constraint.dual_ascent``;
+    ``lagrange_multiplier`` is the λ this iteration used), and appends the figures to the
+    loop state's history, one iteration on. Returns the figures."""
     figures["kl_coef"] = kl_ctl.value
     kl_ctl.update(figures["kl"], hyper.rollout_batch_size)
     state.kl_coef = kl_ctl.value
+    if hyper.cost_source != "none":
+        figures["lagrange_multiplier"] = state.multiplier
+        state.multiplier = constraint.dual_ascent(
+            state.multiplier,
+            figures["cost"],
+            hyper.cost_budget,
+            hyper.lagrangian_lr,
+            hyper.lagrangian_max,
+        )
     state.iteration += 1
     figures["learning_rate"] = learning_rate
     figures["episodes"] = float(state.iteration * hyper.rollout_batch_size)

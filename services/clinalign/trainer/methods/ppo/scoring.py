@@ -18,13 +18,15 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from clinalign.trainer.methods.ppo import core
+from clinalign.trainer.methods.ppo import constraint, core
 from clinalign.trainer.methods.ppo.config import PPOHyperparameters
 from clinalign.trainer.methods.ppo.models import positions
 from clinalign.trainer.methods.ppo.rollout import Rollout, trim
 
 # (prompts, responses) → one score per pair, higher is better
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+# (prompts, responses) → one cost per pair in [0, 1], higher is more harmful (``constraint``)
+CostFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 # (input ids [B, L], attention mask [B, L], response width W) → log π_ref [B, W]
 ReferenceFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -99,14 +101,59 @@ def sequence_scores(
     return core.penalise_unfinished(f_scores, b_finished, penalty), b_finished
 
 
+def sequence_costs(
+    cost: CostFn, prompts: Sequence[str], texts: Sequence[str], b_finished: torch.Tensor
+) -> torch.Tensor:
+    """Costs [B] float32 of B decoded responses: the finished ones from ``cost`` in one call,
+    in row order, each in [0, 1]; 0 for the rest, which the constraint leaves out
+    (``constraint.expected_cost``) and which keep their fixed penalty."""
+    rows = b_finished.nonzero().flatten().tolist()
+    b_costs = torch.zeros(len(texts), dtype=torch.float32)
+    if rows:
+        got = [float(c) for c in cost([prompts[i] for i in rows], [texts[i] for i in rows])]
+        if len(got) != len(rows):
+            raise RuntimeError(f"the cost function returned {len(got)} costs for {len(rows)}")
+        if any(not 0.0 <= c <= 1.0 for c in got):
+            raise RuntimeError("the cost function returned a cost outside [0, 1]")
+        b_costs[rows] = torch.tensor(got, dtype=torch.float32)
+    return b_costs
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A rollout's sequence scores, and what the advantages read."""
+
+    scores: torch.Tensor  # [B] the scorer's, the fixed penalty for the unfinished
+    finished: torch.Tensor  # [B] bool: ended with some text
+    objective: torch.Tensor  # [B] the scores, or under a cost constraint (R - λC)/(1 + λ)
+    figures: dict[str, float]  # the constraint's logged figures; empty without one
+
+
 def score_rollout(
-    score: ScoreFn, tokenizer: Any, prompts: Sequence[str], rollout: Rollout, penalty: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores [B] on the rollout's device, finished [B] bool): the rollout's responses
-    decoded and scored against their ``prompts`` by ``sequence_scores``."""
+    score: ScoreFn,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    rollout: Rollout,
+    hyper: PPOHyperparameters,
+    multiplier: float,
+    cost: CostFn | None = None,
+) -> Scored:
+    """The rollout's responses decoded and scored against their ``prompts`` by
+    ``sequence_scores`` (on the rollout's device); with ``cost``, the finished ones costed
+    by ``sequence_costs`` and their scores mixed with the costs at λ = ``multiplier``
+    (``constraint.lagrangian_scores``)."""
     texts = tokenizer.batch_decode(rollout.responses, skip_special_tokens=True)
-    b_scores, b_finished = sequence_scores(score, prompts, texts, rollout.ended, penalty)
-    return b_scores.to(rollout.responses.device), b_finished
+    b_scores, b_finished = sequence_scores(
+        score, prompts, texts, rollout.ended, hyper.missing_eos_penalty
+    )
+    b_scores = b_scores.to(rollout.responses.device)
+    if cost is None:
+        return Scored(b_scores, b_finished, b_scores, {})
+    b_costs = sequence_costs(cost, prompts, texts, b_finished).to(b_scores.device)
+    b_finished_here = b_finished.to(b_scores.device)
+    b_mixed = constraint.lagrangian_scores(b_scores, b_costs, b_finished_here, multiplier)
+    figures = constraint.constraint_figures(b_mixed, b_costs, b_finished_here, hyper.cost_budget)
+    return Scored(b_scores, b_finished, b_mixed, figures)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ One iteration:
    response gives the old log-probabilities, the values and the reference
    log-probabilities; the responses that ended with some text are scored by ``score`` (in
    a job, ``RewardService.Score`` over gRPC), the others (never ended, or blank) get
-   ``missing_eos_penalty`` without being scored (``core.penalise_unfinished``).
+   ``missing_eos_penalty`` without being scored (``core.penalise_unfinished``). Under a
+   cost constraint (``cost_source``) the finished ones are also costed, and score
+   (R - λ·C)/(1 + λ) (``constraint``).
 3. **Advantages** (``scoring``). Per-token rewards are -β·KL plus the score at the last
    token; GAE gives advantages and returns (or, with the ``rloo`` estimator and no critic,
    each response's return against the mean of the other responses to its prompt);
@@ -22,7 +24,8 @@ One iteration:
    shuffled minibatches (each in ``gradient_accumulation_steps`` micro-batches): clipped
    policy loss plus ``vf_coef`` times the clipped value loss, gradients clipped by global
    norm.
-5. **Log** (``figures``), adapt β with the KL controller, and **checkpoint**
+5. **Log** (``figures``), adapt β with the KL controller and λ by dual ascent, and
+   **checkpoint**
    (``checkpoint``) every ``checkpoint_every`` iterations (``accelerate``'s
    ``save_state``: weights, optimiser, every process's RNG, and the loop state, which holds
    the data position and β).
@@ -91,6 +94,7 @@ from clinalign.trainer.methods.ppo.rollout import (
     local_prompts,
 )
 from clinalign.trainer.methods.ppo.scoring import (
+    CostFn,
     ScoreFn,
     compute_advantages,
     evaluate_rollout,
@@ -117,12 +121,14 @@ def train_ppo(
     progress: ProgressFn | None = None,
     lineage: Mapping[str, Any] | None = None,
     anchor: Anchor | None = None,
+    cost: CostFn | None = None,
 ) -> dict[str, Any]:
     """Runs PPO on ``prompts`` from the causal LM at ``policy_dir`` and writes the trained
     policy (LoRA merged) with its critic and manifest to ``out_dir``; returns the manifest.
     ``resume_from`` is a checkpoint directory an earlier run wrote under its
     ``checkpoint_dir``; the run then continues from it, data position and RNG included.
-    ``anchor``, the KL reference, is by default ``anchor.kl_anchor`` of the policy."""
+    ``anchor``, the KL reference, is by default ``anchor.kl_anchor`` of the policy;
+    ``cost``, the constraint's cost, that of ``hyper.cost_source`` (``_cost_function``)."""
     started = time.monotonic()
     accelerator = _accelerator(hyper)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -137,6 +143,7 @@ def train_ppo(
     state = start_state(accelerator, hyper, resume_from, hyper.seed + rank * SEED_STRIDE)
     kl_ctl = kl_controller(hyper, state.kl_coef)
     rendered = [render_user_prompt(tokenizer, p) for p in prompts]
+    cost = _cost_function(hyper, cost)
     micro = micro_batch_rows(hyper, world)
 
     while state.iteration < hyper.iterations:
@@ -152,21 +159,22 @@ def train_ppo(
         rollout, evaluation = evaluate_rollout(
             model, ref_logprobs, rollout, micro, hyper.temperature, accelerator
         )
-        b_scores, b_finished = score_rollout(
-            score, tokenizer, [prompts[i] for i in local], rollout, hyper.missing_eos_penalty
+        scored = score_rollout(
+            score, tokenizer, [prompts[i] for i in local], rollout, hyper, state.multiplier, cost
         )
         # 3. advantages
         advantages = compute_advantages(
-            b_scores, evaluation, rollout.response_mask, kl_ctl.value, hyper
+            scored.objective, evaluation, rollout.response_mask, kl_ctl.value, hyper
         )
         # 4. optimise
         batch = Batch.of(rollout, evaluation, advantages)
         stats = optimise(accelerator, model, optimizer, batch, hyper, unwrapped.has_values)
         # 5. log (figures averaged over processes), adapt β, checkpoint
+        scores, finished = scored.scores, scored.finished
         local_figures = iteration_figures(
-            b_scores, b_finished, rollout, evaluation, advantages, stats, unwrapped.has_values
+            scores, finished, rollout, evaluation, advantages, stats, unwrapped.has_values
         )
-        figures = mean_over_processes(accelerator, local_figures)
+        figures = mean_over_processes(accelerator, {**local_figures, **scored.figures})
         lr, iteration_s = optimizer.param_groups[0]["lr"], time.monotonic() - iteration_started
         record_iteration(state, kl_ctl, figures, hyper, lr, iteration_s)
         if progress is not None and accelerator.is_main_process:
@@ -174,15 +182,41 @@ def train_ppo(
         if checkpoint_dir is not None and checkpoint_due(hyper, state.iteration):
             save_checkpoint(accelerator, Path(checkpoint_dir), state.iteration)
 
-    accelerator.wait_for_everyone()
     manifest = build_manifest(
         hyper, lora, state, lineage or {}, started, critic_dir, world, anchor, policy_dir
     )
+    _save(accelerator, unwrapped, tokenizer, manifest, out_dir)
+    return manifest
+
+
+def _save(
+    accelerator: Accelerator,
+    model: PolicyAndCritic,
+    tokenizer: Any,
+    manifest: dict[str, Any],
+    out_dir: Path,
+) -> None:
+    """The main process writes the output once every process has finished training."""
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_output(unwrapped, tokenizer, manifest, out_dir)
+        save_output(model, tokenizer, manifest, out_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return manifest
+
+
+def _cost_function(hyper: PPOHyperparameters, cost: CostFn | None) -> CostFn | None:
+    """The constraint's cost function: none without a ``cost_source``; ``cost`` if given,
+    else the built-in one of the source (``rules``: the clinical rule checks)."""
+    if hyper.cost_source == "none":
+        return None
+    if cost is not None:
+        return cost
+    from clinalign.common.clinical_rules import rule_cost
+
+    def rules(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return [rule_cost(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+    return rules
 
 
 def _models(
