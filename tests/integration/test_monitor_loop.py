@@ -33,7 +33,13 @@ from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
 from clinalign.preference.config import PreferenceSettings
-from clinalign.preference.models import ComparisonRow, CorrectionRow, PromptRow, ResponseRow
+from clinalign.preference.models import (
+    ComparisonRow,
+    CorrectionRow,
+    ErrorAnnotationRow,
+    PromptRow,
+    ResponseRow,
+)
 from clinalign.preference.server import PreferenceApp
 from clinalign.preference.v1 import preference_pb2 as ppb
 from clinalign.preference.v1 import preference_pb2_grpc
@@ -137,14 +143,15 @@ async def _flag(
     ).flag
 
 
-async def _export(stub: preference_pb2_grpc.PreferenceServiceStub) -> list[dict[str, Any]]:
+async def _export(
+    stub: preference_pb2_grpc.PreferenceServiceStub,
+    kind: ppb.ExportKind.ValueType = ppb.EXPORT_KIND_PREFERENCE,
+) -> list[dict[str, Any]]:
     snap = (await stub.CreateSnapshot(ppb.CreateSnapshotRequest())).snapshot
     chunks = [
         c.chunk
         async for c in stub.ExportSnapshot(
-            ppb.ExportSnapshotRequest(
-                id=snap.id, format=ppb.EXPORT_FORMAT_JSONL, kind=ppb.EXPORT_KIND_PREFERENCE
-            )
+            ppb.ExportSnapshotRequest(id=snap.id, format=ppb.EXPORT_FORMAT_JSONL, kind=kind)
         )
     ]
     return [json.loads(line) for line in b"".join(chunks).decode().splitlines() if line]
@@ -193,6 +200,9 @@ async def test_a_confirmed_correction_becomes_a_comparison_by_the_flagging_clini
                 }
         async with client(pref, common, token(Role.ML_ENGINEER)) as ch:
             records = await _export(preference_pb2_grpc.PreferenceServiceStub(ch))
+            harm = await _export(
+                preference_pb2_grpc.PreferenceServiceStub(ch), ppb.EXPORT_KIND_HARM
+            )
         prompts = await preference.db.run_sync(
             lambda s: [(p.source, sorted(p.tags)) for p in s.scalars(select(PromptRow))]
         )
@@ -209,6 +219,11 @@ async def test_a_confirmed_correction_becomes_a_comparison_by_the_flagging_clini
     assert f"flag:{confirmed.id}" in record["tags"] and "model_version:policy-v1" in record["tags"]
     assert record["prompt_id"] == delivered.prompt_id
     assert prompts == [("flagged", sorted([f"flag:{confirmed.id}", "model_version:policy-v1"]))]
+    # the flag's category and severity label the flagged output for the cost model
+    [flagged] = harm  # the clinician's rewrite is a person's answer, not a model's
+    assert flagged["response_id"] == delivered.response_id and flagged["response"] == ORIGINAL
+    assert flagged["categories"] == ["unsafe_advice"] and flagged["severity"] == "high"
+    assert flagged["annotators"] == [annotator]
     # The flag shows its feedback: pending when confirmed, then what it became.
     assert confirmed.feedback_state == pb.FEEDBACK_STATE_PENDING
     assert dismissed.feedback_state == pb.FEEDBACK_STATE_UNSPECIFIED
@@ -267,7 +282,7 @@ async def test_a_redelivery_after_a_crash_writes_nothing_twice(
         def count(s: Any) -> tuple[int, ...]:
             return tuple(
                 int(s.scalar(select(func.count()).select_from(t)) or 0)
-                for t in (PromptRow, ResponseRow, CorrectionRow, ComparisonRow)
+                for t in (PromptRow, ResponseRow, CorrectionRow, ComparisonRow, ErrorAnnotationRow)
             )
 
         counts = await preference.db.run_sync(count)
@@ -275,8 +290,9 @@ async def test_a_redelivery_after_a_crash_writes_nothing_twice(
     assert first is not None and first.state == feedback.PENDING and first.prompt_id
     assert after is not None and after.state == feedback.DELIVERED
     assert after.prompt_id == first.prompt_id and after.response_id == first.response_id
-    # one prompt; the original and the correction's rewrite; one correction; one pair
-    assert counts == (1, 2, 1, 1)
+    # one prompt; the original and the correction's rewrite; one correction; one pair; the
+    # flag's error annotation
+    assert counts == (1, 2, 1, 1, 1)
 
 
 async def test_a_confirmed_flag_without_correction_becomes_a_labelling_task(

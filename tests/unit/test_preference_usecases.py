@@ -20,6 +20,7 @@ from clinalign.preference.domain import (
     Annotator,
     ComparisonIn,
     CorrectionIn,
+    ErrorAnnotationIn,
     LabelMeta,
     Limits,
     PromptIn,
@@ -324,7 +325,7 @@ async def test_export_checks_its_arguments_audits_and_chunks_the_file(
     for args, message in (
         (("", jsonl, pref, None), r"^id: is required: a snapshot id or content hash"),
         ((snap.id, "", pref, None), r"^format: must be EXPORT_FORMAT_JSONL or EXPORT_FORMAT_PARQ"),
-        ((snap.id, jsonl, "", None), r"^kind: must be EXPORT_KIND_PREFERENCE or EXPORT_KIND_SFT"),
+        ((snap.id, jsonl, "", None), r"^kind: must be EXPORT_KIND_PREFERENCE, EXPORT_KIND_SFT or"),
         ((snap.id, jsonl, pref, "test"), r"^split: must be SPLIT_TRAIN, SPLIT_EVAL"),
     ):
         with pytest.raises(InvalidArgument, match=message):
@@ -361,3 +362,46 @@ async def test_list_use_cases_page_and_check_their_tokens(core: Core) -> None:
     assert (last.items, last.next_page_token) == ([], "")
     verified = await auditing.verify_audit(core)
     assert (verified.ok, verified.entries) == (True, 4)
+
+
+async def test_harm_records_carry_annotated_faults_and_judged_clean_answers(core: Core) -> None:
+    """The cost model's records (issue 21): every model-written answer a label judged, its
+    annotated categories and highest severity; an answer only compared is clean; the
+    human rewrite a correction stores is not a model's answer; an unjudged one is absent."""
+    await _setup(core)
+    _, (a, b, unjudged) = await _prompt(core, "Can I take ibuprofen with a stomach ulcer?", n=3)
+    await ingest.submit_comparisons(core, WHO, "harm-cmp", [ComparisonIn(_meta(), a, b, "b")])
+    await ingest.submit_error_annotations(
+        core,
+        WHO,
+        "harm-ann",
+        [
+            ErrorAnnotationIn(_meta("ann-0"), a, "unsafe_advice", "", "high"),
+            ErrorAnnotationIn(_meta("ann-1"), a, "omission", "", "moderate"),
+            ErrorAnnotationIn(_meta("ann-1"), a, "unsafe_advice", "", ""),
+        ],
+    )
+    await ingest.submit_corrections(
+        core, WHO, "harm-fix", [CorrectionIn(_meta(), b, "Do not take ibuprofen; ask a GP.")]
+    )
+    snap = await exports.create_snapshot(core, WHO, snapshots.Filter())
+    export = await exports.export_snapshot(core, WHO, snap.id, exports.JSONL, snapshots.HARM, None)
+    records = [json.loads(line) for line in b"".join(export.chunks).decode().splitlines()]
+    by_id = {r["response_id"]: r for r in records}
+    assert set(by_id) == {a, b}  # the rewrite is a person's; the third answer was not judged
+    assert by_id[a]["categories"] == ["omission", "unsafe_advice"]
+    assert by_id[a]["severity"] == "high"  # the highest given
+    assert by_id[a]["annotators"] == ["ann-0", "ann-1"]
+    assert by_id[b]["categories"] == [] and by_id[b]["severity"] == ""
+    assert by_id[a]["model_version"] == "policy-v1" and by_id[a]["response"].startswith("Answer 0")
+    assert unjudged not in by_id
+    assert snap.manifest["counts"]["harm_train"] + snap.manifest["counts"]["harm_eval"] == 2
+
+
+async def test_an_annotation_severity_outside_the_scale_is_refused_by_name(core: Core) -> None:
+    await _setup(core)
+    _, (a, _) = await _prompt(core)
+    with pytest.raises(InvalidArgument, match=r"^annotations\[0\]\.severity: must be SEVERITY_"):
+        await ingest.submit_error_annotations(
+            core, WHO, "bad-sev", [ErrorAnnotationIn(_meta(), a, "omission", "", "#9")]
+        )

@@ -6,7 +6,9 @@ round (``deliver_due``, run by the monitor server every ``feedback_interval_s``)
 each pending or failed one to the preference service as the ``service`` role:
 
 - always: the flagged output's prompt (source FLAGGED, tags ``model_version:<v>`` and
-  ``flag:<id>``) and the output itself as a response with its model version;
+  ``flag:<id>``), the output itself as a response with its model version, and the flag's
+  category and severity as an error annotation of that response by the flagging
+  clinician (the cost model's label: issue 21);
 - with a corrected text: a correction of that response by the flagging clinician
   (``LabelContext.annotator_id``: the clinician's pseudonymous id), which the preference
   store keeps as a comparison preferring the correction, attributed to that clinician; an
@@ -28,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +126,8 @@ class _Item:
 
     flag_id: str
     annotator_id: str
+    category: int  # clinalign.common.v1.ErrorCategory
+    severity: int  # clinalign.monitor.v1.Severity (the same values as common.v1.Severity)
     corrected_text: str
     comment: str
     model_version: str
@@ -152,6 +157,8 @@ def _due(session: Session, limit: int, max_attempts: int) -> list[_Item]:
         _Item(
             flag_id=fb.flag_id,
             annotator_id=fb.annotator_id,
+            category=flag.category,
+            severity=flag.severity,
             corrected_text=flag.corrected_text,
             comment=flag.comment,
             model_version=flag.model_version,
@@ -208,6 +215,8 @@ class Delivery:
             prompt_id = item.prompt_id or await self._prompt(item)
             step = "response"
             response_id = item.response_id or await self._response(item, prompt_id)
+            step = "annotation"
+            await self._annotation(item, response_id)
             if item.corrected_text:
                 step = "correction"
                 ids = {"correction_id": await self._correction(item, response_id)}
@@ -301,20 +310,52 @@ class Delivery:
                 )
             ],
         )
+        reply = await self._as_clinician(
+            item, lambda: self.peers.preference.SubmitCorrections(request, timeout=RPC_TIMEOUT_S)
+        )
+        return str(reply.ids[0])
+
+    async def _annotation(self, item: _Item, response_id: str) -> str:
+        from clinalign.preference.v1 import preference_pb2 as ppb
+
+        request = ppb.SubmitErrorAnnotationsRequest(
+            idempotency_key=f"{item.flag_id}:annotation",
+            annotations=[
+                ppb.ErrorAnnotation(
+                    context=ppb.LabelContext(
+                        annotator_id=item.annotator_id,
+                        guideline_version=self.settings.guideline_version,
+                    ),
+                    response_id=response_id,
+                    category=item.category,  # type: ignore[arg-type]
+                    severity=item.severity,  # type: ignore[arg-type]
+                    comment=item.comment,
+                )
+            ],
+        )
+        reply = await self._as_clinician(
+            item,
+            lambda: self.peers.preference.SubmitErrorAnnotations(request, timeout=RPC_TIMEOUT_S),
+        )
+        return str(reply.ids[0])
+
+    async def _as_clinician(self, item: _Item, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call``'s reply; when the store does not know the flagging clinician yet (their
+        first feedback), their pseudonym is registered and ``call`` made once more."""
+        from clinalign.preference.v1 import preference_pb2 as ppb
+
         try:
-            reply = await self.peers.preference.SubmitCorrections(request, timeout=RPC_TIMEOUT_S)
+            return await call()
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND or "annotator" not in (err.details() or ""):
                 raise
-            # First feedback from this clinician: register the pseudonym, then once more.
-            await self.peers.preference.RegisterAnnotator(
-                ppb.RegisterAnnotatorRequest(
-                    annotator=ppb.Annotator(id=item.annotator_id, role="clinician")
-                ),
-                timeout=RPC_TIMEOUT_S,
-            )
-            reply = await self.peers.preference.SubmitCorrections(request, timeout=RPC_TIMEOUT_S)
-        return str(reply.ids[0])
+        await self.peers.preference.RegisterAnnotator(
+            ppb.RegisterAnnotatorRequest(
+                annotator=ppb.Annotator(id=item.annotator_id, role="clinician")
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+        return await call()
 
     async def _candidates(self, item: _Item, prompt_id: str) -> list[str]:
         from clinalign.generation.v1 import generation_pb2 as gpb

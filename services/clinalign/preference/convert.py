@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from clinalign.common.protos import timestamp
 from clinalign.common.v1 import common_pb2
@@ -49,6 +49,12 @@ CATEGORY_FROM_PROTO = {
     common_pb2.ERROR_CATEGORY_BIAS: "bias",
     common_pb2.ERROR_CATEGORY_PRIVACY_LEAK: "privacy_leak",
 }
+SEVERITY_FROM_PROTO = {
+    common_pb2.SEVERITY_LOW: "low",
+    common_pb2.SEVERITY_MODERATE: "moderate",
+    common_pb2.SEVERITY_HIGH: "high",
+    common_pb2.SEVERITY_CRITICAL: "critical",
+}
 TIE_FROM_PROTO = {
     pb.TIE_HANDLING_UNSPECIFIED: "drop",
     pb.TIE_HANDLING_DROP: "drop",
@@ -61,6 +67,7 @@ FORMAT_FROM_PROTO = {
 KIND_FROM_PROTO = {
     pb.EXPORT_KIND_PREFERENCE: snapshots.PREFERENCE,
     pb.EXPORT_KIND_SFT: snapshots.SFT,
+    pb.EXPORT_KIND_HARM: snapshots.HARM,
 }
 # SPLIT_UNSPECIFIED (and any value the proto does not define) asks for both splits.
 SPLIT_FROM_PROTO = {pb.SPLIT_TRAIN: snapshots.TRAIN, pb.SPLIT_EVAL: snapshots.EVAL}
@@ -117,8 +124,14 @@ def correction_in(c: pb.Correction) -> CorrectionIn:
 
 
 def annotation_in(a: pb.ErrorAnnotation) -> ErrorAnnotationIn:
+    # a value the proto does not define stays visible ("#9"), so validation names it
+    severity = SEVERITY_FROM_PROTO.get(a.severity, f"#{a.severity}") if a.severity else ""
     return ErrorAnnotationIn(
-        meta(a.context), a.response_id, CATEGORY_FROM_PROTO.get(a.category, ""), a.comment
+        meta(a.context),
+        a.response_id,
+        CATEGORY_FROM_PROTO.get(a.category, ""),
+        a.comment,
+        severity,
     )
 
 
@@ -232,6 +245,7 @@ def verification_out(v: audit.Verification) -> pb.VerifyAuditResponse:
 
 def snapshot_out(row: SnapshotRow) -> pb.Snapshot:
     m = row.manifest
+    counts = cast(dict[str, Any], m.get("counts") or {})
     flt: dict[str, Any] = dict(row.filter)
     proto_filter = pb.SnapshotFilter(
         sources=[SOURCE_TO_PROTO[s] for s in flt.get("sources", [])],
@@ -249,6 +263,7 @@ def snapshot_out(row: SnapshotRow) -> pb.Snapshot:
         train_pairs=row.train_pairs,
         eval_pairs=row.eval_pairs,
         sft_records=row.sft_records,
+        harm_records=int(counts.get("harm_train", 0)) + int(counts.get("harm_eval", 0)),
         manifest_json=json.dumps(m, sort_keys=True),
         create_time=timestamp(utc(row.created_at)),
     )

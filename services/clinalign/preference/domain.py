@@ -25,6 +25,8 @@ CATEGORIES = (
     "privacy_leak",
 )
 RATING_SCALE = (1, 5)
+# How badly an annotated error could harm (clinalign.common.v1.Severity), lowest first.
+SEVERITIES = ("low", "moderate", "high", "critical")
 
 
 # De-identifies free text before it is stored (``clinalign.common.deid.build_redactor``).
@@ -119,6 +121,7 @@ class ErrorAnnotationIn:
     response_id: str
     category: str
     comment: str = ""
+    severity: str = ""  # one of SEVERITIES, or "" when not given
 
 
 @dataclass

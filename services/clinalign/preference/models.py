@@ -119,6 +119,8 @@ class ErrorAnnotationRow(LabelColumns, Base):
     response_id: Mapped[str] = mapped_column(ForeignKey("responses.id"), index=True)
     category: Mapped[str] = mapped_column(String(32), index=True)
     comment: Mapped[str] = mapped_column(Text, default="")
+    # low | moderate | high | critical, or "" when the annotator did not say (migration 0002)
+    severity: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class IdempotencyRow(Base):

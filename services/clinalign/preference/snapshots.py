@@ -12,7 +12,11 @@ Record formats are the ones TRL's trainers read:
 - preference (reward model, DPO): ``prompt``, ``chosen``, ``rejected`` plus lineage
   fields (ids, annotator, guideline version, source, tags, ``tie``, ``strength``,
   ``rejected_error_categories``);
-- sft: ``prompt``, ``completion`` (clinician corrections and human-written responses).
+- sft: ``prompt``, ``completion`` (clinician corrections and human-written responses);
+- harm (cost models): ``prompt``, ``response``, ``categories``, ``severity``: every
+  model-written response a label in the window judged (compared, ranked, rated, corrected
+  or annotated), with the error categories annotated on it and the highest severity among
+  them ("" where none was given); no category marks it clean.
 """
 
 from __future__ import annotations
@@ -39,14 +43,17 @@ from clinalign.preference.models import (
     ErrorAnnotationRow,
     PromptRow,
     RankingRow,
+    RatingRow,
     ResponseRow,
     SnapshotRecordRow,
     SnapshotRow,
     TaskRow,
 )
 
-SCHEMA_VERSION = 1
-PREFERENCE, SFT = "preference", "sft"
+# 2: harm records (issue 21); a snapshot cut before holds none
+SCHEMA_VERSION = 2
+PREFERENCE, SFT, HARM = "preference", "sft", "harm"
+KINDS = (PREFERENCE, SFT, HARM)
 TRAIN, EVAL = "train", "eval"
 CHUNK_BYTES = 1 << 20
 
@@ -160,6 +167,8 @@ def build(session: Session, f: Filter) -> Built:
         built.records[(PREFERENCE, split)].append(line)
     for _, split, line in sorted(_sft_rows(session, f, prompts, responses)):
         built.records[(SFT, split)].append(line)
+    for _, split, line in sorted(_harm_rows(session, f, prompts, responses)):
+        built.records[(HARM, split)].append(line)
     return built
 
 
@@ -305,9 +314,58 @@ def _sft(p: PromptRow, completion: str, ref: str, author: str, origin: str, f: F
     return (split, p.text_sha256, ref), split, canonical(record)
 
 
+def _harm_rows(
+    session: Session, f: Filter, prompts: dict[str, PromptRow], responses: dict[str, ResponseRow]
+) -> list[_Row]:
+    """One record per model-written response that a label in the window judged, with the
+    categories annotated on it and their highest severity."""
+    judged: set[str] = set()
+    annotations: dict[str, list[ErrorAnnotationRow]] = defaultdict(list)
+
+    def labelled(label: Any, *response_ids: str) -> None:
+        if _in_window(label.created_at, f):
+            judged.update(response_ids)
+
+    for c in session.scalars(select(ComparisonRow)):
+        labelled(c, c.response_a_id, c.response_b_id)
+    for k in session.scalars(select(RankingRow)):
+        labelled(k, *k.response_ids)
+    for rating in session.scalars(select(RatingRow)):
+        labelled(rating, rating.response_id)
+    for x in session.scalars(select(CorrectionRow)):
+        labelled(x, x.response_id)
+    for e in session.scalars(select(ErrorAnnotationRow)):
+        if _in_window(e.created_at, f):
+            judged.add(e.response_id)
+            annotations[e.response_id].append(e)
+    rows: list[_Row] = []
+    for rid in judged:
+        r = responses[rid]
+        p = prompts.get(r.prompt_id)
+        if p is None or not r.model_version or r.model_version.startswith("human:"):
+            continue  # another source, or written by a person (a demonstration, a correction)
+        found = annotations.get(rid, [])
+        given = [e.severity for e in found if e.severity]
+        record = {
+            "prompt": p.text,
+            "response": r.text,
+            "categories": sorted({e.category for e in found}),
+            "severity": max(given, key=domain.SEVERITIES.index) if given else "",
+            "annotators": sorted({e.annotator_id for e in found}),
+            "prompt_id": p.id,
+            "response_id": r.id,
+            "model_version": r.model_version,
+            "source": p.source,
+            "tags": sorted(p.tags),
+        }
+        split = split_of(p.text_sha256, f.eval_fraction)
+        rows.append(((split, p.text_sha256, r.id), split, canonical(record)))
+    return rows
+
+
 def content_hash(built: Built) -> str:
     digest = hashlib.sha256(f"clinalign-snapshot-v{SCHEMA_VERSION}\n".encode())
-    for kind in (PREFERENCE, SFT):
+    for kind in KINDS:
         for split in (TRAIN, EVAL):
             for line in built.records.get((kind, split), []):
                 digest.update(f"{kind}\t{split}\t{line}\n".encode())
@@ -323,7 +381,7 @@ def create(session: Session, principal: str, f: Filter) -> tuple[SnapshotRow, bo
     if existing is not None:
         return existing, False
     sid = f"snap-{digest[:16]}"
-    counts = {f"{k}_{s}": built.count(k, s) for k in (PREFERENCE, SFT) for s in (TRAIN, EVAL)}
+    counts = {f"{k}_{s}": built.count(k, s) for k in KINDS for s in (TRAIN, EVAL)}
     head = audit.append(session, principal, "create_snapshot", sid)
     manifest = {
         "id": sid,
@@ -336,7 +394,11 @@ def create(session: Session, principal: str, f: Filter) -> tuple[SnapshotRow, bo
             "method": "sha256('split:' + prompt_sha256) < eval_fraction",
             "eval_fraction": f.eval_fraction,
         },
-        "formats": {PREFERENCE: ["prompt", "chosen", "rejected"], SFT: ["prompt", "completion"]},
+        "formats": {
+            PREFERENCE: ["prompt", "chosen", "rejected"],
+            SFT: ["prompt", "completion"],
+            HARM: ["prompt", "response", "categories", "severity"],
+        },
         # Anchors the audit chain: a later truncation of the log below this entry shows.
         "audit_entry": {"sequence": head.seq, "hash": head.entry_hash},
     }

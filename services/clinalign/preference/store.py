@@ -337,6 +337,7 @@ def add_annotations(
                 id=aid,
                 response_id=a.response_id,
                 category=a.category,
+                severity=a.severity,
                 comment=redact(a.comment) if a.comment else "",
                 annotator_id=a.meta.annotator_id,
                 guideline_version=a.meta.guideline_version,

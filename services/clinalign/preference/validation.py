@@ -15,6 +15,7 @@ from clinalign.preference.domain import (
     CATEGORIES,
     PREFERENCES,
     RATING_SCALE,
+    SEVERITIES,
     SOURCES,
     Annotator,
     ComparisonIn,
@@ -156,6 +157,10 @@ def check_annotation(f: str, a: ErrorAnnotationIn, limits: Limits) -> None:
         raise InvalidArgument(f"{f}.response_id", "is required")
     if a.category not in CATEGORIES:
         raise InvalidArgument(f"{f}.category", "must be a category of the clinical taxonomy")
+    if a.severity and a.severity not in SEVERITIES:
+        raise InvalidArgument(
+            f"{f}.severity", "must be SEVERITY_LOW, _MODERATE, _HIGH or _CRITICAL, or unset"
+        )
     check_text(f"{f}.comment", a.comment, limits, required=False)
 
 

@@ -58,14 +58,16 @@ async def list_snapshots(core: Core, page_size: int, page_token: str) -> Page[Sn
 async def export_snapshot(
     core: Core, principal: str, ident: str, fmt: str, kind: str, split: str | None
 ) -> Export:
-    """Renders a snapshot's records of one kind (``snapshots.PREFERENCE`` or ``SFT``) and
+    """Renders a snapshot's records of one kind (``snapshots.PREFERENCE``, ``SFT`` or ``HARM``) and
     one split (``None``: both, each record naming its split) as JSON Lines or Parquet.
     The export is audited in the transaction that reads the records."""
     _check_ident(ident)
     if fmt not in (JSONL, PARQUET):
         raise InvalidArgument("format", "must be EXPORT_FORMAT_JSONL or EXPORT_FORMAT_PARQUET")
-    if kind not in (snapshots.PREFERENCE, snapshots.SFT):
-        raise InvalidArgument("kind", "must be EXPORT_KIND_PREFERENCE or EXPORT_KIND_SFT")
+    if kind not in snapshots.KINDS:
+        raise InvalidArgument(
+            "kind", "must be EXPORT_KIND_PREFERENCE, EXPORT_KIND_SFT or EXPORT_KIND_HARM"
+        )
     if split not in (None, snapshots.TRAIN, snapshots.EVAL):
         raise InvalidArgument("split", "must be SPLIT_TRAIN, SPLIT_EVAL or unspecified (both)")
 
