@@ -50,6 +50,30 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_cost_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained cost head (every label of ``cost_format.LABELS``) on the tiny model,
+    with its labels file: what a cost_model job writes, without the training."""
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from clinalign.common.cost_format import COST_FILE, HARM, LABELS
+
+    out = tmp_path_factory.mktemp("models") / "tiny-cost"
+    torch.manual_seed(2)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=len(LABELS), problem_type="multi_label_classification"
+    )
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / COST_FILE).write_text(json.dumps({"labels": list(LABELS), "cost_label": HARM}))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_reward_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sequence-classification head on the tiny model: an untrained reward model."""
     import torch

@@ -261,6 +261,9 @@ async def test_bad_ppo_specs_name_their_field(
                 "spec.hyperparameters[critic]: must be one of": _spec(
                     prompt_set="clinical-train", hyper={"critic": "twin"}
                 ),
+                "spec.hyperparameters[cost_source]: is model, but no cost model is served": _spec(
+                    prompt_set="clinical-train", hyper={"cost_source": "model"}
+                ),
             }
             errors = {
                 expected: await _fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=spec)))
@@ -285,3 +288,65 @@ async def test_bad_ppo_specs_name_their_field(
     assert unknown_resume.code() == grpc.StatusCode.NOT_FOUND
     assert "spec.resume_job_id" in (unknown_resume.details() or "")
     assert not listed.jobs  # nothing was half-submitted
+
+
+@pytest.mark.slow
+async def test_a_ppo_job_constrained_by_the_served_cost_model(
+    common: CommonSettings,
+    token: Token,
+    tiny_model_dir: Path,
+    tiny_reward_dir: Path,
+    tiny_cost_dir: Path,
+) -> None:
+    """cost_source=model (issue 21): the job pins the served cost version at submission,
+    is costed by the reward service in the same Score calls, logs λ and the expected cost,
+    and names the cost model in its lineage."""
+    reward = RewardApp(
+        common,
+        RewardSettings(
+            port=0,
+            model_path=tiny_reward_dir,
+            model_version="reward-v1",
+            cost_model_path=tiny_cost_dir,
+            cost_model_version="cost-v1",
+            device="cpu",
+        ),
+    )
+    async with serving(reward, common) as scoring:
+        wired = common.model_copy(update={"reward_target": f"127.0.0.1:{scoring.port}"})
+        trainer = TrainerApp(wired, TrainerSettings(port=0, watch_poll_s=0.1, worker_threads=1))
+        async with serving(trainer, wired) as running:
+            async with client(running, wired, token(Role.ADMIN)) as ch:
+                stub = trainer_pb2_grpc.TrainerServiceStub(ch)
+                for path, kind in (
+                    (tiny_reward_dir, common_pb2.MODEL_KIND_REWARD),
+                    (tiny_model_dir, common_pb2.MODEL_KIND_POLICY),
+                    (tiny_cost_dir, common_pb2.MODEL_KIND_COST),
+                ):
+                    await stub.RegisterModel(
+                        tpb.RegisterModelRequest(path=str(path), kind=kind, serve_if_none=True)
+                    )
+                spec = _spec(
+                    prompt_set="clinical-train",
+                    hyper={
+                        "iterations": "3",
+                        "advantage_estimator": "rloo",
+                        "samples_per_prompt": "2",
+                        "cost_source": "model",
+                        "cost_budget": "0.05",
+                    },
+                )
+                job_id = (await stub.SubmitJob(tpb.SubmitJobRequest(spec=spec))).job.id
+                done = await _until(stub, job_id, _ended)
+                got = await stub.GetModelVersion(
+                    tpb.GetModelVersionRequest(version=done.model_version)
+                )
+    assert done.state == tpb.JOB_STATE_SUCCEEDED, done.failure_reason
+    manifest = json.loads(got.manifest_json)
+    assert manifest["cost_model_version"] == "cost-v1"
+    assert manifest["method"]["algorithm"] == "rloo-lagrangian"
+    history = [figures for _, figures in manifest["history"]]
+    costs = [f["cost"] for f in history if f.get("cost") is not None]
+    assert costs and all(0.0 < c < 1.0 for c in costs)  # the cost model's probabilities
+    assert history[0]["lagrange_multiplier"] == 1.0
+    assert "lagrange_multiplier" in done.metrics  # (the last batch may have no cost: none ended)

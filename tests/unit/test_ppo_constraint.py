@@ -110,7 +110,7 @@ def test_the_rules_cost_is_the_rule_rewards_complement() -> None:
 @pytest.mark.parametrize(
     ("settings", "field", "message"),
     [
-        ({"cost_source": "model"}, "cost_source", "must be one of none, rules"),
+        ({"cost_source": "learned"}, "cost_source", "must be one of none, rules, model"),
         ({"cost_source": "rules", "cost_budget": 1.5}, "cost_budget", r"in \[0, 1\]"),
         ({"cost_source": "rules", "cost_budget": -0.1}, "cost_budget", r"in \[0, 1\]"),
         ({"cost_source": "rules", "lagrangian_init": -1.0}, "lagrangian_init", "negative"),
@@ -144,7 +144,7 @@ def test_a_job_spec_sets_the_constraint_and_a_bad_one_names_its_key() -> None:
         PPOHyperparameters,
     )
     assert parsed == {"cost_source": "rules", "cost_budget": 0.01, "lagrangian_lr": 0.5}
-    with pytest.raises(InvalidArgument, match="must be one of none, rules") as err:
+    with pytest.raises(InvalidArgument, match="must be one of none, rules, model") as err:
         parse_fields({"cost_source": "flags"}, 0, PPOHyperparameters)
     assert err.value.field == "spec.hyperparameters[cost_source]"
     with pytest.raises(InvalidArgument, match="already the constraint") as err:

@@ -67,7 +67,7 @@ def test_running_jobs_export_their_progress_and_finished_ones_drop_out(db: Datab
     assert jobs_by_state[("sft", "running")] == 1 and jobs_by_state[("sft", "queued")] == 1
     assert jobs_by_state[("ppo", "running")] == 1 and jobs_by_state[("dpo", "failed")] == 1
     assert jobs_by_state[("reward_model", "succeeded")] == 0  # zeros are exported too
-    assert len(jobs_by_state) == 4 * 5
+    assert len(jobs_by_state) == 5 * 5
     assert _per_job(samples, "clinalign_trainer_job_step") == {(sft, "sft"): 2, (ppo, "ppo"): 3}
     assert _per_job(samples, "clinalign_trainer_job_total_steps") == {
         (sft, "sft"): 8,

@@ -40,6 +40,7 @@ class JobKind(StrEnum):
     reward_model = "reward_model"
     ppo = "ppo"
     dpo = "dpo"
+    cost_model = "cost_model"
 
 
 class JobState(StrEnum):

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 POLICY = "policy"
 REWARD = "reward"
-KINDS = (POLICY, REWARD)
+COST = "cost"  # a cost model: per-category harm probabilities and one scalar cost (issue 21)
+KINDS = (POLICY, REWARD, COST)
 # The lineage manifest in every model directory a training job writes (the registry reads it).
 MANIFEST_NAME = "clinalign_manifest.json"
 # A reward-model directory's score normalisation (mean and std the reward service applies).

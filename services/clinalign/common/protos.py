@@ -13,6 +13,7 @@ from clinalign.common.v1 import common_pb2
 KIND_TO_PROTO = {
     "policy": common_pb2.MODEL_KIND_POLICY,
     "reward": common_pb2.MODEL_KIND_REWARD,
+    "cost": common_pb2.MODEL_KIND_COST,
 }
 KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
 STAGE_TO_PROTO = {

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from clinalign.common.artefacts import COST
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from clinalign.reward import metrics
 from clinalign.reward.scorer import Encoded, Scored, Scorer
@@ -212,7 +213,11 @@ class Batcher:
         raw = self.scorer.forward([row.ids for row in rows])
         metrics.BATCH_SIZE.observe(len(rows))
         metrics.BATCH_REQUESTS.observe(len({id(row.request) for row in rows}))
-        metrics.observe_scores(self.info.version, [self.scorer.normalise(x) for x in raw])
+        served = [self.scorer.normalise(x) for x in raw]
+        if self.scorer.kind == COST:
+            metrics.observe_costs(self.info.version, served)
+        else:
+            metrics.observe_scores(self.info.version, served)
         done: list[tuple[_Request, list[Scored]]] = []
         for row, x in zip(rows, raw, strict=True):
             request = row.request
@@ -269,8 +274,11 @@ class ActiveModel:
     finish on the old model.
     """
 
-    def __init__(self, load: Load, on_activated: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, load: Load, on_activated: Callable[[], Awaitable[None]], what: str = "reward"
+    ) -> None:
         self._load = load
+        self.what = what  # "reward" or "cost", in messages
         self._on_activated = on_activated
         self._current: Batcher | None = None
         self._switch = asyncio.Lock()
@@ -287,7 +295,7 @@ class ActiveModel:
     def pick(self) -> Batcher:
         if self._current is None:
             raise FailedPrecondition(
-                "no reward model is active; train one and call ActivateModel with its version"
+                f"no {self.what} model is active; train one and call ActivateModel with its version"
             )
         return self._current
 
@@ -302,7 +310,7 @@ class ActiveModel:
             self._current = fresh
             if old is not None:
                 self._retire(old)
-            log.info("reward model activated", extra={"fields": {"version": version}})
+            log.info(f"{self.what} model activated", extra={"fields": {"version": version}})
         await self._on_activated()
         return fresh
 

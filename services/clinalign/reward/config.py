@@ -24,6 +24,15 @@ class RewardSettings(ServiceSettings):
     model_version: str = Field(
         "", description="Version label reported for model_path; default its directory name."
     )
+    cost_model_path: Path | None = Field(
+        None,
+        description="Cost-model directory (a cost_model job's output) to serve beside the "
+        "reward model at start; unset: none until a cost version is activated. Score calls "
+        "with include_cost need one.",
+    )
+    cost_model_version: str = Field(
+        "", description="Version label reported for cost_model_path; default its directory name."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where scoring runs.")
     torch_threads: int = Field(
         0,

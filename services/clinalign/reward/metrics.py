@@ -1,6 +1,7 @@
 """Reward metrics, with the service prefix ``clinalign_reward_``.
 
-The score histogram and the running mean and standard deviation are per model version:
+The score histogram and the running mean and standard deviation are per model version (a
+cost model's costs go to their own histogram, ``clinalign_reward_cost``):
 monitoring compares a version's score distribution over time (drift) and across versions.
 Labels are the model version only, never request content.
 """
@@ -54,6 +55,12 @@ SCORE = Histogram(
     ["model_version"],
     buckets=_SCORES,
 )
+COST = Histogram(
+    "clinalign_reward_cost",
+    "Costs served (the cost model's probability of harm), per cost-model version.",
+    ["model_version"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+)
 SCORE_MEAN = Gauge(
     "clinalign_reward_score_mean",
     "Running mean of the normalised scores served, per model version.",
@@ -88,6 +95,14 @@ class _Running:
 
 _running: dict[str, _Running] = {}
 _lock = threading.Lock()
+
+
+def observe_costs(version: str, costs: list[float]) -> None:
+    """Records one forward pass's costs (called from the worker thread)."""
+    SCORES_SERVED.labels(version).inc(len(costs))
+    histogram = COST.labels(version)
+    for c in costs:
+        histogram.observe(c)
 
 
 def observe_scores(version: str, scores: list[float]) -> None:

@@ -4,7 +4,9 @@ The text of a pair is :func:`clinalign.common.reward_format.reward_text`, the on
 training. The score is the classification head's single logit at the last non-padding
 token (the Hugging Face sequence-classification models pool there), then the per-model
 normalisation stored with the model in ``clinalign_reward.json`` (mean and std over the
-reference policy's responses; identity when absent).
+reference policy's responses; identity when absent). A cost model (``kind`` "cost", a
+directory with ``clinalign_cost.json``) is read the same way; its score is the sigmoid of
+its first logit, the probability of harm (``clinalign.common.cost_format``).
 
 Scoring is two steps so that the service can batch across callers: :meth:`Scorer.encode`
 validates and tokenises one caller's pairs (any thread), and :meth:`Scorer.forward` scores
@@ -15,6 +17,7 @@ rows of token ids from any number of callers in one pass (the batcher's worker t
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +27,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from clinalign.common.artefacts import NORMALISATION_FILE
+from clinalign.common.artefacts import COST, NORMALISATION_FILE, REWARD
+from clinalign.common.cost_format import COST_FILE
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.hashing import weights_hash
 from clinalign.common.reward_format import reward_text
@@ -66,9 +70,16 @@ class Scorer:
         *,
         name: str = DEFAULT_NAME,
         digest: str = "",
+        kind: str = REWARD,
     ) -> None:
         if not (path / "config.json").is_file():
-            raise FailedPrecondition(f"no reward model at {path}")
+            raise FailedPrecondition(f"no {kind} model at {path}")
+        labels = 1
+        if kind == COST:
+            if not (path / COST_FILE).is_file():
+                raise FailedPrecondition(f"{path} is not a cost model: it has no {COST_FILE}")
+            labels = len(json.loads((path / COST_FILE).read_text())["labels"])
+        self.kind = kind
         self.device = torch.device(
             "cuda"
             if device == "auto" and torch.cuda.is_available()
@@ -76,7 +87,9 @@ class Scorer:
         )
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self.tokenizer.truncation_side = "left"  # keep the response, drop the oldest prompt
-        self.model: Any = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        self.model: Any = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=labels
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if self.model.config.pad_token_id is None:
@@ -124,7 +137,8 @@ class Scorer:
         return [Encoded(list(ids), i in long) for i, ids in enumerate(rows)]
 
     def forward(self, rows: Sequence[Sequence[int]]) -> list[float]:
-        """Raw rewards of rows of token ids, in one forward pass over right-padded rows."""
+        """Raw rewards (a cost model's harm logit) of rows of token ids, in one forward pass
+        over right-padded rows."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -141,6 +155,9 @@ class Scorer:
             return [float(x) for x in out.logits[:, 0].float().cpu().tolist()]
 
     def normalise(self, raw: float) -> float:
+        """The served score: the normalised reward, or a cost model's probability of harm."""
+        if self.kind == COST:
+            return _sigmoid(raw)
         return (raw - self.info.mean) / self.info.std
 
     def score(self, pairs: Sequence[tuple[str, str]], truncate: bool) -> list[Scored]:
@@ -151,3 +168,11 @@ class Scorer:
         return [
             Scored(self.normalise(r), r, e.truncated) for r, e in zip(raw, encoded, strict=True)
         ]
+
+
+def _sigmoid(x: float) -> float:
+    """1 / (1 + e^-x), without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

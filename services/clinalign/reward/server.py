@@ -1,6 +1,9 @@
 """The reward service process. Without a reward model it runs, answers ListModels, and
 reports NOT_SERVING for its service name until one is loaded, at start (``model_path``) or
-by ``ActivateModel`` with a registry version resolved through the trainer service."""
+by ``ActivateModel`` with a registry version resolved through the trainer service. A cost
+model (issue 21) is served beside it, loaded the same ways (``cost_model_path``, or
+``ActivateModel`` with a cost version); readiness does not wait for one, and a Score call
+that asks for costs without one is FAILED_PRECONDITION."""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ from pathlib import Path
 
 import grpc.aio
 
+from clinalign.common.artefacts import COST, REWARD
 from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
-from clinalign.common.errors import FailedPrecondition
+from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.registry_client import resolve_version
 from clinalign.common.server import Readiness, run_main
 from clinalign.common.v1 import common_pb2
-from clinalign.reward.batcher import ActiveModel, Batcher
+from clinalign.reward.batcher import ActiveModel, Batcher, Load
 from clinalign.reward.config import RewardSettings
 from clinalign.reward.scorer import DEFAULT_NAME, Scorer
 from clinalign.reward.servicer import ROLES, RewardServicer
@@ -30,8 +34,9 @@ class RewardApp:
     def __init__(self, common: CommonSettings, settings: RewardSettings) -> None:
         self.common = common
         self.settings = settings
-        self.models = ActiveModel(self._load_version, self._activated)
-        self.servicer = RewardServicer(settings, self.models)
+        self.models = ActiveModel(self._loader(common_pb2.MODEL_KIND_REWARD), self._activated)
+        self.costs = ActiveModel(self._loader(common_pb2.MODEL_KIND_COST), _nothing, "cost")
+        self.servicer = RewardServicer(settings, self.models, self.costs, self.activate)
         self._readiness: Readiness | None = None
         self.clients = Clients(common)  # the trainer's registry
 
@@ -39,10 +44,17 @@ class RewardApp:
         reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, server)
 
     async def _start_batcher(
-        self, path: Path, version: str, name: str = DEFAULT_NAME, digest: str = ""
+        self,
+        path: Path,
+        version: str,
+        name: str = DEFAULT_NAME,
+        digest: str = "",
+        kind: str = REWARD,
     ) -> Batcher:
         s = self.settings
-        scorer = await asyncio.to_thread(Scorer, path, version, s.device, name=name, digest=digest)
+        scorer = await asyncio.to_thread(
+            Scorer, path, version, s.device, name=name, digest=digest, kind=kind
+        )
         batcher = Batcher(
             scorer,
             max_batch_pairs=s.max_batch_pairs,
@@ -54,17 +66,36 @@ class RewardApp:
         batcher.start()
         return batcher
 
-    async def _load_version(self, version: str) -> Batcher:
-        """Resolves a registry version through the trainer service and loads it."""
-        mv = await resolve_version(self.clients, version, common_pb2.MODEL_KIND_REWARD)
-        if mv.adapter_path:
-            raise FailedPrecondition(
-                f"reward version {version} is a LoRA adapter; the reward service serves "
-                "full sequence-classification model directories"
+    def _loader(self, kind: common_pb2.ModelKind.ValueType) -> Load:
+        """Loads a registry version of ``kind``, resolved through the trainer service."""
+        name = COST if kind == common_pb2.MODEL_KIND_COST else REWARD
+
+        async def load(version: str) -> Batcher:
+            mv = await resolve_version(self.clients, version, kind)
+            if mv.adapter_path:
+                raise FailedPrecondition(
+                    f"{name} version {version} is a LoRA adapter; the reward service serves "
+                    "full sequence-classification model directories"
+                )
+            return await self._start_batcher(
+                Path(mv.artifact_uri),
+                version,
+                mv.ref.name or f"clinalign-{name}",
+                mv.weights_hash,
+                name,
             )
-        return await self._start_batcher(
-            Path(mv.artifact_uri), version, mv.ref.name or DEFAULT_NAME, mv.weights_hash
-        )
+
+        return load
+
+    async def activate(self, version: str) -> Batcher:
+        """Serves a registry version in the slot of its kind: a reward version replaces the
+        reward model, a cost version the cost model."""
+        if not version:
+            raise InvalidArgument("version", "is required: the registry version to serve")
+        kinds = (common_pb2.MODEL_KIND_REWARD, common_pb2.MODEL_KIND_COST)
+        mv = await resolve_version(self.clients, version, kinds)
+        slot = self.costs if mv.kind == common_pb2.MODEL_KIND_COST else self.models
+        return await slot.activate(version)
 
     async def _activated(self) -> None:
         if self._readiness is not None and not self._readiness.ready:
@@ -76,16 +107,24 @@ class RewardApp:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        path = self.settings.model_path
-        if path is None:
+        s = self.settings
+        if s.cost_model_path is not None:
+            cost_version = s.cost_model_version or s.cost_model_path.name
+            self.costs.serve(await self._start_batcher(s.cost_model_path, cost_version, kind=COST))
+        if s.model_path is None:
             await readiness.set(False, "no reward model active")
             return
-        self.models.serve(await self._start_batcher(path, self.settings.model_version))
+        self.models.serve(await self._start_batcher(s.model_path, s.model_version))
         await readiness.set(True)
 
     async def stop(self) -> None:
         await self.models.close()
+        await self.costs.close()
         await self.clients.close()
+
+
+async def _nothing() -> None:
+    """Activating a cost model changes no readiness: the service serves rewards without one."""
 
 
 def main() -> None:

@@ -11,18 +11,18 @@ stream, then the field: ``message 2: items[0].response: must not be empty``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc.aio
 
+from clinalign.common.artefacts import COST
 from clinalign.common.auth import ALL_ROLES, Role, roles
 from clinalign.common.errors import ClinAlignError
 from clinalign.common.v1 import common_pb2
 from clinalign.reward import usecases
 from clinalign.reward.batcher import ActiveModel, Batcher
 from clinalign.reward.config import RewardSettings
-from clinalign.reward.scorer import Scored
 from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
 
 _SVC = "/clinalign.reward.v1.RewardService/"
@@ -38,39 +38,55 @@ STREAM_WINDOW = 4  # messages of one ScoreStream being scored at once
 
 def model_version_pb(batcher: Batcher) -> common_pb2.ModelVersion:
     info = batcher.info
+    cost = batcher.scorer.kind == COST
     return common_pb2.ModelVersion(
         ref=common_pb2.ModelRef(name=info.name, version=info.version),
-        kind=common_pb2.MODEL_KIND_REWARD,
+        kind=common_pb2.MODEL_KIND_COST if cost else common_pb2.MODEL_KIND_REWARD,
         stage=common_pb2.MODEL_STAGE_SERVING,
         artifact_uri=str(info.path),
         weights_hash=info.weights_hash,
     )
 
 
-def _results(scored: list[Scored]) -> list[reward_pb2.ScoreResult]:
-    return [
+def _results(scores: usecases.Scores) -> list[reward_pb2.ScoreResult]:
+    results = [
         reward_pb2.ScoreResult(score=s.score, raw_score=s.raw_score, truncated=s.truncated)
-        for s in scored
+        for s in scores.scored
     ]
+    for result, cost in zip(results, scores.costs or (), strict=False):
+        result.cost = cost
+    return results
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    def __init__(self, settings: RewardSettings, models: ActiveModel) -> None:
+    def __init__(
+        self,
+        settings: RewardSettings,
+        models: ActiveModel,
+        costs: ActiveModel,
+        activate: Callable[[str], Awaitable[Batcher]],
+    ) -> None:
         self.settings = settings
         self.models = models
+        self.costs = costs  # the cost-model slot
+        self.activate = activate  # a registry version into the slot of its kind
 
     async def _score(
-        self, items: Sequence[reward_pb2.ScoreItem], truncate: bool
-    ) -> tuple[list[reward_pb2.ScoreResult], str]:
+        self, items: Sequence[reward_pb2.ScoreItem], truncate: bool, include_cost: bool
+    ) -> usecases.Scores:
         pairs = [(item.prompt, item.response) for item in items]
-        scored, version = await usecases.score(self.models, self.settings, pairs, truncate)
-        return _results(scored), version
+        costs = self.costs if include_cost else None
+        return await usecases.score(self.models, self.settings, pairs, truncate, costs)
 
     async def Score(
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreResponse:
-        results, version = await self._score(request.items, request.truncate)
-        return reward_pb2.ScoreResponse(results=results, model_version=version)
+        scores = await self._score(request.items, request.truncate, request.include_cost)
+        return reward_pb2.ScoreResponse(
+            results=_results(scores),
+            model_version=scores.version,
+            cost_model_version=scores.cost_version,
+        )
 
     async def ScoreStream(
         self,
@@ -82,12 +98,16 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
         async def one(i: int, req: reward_pb2.ScoreStreamRequest) -> reward_pb2.ScoreStreamResponse:
             try:
-                results, version = await self._score(req.items, req.truncate)
+                scores = await self._score(req.items, req.truncate, req.include_cost)
             except ClinAlignError as exc:
                 exc.message = f"message {i}: {exc.message}"
                 exc.args = (exc.message,)
                 raise
-            return reward_pb2.ScoreStreamResponse(results=results, model_version=version)
+            return reward_pb2.ScoreStreamResponse(
+                results=_results(scores),
+                model_version=scores.version,
+                cost_model_version=scores.cost_version,
+            )
 
         async def read() -> None:
             try:
@@ -118,15 +138,15 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     async def ListModels(
         self, request: reward_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ListModelsResponse:
-        batcher = self.models.current
-        if batcher is None:
-            return reward_pb2.ListModelsResponse()
+        reward, cost = self.models.current, self.costs.current
         return reward_pb2.ListModelsResponse(
-            models=[model_version_pb(batcher)], active_version=batcher.info.version
+            models=[model_version_pb(b) for b in (reward, cost) if b is not None],
+            active_version=reward.info.version if reward else "",
+            active_cost_version=cost.info.version if cost else "",
         )
 
     async def ActivateModel(
         self, request: reward_pb2.ActivateModelRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ActivateModelResponse:
-        batcher = await self.models.activate(request.version)
+        batcher = await self.activate(request.version)
         return reward_pb2.ActivateModelResponse(model=model_version_pb(batcher))

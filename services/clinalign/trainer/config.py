@@ -159,6 +159,15 @@ class TrainerSettings(ServiceSettings):
         "more candidates as good as the served model: on the demo's 900 held-out labels the "
         "interval is about ±0.03 wide (docs/experiments.md, 2026-12-07).",
     )
+    gate_cost_margin: float = Field(
+        0.03,
+        gt=0,
+        lt=0.5,
+        description="Non-inferiority margin of the cost-model gate, in AUROC: a cost model "
+        "is promoted only if the 95 % interval of its AUROC minus the served cost model's, "
+        "on the same held-out answers and bootstrapped over prompts, has its lower end above "
+        "minus this (and its own AUROC's interval lies above chance).",
+    )
     gate_prompt_set: str = Field(
         "clinical-validation",
         description="Prompt set the policy gate judges a candidate on: `clinical-validation` "

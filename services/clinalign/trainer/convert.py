@@ -17,6 +17,7 @@ KIND_TO_PROTO_JOB = {
     "reward_model": trainer_pb2.JOB_KIND_REWARD_MODEL,
     "ppo": trainer_pb2.JOB_KIND_PPO,
     "dpo": trainer_pb2.JOB_KIND_DPO,
+    "cost_model": trainer_pb2.JOB_KIND_COST_MODEL,
 }
 KIND_FROM_PROTO_JOB: dict[int, str] = {v: k for k, v in KIND_TO_PROTO_JOB.items()}
 STATE_TO_PROTO = {

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Every (kind, state) pair is exported, zeros included, so that a rate or an alert on a
 # state has a series before the first such job.
-KINDS = ("sft", "reward_model", "ppo", "dpo")
+KINDS = ("sft", "reward_model", "ppo", "dpo", "cost_model")
 STATES = (jobs.QUEUED, jobs.RUNNING, jobs.SUCCEEDED, jobs.FAILED, jobs.CANCELLED)
 
 _registered: WeakKeyDictionary[CollectorRegistry, JobMetricsCollector] = WeakKeyDictionary()

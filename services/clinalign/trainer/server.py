@@ -14,6 +14,7 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.errors import FailedPrecondition
 from clinalign.common.server import DatabaseApp, Readiness, run_main
+from clinalign.preference.v1 import preference_pb2 as ppb
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.jobs import worker
 from clinalign.trainer.jobs.executor import Executors, JobExecutor, LocalExecutor
@@ -30,9 +31,10 @@ def snapshot_fetcher(common: CommonSettings) -> gate.SnapshotFetcher:
     """Reads a snapshot's records and content hash from the preference service, as jobs
     do; its errors become the gate's failed precondition."""
 
-    async def fetch(snapshot_id: str) -> tuple[list[dict[str, Any]], str]:
+    async def fetch(snapshot_id: str, kind: str = "preference") -> tuple[list[dict[str, Any]], str]:
+        export = ppb.EXPORT_KIND_HARM if kind == "harm" else ppb.EXPORT_KIND_PREFERENCE
         try:
-            data, manifest_json = await worker.fetch_snapshot(common, snapshot_id)
+            data, manifest_json = await worker.fetch_snapshot(common, snapshot_id, export)
         except grpc.aio.AioRpcError as err:
             raise FailedPrecondition(
                 f"snapshot {snapshot_id!r} for the gate: preference service: "

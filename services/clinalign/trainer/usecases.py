@@ -31,10 +31,13 @@ SPEC_CHECKS: dict[str, Callable[[Session, dict[str, Any]], dict[str, Any]]] = {
     "reward_model": supervised.check_reward_model_spec,
     "sft": supervised.check_sft_spec,
     "dpo": supervised.check_dpo_spec,
+    "cost_model": supervised.check_cost_model_spec,
     "ppo": ppo_job.check_ppo_spec,
 }
-JOB_KIND_NAMES = "JOB_KIND_SFT, JOB_KIND_REWARD_MODEL, JOB_KIND_PPO, JOB_KIND_DPO"
-MODEL_KIND_NAMES = "MODEL_KIND_POLICY or MODEL_KIND_REWARD"
+JOB_KIND_NAMES = (
+    "JOB_KIND_SFT, JOB_KIND_REWARD_MODEL, JOB_KIND_PPO, JOB_KIND_DPO, JOB_KIND_COST_MODEL"
+)
+MODEL_KIND_NAMES = "MODEL_KIND_POLICY, MODEL_KIND_REWARD or MODEL_KIND_COST"
 
 
 class Trainer:
@@ -167,6 +170,7 @@ class Trainer:
             replay=self.replay,
             policy_settings=self.settings.policy_gate,
             reward_margin=self.settings.gate_reward_margin,
+            cost_margin=self.settings.gate_cost_margin,
         )
 
     async def rollback_model(self, kind: str) -> ModelVersion:

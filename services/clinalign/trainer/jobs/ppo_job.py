@@ -13,7 +13,10 @@ what that one trained.
 
 The run scores responses through ``RewardService.Score`` over gRPC (``RemoteScorer``), so
 the reward model runs, batches and scales in its own service, and refuses to mix reward
-models: every answer must come from the version the job was submitted with.
+models: every answer must come from the version the job was submitted with. A run under a
+cost constraint with ``cost_source: model`` is costed in the same calls by the cost model
+the service serves beside the reward model, pinned the same way (the served cost version
+at submission, ``inputs["cost_model_version"]``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +34,7 @@ import grpc
 import grpc.aio
 from sqlalchemy.orm import Session
 
-from clinalign.common.artefacts import REWARD
+from clinalign.common.artefacts import COST, REWARD
 from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
@@ -79,6 +83,21 @@ def _reward_version(session: Session, named: str) -> tuple[str, str]:
     return row.version, row.artifact_uri
 
 
+def _cost_version(session: Session, hyperparameters: dict[str, Any]) -> str:
+    """The served cost version a ``cost_source: model`` run is constrained by ("" for the
+    other sources); refused while no cost model is served."""
+    if hyperparameters.get("cost_source") != "model":
+        return ""
+    found = Registry(Path(".")).served(session, COST)
+    if found is None:
+        raise InvalidArgument(
+            "spec.hyperparameters[cost_source]",
+            "is model, but no cost model is served: train one with a cost_model job and "
+            "promote it, or constrain by the clinical rules (cost_source=rules)",
+        )
+    return found.version
+
+
 def _kl_anchor(session: Session, base_dir: str, parent: str) -> tuple[str, str]:
     """(version, model directory) of the run's KL anchor (``anchor.kl_anchor``): the
     registered version's directory when the anchor is registered, else the recorded path.
@@ -112,6 +131,9 @@ def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     base_dir, parent = specs.resolve_base_model(session, str(spec.get("base_model", "")))
     reward_version, reward_dir = _reward_version(session, str(spec.get("reward_model_version", "")))
     anchor_version, anchor_dir = _kl_anchor(session, base_dir, parent)
+    hyperparameters = specs.parse_fields(
+        dict(spec.get("hyperparameters", {})), int(spec.get("seed", 0)), PPOHyperparameters
+    )
     return {
         "base_model_dir": base_dir,
         "parent_version": parent,
@@ -119,10 +141,9 @@ def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
         "kl_anchor_dir": anchor_dir,
         "reward_model_version": reward_version,
         "reward_model_dir": reward_dir,
+        "cost_model_version": _cost_version(session, hyperparameters),
         "prompt_set": prompt_set,
-        "hyperparameters": specs.parse_fields(
-            dict(spec.get("hyperparameters", {})), int(spec.get("seed", 0)), PPOHyperparameters
-        ),
+        "hyperparameters": hyperparameters,
         "lora": specs.parse_lora(dict(spec.get("lora", {}))),
     }
 
@@ -130,18 +151,29 @@ def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
 # -- scoring over gRPC ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What ``RewardService.Score`` answered for a list of pairs."""
+
+    scores: list[float]
+    version: str  # the reward version that scored them
+    costs: list[float] | None = None  # with include_cost: the cost model's
+    cost_version: str = ""
+
+
 async def score_remote(
-    common: CommonSettings, prompts: list[str], responses: list[str]
-) -> tuple[list[float], str]:
-    """(scores, the reward version that gave them) from ``RewardService.Score``: the pairs
-    go out in concurrent chunks (the service batches across them and other callers), and
-    overload and restarts are retried with backoff. The chunks must agree on the version."""
+    common: CommonSettings, prompts: list[str], responses: list[str], include_cost: bool = False
+) -> Scores:
+    """The pairs' scores (and with ``include_cost`` their costs) from
+    ``RewardService.Score``: the pairs go out in concurrent chunks (the service batches
+    across them and other callers), and overload and restarts are retried with backoff.
+    The chunks must agree on the versions."""
     from clinalign.reward.v1 import reward_pb2
 
     async with Clients(common) as clients:
         stub = clients.reward
 
-        async def chunk(start: int) -> tuple[list[float], str]:
+        async def chunk(start: int) -> Scores:
             items = [
                 reward_pb2.ScoreItem(prompt=p, response=r)
                 for p, r in zip(
@@ -150,11 +182,17 @@ async def score_remote(
                     strict=True,
                 )
             ]
-            request = reward_pb2.ScoreRequest(items=items, truncate=True)
+            request = reward_pb2.ScoreRequest(items=items, truncate=True, include_cost=include_cost)
             for attempt in range(SCORE_ATTEMPTS):
                 try:
                     got = await stub.Score(request, timeout=SCORE_TIMEOUT_S)
-                    return [r.score for r in got.results], got.model_version
+                    costs = [r.cost for r in got.results] if include_cost else None
+                    return Scores(
+                        [r.score for r in got.results],
+                        got.model_version,
+                        costs,
+                        got.cost_model_version,
+                    )
                 except grpc.aio.AioRpcError as err:
                     if err.code() not in RETRYABLE or attempt == SCORE_ATTEMPTS - 1:
                         raise FailedPrecondition(
@@ -164,37 +202,71 @@ async def score_remote(
             raise AssertionError("unreachable")
 
         parts = await asyncio.gather(*(chunk(s) for s in range(0, len(prompts), SCORE_CHUNK)))
-    versions = {version for _, version in parts}
+    versions = {(p.version, p.cost_version) for p in parts}
     if len(versions) > 1:
-        raise FailedPrecondition(
-            f"the reward service changed versions while scoring ({', '.join(sorted(versions))})"
-        )
-    return [score for part, _ in parts for score in part], versions.pop() if versions else ""
+        listed = ", ".join(sorted("/".join(filter(None, v)) for v in versions))
+        raise FailedPrecondition(f"the reward service changed versions while scoring ({listed})")
+    version, cost_version = versions.pop() if versions else ("", "")
+    return Scores(
+        [s for p in parts for s in p.scores],
+        version,
+        [c for p in parts for c in p.costs or ()] if include_cost else None,
+        cost_version,
+    )
 
 
 class RemoteScorer:
     """PPO's ``ScoreFn`` through the reward service (``score_remote``) that refuses to mix
-    reward models: every answer must name ``expected_version``."""
+    reward models: every answer must name ``expected_version``. With
+    ``expected_cost_version`` (a job under a cost constraint with ``cost_source: model``)
+    each call also asks for the cost model's costs, which must name that version, and
+    keeps them for ``cost``, the run's ``CostFn``: PPO costs the pairs it has just scored,
+    so one Score call serves both."""
 
-    def __init__(self, common: CommonSettings, expected_version: str) -> None:
+    def __init__(
+        self, common: CommonSettings, expected_version: str, expected_cost_version: str = ""
+    ) -> None:
         self.common = common
         self.expected_version = expected_version
+        self.expected_cost_version = expected_cost_version
         self.calls = 0
         self.pairs = 0
+        self._costs: dict[tuple[str, str], float] = {}
         self._loop = asyncio.new_event_loop()
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    def _ask(self, prompts: Sequence[str], responses: Sequence[str]) -> Scores:
         self.calls += 1
         self.pairs += len(prompts)
-        scores, version = self._loop.run_until_complete(
-            score_remote(self.common, list(prompts), list(responses))
+        got = self._loop.run_until_complete(
+            score_remote(
+                self.common, list(prompts), list(responses), bool(self.expected_cost_version)
+            )
         )
-        if version != self.expected_version:
+        if got.version != self.expected_version:
             raise FailedPrecondition(
-                f"the reward service serves {version or 'no version'}, but this job scores "
+                f"the reward service serves {got.version or 'no version'}, but this job scores "
                 f"against {self.expected_version}; a PPO run never mixes reward models"
             )
-        return scores
+        if got.cost_version != self.expected_cost_version:
+            raise FailedPrecondition(
+                f"the reward service costs with {got.cost_version or 'no cost model'}, but this "
+                f"job is constrained by {self.expected_cost_version}; a PPO run never mixes "
+                "cost models"
+            )
+        if got.costs is not None:
+            self._costs = dict(zip(zip(prompts, responses, strict=True), got.costs, strict=True))
+        return got
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self._ask(prompts, responses).scores
+
+    def cost(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The costs of pairs, kept from the Score call that scored them (asked again for
+        any pair it did not)."""
+        pairs = list(zip(prompts, responses, strict=True))
+        if any(pair not in self._costs for pair in pairs):
+            self._ask(prompts, responses)
+        return [self._costs[pair] for pair in pairs]
 
     def close(self) -> None:
         self._loop.close()
@@ -254,6 +326,7 @@ def train_ppo_job(
         "base_model": inputs["base_model_dir"],
         "parent_version": inputs.get("parent_version", ""),
         "reward_model_version": inputs["reward_model_version"],
+        "cost_model_version": inputs.get("cost_model_version", ""),
         "prompt_set": inputs.get("prompt_set", ""),
     }
     if inputs.get("prompt_set"):
@@ -273,7 +346,9 @@ def train_ppo_job(
     anchor = None  # a job accepted before anchors were resolved: train_ppo derives it
     if inputs.get("kl_anchor_dir"):
         anchor = Anchor(str(inputs.get("kl_anchor_version", "")), Path(inputs["kl_anchor_dir"]))
-    scorer = RemoteScorer(common, inputs["reward_model_version"])
+    scorer = RemoteScorer(
+        common, inputs["reward_model_version"], str(inputs.get("cost_model_version", ""))
+    )
     hyper = PPOHyperparameters(**inputs["hyperparameters"])
     out = job_dir / specs.MODEL_DIR
     started = time.monotonic()
@@ -291,6 +366,7 @@ def train_ppo_job(
             progress=progress,
             lineage=lineage,
             anchor=anchor,
+            cost=scorer.cost if hyper.cost_source == "model" else None,
         )
     finally:
         scorer.close()

@@ -1,15 +1,16 @@
 """The job kinds trained with a Hugging Face ``Trainer`` on a snapshot export:
 ``reward_model`` (``clinalign.trainer.methods.reward_model``), ``sft`` and ``dpo``
-(``clinalign.trainer.methods.sft``, ``.dpo``): checking their specs at submission, and
+(``clinalign.trainer.methods.sft``, ``.dpo``) and ``cost_model``
+(``clinalign.trainer.methods.cost_model``): checking their specs at submission, and
 running them in the worker process.
 
 Submission resolves the base model directory and its registry version, the
 hyperparameters and the LoRA settings into the job's ``inputs`` (``specs``), and a spec
 with ``resume_job_id`` continues a failed or cancelled job of its kind from its last
 checkpoint (``specs.resume_inputs``). The run trains on the snapshot export the worker
-fetched (preference pairs for ``reward_model`` and ``dpo``, SFT records for ``sft``) and
-the worker registers the result: a reward version, or a policy version whose parent is the
-base model's version.
+fetched (preference pairs for ``reward_model`` and ``dpo``, SFT records for ``sft``, harm
+records for ``cost_model``) and the worker registers the result: a reward or cost version,
+or a policy version whose parent is the base model's version.
 """
 
 from __future__ import annotations
@@ -56,6 +57,29 @@ def check_dpo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     from clinalign.trainer.methods.dpo import DPOHyperparameters
 
     return _check(session, spec, "dpo", DPOHyperparameters)
+
+
+def check_cost_model_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
+    """Checks a cost_model spec (protobuf JSON form); returns the job's inputs. Its base
+    model is a policy (the served one by default): the cost model reads with the policy's
+    tokenizer, as the reward model does."""
+    from clinalign.trainer.methods.cost_model.training import CostHyperparameters
+
+    return _check(session, spec, "cost_model", CostHyperparameters)
+
+
+def train_cost_model_job(
+    job_dir: Path, snapshot: Path, inputs: dict[str, Any], progress: ProgressFn
+) -> tuple[Path, dict[str, Any]]:
+    """Trains the cost model on the harm export into ``<job_dir>/model``; (dir, manifest)."""
+    from clinalign.trainer.methods.cost_model.training import (
+        CostHyperparameters,
+        train_cost_model,
+    )
+
+    return specs.run_trainer(
+        train_cost_model, CostHyperparameters, job_dir, snapshot, inputs, progress
+    )
 
 
 def train_sft_job(

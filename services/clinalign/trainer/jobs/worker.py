@@ -79,6 +79,11 @@ KINDS: dict[str, tuple[pb.ExportKind.ValueType, TrainFn, str]] = {
         artefacts.POLICY,
     ),
     "ppo": (pb.EXPORT_KIND_PREFERENCE, ppo_job.train_ppo_job, artefacts.POLICY),
+    "cost_model": (
+        pb.EXPORT_KIND_HARM,
+        _without_settings(supervised.train_cost_model_job),
+        artefacts.COST,
+    ),
 }
 
 

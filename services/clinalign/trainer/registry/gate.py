@@ -9,7 +9,10 @@ snapshot is the one the version was trained on (its job's ``snapshot_id``, else 
 hash its manifest records); a version without one, such as a registered directory, is judged
 on the served model's snapshot. A policy version is judged by
 ``clinalign.trainer.registry.policy_gate``: held-out reward and win rate against the served
-policy, and KL to its parent under a bound.
+policy, and KL to its parent under a bound. A cost version is judged by
+``clinalign.trainer.registry.cost_gate`` on its snapshot's held-out harm records: AUROC
+above chance with confidence, non-inferior to the served cost model's within
+``gate_cost_margin``.
 
 Transport-free: the snapshot and the reward service's scores come through passed-in async
 functions, and the decision is applied and recorded through the registry
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from clinalign.common.artefacts import POLICY
+from clinalign.common.artefacts import COST, POLICY
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.judging import Judge
@@ -48,8 +51,9 @@ if TYPE_CHECKING:  # evaluation loads torch, which the trainer loads only when i
 
 log = logging.getLogger("clinalign.trainer.registry.gate")
 
-# (records of both splits, the snapshot's content hash) of a snapshot id or content hash
-SnapshotFetcher = Callable[[str], Awaitable[tuple[list[dict[str, Any]], str]]]
+# (records of both splits, the snapshot's content hash) of a snapshot id or content hash;
+# the records are its preference pairs, or with the kind "harm" its harm records
+SnapshotFetcher = Callable[..., Awaitable[tuple[list[dict[str, Any]], str]]]
 
 ACCURACY_CI_LOW = "accuracy_ci_low"
 ACCURACY_VS_SERVED = "accuracy_vs_served"
@@ -144,9 +148,10 @@ def _plan(session: Session, registry: Registry, version: str) -> _Plan:
         _snapshot_ref(session, baseline) if baseline else ""
     )
     if not snapshot:
+        job = "cost_model" if candidate.kind == COST else "reward_model"
         raise FailedPrecondition(
             f"{version} records no preference snapshot to evaluate it on, and no served "
-            "reward model records one; train it with a reward_model job on a snapshot"
+            f"{candidate.kind} model records one; train it with a {job} job on a snapshot"
         )
     return _Plan(candidate, baseline, snapshot)
 
@@ -163,6 +168,7 @@ async def promote(
     replay: ReplayFetcher | None = None,
     policy_settings: PolicyGateSettings | None = None,
     reward_margin: float | None = None,  # the reward-model gate's; default: the setting's
+    cost_margin: float | None = None,  # the cost-model gate's; default: the setting's
 ) -> Decision:
     """Runs the gate on ``version`` and applies and records its decision. A reward
     version needs ``fetch`` (its snapshot); a policy version needs ``judges`` and, unless
@@ -178,10 +184,13 @@ async def promote(
             policy_settings or _default_gate_settings(),
             SampleCache(registry.root.parent / "gate-samples"),
         )
+    elif fetch is None:
+        raise FailedPrecondition("this trainer has no preference service to run the gate on")
+    elif plan.candidate.kind == COST:
+        margin = _default_margins()[1] if cost_margin is None else cost_margin
+        checks = await _cost_checks(plan, version, fetch, n_resamples, margin)
     else:
-        if fetch is None:
-            raise FailedPrecondition("this trainer has no preference service to run the gate on")
-        margin = _default_reward_margin() if reward_margin is None else reward_margin
+        margin = _default_margins()[0] if reward_margin is None else reward_margin
         checks = await _reward_checks(plan, version, fetch, n_resamples, margin)
     return await _apply(db, registry, plan, version, checks, principal)
 
@@ -210,6 +219,24 @@ async def _reward_checks(
             f"{version} cannot be evaluated on snapshot {plan.snapshot}: {err.message}"
         ) from None
     return reward_checks(report)
+
+
+async def _cost_checks(
+    plan: _Plan, version: str, fetch: SnapshotFetcher, n_resamples: int, margin: float
+) -> list[Check]:
+    from clinalign.trainer.registry.cost_gate import cost_checks
+
+    candidate_dir = _model_dir(plan.candidate, "cost-model")
+    baseline_dir = _model_dir(plan.baseline, "cost-model") if plan.baseline else None
+    records, _ = await fetch(plan.snapshot, "harm")
+    try:
+        return await asyncio.to_thread(
+            cost_checks, candidate_dir, baseline_dir, records, margin, n_resamples
+        )
+    except ValueError as err:  # a record the cost model cannot read: the lineage's fault
+        raise FailedPrecondition(
+            f"{version} cannot be evaluated on snapshot {plan.snapshot}: {err}"
+        ) from None
 
 
 async def policy_checks(
@@ -347,8 +374,10 @@ def _default_gate_settings() -> PolicyGateSettings:
     return TrainerSettings.model_construct().policy_gate
 
 
-def _default_reward_margin() -> float:
-    """The reward-model gate's margin at its default (``TrainerSettings``)."""
+def _default_margins() -> tuple[float, float]:
+    """The reward-model and cost-model gates' margins at their defaults
+    (``TrainerSettings``)."""
     from clinalign.trainer.config import TrainerSettings
 
-    return TrainerSettings.model_construct().gate_reward_margin
+    settings = TrainerSettings.model_construct()
+    return settings.gate_reward_margin, settings.gate_cost_margin

@@ -16,8 +16,9 @@ CRITICS = ("separate", "value_head")
 KL_CONTROLLERS = ("adaptive", "fixed")
 KL_ESTIMATORS = ("k1", "k3")
 # where a response's cost comes from: "none" (no constraint); "rules", the clinical rule
-# checks' shortfall 1 - clinical_rules.rule_reward (issue 21's cost model will add "model")
-COST_SOURCES = ("none", "rules")
+# checks' shortfall 1 - clinical_rules.rule_reward; "model", the served cost model's
+# probability of harm (issue 21), through the reward service
+COST_SOURCES = ("none", "rules", "model")
 
 
 @dataclass(frozen=True)

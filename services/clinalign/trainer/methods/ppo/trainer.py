@@ -211,6 +211,12 @@ def _cost_function(hyper: PPOHyperparameters, cost: CostFn | None) -> CostFn | N
         return None
     if cost is not None:
         return cost
+    if hyper.cost_source == "model":
+        raise InvalidArgument(
+            "cost_source",
+            "model needs the cost model's scores: pass a cost function (a ppo job gets the "
+            "reward service's)",
+        )
     from clinalign.common.clinical_rules import rule_cost
 
     def rules(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
