@@ -77,6 +77,11 @@ def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -
         overall = round_["win_rate"]["overall"]
         assert overall["low"] <= overall["estimate"] <= overall["high"], name
     assert 0.0 <= figures["agreement"] <= 1.0
+    # the cost model (issue 21): trained on the panel's error annotations, or absent when
+    # the tiny model's answers held no clean (or no harmful) one
+    assert {"cost_model", "cost_budget", "expected_cost"} <= set(figures)
+    for name, cost in figures["expected_cost"].items():
+        assert 0.0 <= cost["cost"]["estimate"] <= 1.0, name
     assert set(figures["rubric"]) >= {"foundation", "sft", "rlhf-1"}, figures["gate"]
     assert all(0.0 <= v <= 1.0 for v in figures["rubric"].values())
     assert "rlhf-1" in figures["win_rate_vs_sft"] and "rlhf-1" in figures["kl_to_sft"]

@@ -150,7 +150,12 @@ async def _pipeline(
         await p.candidate_pairs(sft)
         echo("== 6. reward model on the panel's labels; gate; serve")
         rm = await p.reward_model(sft, "rm-1")
-        if await p.promote_and_activate(rm, "reward"):
+        rm_served = await p.promote_and_activate(rm, "reward")
+        if plan.cost:  # the cost model learns from the same labels' error annotations
+            cost = await p.cost_model(sft, "cm-1")
+            if cost and await p.promote_and_activate(cost, "cost") and rm_served:
+                await p.sft_expected_cost()
+        if rm_served:
             echo("== 7. SFT through the policy gate; PPO against the served reward model")
             await p.promote_and_activate(sft, "policy")
             rlhf = await p.ppo(sft, rm, "rlhf-1")

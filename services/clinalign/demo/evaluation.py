@@ -383,3 +383,33 @@ def evaluate(
                 safety=safety_verdicts(p, sft, safety_margin),
             )
     return result
+
+
+def expected_costs(
+    result: Evaluation, cost_dir: Path, sft_name: str = "sft"
+) -> dict[str, dict[str, Interval]]:
+    """Each policy's expected cost on the held-out answers by the cost model at
+    ``cost_dir`` (P(harm), ``clinalign.common.cost_format``): the mean over prompts of each
+    prompt's mean cost, with interval, and for every policy but SFT, answering as often as
+    SFT, its paired difference to SFT prompt by prompt. {policy: {"cost": ..., "vs_sft":
+    ...}}."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from clinalign.common.cost_format import probabilities
+
+    model = AutoModelForSequenceClassification.from_pretrained(cost_dir)
+    tokenizer = AutoTokenizer.from_pretrained(cost_dir)
+    prompts = result.prompt_texts
+    by_prompt: dict[str, list[float]] = {}
+    for p in result.policies:
+        asked = [q for q in prompts for _ in range(p.samples_per_prompt)]
+        costs = probabilities(model, tokenizer, list(zip(asked, p.texts, strict=True)))[:, 0]
+        by_prompt[p.name] = per_prompt([float(c) for c in costs], p.samples_per_prompt)
+    out: dict[str, dict[str, Interval]] = {}
+    sft = next(p for p in result.policies if p.name == sft_name)
+    for p in result.policies:
+        out[p.name] = {"cost": stats.mean_interval(by_prompt[p.name], STATS_SEED)}
+        if p.name != sft_name and p.samples_per_prompt == sft.samples_per_prompt:
+            deltas = [a - b for a, b in zip(by_prompt[p.name], by_prompt[sft_name], strict=True)]
+            out[p.name]["vs_sft"] = stats.mean_interval(deltas, STATS_SEED)
+    return out

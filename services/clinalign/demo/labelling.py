@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+from clinalign.common.v1 import common_pb2
 from clinalign.demo.plan import GUIDELINE_VERSION, PAIRS_BATCH
 from clinalign.demo.steps import Steps, bounded, chunks
 from clinalign.foundation.corpus import iter_qa_examples
@@ -45,6 +46,7 @@ class LabellingSteps(Steps):
         sampled = await bounded([self._drafts(p, policy) for p in prompts], limit=32)
         # GenerateCandidates draws at least two; a reference pair uses the first
         answers = await bounded([self._drafts(t, policy) for _, _, t in references], limit=32)
+        self._sft_answers = [(p, t) for p, c in zip(prompts, sampled, strict=True) for t in c]
         tasks = await self._sampled_tasks(prompts, sampled, policy)
         tasks += await self._reference_tasks(references, answers, policy)
         tasks += await self._contrast_tasks()
@@ -190,6 +192,23 @@ class LabellingSteps(Steps):
         counts = await asyncio.gather(*(annotate(a.annotator_id) for a in self.panel.annotators))
         return sum(counts)
 
+    def _annotations(self, task: ppb.Task, context: ppb.LabelContext) -> list[ppb.ErrorAnnotation]:
+        """The error annotations an annotator adds to a task's answers: each clinical
+        fault the rubric finds in one (``SimulatedPanel.faults``: a criterion failed badly),
+        with its category and severity, as a clinician marks errors while labelling (the
+        cost model's labels)."""
+        return [
+            ppb.ErrorAnnotation(
+                context=context,
+                response_id=r.id,
+                category=common_pb2.ErrorCategory.Value(category),
+                severity=common_pb2.Severity.Value(severity),
+                comment=f"rubric: {criterion}",
+            )
+            for r in task.responses
+            for criterion, category, severity, _ in self.panel.faults(task.prompt.text, r.text)
+        ]
+
     def _label(self, task: ppb.Task, annotator_id: str) -> ppb.SubmitTaskRequest:
         responses = list(task.responses)
         # Tasks from flags can hold the original and several candidates: the annotator
@@ -199,11 +218,13 @@ class LabellingSteps(Steps):
         mine: Judgement = next(j for j in judgements if j.annotator_id == annotator_id)
         context = ppb.LabelContext(annotator_id=annotator_id, guideline_version=GUIDELINE_VERSION)
         key = f"demo-task-{task.id}-{annotator_id}"
+        annotations = self._annotations(task, context)
         if len(responses) == 2:
             return ppb.SubmitTaskRequest(
                 idempotency_key=key,
                 task_id=task.id,
                 annotator_id=annotator_id,
+                annotations=annotations,
                 comparison=ppb.Comparison(
                     context=context,
                     response_a_id=a.id,
@@ -230,6 +251,7 @@ class LabellingSteps(Steps):
             idempotency_key=key,
             task_id=task.id,
             annotator_id=annotator_id,
+            annotations=annotations,
             ranking=ppb.Ranking(
                 context=context, response_ids=[r.id for r in ranked], task_id=task.id
             ),

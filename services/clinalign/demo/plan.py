@@ -45,6 +45,12 @@ class Plan:
     retrain_reward: dict[str, str] = field(default_factory=dict)
     # the loop's PPO job: `ppo` with these changes (it continues from the served policy)
     retrain_ppo: dict[str, str] = field(default_factory=dict)
+    # the cost model (issue 21): a cost_model job on the reward model's snapshot, its
+    # hyperparameters; empty: no cost model
+    cost: dict[str, str] = field(default_factory=dict)
+    # PPO's settings once a cost model serves: the constraint, its budget the SFT policy's
+    # own expected cost (measured on its labelled answers) unless this sets cost_budget
+    cost_constraint: dict[str, str] = field(default_factory=dict)
     # seeds the foundation model, every training job and the labelling panel (the panels
     # that judge the gate and the reported evaluation keep theirs, so seeds are compared
     # by the same judges); 0 is `clinalign demo`
@@ -144,6 +150,15 @@ class Plan:
             # the second round continues from the first round's policy, on the prompts of
             # the loop's snapshot (the flagged ones among them)
             retrain_ppo={"iterations": "10"},
+            # The cost model learns from the panel's error annotations on the labelled
+            # answers (and, in the loop, confirmed flags); PPO then keeps the expected cost
+            # of its answers within SFT's own, by a Lagrange multiplier (issue 21).
+            cost={"epochs": "3", "learning_rate": "1e-4", "batch_size": "8"},
+            cost_constraint={
+                "cost_source": "model",
+                "lagrangian_init": "1.0",
+                "lagrangian_lr": "2.0",
+            },
             traffic=128,
             correction_share=0.2,
             eval_prompts=384,
@@ -191,6 +206,10 @@ class Plan:
                 "checkpoint_every": "0",
             },
             retrain_reward={"epochs": "2"},
+            # the tiny model's answers may all be faulty: then the job fails and the run goes
+            # on without a cost model, as the full one would
+            cost={"epochs": "1", "learning_rate": "1e-3", "batch_size": "8", "max_length": "256"},
+            cost_constraint={"cost_source": "model"},
             traffic=24,
             correction_share=0.5,
             eval_prompts=16,
@@ -211,6 +230,9 @@ class Figures:
     agreement_detail: dict[str, float] = field(default_factory=dict)
     labelled_pairs: int = 0
     rm_accuracy: dict[str, float] = field(default_factory=dict)  # rm version -> eval accuracy
+    # cost version -> its held-out figures (eval_auroc with its interval, eval_ece, ...)
+    cost_model: dict[str, dict[str, float]] = field(default_factory=dict)
+    cost_budget: float | None = None  # the constraint's budget: SFT's expected cost
     jobs: list[dict[str, Any]] = field(default_factory=list)
     gate: list[dict[str, Any]] = field(default_factory=list)
     promoted_versions: list[str] = field(default_factory=list)

@@ -43,6 +43,7 @@ class Steps:
         self.figures = Figures()
         self._keys = itertools.count(1)
         self._demonstrations: list[tuple[str, str, str]] = []  # prompt id, response id, text
+        self._sft_answers: list[tuple[str, str]] = []  # (prompt, answer) the SFT policy gave
 
     def key(self, what: str) -> str:
         return f"demo-{what}-{next(self._keys):05d}"

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from clinalign.common.v1 import common_pb2
+from clinalign.demo.peers import DemoError
 from clinalign.demo.plan import GUIDELINE_VERSION
 from clinalign.demo.steps import Steps
 from clinalign.preference.v1 import preference_pb2 as ppb
@@ -106,18 +107,79 @@ class TrainingSteps(Steps):
             self.echo(f"   {job.model_version}: held-out pair accuracy {accuracy:.3f}")
         return job.model_version
 
+    async def cost_model(self, base: str, label: str) -> str:
+        """A cost model on the snapshot of the panel's labels and error annotations; ""
+        when the job fails (a snapshot with no harmful or no clean answer), and the run goes
+        on without one."""
+        snap = await self.snapshot([])
+        self.echo(f"== 6b. cost model on {snap.harm_records} judged answers (snapshot {snap.id})")
+        try:
+            job = await self.peers.run_job(
+                trainer_pb2.JobSpec(
+                    kind=trainer_pb2.JOB_KIND_COST_MODEL,
+                    snapshot_id=snap.id,
+                    base_model=base,
+                    hyperparameters=self.plan.cost,
+                    display_name=f"demo {label}",
+                ),
+                self.echo,
+                label,
+            )
+        except DemoError as err:
+            self.echo(f"   no cost model: {err}")
+            return ""
+        self._record_job(label, job)
+        self.figures.versions[label] = job.model_version
+        figures = {k: v for k, v in job.metrics.items() if k.startswith(("eval_", "train_h"))}
+        self.figures.cost_model[job.model_version] = figures
+        if "eval_auroc" in figures:
+            self.echo(
+                f"   {job.model_version}: held-out AUROC {figures['eval_auroc']:.3f} "
+                f"[{figures['eval_auroc_low']:.3f}, {figures['eval_auroc_high']:.3f}], "
+                f"{figures.get('eval_harmful', 0):.0f} harmful of "
+                f"{figures.get('eval_records', 0):.0f}"
+            )
+        return job.model_version
+
+    async def sft_expected_cost(self) -> float:
+        """The served cost model's mean cost of the SFT policy's labelled answers: the
+        budget that keeps an RLHF policy no more harmful than SFT."""
+        from clinalign.reward.v1 import reward_pb2
+
+        costs: list[float] = []
+        answers = [(p, t) for p, t in self._sft_answers if t.strip()]
+        for start in range(0, len(answers), 64):
+            items = [reward_pb2.ScoreItem(prompt=p, response=t) for p, t in answers[start:][:64]]
+            got = await self.peers.reward.Score(
+                reward_pb2.ScoreRequest(items=items, truncate=True, include_cost=True),
+                timeout=300,
+            )
+            costs += [r.cost for r in got.results]
+        budget = sum(costs) / len(costs) if costs else 0.0
+        self.figures.cost_budget = budget
+        self.echo(f"   SFT's expected cost on its {len(costs)} labelled answers: {budget:.3f}")
+        return budget
+
     async def promote_and_activate(self, version: str, kind: str) -> bool:
         promoted = await self.peers.promote(version, self.echo)
         self.figures.gate.append({"version": version, "kind": kind, "promoted": promoted})
         if not promoted:
             return False
         self.figures.promoted_versions.append(version)
-        if kind == "reward":
+        if kind in ("reward", "cost"):  # the reward service serves both, by kind
             await self.peers.activate_reward(version)
         else:
             await self.peers.activate_policy(version)
         self.echo(f"   {version} now served by the {kind} service")
         return True
+
+    def ppo_settings(self) -> dict[str, str]:
+        """PPO's hyperparameters: the plan's, under the cost constraint once a cost model
+        serves (its budget SFT's expected cost unless the plan sets one)."""
+        if self.figures.cost_budget is None or not self.plan.cost_constraint:
+            return dict(self.plan.ppo)
+        budget = {"cost_budget": f"{self.figures.cost_budget:.4f}"}
+        return {**self.plan.ppo, **budget, **self.plan.cost_constraint}
 
     async def ppo(self, base: str, reward: str, label: str) -> str:
         job = await self.peers.run_job(
@@ -126,7 +188,7 @@ class TrainingSteps(Steps):
                 base_model=base,
                 reward_model_version=reward,
                 prompt_set="clinical-train",
-                hyperparameters=self.plan.ppo,
+                hyperparameters=self.ppo_settings(),
                 display_name=f"demo {label}",
             ),
             self.echo,
