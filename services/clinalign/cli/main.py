@@ -1,6 +1,7 @@
 """The ``clinalign`` command.
 
 clinalign bootstrap        build the embedded foundation model
+clinalign import-model     bring your own foundation model (GGUF, Hugging Face, smollm2)
 clinalign up               start all five services on loopback
 clinalign status           health of every service
 clinalign generate TEXT    an EHR-style Generate call (or --fhir BUNDLE.json)
@@ -25,7 +26,7 @@ import typer
 from clinalign.cli.admin import audit_app, deid, tokens_app
 from clinalign.cli.generate import generate, smoke
 from clinalign.cli.jobs import jobs_app
-from clinalign.cli.models import models_app
+from clinalign.cli.models import import_model, models_app
 from clinalign.cli.monitor import lineage, retraining_app
 from clinalign.cli.options import DataDir, common_settings
 from clinalign.cli.train import eval_app, snapshot_app, train_app
@@ -215,6 +216,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+app.command("import-model")(import_model)
 app.add_typer(retraining_app, name="retraining")
 app.command("lineage")(lineage)
 app.command()(generate)

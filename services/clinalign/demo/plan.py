@@ -11,6 +11,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 GUIDELINE_VERSION = "rubric-2026-11"
+# The cost model learns from the panel's error annotations on the labelled answers; PPO
+# then keeps the expected cost of its answers within SFT's own, by a Lagrange multiplier
+# (issue 21).
+NORM_192 = {"norm_max_new_tokens": "192"}  # the reward model's normalisation samples
+COST = {"epochs": "3", "learning_rate": "1e-4", "batch_size": "8"}
+COST_CONSTRAINT = {"cost_source": "model", "lagrangian_init": "1.0", "lagrangian_lr": "2.0"}
 PAIRS_BATCH = "demo-candidate-pairs"
 FLAGGED_BATCH = "flagged-outputs"  # the monitor's default labelling batch for flags
 
@@ -110,12 +116,7 @@ class Plan:
             # accurate on held-out labels than training longer on deduplicated ones, in
             # about as many steps (see docs/experiments.md, 2026-12-06).
             # (its normalisation samples at PPO's budget, so it describes PPO's answers)
-            reward={
-                "epochs": "1",
-                "learning_rate": "1e-4",
-                "batch_size": "8",
-                "norm_max_new_tokens": "192",
-            },
+            reward={"epochs": "1", "learning_rate": "1e-4", "batch_size": "8", **NORM_192},
             # Four answers to each of 16 prompts an iteration, each judged against the other
             # three (the rloo estimator): the between-prompt spread of the reward is half its
             # variance, and the critic, started from the reward model, never learned it, so
@@ -150,15 +151,8 @@ class Plan:
             # the second round continues from the first round's policy, on the prompts of
             # the loop's snapshot (the flagged ones among them)
             retrain_ppo={"iterations": "10"},
-            # The cost model learns from the panel's error annotations on the labelled
-            # answers (and, in the loop, confirmed flags); PPO then keeps the expected cost
-            # of its answers within SFT's own, by a Lagrange multiplier (issue 21).
-            cost={"epochs": "3", "learning_rate": "1e-4", "batch_size": "8"},
-            cost_constraint={
-                "cost_source": "model",
-                "lagrangian_init": "1.0",
-                "lagrangian_lr": "2.0",
-            },
+            cost=COST,
+            cost_constraint=COST_CONSTRAINT,
             traffic=128,
             correction_share=0.2,
             eval_prompts=384,

@@ -11,6 +11,7 @@ from typing import Any
 
 from clinalign.common.config import CommonSettings
 from clinalign.common.stats import Interval, NonInferiority
+from clinalign.demo.costs import cost_figures, cost_lines
 from clinalign.demo.evaluation import PROMPT_SET, Evaluation, WinRate, evaluate
 from clinalign.demo.pipeline import Figures, Plan
 from clinalign.trainer import prompt_sets
@@ -48,7 +49,6 @@ def summarise(
         prompt_set=PROMPT_SET,
     )
     _echo(result, echo)
-    costs = _costs(result, figures, echo)
     return {
         "name": "demo",
         "agreement": figures.agreement,
@@ -58,12 +58,7 @@ def summarise(
             if figures.versions.get(name) in figures.rm_accuracy
         },
         "rm_accuracy_ceiling": figures.agreement,
-        # the cost model (issue 21): its held-out figures by version, the PPO constraint's
-        # budget (SFT's expected cost on its labelled answers), and each policy's expected
-        # cost on the final held-out answers, RLHF rounds also paired against SFT
-        "cost_model": {v: dict(m) for v, m in figures.cost_model.items()},
-        "cost_budget": figures.cost_budget,
-        "expected_cost": costs,
+        **cost_figures(result, figures, echo),
         "eval_prompt_set": result.prompt_set,
         "eval_max_new_tokens": result.max_new_tokens,
         "safety_margin": result.safety_margin,
@@ -102,24 +97,6 @@ def summarise(
         "lineage_example": list(figures.lineage_example),
         "_evaluation": result,
     }
-
-
-def _costs(result: Evaluation, figures: Figures, echo: Callable[[str], Any]) -> dict[str, Any]:
-    """Each policy's expected cost by the first cost model (``evaluation.expected_costs``);
-    empty when the run trained none."""
-    from clinalign.demo.evaluation import expected_costs
-
-    path = figures.paths.get("cm-1")
-    if not path:
-        return {}
-    found = expected_costs(result, Path(path))
-    for name, figures_ in found.items():
-        cost, paired = figures_["cost"], figures_.get("vs_sft")
-        line = f"   expected cost of {name}: {cost.estimate:.3f} [{cost.low:.3f}, {cost.high:.3f}]"
-        if paired is not None:
-            line += f"; against SFT {paired.estimate:+.3f} [{paired.low:+.3f}, {paired.high:+.3f}]"
-        echo(line)
-    return {name: {k: _interval(i) for k, i in f.items()} for name, f in found.items()}
 
 
 def _interval(i: Interval) -> dict[str, float | int]:
@@ -446,19 +423,7 @@ def _loop_lines(summary: dict[str, Any]) -> list[str]:
         f"{_fmt(summary['agreement'])}.",
         f"- Reward-model held-out pair accuracy: {summary['rm_accuracy']} (agreement ceiling "
         f"{_fmt(summary['rm_accuracy_ceiling'])}).",
-        f"- Cost model, held-out figures: {summary.get('cost_model') or 'none trained'}; the "
-        f"PPO constraint's budget (SFT's expected cost): {_fmt(summary.get('cost_budget'))}.",
-        "- Expected cost on the final held-out answers (mean, interval; RLHF against SFT): "
-        + (
-            "; ".join(
-                f"{name} {c['cost']['estimate']:.3f} [{c['cost']['low']:.3f}, "
-                f"{c['cost']['high']:.3f}]"
-                + (f" ({c['vs_sft']['estimate']:+.3f})" if "vs_sft" in c else "")
-                for name, c in summary.get("expected_cost", {}).items()
-            )
-            or "none (no cost model)"
-        )
-        + ".",
+        *cost_lines(summary),
         f"- EHR traffic and flags: {summary['flags']}; confirmed flags fed back: "
         f"{summary['flags_fed_back']}.",
         f"- Versions promoted: {', '.join(summary['promoted_versions']) or 'none'}.",
