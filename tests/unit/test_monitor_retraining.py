@@ -228,7 +228,10 @@ class StandInTrainer:
         key = req.spec.idempotency_key
         self.calls.append(f"SubmitJob:{key.split(':')[-1]}")
         if key not in self.jobs:
-            kind = "reward" if req.spec.kind == tpb.JOB_KIND_REWARD_MODEL else "policy"
+            kind = {
+                tpb.JOB_KIND_REWARD_MODEL: "reward",
+                tpb.JOB_KIND_COST_MODEL: "cost",
+            }.get(req.spec.kind, "policy")
             version = f"{kind}-v{len(self.jobs) + 2}"
             self.stages[version] = common_pb2.MODEL_STAGE_REGISTERED
             self.jobs[key] = tpb.Job(
@@ -334,6 +337,43 @@ async def test_dry_run_reports_and_starts_nothing_then_a_run_promotes(db: Databa
     third = await loop.evaluate(False)
     assert not third.triggered and third.run is None and not loop.tasks
     assert len(await db.run_sync(lambda s: retraining.list_runs(s, 10, 0))) == 1
+
+
+@pytest.mark.parametrize("cost_promoted", [True, False])
+async def test_a_run_with_a_cost_model_trains_gates_and_serves_it_before_ppo(
+    db: Database, cost_promoted: bool
+) -> None:
+    """retrain_cost_model (issue 21): the run's snapshot trains a cost model from the
+    served policy; a promoted one is activated in the reward service before PPO, a refused
+    one leaves the served one, and the run goes on to PPO either way."""
+    peers = StandIns()
+    peers.trainer.gate = {"cost": cost_promoted}
+    policy = replace(POLICY, cost_hyperparameters={"epochs": "2"})
+    loop = retraining.Retraining(db, peers, policy)
+    started = await loop.evaluate(False)
+    assert started.run is not None
+    run = await _ended(loop, started.run.id)
+    names = [s.name for s in run.steps]
+    assert (
+        names[3:7]
+        == [
+            "activate_reward_model",
+            "cost_model_job",
+            "promote_cost_model",
+            *(["activate_cost_model"] if cost_promoted else []),
+            "ppo_job",
+        ][:4]
+    )
+    cost = peers.trainer.jobs[f"{run.id}:cost_model_job"].spec
+    assert cost.kind == tpb.JOB_KIND_COST_MODEL and cost.snapshot_id == "snap-h1"
+    assert cost.base_model == "policy-v1" and dict(cost.hyperparameters) == {"epochs": "2"}
+    assert run.state == retraining.PROMOTED
+    if cost_promoted:
+        assert peers.reward.activated == ["reward-v2", "cost-v3"] and run.reason == ""
+    else:
+        assert peers.reward.activated == ["reward-v2"]
+        assert "the cost-model gate refused cost-v3" in run.reason
+    # (without the setting a run has no cost step: the dry-run test lists its steps)
 
 
 REWARD = common_pb2.MODEL_KIND_REWARD

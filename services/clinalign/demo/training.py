@@ -170,7 +170,8 @@ class TrainingSteps(Steps):
             await self.peers.activate_reward(version)
         else:
             await self.peers.activate_policy(version)
-        self.echo(f"   {version} now served by the {kind} service")
+        service = "generation" if kind == "policy" else "reward"
+        self.echo(f"   {version} now served by the {service} service")
         return True
 
     def ppo_settings(self) -> dict[str, str]:

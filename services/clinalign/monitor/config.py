@@ -178,6 +178,16 @@ class MonitorSettings(ServiceSettings):
         {},
         description='Hyperparameters of a run\'s ppo job, as JSON: {"iterations": "200"}.',
     )
+    retrain_cost_model: bool = Field(
+        False,
+        description="Whether a run trains a cost model on its snapshot (the confirmed flags' "
+        "and clinicians' error annotations), gates it and serves it, before its PPO job; "
+        "a refused one leaves the served cost model in place.",
+    )
+    retrain_cost_hyperparameters: dict[str, str] = Field(
+        {},
+        description='Hyperparameters of a run\'s cost_model job, as JSON: {"epochs": "2"}.',
+    )
     retrain_prompt_set: str = Field(
         "snapshot",
         min_length=1,

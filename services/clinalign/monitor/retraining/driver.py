@@ -1,6 +1,9 @@
 """The run that retrains: evaluating the policy, starting a run when a trigger fires, and
 driving it step by step through the peers (snapshot → reward-model job → its gate →
-activation → PPO job → the policy gate → activation), resuming after a restart."""
+activation → [cost-model job → its gate → activation] → PPO job → the policy gate →
+activation), resuming after a restart. The cost steps run when the policy has cost
+hyperparameters (``retrain_cost_model``): the new flags teach the cost model that a
+``cost_source: model`` PPO job is then constrained by."""
 
 from __future__ import annotations
 
@@ -271,6 +274,9 @@ class Retraining:
                 run.id, "activate_reward_model", run.reward_version, reward=True
             )
             await self._guard(run.id, "activate_reward_model", activation)
+        if p.cost_hyperparameters is not None:
+            cost_note = await self._cost_steps(run)
+            note = "; ".join(n for n in (note, cost_note) if n)
         if run.step("ppo_job") is None:
             on_snapshot = p.prompt_set == RUN_SNAPSHOT
             spec = tpb.JobSpec(
@@ -295,6 +301,38 @@ class Retraining:
             activation = self._activate(run.id, "activate_policy", run.policy_version, reward=False)
             await self._guard(run.id, "activate_policy", activation)
         return PROMOTED, note, run.policy_version
+
+    async def _cost_steps(self, run: RunView) -> str:
+        """The cost model's steps: a cost_model job on the run's snapshot (from the served
+        policy), its gate, and its activation in the reward service; a refused one leaves
+        the served cost model serving. Returns a note for the run's reason ("" when the new
+        one serves)."""
+        from clinalign.trainer.v1 import trainer_pb2 as tpb
+
+        done = run.step("cost_model_job")
+        if done is None:
+            spec = tpb.JobSpec(
+                kind=tpb.JOB_KIND_COST_MODEL,
+                snapshot_id=run.snapshot_id,
+                base_model=run.served_policy,
+                hyperparameters=self.policy.cost_hyperparameters or {},
+                seed=self.policy.seed,
+                idempotency_key=f"{run.id}:cost_model_job",
+                display_name=f"retraining {run.id} cost model",
+            )
+            version = await self._guard(
+                run.id, "cost_model_job", self._job(run.id, "cost_model_job", spec)
+            )
+        else:  # resumed: the version the recorded job registered
+            job = await self._call(self.peers.trainer.GetJob, tpb.GetJobRequest(id=done.ref))
+            version = str(job.job.model_version)
+        gate = self._gate(await self._run(run.id), "promote_cost_model", version)
+        if not await self._guard(run.id, "promote_cost_model", gate):
+            return f"the cost-model gate refused {version}; the served cost model stays"
+        if (await self._run(run.id)).step("activate_cost_model") is None:
+            activation = self._activate(run.id, "activate_cost_model", version, reward=True)
+            await self._guard(run.id, "activate_cost_model", activation)
+        return ""
 
     async def _keep_served_reward(self, run: RunView) -> str:
         """After the reward-model gate refused the run's model: the reward model that

@@ -46,6 +46,8 @@ class Policy:
     prompt_set: str  # RUN_SNAPSHOT or a named prompt set
     seed: int
     on_reward_refused: str  # KEEP_SERVED_REWARD or STOP
+    # a run's cost_model job (issue 21): on when set, its hyperparameters
+    cost_hyperparameters: dict[str, str] | None = None
 
     @classmethod
     def from_settings(cls, settings: MonitorSettings) -> Policy:
@@ -65,6 +67,9 @@ class Policy:
             prompt_set=settings.retrain_prompt_set,
             seed=settings.retrain_seed,
             on_reward_refused=settings.retrain_on_reward_refused,
+            cost_hyperparameters=(
+                dict(settings.retrain_cost_hyperparameters) if settings.retrain_cost_model else None
+            ),
         )
 
 
