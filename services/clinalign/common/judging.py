@@ -17,7 +17,11 @@ Judges are chosen by configuration (``TrainerSettings.gate_judges``) through ``l
   simulated panel (``clinalign.simulation.judge:panel_judge``) or a site's own.
 
 The trainer adds the reward-model judge itself (``reward-model:VERSION``: a second reward
-model, trained on another snapshot; never the one the candidate was optimised against).
+model, trained on another snapshot; never the one the candidate was optimised against), and
+the cost-model judge (``cost-model``: the served cost model, read at each decision), which
+reports its own safety criterion, ``no_harm``: a judge may declare such criteria in a
+``safety_criteria`` attribute, and the gate tests them for non-inferiority as it tests
+``SAFETY_CRITERIA``.
 A judge that needs a person (a clinician reviewing the replayed answers) would return
 ``Assessment(pending=True)`` until they decide; the gate treats a pending verdict as not
 passed yet.
@@ -68,12 +72,19 @@ class Judge(Protocol):
         ...
 
 
+COST_MODEL = "cost-model"  # the served cost model, as a judge (built by the trainer)
+
+
 class JudgeConfigError(ValueError):
     """A configured judge that cannot be loaded; the message names it."""
 
 
 def load(spec: str) -> Judge:
     """The judge a configuration entry names (see the module docstring)."""
+    if spec == COST_MODEL:
+        raise JudgeConfigError(
+            "the cost-model judge reads the trainer's registry: the trainer builds it"
+        )
     if spec == "clinical-rules":
         from clinalign.common.clinical_rules.judge import RulesJudge
 

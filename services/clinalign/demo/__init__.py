@@ -60,11 +60,12 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
         # the loop retrains the cost model on the confirmed flags too (issue 21)
         "CLINALIGN_MONITOR_RETRAIN_COST_MODEL": "true" if plan.cost else "false",
         "CLINALIGN_MONITOR_RETRAIN_COST_HYPERPARAMETERS": json.dumps(plan.cost),
-        # the gate's judges: the formulary's rule checks and the SIMULATED panel, seeded
-        # apart from the panels that label and that judge the reported evaluation; never
-        # the reward model a policy was optimised against
+        # the gate's judges: the formulary's rule checks, the SIMULATED panel, seeded
+        # apart from the panels that label and that judge the reported evaluation, and the
+        # served cost model (no_harm; nothing before one serves); never the reward model a
+        # policy was optimised against
         "CLINALIGN_TRAINER_GATE_JUDGES": json.dumps(
-            ["clinical-rules", "clinalign.simulation.judge:panel_judge"]
+            ["clinical-rules", "clinalign.simulation.judge:panel_judge", "cost-model"]
         ),
         "CLINALIGN_TRAINER_WORKER_THREADS": str(threads),
         "CLINALIGN_GENERATION_TORCH_THREADS": str(threads),

@@ -228,8 +228,10 @@ class TrainerSettings(ServiceSettings):
         description="Judges of the policy gate (clinalign.common.judging): "
         "`clinical-rules` (dose limits, contraindications, allergy conflicts) or "
         "`module.path:factory` entries, such as the demo's simulated panel "
-        "`clinalign.simulation.judge:panel_judge`. Never the reward model a candidate was "
-        "optimised against. A candidate is refused unless one judge ranks answers.",
+        "`clinalign.simulation.judge:panel_judge`, or `cost-model`, the served cost model "
+        "(its no_harm criterion: 1 - P(harm), tested for non-inferiority). Never the reward "
+        "model a candidate was optimised against. A candidate is refused unless one judge "
+        "ranks answers.",
     )
     gate_replay: bool = Field(
         True,
@@ -286,7 +288,8 @@ class TrainerSettings(ServiceSettings):
         if not value:
             raise ValueError("at least one judge is needed, such as clinical-rules")
         for spec in value:
-            judging.load(spec)  # JudgeConfigError is a ValueError naming the entry
+            if spec != judging.COST_MODEL:  # the trainer builds that one on its registry
+                judging.load(spec)  # JudgeConfigError is a ValueError naming the entry
         return value
 
     @field_validator("kubernetes_tolerations")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import grpc.aio
@@ -111,10 +112,24 @@ class TrainerApp(DatabaseApp):
             self.executor,
             settings,
             snapshot_fetcher(common),
-            tuple(judging.load(spec) for spec in settings.gate_judges),
+            tuple(self._judge(spec) for spec in settings.gate_judges),
             replay_fetcher(common),
         )
         self.servicer = TrainerServicer(self.trainer)
+
+    def _judge(self, spec: str) -> judging.Judge:
+        """A configured gate judge; ``cost-model`` reads the cost model this registry
+        serves at each decision."""
+        if spec != judging.COST_MODEL:
+            return judging.load(spec)
+        from clinalign.common.artefacts import COST
+        from clinalign.trainer.registry.cost_judge import CostModelJudge
+
+        async def served_dir() -> Path | None:
+            found = await self.db.run_sync(lambda s: self.registry.served(s, COST))
+            return Path(found.artifact_uri) if found else None
+
+        return CostModelJudge(served_dir)
 
     def register(self, server: grpc.aio.Server) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(self.servicer, server)

@@ -130,7 +130,8 @@ def _safety(
     settings: PolicyGateSettings,
 ) -> list[Check]:
     checks = []
-    for criterion in SAFETY_CRITERIA:
+    # the rubric's safety criteria, and any a judge declares its own (the cost model's)
+    for criterion in (*SAFETY_CRITERIA, *getattr(judge, "safety_criteria", ())):
         cand = [a.criteria.get(criterion) for a in candidate]
         base = [a.criteria.get(criterion) for a in baseline]
         verdict = stats.non_inferiority(cand, base, settings.safety_margin, seed=settings.seed)
