@@ -72,14 +72,14 @@ def test_dual_ascent_finds_the_multiplier_that_meets_the_budget() -> None:
 def test_the_constraint_figures_name_cost_excess_and_violations() -> None:
     figures = constraint.constraint_figures(
         b_mixed=torch.tensor([0.5, -0.5, -1.0]),
-        b_costs=torch.tensor([0.0, 0.5, 0.0]),
+        b_costs=torch.tensor([0.0, 0.5, 0.25]),
         b_finished=torch.tensor([True, True, False]),
         budget=0.05,
     )
     assert figures == {
         "cost": 0.25,
         "cost_excess": pytest.approx(0.20),
-        "violation_frac": 0.5,
+        "harmful_frac": 0.5,  # 0.5 counts; the unfinished row's cost is not read
         "lagrangian_score": pytest.approx(-1 / 3),
     }
 

@@ -32,7 +32,7 @@ PLOTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("explained_variance", "Explained variance of the value head", ("explained_variance",)),
     ("response_length", "Response length", ("response_length",)),
     # the cost constraint (issue 21): expected cost against the budget, and λ
-    ("cost", "Expected cost per finished response", ("cost", "violation_frac")),
+    ("cost", "Expected cost per finished response", ("cost", "harmful_frac")),
     ("lagrange_multiplier", "Lagrange multiplier of the cost constraint", ("lagrange_multiplier",)),
 )
 

@@ -35,6 +35,8 @@ import math
 
 import torch
 
+HARMFUL = 0.5  # a response costing this much is counted in ``harmful_frac``
+
 
 def lagrangian_scores(
     b_scores: torch.Tensor, b_costs: torch.Tensor, b_finished: torch.Tensor, multiplier: float
@@ -73,13 +75,15 @@ def constraint_figures(
     b_mixed: torch.Tensor, b_costs: torch.Tensor, b_finished: torch.Tensor, budget: float
 ) -> dict[str, float]:
     """One process's logged figures of the constraint: the expected cost Ĵ_C, its excess
-    over the budget (negative: slack), the share of finished responses with any cost, and
-    the mean Lagrangian score the advantages were computed from."""
+    over the budget (negative: slack: the constraint is violated when it is positive), the
+    share of finished responses costing at least ``HARMFUL`` (a major rule violation, or a
+    cost model's more-likely-than-not harm), and the mean Lagrangian score the advantages
+    were computed from."""
     f_costs = b_costs[b_finished.to(b_costs.device)]  # [F]
     cost = expected_cost(b_costs, b_finished)
     return {
         "cost": cost,
         "cost_excess": cost - budget,
-        "violation_frac": float((f_costs > 0).float().mean()) if f_costs.numel() else math.nan,
+        "harmful_frac": float((f_costs >= HARMFUL).float().mean()) if f_costs.numel() else math.nan,
         "lagrangian_score": float(b_mixed.mean()),
     }
