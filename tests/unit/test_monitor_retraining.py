@@ -200,6 +200,7 @@ class StandInTrainer:
 
     gate: dict[str, bool] = field(default_factory=dict)  # "reward" | "policy" -> promoted
     job_state: tpb.JobState.ValueType = tpb.JOB_STATE_SUCCEEDED
+    failing: frozenset[str] = frozenset()  # kinds ("cost", ...) whose jobs fail
     calls: list[str] = field(default_factory=list)
     jobs: dict[str, tpb.Job] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
@@ -234,12 +235,13 @@ class StandInTrainer:
             }.get(req.spec.kind, "policy")
             version = f"{kind}-v{len(self.jobs) + 2}"
             self.stages[version] = common_pb2.MODEL_STAGE_REGISTERED
+            state = tpb.JOB_STATE_FAILED if kind in self.failing else self.job_state
             self.jobs[key] = tpb.Job(
                 id=f"job-{len(self.jobs)}",
                 spec=req.spec,
-                state=self.job_state,
+                state=state,
                 model_version=version,
-                failure_reason="out of memory" if self.job_state != 3 else "",
+                failure_reason="out of memory" if state != 3 else "",
             )
         return tpb.SubmitJobResponse(job=self.jobs[key])
 
@@ -374,6 +376,22 @@ async def test_a_run_with_a_cost_model_trains_gates_and_serves_it_before_ppo(
         assert peers.reward.activated == ["reward-v2"]
         assert "the cost-model gate refused cost-v3" in run.reason
     # (without the setting a run has no cost step: the dry-run test lists its steps)
+
+
+async def test_a_failed_cost_model_job_leaves_the_served_one_and_the_run_goes_on(
+    db: Database,
+) -> None:
+    peers = StandIns()
+    peers.trainer.failing = frozenset({"cost"})
+    loop = retraining.Retraining(db, peers, replace(POLICY, cost_hyperparameters={}))
+    started = await loop.evaluate(False)
+    assert started.run is not None
+    run = await _ended(loop, started.run.id)
+    assert run.state == retraining.PROMOTED and run.promoted_version
+    failed = run.step("cost_model_job")
+    assert failed is not None and failed.outcome.startswith("failed: out of memory")
+    assert "the served cost model stays" in run.reason
+    assert run.step("promote_cost_model") is None and peers.reward.activated == ["reward-v2"]
 
 
 REWARD = common_pb2.MODEL_KIND_REWARD

@@ -304,12 +304,15 @@ class Retraining:
 
     async def _cost_steps(self, run: RunView) -> str:
         """The cost model's steps: a cost_model job on the run's snapshot (from the served
-        policy), its gate, and its activation in the reward service; a refused one leaves
-        the served cost model serving. Returns a note for the run's reason ("" when the new
-        one serves)."""
+        policy), its gate, and its activation in the reward service; a refused one, or a
+        job that failed (a snapshot with no clean or no harmful answer fails it), leaves the
+        served cost model serving and the run goes on to the policy. Returns a note for the
+        run's reason ("" when the new one serves)."""
         from clinalign.trainer.v1 import trainer_pb2 as tpb
 
         done = run.step("cost_model_job")
+        if done is not None and not done.outcome.startswith("succeeded"):
+            return f"the cost_model job {done.outcome}; the served cost model stays"
         if done is None:
             spec = tpb.JobSpec(
                 kind=tpb.JOB_KIND_COST_MODEL,
@@ -320,9 +323,10 @@ class Retraining:
                 idempotency_key=f"{run.id}:cost_model_job",
                 display_name=f"retraining {run.id} cost model",
             )
-            version = await self._guard(
-                run.id, "cost_model_job", self._job(run.id, "cost_model_job", spec)
-            )
+            try:
+                version = await self._job(run.id, "cost_model_job", spec)
+            except StepFailed as err:  # recorded by _job
+                return f"{err}; the served cost model stays"
         else:  # resumed: the version the recorded job registered
             job = await self._call(self.peers.trainer.GetJob, tpb.GetJobRequest(id=done.ref))
             version = str(job.job.model_version)
