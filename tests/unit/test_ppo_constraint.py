@@ -3,8 +3,10 @@ dual-ascent step of λ, by hand values; its settings; the clinical rules as a co
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +152,24 @@ def test_a_job_spec_sets_the_constraint_and_a_bad_one_names_its_key() -> None:
     with pytest.raises(InvalidArgument, match="already the constraint") as err:
         parse_fields({"cost_source": "rules", "rule_penalty": "1"}, 0, PPOHyperparameters)
     assert err.value.field == "spec.hyperparameters[rule_penalty]"
+
+
+def test_a_retraining_round_inherits_the_cost_budget_of_its_base_policy(tmp_path: Path) -> None:
+    """A cost_source=model run naming no budget takes the one its base was trained under
+    (the loop continues the served policy; its cost stays within the first round's)."""
+    from clinalign.common.artefacts import MANIFEST_NAME
+    from clinalign.trainer.jobs.ppo_job import inherited_budget
+
+    constrained = {"cost_source": "model", "cost_budget": 0.736}
+    (tmp_path / MANIFEST_NAME).write_text(
+        json.dumps({"config": {"hyperparameters": {**constrained, "iterations": 20}}})
+    )
+    asked = {"cost_source": "model", "cost_budget": 0.02}  # the parsed default
+    assert inherited_budget(tmp_path, asked, {"cost_source": "model"})["cost_budget"] == 0.736
+    # a budget named in the spec wins; other sources, or an unconstrained base, inherit none
+    assert inherited_budget(tmp_path, asked, {"cost_budget": "0.02"}) == asked
+    rules = {"cost_source": "rules", "cost_budget": 0.02}
+    assert inherited_budget(tmp_path, rules, {}) == rules
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert inherited_budget(plain, asked, {}) == asked  # no manifest

@@ -22,6 +22,7 @@ at submission, ``inputs["cost_model_version"]``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import time
@@ -34,7 +35,7 @@ import grpc
 import grpc.aio
 from sqlalchemy.orm import Session
 
-from clinalign.common.artefacts import COST, REWARD
+from clinalign.common.artefacts import COST, MANIFEST_NAME, REWARD
 from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
@@ -98,6 +99,26 @@ def _cost_version(session: Session, hyperparameters: dict[str, Any]) -> str:
     return found.version
 
 
+def inherited_budget(
+    base_dir: Path, hyperparameters: dict[str, Any], given: dict[str, str]
+) -> dict[str, Any]:
+    """``hyperparameters`` with, for a run under the cost model's constraint that names no
+    ``cost_budget``, the budget of the constrained run its base policy came from: a
+    retraining round continues the served policy, and its cost stays within the budget
+    the first round was given (SFT's expected cost in the demo), as its KL stays anchored
+    to SFT (``_kl_anchor``). Unchanged otherwise."""
+    if hyperparameters.get("cost_source") != "model" or "cost_budget" in given:
+        return hyperparameters
+    try:
+        manifest = json.loads((base_dir / MANIFEST_NAME).read_text())
+        earlier = manifest["config"]["hyperparameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return hyperparameters
+    if earlier.get("cost_source") != "model" or "cost_budget" not in earlier:
+        return hyperparameters
+    return {**hyperparameters, "cost_budget": float(earlier["cost_budget"])}
+
+
 def _kl_anchor(session: Session, base_dir: str, parent: str) -> tuple[str, str]:
     """(version, model directory) of the run's KL anchor (``anchor.kl_anchor``): the
     registered version's directory when the anchor is registered, else the recorded path.
@@ -131,8 +152,11 @@ def check_ppo_spec(session: Session, spec: dict[str, Any]) -> dict[str, Any]:
     base_dir, parent = specs.resolve_base_model(session, str(spec.get("base_model", "")))
     reward_version, reward_dir = _reward_version(session, str(spec.get("reward_model_version", "")))
     anchor_version, anchor_dir = _kl_anchor(session, base_dir, parent)
-    hyperparameters = specs.parse_fields(
-        dict(spec.get("hyperparameters", {})), int(spec.get("seed", 0)), PPOHyperparameters
+    given = dict(spec.get("hyperparameters", {}))
+    hyperparameters = inherited_budget(
+        Path(base_dir),
+        specs.parse_fields(given, int(spec.get("seed", 0)), PPOHyperparameters),
+        given,
     )
     return {
         "base_model_dir": base_dir,
