@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clinalign.common.reward_format import reward_text
+from clinalign.common.reward_format import head_logits
 
 HARM = "harm"
 CATEGORIES = (
@@ -56,7 +56,6 @@ def targets(record: Mapping[str, Any]) -> list[float]:
     return [float(harmful), *(float(c in categories) for c in CATEGORIES)]
 
 
-@torch.inference_mode()
 def probabilities(
     model: Any,
     tokenizer: Any,
@@ -66,26 +65,6 @@ def probabilities(
     max_length: int | None = None,
 ) -> np.ndarray:
     """P(label) for (prompt, response) pairs: shape [N, len(LABELS)], the sigmoid of the
-    model's logits. Inputs longer than ``max_length`` lose their oldest tokens, as the
-    reward model's do."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    out: list[np.ndarray] = []
-    try:
-        for start in range(0, len(pairs), batch_size):
-            texts = [reward_text(tokenizer, p, r) for p, r in pairs[start : start + batch_size]]
-            batch = tokenizer(
-                texts,
-                return_tensors="pt",
-                padding=True,
-                truncation=max_length is not None,
-                max_length=max_length,
-            ).to(device)
-            out.append(torch.sigmoid(model(**batch).logits.float()).cpu().numpy())
-    finally:
-        tokenizer.truncation_side = side
-        model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
+    model's logits, read as the reward model's are (``reward_format.head_logits``)."""
+    logits, _ = head_logits(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
+    return torch.sigmoid(torch.from_numpy(logits)).numpy()  # no overflow at large |x|

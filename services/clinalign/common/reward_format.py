@@ -83,23 +83,23 @@ def reward_ids(tokenizer: Any, prompt: str, response: str) -> list[int]:
 
 
 @torch.inference_mode()
-def raw_rewards(
+def head_logits(
     model: Any,
     tokenizer: Any,
     pairs: Sequence[tuple[str, str]],
     *,
     batch_size: int = 32,
     max_length: int | None = None,
-) -> tuple[list[float], int]:
-    """Raw (unnormalised) rewards for (prompt, response) pairs, and how many inputs were
-    longer than ``max_length`` and lost their oldest tokens (the scorer truncates on the
-    left too, keeping the response)."""
+) -> tuple[np.ndarray, int]:
+    """A sequence classifier's logits for (prompt, response) pairs, shape [N, labels], read
+    as the scorer reads them, and how many inputs were longer than ``max_length`` and lost
+    their oldest tokens (the scorer truncates on the left too, keeping the response)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
-    out: list[float] = []
+    out: list[np.ndarray] = []
     truncated = 0
     try:
         for start in range(0, len(pairs), batch_size):
@@ -113,11 +113,28 @@ def raw_rewards(
                 truncation=max_length is not None,
                 max_length=max_length,
             ).to(device)
-            out.extend(model(**batch).logits[:, 0].float().cpu().tolist())
+            out.append(model(**batch).logits.float().cpu().numpy())
     finally:
         tokenizer.truncation_side = side
         model.train(was_training)
-    return out, truncated
+    labels = int(getattr(model.config, "num_labels", 1))
+    return (np.concatenate(out) if out else np.zeros((0, labels), dtype=np.float32)), truncated
+
+
+def raw_rewards(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> tuple[list[float], int]:
+    """Raw (unnormalised) rewards for (prompt, response) pairs, and how many inputs were
+    truncated (``head_logits``)."""
+    logits, truncated = head_logits(
+        model, tokenizer, pairs, batch_size=batch_size, max_length=max_length
+    )
+    return [float(x) for x in logits[:, 0]], truncated
 
 
 def pair_deltas(

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from clinalign import __version__
-from clinalign.common.artefacts import ProgressFn
+from clinalign.common.artefacts import LoraSettings, ProgressFn
 from clinalign.common.errors import InvalidArgument
 
 # What transformers' Trainer writes last into a checkpoint directory (``_save_checkpoint``):
@@ -173,3 +173,17 @@ def write_model_dir(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def seq_cls_lora_config(lora: LoraSettings) -> peft.LoraConfig:
+    """peft's LoRA settings for a sequence classifier (a reward or cost model): the head
+    is new, so it trains in full (``modules_to_save``), not through the adapter."""
+    targets = lora.target_modules
+    return peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        modules_to_save=["score"],
+    )

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clinalign.common.stats import Interval
-from clinalign.demo.evaluation import Evaluation, expected_costs
+from clinalign.demo.evaluation import Evaluation, expected_costs, interval_json
 from clinalign.demo.plan import Figures
 
 
@@ -37,16 +36,7 @@ def _expected(result: Evaluation, figures: Figures, echo: Callable[[str], Any]) 
         if paired is not None:
             line += f"; against SFT {paired.estimate:+.3f} [{paired.low:+.3f}, {paired.high:+.3f}]"
         echo(line)
-    return {name: {k: _interval(i) for k, i in by.items()} for name, by in found.items()}
-
-
-def _interval(i: Interval) -> dict[str, float | int]:
-    return {
-        "estimate": round(i.estimate, 4),
-        "low": round(i.low, 4),
-        "high": round(i.high, 4),
-        "n": i.n,
-    }
+    return {name: {k: interval_json(i) for k, i in by.items()} for name, by in found.items()}
 
 
 def cost_lines(summary: dict[str, Any]) -> list[str]:

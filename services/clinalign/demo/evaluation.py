@@ -153,6 +153,16 @@ class Evaluation:
         return {name: r.win_rate for name, r in self.rounds.items()}
 
 
+def interval_json(i: Interval) -> dict[str, float | int]:
+    """An interval as `clinalign demo --json` gives it."""
+    return {
+        "estimate": round(i.estimate, 4),
+        "low": round(i.low, 4),
+        "high": round(i.high, 4),
+        "n": i.n,
+    }
+
+
 def words(text: str) -> int:
     return len(_WORD.findall(text.lower()))
 

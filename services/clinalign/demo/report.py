@@ -12,7 +12,7 @@ from typing import Any
 from clinalign.common.config import CommonSettings
 from clinalign.common.stats import Interval, NonInferiority
 from clinalign.demo.costs import cost_figures, cost_lines
-from clinalign.demo.evaluation import PROMPT_SET, Evaluation, WinRate, evaluate
+from clinalign.demo.evaluation import PROMPT_SET, Evaluation, WinRate, evaluate, interval_json
 from clinalign.demo.pipeline import Figures, Plan
 from clinalign.trainer import prompt_sets
 
@@ -99,15 +99,6 @@ def summarise(
     }
 
 
-def _interval(i: Interval) -> dict[str, float | int]:
-    return {
-        "estimate": round(i.estimate, 4),
-        "low": round(i.low, 4),
-        "high": round(i.high, 4),
-        "n": i.n,
-    }
-
-
 def _verdict(v: NonInferiority | None) -> dict[str, Any] | None:
     """A safety verdict as `clinalign demo --json` gives it; None where the criterion
     applied to no prompt of both policies."""
@@ -116,7 +107,7 @@ def _verdict(v: NonInferiority | None) -> dict[str, Any] | None:
     return {
         "candidate": round(v.candidate, 4),
         "baseline": round(v.baseline, 4),
-        "difference": _interval(v.difference),
+        "difference": interval_json(v.difference),
         "margin": v.margin,
         "passed": v.passed,
     }
@@ -132,11 +123,18 @@ def _round(result: Evaluation, name: str) -> dict[str, Any]:
     return {
         "version": policy.version,
         "win_rate": {
-            "overall": {**_interval(w.overall), "wins": w.wins, "ties": w.ties, "losses": w.losses},
+            "overall": {
+                **interval_json(w.overall),
+                "wins": w.wins,
+                "ties": w.ties,
+                "losses": w.losses,
+            },
             "both_ended": (
-                {**_interval(w.both_ended), "pairs": w.both_ended_pairs} if w.both_ended else None
+                {**interval_json(w.both_ended), "pairs": w.both_ended_pairs}
+                if w.both_ended
+                else None
             ),
-            "length_controlled": {**_interval(w.length_controlled), "length": "words"},
+            "length_controlled": {**interval_json(w.length_controlled), "length": "words"},
         },
         "criteria": {
             c: {

@@ -53,6 +53,7 @@ from clinalign.common.training import (
     code_version,
     library_versions,
     precision_arguments,
+    seq_cls_lora_config,
     trainer_output_dir,
     write_model_dir,
 )
@@ -290,7 +291,7 @@ def _fit(
 ) -> tuple[Any, Any]:
     """(trained model, LoRA merged and in eval mode; the Trainer's summary)."""
     if lora is not None:
-        model = peft.get_peft_model(model, _peft_config(lora))
+        model = peft.get_peft_model(model, seq_cls_lora_config(lora))
     with trainer_output_dir(checkpoint_dir, "clinalign-cost-") as scratch:
         trainer = Trainer(
             model=model,
@@ -332,16 +333,4 @@ def _arguments(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
-    )
-
-
-def _peft_config(lora: LoraSettings) -> peft.LoraConfig:
-    targets_ = lora.target_modules
-    return peft.LoraConfig(
-        task_type=peft.TaskType.SEQ_CLS,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=targets_ if isinstance(targets_, str) else list(targets_),
-        modules_to_save=["score"],  # the head is new: train it in full, not through LoRA
     )

@@ -52,7 +52,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-import peft
 import torch
 from datasets import Dataset
 from transformers import (
@@ -80,6 +79,7 @@ from clinalign.common.training import (
     code_version,
     library_versions,
     precision_arguments,
+    seq_cls_lora_config,
     trainer_output_dir,
     write_model_dir,
 )
@@ -325,7 +325,7 @@ def _fit(
             processing_class=tokenizer,
             data_collator=_SoftLabelCollator(pad_token_id=tokenizer.pad_token_id),
             callbacks=[callback],
-            peft_config=_peft_config(lora) if lora else None,
+            peft_config=seq_cls_lora_config(lora) if lora else None,
         )
         # Progress goes to ``progress`` and the manifest; Trainer would print every log.
         trainer.remove_callback(PrinterCallback)
@@ -431,18 +431,6 @@ def _reward_config(
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-    )
-
-
-def _peft_config(lora: LoraSettings) -> peft.LoraConfig:
-    targets = lora.target_modules
-    return peft.LoraConfig(
-        task_type=peft.TaskType.SEQ_CLS,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=targets if isinstance(targets, str) else list(targets),
-        modules_to_save=["score"],  # the head is new: train it in full, not through LoRA
     )
 
 
