@@ -121,14 +121,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def reset_tables(url: str, base: type[DeclarativeBase]) -> None:
-    """Empties a PostgreSQL test database's tables for one service's schema."""
+    """Empties a PostgreSQL test database's tables for one service's schema, with the
+    service's Alembic version table, so the next start migrates from nothing."""
     if url.startswith("sqlite"):
         return
+    tables = base.metadata.tables
+    service = (
+        "trainer"
+        if "model_versions" in tables
+        else "monitor"
+        if "outputs" in tables
+        else "preference"
+    )
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     base.metadata.drop_all(engine)
     with engine.begin() as conn:
-        for table in ("alembic_version_preference",):
-            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        conn.execute(text(f"DROP TABLE IF EXISTS alembic_version_{service}"))
     engine.dispose()
 
 
@@ -154,11 +162,13 @@ def client(running: RunningServer, common: CommonSettings, token: str | None) ->
 
 @pytest.fixture
 def trainer_db(tmp_path: Path) -> Iterator[Any]:
-    """The trainer's store (jobs, registry) in a fresh SQLite file."""
+    """The trainer's store (jobs, registry) in a fresh SQLite file, migrated as the service
+    migrates it."""
     from clinalign.common.db import Database
     from clinalign.trainer.registry import versions as registry
+    from clinalign.trainer.server import MIGRATIONS
 
-    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
+    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base, MIGRATIONS)
     database.create_schema()
     yield database
     database.dispose()

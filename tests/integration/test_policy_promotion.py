@@ -21,6 +21,7 @@ from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.registry import gate, policy_gate
 from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.registry.policy_gate import ReplayCase, SampleCache, Samples, sample
+from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 
 SETTINGS = replace(
     TrainerSettings.model_construct().policy_gate,
@@ -89,7 +90,7 @@ def _ppo_candidate(tiny_model_dir: Path, out: Path) -> Path:
 async def test_policy_gate_decisions(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
+    db = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base, TRAINER_MIGRATIONS)
     reg = registry.Registry(tmp_path / "registry")
     judge = LengthJudge()
     flags: list[ReplayCase] = []

@@ -33,6 +33,7 @@ from clinalign.trainer.methods.reward_model.training import (
     train_reward_model,
 )
 from clinalign.trainer.registry import versions as registry
+from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 from clinalign.trainer.server import TrainerApp, snapshot_fetcher
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
@@ -210,7 +211,7 @@ async def test_registry_decisions_and_rollback_history(
     tmp_path: Path, tiny_model_dir: Path, database_url: str
 ) -> None:
     reset_tables(database_url, registry.Base)
-    db = Database(database_url, registry.Base)
+    db = Database(database_url, registry.Base, TRAINER_MIGRATIONS)
     reg = registry.Registry(tmp_path / "registry")
     reg.root.mkdir()
     try:

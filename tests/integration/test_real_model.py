@@ -43,6 +43,7 @@ from clinalign.trainer.methods.reward_model.training import (
 from clinalign.trainer.methods.sft import SFTHyperparameters, train_sft
 from clinalign.trainer.registry import gate
 from clinalign.trainer.registry import versions as registry
+from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 from tests.conftest import client, serving
 
 Token = Callable[[Role], str]
@@ -195,7 +196,7 @@ async def test_every_stage_runs_on_the_real_checkpoint(
     assert ppo["method"]["algorithm"] == "rloo-lagrangian"
 
     # -- the promotion gate judges the PPO policy against the served import
-    db = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
+    db = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base, TRAINER_MIGRATIONS)
     reg = registry.Registry(tmp_path / "registry")
     reg.root.mkdir()
     settings = replace(

@@ -35,6 +35,7 @@ from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.jobs.executor import is_worker
 from clinalign.trainer.jobs.supervised import parse_hyperparameters
 from clinalign.trainer.registry import versions as registry
+from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
@@ -331,7 +332,7 @@ def _running_row(db: Database, start: Callable[[str], int]) -> str:
 
 def _left_by_an_earlier_trainer(common: CommonSettings) -> tuple[str, str, subprocess.Popen[bytes]]:
     """Two RUNNING jobs: one whose process has exited, one whose (stand-in) worker lives."""
-    db = Database(default_sqlite_url(common.data_dir, "trainer"), registry.Base)
+    db = Database(default_sqlite_url(common.data_dir, "trainer"), registry.Base, TRAINER_MIGRATIONS)
     db.create_schema()
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
@@ -429,7 +430,7 @@ async def test_a_sigkilled_trainer_leaves_its_job_running_and_the_next_one_follo
 
 
 def _pid_of(common: CommonSettings, job_id: str) -> int:
-    db = Database(default_sqlite_url(common.data_dir, "trainer"), registry.Base)
+    db = Database(default_sqlite_url(common.data_dir, "trainer"), registry.Base, TRAINER_MIGRATIONS)
     try:
         with db.sessions.begin() as session:
             pid = jobs.get(session, job_id).pid

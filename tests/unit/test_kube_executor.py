@@ -33,6 +33,7 @@ from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.jobs.executor import Executors
 from clinalign.trainer.jobs.kube import KubernetesExecutor, build_job, job_name
 from clinalign.trainer.registry import versions as registry
+from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
@@ -344,7 +345,7 @@ class FakeBatchApi:
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base)
+    database = Database(f"sqlite:///{tmp_path / 'trainer.db'}", registry.Base, TRAINER_MIGRATIONS)
     database.create_schema()
     yield database
     database.dispose()

@@ -23,6 +23,7 @@ from clinalign.common.v1 import common_pb2
 from clinalign.monitor import feedback, flags, retraining, store
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.retraining import Cut, Policy, Signals, Trigger, triggers
+from clinalign.monitor.server import MIGRATIONS as MONITOR_MIGRATIONS
 from clinalign.preference.v1 import preference_pb2 as ppb
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from tests.conftest import reset_tables, serving
@@ -106,7 +107,7 @@ def test_annotator_ids_are_kept_when_valid_and_mapped_deterministically_otherwis
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     reset_tables(database_url, store.Base)
-    database = Database(database_url, store.Base)
+    database = Database(database_url, store.Base, MONITOR_MIGRATIONS)
     database.create_schema()
     yield database
     database.dispose()
@@ -148,7 +149,7 @@ async def test_two_monitors_evaluating_at_once_start_one_run(
     db: Database, database_url: str
 ) -> None:
     # A second Database on the same URL: a second process, without the first's write lock.
-    other = Database(database_url, store.Base)
+    other = Database(database_url, store.Base, MONITOR_MIGRATIONS)
     try:
         results = await asyncio.gather(
             *(

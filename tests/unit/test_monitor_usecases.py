@@ -15,6 +15,7 @@ from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import flags, store
 from clinalign.monitor.config import MonitorSettings
+from clinalign.monitor.server import MIGRATIONS as MONITOR_MIGRATIONS
 from clinalign.monitor.usecases import Limits, Monitor
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from tests.conftest import reset_tables
@@ -25,7 +26,7 @@ LIMITS = Limits.from_settings(MonitorSettings(max_batch=3, max_comment_chars=20)
 @pytest.fixture
 def monitor(database_url: str) -> Iterator[Monitor]:
     reset_tables(database_url, store.Base)
-    db = Database(database_url, store.Base)
+    db = Database(database_url, store.Base, MONITOR_MIGRATIONS)
     db.create_schema()
     yield Monitor(db, lambda text: text.replace("Jane", "[NAME]"), LIMITS)
     db.dispose()

@@ -14,6 +14,7 @@ from clinalign.common.db import Database
 from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.metrics import register_job_metrics
 from clinalign.trainer.registry import versions as registry
+from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -98,7 +99,7 @@ def test_running_jobs_export_their_progress_and_finished_ones_drop_out(db: Datab
 
 def test_a_database_error_does_not_break_the_scrape(tmp_path: Path) -> None:
     # No schema: every query fails, as with a database that is down or not migrated yet.
-    broken = Database(f"sqlite:///{tmp_path / 'empty.db'}", registry.Base)
+    broken = Database(f"sqlite:///{tmp_path / 'empty.db'}", registry.Base, TRAINER_MIGRATIONS)
     reg = CollectorRegistry()
     register_job_metrics(broken, reg)
     text = generate_latest(reg).decode()
@@ -111,7 +112,7 @@ def test_a_database_error_does_not_break_the_scrape(tmp_path: Path) -> None:
 def test_registering_is_idempotent_per_registry(db: Database, tmp_path: Path) -> None:
     reg = CollectorRegistry()
     first = register_job_metrics(db, reg)
-    other = Database(f"sqlite:///{tmp_path / 'other.db'}", registry.Base)
+    other = Database(f"sqlite:///{tmp_path / 'other.db'}", registry.Base, TRAINER_MIGRATIONS)
     other.create_schema()
     try:
         assert register_job_metrics(other, reg) is first  # no DuplicateTimeseries

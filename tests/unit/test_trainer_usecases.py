@@ -15,6 +15,7 @@ from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.jobs.executor import Executors, LocalExecutor
 from clinalign.trainer.registry import versions
+from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 from clinalign.trainer.usecases import Trainer
 from tests.conftest import reset_tables
 
@@ -22,7 +23,7 @@ from tests.conftest import reset_tables
 @pytest.fixture
 def trainer(database_url: str, common: CommonSettings, tmp_path: Path) -> Iterator[Trainer]:
     reset_tables(database_url, versions.Base)
-    db = Database(database_url, versions.Base)
+    db = Database(database_url, versions.Base, TRAINER_MIGRATIONS)
     db.create_schema()
     settings = TrainerSettings()
     executor = Executors(db, {"local": LocalExecutor(db, common, settings, database_url)})

@@ -114,3 +114,71 @@ def deid(
         typer.echo(f"invalid CLINALIGN_DEID_* settings: {problems}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(deid_cli(sys.stdin.read(), as_json=as_json, settings=settings), nl=False)
+
+
+STORE_NAMES = ("preference", "trainer", "monitor")
+
+
+def migrate(
+    data_dir: DataDir = None,
+    store: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--store",
+            help="Store to migrate: preference, trainer or monitor (repeat; default: all).",
+        ),
+    ] = None,
+) -> None:
+    """Upgrade the stores' schemas to this release (Alembic, under a lock; the services do
+    the same at start). URLs: CLINALIGN_<STORE>_DATABASE_URL, else SQLite under the data
+    directory. A store an earlier release created without Alembic is adopted at its
+    baseline revision first; no row is rewritten or lost."""
+    from clinalign.common.db import Database, default_sqlite_url
+    from clinalign.common.migrations import current_revision, version_table
+
+    chosen = store or list(STORE_NAMES)
+    unknown = sorted(set(chosen) - set(STORE_NAMES))
+    if unknown:
+        typer.echo(
+            f"error: --store {unknown[0]!r} is not one of {', '.join(STORE_NAMES)}", err=True
+        )
+        raise typer.Exit(2)
+    common = common_settings(data_dir)
+    for name in STORE_NAMES:
+        if name not in chosen:
+            continue
+        url, base, migrations, baseline_table = _store(name)
+        db = Database(
+            url or default_sqlite_url(common.data_dir, name),
+            base,
+            migrations,
+            baseline_table=baseline_table,
+        )
+        try:
+            before = current_revision(db.engine, version_table(name))
+            db.create_schema()
+            after = current_revision(db.engine, version_table(name))
+        finally:
+            db.dispose()
+        typer.echo(f"{name}: {before or 'none'} -> {after}")
+
+
+def _store(name: str) -> tuple[str | None, type, Path, str]:
+    """A store's URL setting, tables, migrations and the table that marks its baseline."""
+    if name == "preference":
+        from clinalign.preference.config import PreferenceSettings
+        from clinalign.preference.models import Base as PreferenceBase
+        from clinalign.preference.server import MIGRATIONS as PREFERENCE
+
+        return PreferenceSettings().database_url, PreferenceBase, PREFERENCE, ""
+    if name == "trainer":
+        from clinalign.trainer.config import TrainerSettings
+        from clinalign.trainer.registry.versions import Base as TrainerBase
+        from clinalign.trainer.server import MIGRATIONS as TRAINER
+
+        return TrainerSettings().database_url, TrainerBase, TRAINER, "model_versions"
+    from clinalign.monitor.config import MonitorSettings
+    from clinalign.monitor.server import MIGRATIONS as MONITOR
+    from clinalign.monitor.store import Base as MonitorBase
+
+    return MonitorSettings().database_url, MonitorBase, MONITOR, "outputs"

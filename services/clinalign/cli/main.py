@@ -6,6 +6,7 @@ clinalign up               start all five services on loopback
 clinalign status           health of every service
 clinalign generate TEXT    an EHR-style Generate call (or --fhir BUNDLE.json)
 clinalign smoke            one synthetic Generate, checked (the Helm chart's `helm test`)
+clinalign migrate          upgrade the stores' schemas (the services do it at start)
 clinalign demo             bootstrap, start, and run the pipeline end to end
 clinalign snapshot export  a preference snapshot as JSONL (with its manifest)
 clinalign train reward-model / clinalign eval reward-model
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from clinalign.cli.admin import audit_app, deid, tokens_app
+from clinalign.cli.admin import audit_app, deid, migrate, tokens_app
 from clinalign.cli.generate import generate, smoke
 from clinalign.cli.jobs import jobs_app
 from clinalign.cli.models import import_model, models_app
@@ -224,6 +225,7 @@ app.command()(smoke)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.command()(deid)
+app.command()(migrate)
 
 
 def main() -> None:

@@ -29,20 +29,6 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def migrate(engine: Engine, script_location: Path, version_table: str) -> None:
-    """Upgrades a database to the newest Alembic revision of a service's migrations. Each
-    service keeps its own version table, so services may share one database."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(script_location))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        cfg.attributes["version_table"] = version_table
-        command.upgrade(cfg, "head")
-
-
 def make_engine(url: str) -> Engine:
     """An engine with durable, concurrent-friendly settings for its backend."""
     if url.startswith("sqlite"):
@@ -70,10 +56,16 @@ class Database:
     """An engine, a session factory and a helper to run blocking work off the loop."""
 
     def __init__(
-        self, url: str, base: type[DeclarativeBase], migrations: Path | None = None
+        self,
+        url: str,
+        base: type[DeclarativeBase],
+        migrations: Path | None = None,
+        *,
+        baseline_table: str = "",
     ) -> None:
         self.url = url
         self._migrations = migrations
+        self._baseline_table = baseline_table
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._base = base
@@ -82,10 +74,17 @@ class Database:
         self._write_lock = threading.Lock() if url.startswith("sqlite") else None
 
     def create_schema(self) -> None:
-        """Alembic migrations where the service has them, else the models' tables."""
+        """Alembic migrations where the service has them (``clinalign.common.migrations``),
+        else the models' tables (stores of tests and tools)."""
         if self._migrations is not None:
-            name = self._migrations.parent.name
-            migrate(self.engine, self._migrations, f"alembic_version_{name}")
+            from clinalign.common.migrations import migrate, version_table
+
+            migrate(
+                self.engine,
+                self._migrations,
+                version_table(self._migrations.parent.name),
+                baseline_table=self._baseline_table,
+            )
         else:
             self._base.metadata.create_all(self.engine)
 

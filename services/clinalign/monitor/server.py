@@ -25,6 +25,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc.aio
 
@@ -38,6 +39,8 @@ from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.servicer import ROLES, MonitorServicer
 from clinalign.monitor.usecases import Limits, Monitor
 from clinalign.monitor.v1 import monitor_pb2_grpc
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 log = logging.getLogger("clinalign.monitor")
 
@@ -54,7 +57,7 @@ class MonitorApp(DatabaseApp):
         redact: store.Redactor | None = None,
     ) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "monitor")
-        super().__init__(Database(url, store.Base))
+        super().__init__(Database(url, store.Base, MIGRATIONS, baseline_table="outputs"))
         self.settings = settings
         limits = Limits.from_settings(settings)
         self.peers = Clients(common)

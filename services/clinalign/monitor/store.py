@@ -2,8 +2,9 @@
 version's drift baseline, the feedback state of confirmed flags, and retraining runs with
 their steps and trigger keys.
 
-Tables are created by ``create_all`` (``Database`` without migrations), not Alembic: the
-monitor's schema has had no released predecessor to migrate from.
+Alembic migrations in ``clinalign/monitor/migrations`` create and upgrade the tables
+(``Base.metadata`` is their source); the baseline revision is the schema that releases
+before them created with ``create_all``.
 
 Baseline: a version's first ``baseline_outputs`` outputs by generation time are marked
 ``in_baseline`` once the version has that many (``freeze_baselines``, run with every

@@ -27,6 +27,8 @@ from clinalign.trainer.servicer import ROLES, TrainerServicer
 from clinalign.trainer.usecases import Trainer
 from clinalign.trainer.v1 import trainer_pb2_grpc
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+
 
 def snapshot_fetcher(common: CommonSettings) -> gate.SnapshotFetcher:
     """Reads a snapshot's records and content hash from the preference service, as jobs
@@ -97,7 +99,7 @@ class TrainerApp(DatabaseApp):
 
     def __init__(self, common: CommonSettings, settings: TrainerSettings) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "trainer")
-        super().__init__(Database(url, registry.Base))
+        super().__init__(Database(url, registry.Base, MIGRATIONS, baseline_table="model_versions"))
         register_job_metrics(self.db)  # job counts, and each running job's step and metrics
         self.registry = registry.Registry(common.data_dir / "registry")
         by_name: dict[str, JobExecutor] = {"local": LocalExecutor(self.db, common, settings, url)}

@@ -6,8 +6,8 @@ failed``); every other move is refused, so a worker that finishes after its job 
 cancelled cannot overwrite the cancellation. Progress (step, total steps, metrics) is
 appended to ``job_events`` as the worker logs it; the job row carries the latest values.
 Both live in the trainer's database, so the worker process and the servicer's WatchJob
-see the same history. The tables join the registry's schema (``registry.Base``), created
-the same way (``create_all``).
+see the same history. The tables join the registry's schema (``registry.Base``), which
+the trainer's Alembic migrations (``clinalign/trainer/migrations``) create and upgrade.
 """
 
 from __future__ import annotations

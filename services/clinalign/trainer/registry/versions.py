@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Boolean, DateTime, Integer, String, Text, func, select
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from clinalign.common.artefacts import KINDS, MANIFEST_NAME
@@ -52,20 +52,35 @@ class ModelVersionRow(Base):
 
 
 class ServingEventRow(Base):
-    """Append-only history of which version served each kind."""
+    """Append-only history of what serves each kind: every change of the stable or the
+    canary version, with who made it and why. Its id is the serving state's revision,
+    which replicas watch."""
 
     __tablename__ = "serving_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16), index=True)
     version: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(16))  # promote | rollback | initial
+    # initial | promote | rollback (the stable version); canary | canary_end
+    action: Mapped[str] = mapped_column(String(16))
+    principal: Mapped[str] = mapped_column(String(128), default="")  # migration 0002
+    reason: Mapped[str] = mapped_column(Text, default="")  # migration 0002
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CanaryRow(Base):
+    """The canary of a kind, while there is one: a gated version served to a share of
+    traffic beside the stable one (migration 0002)."""
+
+    __tablename__ = "serving_canaries"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    traffic_share: Mapped[float] = mapped_column(Float)
+
+
 class GateDecisionRow(Base):
-    """Append-only record of each promotion-gate decision. A table of its own, so that
-    ``create_all`` adds it to a store an earlier release created."""
+    """Append-only record of each promotion-gate decision."""
 
     __tablename__ = "gate_decisions"
 
