@@ -172,3 +172,27 @@ def trainer_db(tmp_path: Path) -> Iterator[Any]:
     database.create_schema()
     yield database
     database.dispose()
+
+
+def serve_in_registry(common: CommonSettings, version: str, canary_share: float = 0.0) -> None:
+    """Records a passing gate decision for ``version`` in the trainer's registry (its
+    SQLite store under the data directory), so it serves (or is the canary): the stand-in
+    for a gate run in tests of serving, whose gate is tested on its own
+    (test_promotion, test_policy_promotion)."""
+    from clinalign.common.db import Database, default_sqlite_url
+    from clinalign.trainer.registry import versions as registry
+
+    db = Database(default_sqlite_url(common.data_dir, "trainer"), registry.Base)
+    try:
+        with db.sessions.begin() as session:
+            registry.Registry(common.data_dir / "registry").decide(
+                session,
+                version,
+                True,
+                [{"name": "test-stand-in", "passed": True, "message": "tests of serving"}],
+                "test",
+                canary_share=canary_share,
+                reason="test",
+            )
+    finally:
+        db.dispose()

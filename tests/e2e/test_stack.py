@@ -165,6 +165,11 @@ def test_up_status_auth_metrics_trace_and_clean_stop(stack: dict[str, Any]) -> N
     assert {r[0]: r[2] for r in rows} == {name: "SERVING" for name in SERVICES}
     # Reward has no model yet: its process serves, its own health entry says NOT_SERVING.
     assert {r[0]: r[3] for r in rows}["reward"] == "NOT_SERVING"
+    # What each replica has loaded: the foundation (the registry serves no policy yet).
+    serving = {r[0]: " ".join(r[4:]) for r in rows}
+    assert serving["generation"].endswith(" 100%"), serving
+    assert serving["reward"] == "(no reward model)"
+    assert serving["trainer"] == serving["monitor"] == ""
     assert stat_mode(data / "tokens.json") == 0o600
 
     results = asyncio.run(_exercise(stack))

@@ -24,7 +24,7 @@ from clinalign.generation.v1 import generation_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from tests.conftest import client, serving
+from tests.conftest import client, serve_in_registry, serving
 
 Token = Callable[[Role], str]
 QUESTION = "I have had a fever and a cough for three days. What should I do?"
@@ -312,10 +312,13 @@ async def test_activate_switches_versions_without_dropping_in_flight_requests(
             )
             in_flight = [stub.GenerateStream(long) for _ in range(3)]
             await in_flight[0].read()
+            serve_in_registry(common, v2)
             switched = await stub.ActivateModel(pb.ActivateModelRequest(version=v2))
             drained = [[m async for m in call] for call in in_flight]
             finished = drained[-1][-1].completion
             after = (await stub.Generate(_ask())).completion
+            serve_in_registry(common, v1)
+            serve_in_registry(common, lora, canary_share=0.5)
             canary = await stub.ActivateModel(
                 pb.ActivateModelRequest(version=v1, canary_version=lora, canary_fraction=0.5)
             )

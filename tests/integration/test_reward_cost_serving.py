@@ -26,7 +26,7 @@ from clinalign.reward.v1 import reward_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from tests.conftest import client, serving
+from tests.conftest import client, serve_in_registry, serving
 
 Token = Callable[[Role], str]
 PAIRS = [
@@ -133,6 +133,7 @@ async def test_a_registered_cost_version_is_activated_into_its_own_slot(
             port=0, device="cpu", model_path=tiny_reward_dir, model_version="reward-v1"
         )
         async with _stub(wired, token, settings) as stub:
+            serve_in_registry(common, cost)
             activated = await stub.ActivateModel(pb.ActivateModelRequest(version=cost))
             scored = await stub.Score(pb.ScoreRequest(items=_items(), include_cost=True))
             with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -28,7 +28,7 @@ from clinalign.reward.v1 import reward_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from tests.conftest import client, serving
+from tests.conftest import client, serve_in_registry, serving
 
 Token = Callable[[Role], str]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -300,11 +300,13 @@ async def test_activate_swaps_models_without_dropping_in_flight_requests(
         request = pb.ScoreRequest(items=_items(PAIRS[:2]))
         async with _reward(wired, token, settings) as (app, stub, rch):
             before = await _health(rch, app.full_name)
+            serve_in_registry(common, v1)
             first = await stub.ActivateModel(pb.ActivateModelRequest(version=v1))
             after_first = await _health(rch, app.full_name)
             old = app.models.pick()
             in_flight = [asyncio.ensure_future(stub.Score(request)) for _ in range(3)]
             await _until(lambda: old.queued_pairs == 6)
+            serve_in_registry(common, v2)
             switched = await stub.ActivateModel(pb.ActivateModelRequest(version=v2))
             finished = await asyncio.gather(*in_flight)
             now = await stub.Score(request)

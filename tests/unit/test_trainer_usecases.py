@@ -63,3 +63,70 @@ async def test_job_and_registry_reads_name_the_missing_field(trainer: Trainer) -
     with pytest.raises(NotFound):
         await trainer.get_job("job-missing")
     assert await trainer.list_model_versions(None, 10, "") == ([], "")
+
+
+async def test_the_serving_state_changes_only_through_the_gate_and_rollback(
+    trainer: Trainer, tiny_model_dir: Path
+) -> None:
+    """Promotion, canary, rollback: each change recorded with who and why; the watch sees
+    the state first and again after each change."""
+    reg, db = trainer.registry, trainer.db
+    first = await trainer.register_model(str(tiny_model_dir), "policy", serve_if_none=True)
+    second = await trainer.register_model(str(tiny_model_dir), "policy", serve_if_none=True)
+    third = await trainer.register_model(str(tiny_model_dir), "policy", serve_if_none=False)
+    assert (first.stage, second.stage) == ("serving", "registered")  # only the first serves
+
+    watch = trainer.watch_serving_state()
+    start = await anext(watch)
+    assert start.states[0].stable is not None and start.states[0].stable.version == first.version
+
+    def decide(version: str, share: float = 0.0) -> None:
+        with db.sessions.begin() as s:
+            reg.decide(s, version, True, [], "engineer", canary_share=share, reason="passed")
+
+    decide(second.version, 0.25)  # the gate passed it as a canary
+    changed = await anext(watch)
+    policy = changed.states[0]
+    assert policy.stable is not None and policy.stable.version == first.version
+    assert policy.canary is not None and policy.canary.version == second.version
+    assert (policy.canary_share, policy.canary.stage) == (0.25, "canary")
+
+    # A rollback ends the canary first; the stable version goes on serving.
+    served = await trainer.rollback_model("policy", "engineer", "canary error rate")
+    assert served.version == first.version
+    decide(third.version)
+    await trainer.rollback_model("policy", "engineer", "")
+    snapshot = await trainer.serving_state(0)
+    assert snapshot.states[0].stable is not None
+    assert snapshot.states[0].stable.version == first.version
+    assert snapshot.states[0].canary is None
+    assert [(c.action, c.version, c.principal, c.reason) for c in snapshot.history] == [
+        ("rollback", first.version, "engineer", f"rolled back {third.version}"),
+        ("promote", third.version, "engineer", "passed"),
+        ("canary_end", second.version, "engineer", "canary error rate"),
+        ("canary", second.version, "engineer", "passed"),
+        ("initial", first.version, "", "registered: no policy version served"),
+    ]
+    assert snapshot.revision == snapshot.history[0].revision
+    await watch.aclose()
+
+
+async def test_serving_requests_name_the_bad_field(trainer: Trainer, tiny_model_dir: Path) -> None:
+    version = await trainer.register_model(str(tiny_model_dir), "policy", serve_if_none=True)
+    with pytest.raises(InvalidArgument, match=r"must be in \(0, 0.5\]") as info:
+        await trainer.promote_model(version.version, "engineer", canary_share=0.7)
+    assert info.value.field == "canary_share"
+    with pytest.raises(InvalidArgument, match="longer than 1000 characters") as info:
+        await trainer.rollback_model("policy", "engineer", "x" * 1001)
+    assert info.value.field == "reason"
+    with pytest.raises(InvalidArgument, match=r"must be in \[0, 500\]") as info:
+        await trainer.serving_state(501)
+    assert info.value.field == "history_limit"
+    with trainer.db.sessions.begin() as s:
+        with pytest.raises(InvalidArgument, match="canaries are for policies") as info:
+            reward = trainer.registry.get(s, version.version)
+            row = s.get(versions.ModelVersionRow, reward.version)
+            assert row is not None
+            row.kind = "reward"
+            trainer.registry.decide(s, reward.version, True, [], "", canary_share=0.1)
+    assert info.value.field == "canary_share"

@@ -157,6 +157,8 @@ failureThreshold: {{ .timing.failureThreshold }}
 - name: CLINALIGN_GENERATION_REPORT_TO_MONITOR
   value: {{ and $svc.reportToMonitor $v.monitor.enabled | quote }}
 {{- $mode := $svc.backend.mode }}
+- name: CLINALIGN_GENERATION_FOLLOW_REGISTRY
+  value: {{ and $svc.followRegistry (eq $mode "local") | quote }}
 - name: CLINALIGN_GENERATION_BACKEND
   value: {{ ternary "local" "remote" (eq $mode "local") }}
 {{- if ne $mode "local" }}
@@ -182,6 +184,8 @@ failureThreshold: {{ .timing.failureThreshold }}
 {{- end }}
 {{- end }}
 {{- if eq $c "reward" }}
+- name: CLINALIGN_REWARD_FOLLOW_REGISTRY
+  value: {{ $svc.followRegistry | quote }}
 {{- with $svc.modelPath }}
 - name: CLINALIGN_REWARD_MODEL_PATH
   value: {{ . | quote }}

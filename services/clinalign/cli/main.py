@@ -160,7 +160,8 @@ def _print_endpoints(stack: Any, reports: list[Any]) -> None:
 
 @app.command()
 def status(data_dir: DataDir = None) -> None:
-    """Check every service's health over gRPC (exit status 1 if any is unreachable)."""
+    """Check every service's health over gRPC, and the model versions each generation and
+    reward replica has loaded (exit status 1 if any is unreachable)."""
     from clinalign.cli.stack import check_health, endpoints
 
     common = common_settings(data_dir)
@@ -169,9 +170,9 @@ def status(data_dir: DataDir = None) -> None:
         ep.host, _, port = common.target(ep.service).rpartition(":")
         ep.grpc_port = int(port)
     reports = asyncio.run(check_health(eps, common))
-    typer.echo(f"{'service':<12}{'target':<20}{'process':<13}{'service status'}")
+    typer.echo(f"{'service':<12}{'target':<20}{'process':<13}{'service status':<16}serving")
     for r in reports:
-        typer.echo(f"{r.service:<12}{r.target:<20}{r.process:<13}{r.service_status}")
+        typer.echo(f"{r.service:<12}{r.target:<20}{r.process:<13}{r.service_status:<16}{r.serving}")
     if any(r.process == "UNREACHABLE" for r in reports):
         raise typer.Exit(1)
 

@@ -132,13 +132,21 @@ def models_register(
 @models_app.command("promote")
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version to promote.")],
+    canary_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.5, help="A policy that passes serves this share of traffic as canary."
+        ),
+    ] = 0.0,
+    reason: Annotated[str, typer.Option(help="Why, recorded with the change.")] = "",
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Serve a version if it passes the promotion gate; print each check (3 if refused)."""
+    """Serve a version (or canary a policy) if it passes the promotion gate; print each
+    check (3 if refused)."""
     from clinalign.trainer.v1 import trainer_pb2 as tpb
 
-    request = tpb.PromoteModelRequest(version=version)
+    request = tpb.PromoteModelRequest(version=version, canary_share=canary_share, reason=reason)
     response = _rpc(data_dir, lambda stub: stub.PromoteModel(request))
     if as_json:
         echo_json(response)
@@ -157,18 +165,54 @@ def models_promote(
 @models_app.command("rollback")
 def models_rollback(
     kind: Annotated[ModelKind, typer.Option(help="Kind whose served version is rolled back.")],
+    reason: Annotated[str, typer.Option(help="Why, recorded with the change.")] = "",
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Serve the previously served version again (ActivateModel switches a service)."""
+    """End the kind's canary if it has one, else serve the previously served version again;
+    every replica follows the registry within seconds."""
     from clinalign.trainer.v1 import trainer_pb2 as tpb
 
-    request = tpb.RollbackModelRequest(kind=_model_kind(kind))
+    request = tpb.RollbackModelRequest(kind=_model_kind(kind), reason=reason)
     response = _rpc(data_dir, lambda stub: stub.RollbackModel(request, timeout=60))
     if as_json:
         echo_json(response)
         return
     typer.echo(f"now serving {_describe(response.version)}")
+
+
+@models_app.command("serving")
+def models_serving(
+    history: Annotated[int, typer.Option(min=0, max=500, help="Newest changes to show.")] = 10,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """What serves each kind (stable and canary) and the newest changes of it: who, why,
+    when. Replicas follow this (WatchServingState)."""
+    from clinalign.common.v1 import common_pb2
+    from clinalign.trainer.v1 import trainer_pb2 as tpb
+
+    request = tpb.GetServingStateRequest(history_limit=history)
+    response = _rpc(data_dir, lambda stub: stub.GetServingState(request, timeout=60))
+    if as_json:
+        echo_json(response)
+        return
+    for state in response.states:
+        kind = enum_name(common_pb2.ModelKind, state.kind)
+        stable = state.stable.ref.version if state.HasField("stable") else "(none)"
+        canary = (
+            f"  canary {state.canary.ref.version} at {state.canary_share:.0%}"
+            if state.HasField("canary")
+            else ""
+        )
+        typer.echo(f"{kind:<8}{stable}{canary}")
+    for change in response.history[:history]:
+        at = change.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        who = change.principal or "-"
+        typer.echo(
+            f"  #{change.revision} {at} {change.action:<10} {change.version} by {who}: "
+            f"{change.reason}"
+        )
 
 
 def import_model(

@@ -55,6 +55,7 @@ class HealthReport:
     target: str
     process: str  # SERVING | NOT_SERVING | UNREACHABLE
     service_status: str  # the service name's own entry
+    serving: str = ""  # the model versions a generation or reward replica has loaded
 
 
 def endpoints(common: CommonSettings) -> list[Endpoint]:
@@ -90,6 +91,9 @@ class Stack:
         for ep in self.endpoints:
             # Peers find each other on the ports this stack starts them on.
             env[f"CLINALIGN_{ep.service.upper()}_TARGET"] = ep.target
+        # Replicas serve what the registry serves, as in a deployment.
+        env.setdefault("CLINALIGN_GENERATION_FOLLOW_REGISTRY", "true")
+        env.setdefault("CLINALIGN_REWARD_FOLLOW_REGISTRY", "true")
         env.update(self.extra_env)
         return env
 
@@ -165,13 +169,47 @@ async def check_health(
                     health_pb2.HealthCheckRequest(service=name), timeout=timeout_s
                 )
                 statuses.append(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
-            return HealthReport(ep.service, ep.target, statuses[0], statuses[1])
+            serving = await _loaded_versions(ep, common, timeout_s)
+            return HealthReport(ep.service, ep.target, statuses[0], statuses[1], serving)
         except grpc.aio.AioRpcError:
             return HealthReport(ep.service, ep.target, "UNREACHABLE", "UNREACHABLE")
         finally:
             await channel.close()
 
     return list(await asyncio.gather(*(one(ep) for ep in eps)))
+
+
+async def _loaded_versions(ep: Endpoint, common: CommonSettings, timeout_s: float) -> str:
+    """What a generation or reward replica has loaded (its ListModels), e.g.
+    ``policy-v3 90%, policy-v4 10%`` or ``reward-v2, cost cost-v1``; "" for the others or
+    when the tokens file cannot be read."""
+    from clinalign.common.auth import Role, token_for_role
+
+    if ep.service not in ("generation", "reward"):
+        return ""
+    try:
+        token = token_for_role(common.resolved_tokens_file, Role.SERVICE)
+    except (OSError, ValueError, LookupError):
+        return ""
+    async with open_channel(ep.target, common, token) as channel:
+        if ep.service == "generation":
+            from clinalign.generation.v1 import generation_pb2, generation_pb2_grpc
+
+            models = await generation_pb2_grpc.GenerationServiceStub(channel).ListModels(
+                generation_pb2.ListModelsRequest(), timeout=timeout_s
+            )
+            return ", ".join(
+                f"{m.model.ref.version} {m.traffic_fraction:.0%}" for m in models.models
+            )
+        from clinalign.reward.v1 import reward_pb2, reward_pb2_grpc
+
+        reward = await reward_pb2_grpc.RewardServiceStub(channel).ListModels(
+            reward_pb2.ListModelsRequest(), timeout=timeout_s
+        )
+        parts = [reward.active_version or "(no reward model)"]
+        if reward.active_cost_version:
+            parts.append(f"cost {reward.active_cost_version}")
+        return ", ".join(parts)
 
 
 async def wait_serving(

@@ -107,3 +107,14 @@ class ServiceSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         256, ge=1, description="RPCs handled at once; beyond it callers get RESOURCE_EXHAUSTED."
     )
+
+
+# A generation or reward replica's setting (each service's settings class has the field).
+FOLLOW_REGISTRY = Field(
+    False,
+    description="Serve what the trainer's registry serves: resolve it at start (NOT_SERVING "
+    "until it is loaded), then follow WatchServingState; ActivateModel only loads the "
+    "registry's versions. `clinalign up` and the deployment manifests turn it on; off, "
+    "the replica serves model_path and ActivateModel still refuses what the registry "
+    "does not serve.",
+)

@@ -21,6 +21,7 @@ STAGE_TO_PROTO = {
     "serving": common_pb2.MODEL_STAGE_SERVING,
     "retired": common_pb2.MODEL_STAGE_RETIRED,
     "rejected": common_pb2.MODEL_STAGE_REJECTED,
+    "canary": common_pb2.MODEL_STAGE_CANARY,
 }
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from clinalign.common.config import ServiceSettings
+from clinalign.common.config import FOLLOW_REGISTRY, ServiceSettings
 
 
 class GenerationSettings(ServiceSettings):
@@ -77,3 +77,4 @@ class GenerationSettings(ServiceSettings):
     )
     monitor_batch: int = Field(64, ge=1, description="Outputs sent to the monitor per call.")
     report_to_monitor: bool = Field(True, description="Send every output to the monitor service.")
+    follow_registry: bool = FOLLOW_REGISTRY

@@ -15,6 +15,7 @@ from clinalign.common.errors import FailedPrecondition
 from clinalign.common.prompts import render_user_prompt
 from clinalign.common.registry_client import resolve_version
 from clinalign.common.server import Readiness, run_main
+from clinalign.common.serving import RegistryFollower, Target, require_served, verify_weights
 from clinalign.common.v1 import common_pb2
 from clinalign.generation.backend import Backend
 from clinalign.generation.config import GenerationSettings
@@ -27,6 +28,10 @@ from clinalign.generation.v1 import generation_pb2_grpc
 from clinalign.monitor.v1 import monitor_pb2
 
 MONITOR_TIMEOUT_S = 10.0
+REMOTE_SWITCH = (
+    "backend=remote serves the model its TGI/vLLM server loaded; switch versions by "
+    "redeploying that server (or run backend=local)"
+)
 
 
 class GenerationApp:
@@ -47,7 +52,10 @@ class GenerationApp:
                 batch=settings.monitor_batch,
             )
         self.router = Router(self._load_version)
-        self.generation = Generation(settings, self.router, self.reporter)
+        self.follower = RegistryFollower(
+            self.clients, {common_pb2.MODEL_KIND_POLICY: self._serve_target}
+        )
+        self.generation = Generation(settings, self.router, self.reporter, self._activate)
         self.servicer = GenerationServicer(self.generation)
 
     async def _send_to_monitor(self, batch: list[monitor_pb2.ProductionOutput]) -> None:
@@ -86,11 +94,9 @@ class GenerationApp:
     async def _load_version(self, version: str) -> Backend:
         """Resolves a registry version through the trainer service and loads it."""
         if self.settings.backend == "remote":
-            raise FailedPrecondition(
-                "backend=remote serves the model its TGI/vLLM server loaded; switch versions by "
-                "redeploying that server (or run backend=local)"
-            )
+            raise FailedPrecondition(REMOTE_SWITCH)
         mv = await resolve_version(self.clients, version, common_pb2.MODEL_KIND_POLICY)
+        await verify_weights(mv)
         if mv.adapter_path:
             backend = self._local(
                 Path(mv.base_model), version, Path(mv.adapter_path), mv.weights_hash
@@ -100,6 +106,27 @@ class GenerationApp:
         await backend.start()
         return backend
 
+    async def _serve_target(self, target: Target) -> None:
+        """Serves the registry's policy (and canary); while it serves none, the configured
+        model (the foundation)."""
+        if target.stable is None:
+            if not self.router.ready:
+                backend = self._initial_backend()
+                await backend.start()
+                self.router.serve(backend)
+            return
+        canary = target.canary.ref.version if target.canary else ""
+        await self.router.activate(target.stable.ref.version, canary, target.canary_share)
+
+    async def _activate(self, version: str, canary: str, fraction: float) -> None:
+        """ActivateModel: loads now what the registry serves, and nothing else."""
+        if self.settings.backend == "remote":
+            raise FailedPrecondition(REMOTE_SWITCH)
+        target = await require_served(
+            self.clients, common_pb2.MODEL_KIND_POLICY, version, canary, fraction
+        )
+        await self._serve_target(target)
+
     def register(self, server: grpc.aio.Server) -> None:
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(self.servicer, server)
 
@@ -108,14 +135,20 @@ class GenerationApp:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        backend = self._initial_backend()
-        await backend.start()
-        self.router.serve(backend)
+        if self.settings.follow_registry:
+            await readiness.set(False, "loading the registry's policy")
+            await self.follower.sync()
+            self.follower.start()
+        else:
+            backend = self._initial_backend()
+            await backend.start()
+            self.router.serve(backend)
         if self.reporter is not None:
             self.reporter.start()
         await readiness.set(True)
 
     async def stop(self) -> None:
+        await self.follower.stop()
         await self.router.close()
         if self.reporter is not None:
             await self.reporter.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from clinalign.common.errors import InvalidArgument
@@ -20,7 +20,7 @@ from clinalign.generation.drafts import Draft, UserMessage, new_draft
 from clinalign.generation.params import Sampling, SamplingRequest
 from clinalign.generation.reporter import MonitorReporter
 from clinalign.generation.reporting import production_output
-from clinalign.generation.router import Router, Served
+from clinalign.generation.router import Router, Served, validate_activation
 
 MIN_CANDIDATES, MAX_CANDIDATES, MAX_CANDIDATE_VERSIONS = 2, 16, 2
 
@@ -102,16 +102,25 @@ def check_candidate_versions(versions: tuple[str, ...]) -> None:
         raise InvalidArgument("model_versions", "must be distinct, non-empty versions")
 
 
+# (version, canary, fraction) -> loaded, when the registry serves exactly that
+Activate = Callable[[str, str, float], Awaitable[None]]
+
+
 class Generation:
     """The use cases over the served versions (``router``); production drafts go to the
     monitor through ``reporter`` when there is one."""
 
     def __init__(
-        self, settings: GenerationSettings, router: Router, reporter: MonitorReporter | None
+        self,
+        settings: GenerationSettings,
+        router: Router,
+        reporter: MonitorReporter | None,
+        activate: Activate | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.reporter = reporter
+        self._activate = activate
 
     async def generate(self, request: Request) -> Draft:
         message = self._message(request.source)
@@ -156,7 +165,13 @@ class Generation:
         return self.router.served()
 
     async def activate_model(self, version: str, canary: str, fraction: float) -> list[Served]:
-        return await self.router.activate(version, canary, fraction)
+        """Loads what the registry serves (``activate`` refuses anything else); without a
+        registry check (tests of the router alone), switches the router directly."""
+        validate_activation(version, canary, fraction)
+        if self._activate is None:
+            return await self.router.activate(version, canary, fraction)
+        await self._activate(version, canary, fraction)
+        return self.router.served()
 
     def _message(self, source: Source) -> UserMessage:
         return user_message(source, self.settings.max_prompt_chars)

@@ -8,7 +8,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from clinalign.common.config import ServiceSettings
+from clinalign.common.config import FOLLOW_REGISTRY, ServiceSettings
 
 
 class RewardSettings(ServiceSettings):
@@ -16,6 +16,7 @@ class RewardSettings(ServiceSettings):
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port.")
     metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port.")
+    follow_registry: bool = FOLLOW_REGISTRY
     model_path: Path | None = Field(
         None,
         description="Sequence-classification reward-model directory to serve at start; "

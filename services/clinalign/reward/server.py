@@ -18,6 +18,13 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.registry_client import resolve_version
 from clinalign.common.server import Readiness, run_main
+from clinalign.common.serving import (
+    Apply,
+    RegistryFollower,
+    Target,
+    require_served,
+    verify_weights,
+)
 from clinalign.common.v1 import common_pb2
 from clinalign.reward.batcher import ActiveModel, Batcher, Load
 from clinalign.reward.config import RewardSettings
@@ -39,6 +46,13 @@ class RewardApp:
         self.servicer = RewardServicer(settings, self.models, self.costs, self.activate)
         self._readiness: Readiness | None = None
         self.clients = Clients(common)  # the trainer's registry
+        self.follower = RegistryFollower(
+            self.clients,
+            {
+                common_pb2.MODEL_KIND_REWARD: self._follow(self.models),
+                common_pb2.MODEL_KIND_COST: self._follow(self.costs),
+            },
+        )
 
     def register(self, server: grpc.aio.Server) -> None:
         reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, server)
@@ -72,6 +86,7 @@ class RewardApp:
 
         async def load(version: str) -> Batcher:
             mv = await resolve_version(self.clients, version, kind)
+            await verify_weights(mv)
             if mv.adapter_path:
                 raise FailedPrecondition(
                     f"{name} version {version} is a LoRA adapter; the reward service serves "
@@ -88,14 +103,24 @@ class RewardApp:
         return load
 
     async def activate(self, version: str) -> Batcher:
-        """Serves a registry version in the slot of its kind: a reward version replaces the
-        reward model, a cost version the cost model."""
+        """ActivateModel: loads now the version the registry serves in the slot of its kind
+        (a reward version replaces the reward model, a cost version the cost model), and
+        refuses any other."""
         if not version:
             raise InvalidArgument("version", "is required: the registry version to serve")
         kinds = (common_pb2.MODEL_KIND_REWARD, common_pb2.MODEL_KIND_COST)
         mv = await resolve_version(self.clients, version, kinds)
+        await require_served(self.clients, mv.kind, version)
         slot = self.costs if mv.kind == common_pb2.MODEL_KIND_COST else self.models
         return await slot.activate(version)
+
+    @staticmethod
+    def _follow(slot: ActiveModel) -> Apply:
+        async def apply(target: Target) -> None:
+            if target.stable is not None:  # while the registry serves none, keep what serves
+                await slot.activate(target.stable.ref.version)
+
+        return apply
 
     async def _activated(self) -> None:
         if self._readiness is not None and not self._readiness.ready:
@@ -111,13 +136,19 @@ class RewardApp:
         if s.cost_model_path is not None:
             cost_version = s.cost_model_version or s.cost_model_path.name
             self.costs.serve(await self._start_batcher(s.cost_model_path, cost_version, kind=COST))
-        if s.model_path is None:
+        if s.follow_registry:
+            await readiness.set(False, "loading the registry's reward model")
+            await self.follower.sync()
+            self.follower.start()
+        if self.models.current is None and s.model_path is not None:
+            self.models.serve(await self._start_batcher(s.model_path, s.model_version))
+        if self.models.current is None:
             await readiness.set(False, "no reward model active")
             return
-        self.models.serve(await self._start_batcher(s.model_path, s.model_version))
         await readiness.set(True)
 
     async def stop(self) -> None:
+        await self.follower.stop()
         await self.models.close()
         await self.costs.close()
         await self.clients.close()

@@ -168,6 +168,14 @@ class TrainerSettings(ServiceSettings):
         "on the same held-out answers and bootstrapped over prompts, has its lower end above "
         "minus this (and its own AUROC's interval lies above chance).",
     )
+    serving_watch_poll_s: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="How often each WatchServingState stream reads the registry for a change "
+        "of what serves (the replicas' stream; a change made by any trainer replica or "
+        "before a restart is seen within this).",
+    )
     gate_prompt_set: str = Field(
         "clinical-validation",
         description="Prompt set the policy gate judges a candidate on: `clinical-validation` "

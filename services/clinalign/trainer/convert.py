@@ -9,7 +9,7 @@ from clinalign.common.protos import KIND_TO_PROTO, STAGE_TO_PROTO, timestamp
 from clinalign.common.v1 import common_pb2
 from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.registry.gate import Decision
-from clinalign.trainer.registry.versions import ModelVersion
+from clinalign.trainer.registry.versions import ModelVersion, ServingChange, ServingState
 from clinalign.trainer.v1 import trainer_pb2
 
 KIND_TO_PROTO_JOB = {
@@ -80,3 +80,28 @@ def gate_checks_to_proto(decision: Decision) -> list[trainer_pb2.GateCheck]:
         )
         for c in decision.checks
     ]
+
+
+def serving_state_to_proto(state: ServingState) -> trainer_pb2.ServingState:
+    out = trainer_pb2.ServingState(
+        kind=KIND_TO_PROTO[state.kind],
+        canary_share=state.canary_share,
+        revision=state.revision,
+    )
+    if state.stable is not None:
+        out.stable.CopyFrom(version_to_proto(state.stable))
+    if state.canary is not None:
+        out.canary.CopyFrom(version_to_proto(state.canary))
+    return out
+
+
+def serving_change_to_proto(change: ServingChange) -> trainer_pb2.ServingChange:
+    return trainer_pb2.ServingChange(
+        revision=change.revision,
+        kind=KIND_TO_PROTO[change.kind],
+        version=change.version,
+        action=change.action,
+        principal=change.principal,
+        reason=change.reason,
+        time=timestamp(change.at),
+    )

@@ -18,6 +18,8 @@ from clinalign.trainer.convert import (
     STATE_FROM_PROTO,
     gate_checks_to_proto,
     job_to_proto,
+    serving_change_to_proto,
+    serving_state_to_proto,
     version_to_proto,
 )
 from clinalign.trainer.usecases import Trainer
@@ -36,7 +38,14 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "RegisterModel": roles(Role.ML_ENGINEER),
     _SVC + "PromoteModel": _JOBS,
     _SVC + "RollbackModel": roles(Role.ML_ENGINEER),
+    _SVC + "GetServingState": ALL_ROLES,
+    _SVC + "WatchServingState": ALL_ROLES,
 }
+
+
+def _principal() -> str:
+    principal = principal_name()
+    return "" if principal == "anonymous" else principal
 
 
 def _model_kind(value: common_pb2.ModelKind.ValueType) -> str:
@@ -123,9 +132,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def PromoteModel(
         self, request: trainer_pb2.PromoteModelRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.PromoteModelResponse:
-        principal = principal_name()
         decision = await self.trainer.promote_model(
-            request.version, "" if principal == "anonymous" else principal
+            request.version, _principal(), request.canary_share, request.reason
         )
         return trainer_pb2.PromoteModelResponse(
             promoted=decision.promoted,
@@ -136,5 +144,26 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def RollbackModel(
         self, request: trainer_pb2.RollbackModelRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.RollbackModelResponse:
-        version = await self.trainer.rollback_model(_model_kind(request.kind))
+        version = await self.trainer.rollback_model(
+            _model_kind(request.kind), _principal(), request.reason
+        )
         return trainer_pb2.RollbackModelResponse(version=version_to_proto(version))
+
+    async def GetServingState(
+        self, request: trainer_pb2.GetServingStateRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.GetServingStateResponse:
+        snapshot = await self.trainer.serving_state(request.history_limit)
+        return trainer_pb2.GetServingStateResponse(
+            states=[serving_state_to_proto(s) for s in snapshot.states],
+            history=[serving_change_to_proto(c) for c in snapshot.history],
+            revision=snapshot.revision,
+        )
+
+    async def WatchServingState(
+        self, request: trainer_pb2.WatchServingStateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[trainer_pb2.WatchServingStateResponse]:
+        async for snapshot in self.trainer.watch_serving_state():
+            yield trainer_pb2.WatchServingStateResponse(
+                states=[serving_state_to_proto(s) for s in snapshot.states],
+                revision=snapshot.revision,
+            )

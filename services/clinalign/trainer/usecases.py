@@ -6,8 +6,10 @@ between protobuf and these types.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,13 @@ from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.jobs.executor import Executors
 from clinalign.trainer.registry import gate
 from clinalign.trainer.registry.policy_gate import ReplayFetcher
-from clinalign.trainer.registry.versions import ModelVersion, Registry
+from clinalign.trainer.registry.versions import (
+    MAX_CANARY_SHARE,
+    ModelVersion,
+    Registry,
+    ServingChange,
+    ServingState,
+)
 
 # How each runnable kind checks its spec and resolves its inputs at submission.
 SPEC_CHECKS: dict[str, Callable[[Session, dict[str, Any]], dict[str, Any]]] = {
@@ -38,6 +46,20 @@ JOB_KIND_NAMES = (
     "JOB_KIND_SFT, JOB_KIND_REWARD_MODEL, JOB_KIND_PPO, JOB_KIND_DPO, JOB_KIND_COST_MODEL"
 )
 MODEL_KIND_NAMES = "MODEL_KIND_POLICY, MODEL_KIND_REWARD or MODEL_KIND_COST"
+MAX_REASON_CHARS = 1000
+DEFAULT_HISTORY, MAX_HISTORY = 20, 500
+
+
+def check_reason(reason: str) -> None:
+    if len(reason) > MAX_REASON_CHARS:
+        raise InvalidArgument("reason", f"is longer than {MAX_REASON_CHARS} characters")
+
+
+@dataclass(frozen=True)
+class ServingSnapshot:
+    states: list[ServingState]
+    history: list[ServingChange]
+    revision: int
 
 
 class Trainer:
@@ -157,9 +179,21 @@ class Trainer:
         versions = await self.db.run_sync(lambda s: self.registry.list(s, kind, limit, offset))
         return versions, next_token(offset, limit, len(versions))
 
-    async def promote_model(self, version: str, principal: str) -> gate.Decision:
+    async def promote_model(
+        self, version: str, principal: str, canary_share: float = 0.0, reason: str = ""
+    ) -> gate.Decision:
+        """Runs the gate on ``version``; if it passes, it serves (or becomes the canary)."""
         if not version:
             raise InvalidArgument("version", "is required: the registry version to promote")
+        check_reason(reason)
+        if canary_share:
+            if not 0 < canary_share <= MAX_CANARY_SHARE:
+                raise InvalidArgument("canary_share", f"must be in (0, {MAX_CANARY_SHARE}]")
+            mv = await self.db.run_sync(lambda s: self.registry.get(s, version))
+            if mv.kind != "policy":
+                raise InvalidArgument(
+                    "canary_share", f"canaries are for policies; {version} is a {mv.kind} model"
+                )
         return await gate.promote(
             self.db,
             self.registry,
@@ -171,9 +205,42 @@ class Trainer:
             policy_settings=self.settings.policy_gate,
             reward_margin=self.settings.gate_reward_margin,
             cost_margin=self.settings.gate_cost_margin,
+            canary_share=canary_share,
+            reason=reason,
         )
 
-    async def rollback_model(self, kind: str) -> ModelVersion:
+    async def rollback_model(
+        self, kind: str, principal: str = "", reason: str = ""
+    ) -> ModelVersion:
+        """Ends the kind's canary if it has one, else serves the previous version again."""
         if kind not in KINDS:
             raise InvalidArgument("kind", f"must be {MODEL_KIND_NAMES}")
-        return await self.db.run_write(lambda s: self.registry.rollback(s, kind))
+        check_reason(reason)
+        return await self.db.run_write(lambda s: self.registry.rollback(s, kind, principal, reason))
+
+    async def serving_state(self, history_limit: int) -> ServingSnapshot:
+        """Every kind's serving state, the newest changes (newest first) and the revision."""
+        if not 0 <= history_limit <= MAX_HISTORY:
+            raise InvalidArgument("history_limit", f"must be in [0, {MAX_HISTORY}]")
+        limit = history_limit or DEFAULT_HISTORY
+
+        def read(session: Session) -> ServingSnapshot:
+            return ServingSnapshot(
+                states=[self.registry.serving_state(session, kind) for kind in KINDS],
+                history=self.registry.changes(session, limit),
+                revision=self.registry.revision(session),
+            )
+
+        return await self.db.run_sync(read)
+
+    async def watch_serving_state(self) -> AsyncIterator[ServingSnapshot]:
+        """The serving state now, then again each time it changes. Changes are read from the
+        registry's table, so every trainer replica and every restart sees the same ones."""
+        last = -1
+        while True:
+            revision = await self.db.run_sync(self.registry.revision)
+            if revision != last:
+                snapshot = await self.serving_state(1)
+                last = snapshot.revision
+                yield snapshot
+            await asyncio.sleep(self.settings.serving_watch_poll_s)

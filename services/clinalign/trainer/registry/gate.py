@@ -169,6 +169,8 @@ async def promote(
     policy_settings: PolicyGateSettings | None = None,
     reward_margin: float | None = None,  # the reward-model gate's; default: the setting's
     cost_margin: float | None = None,  # the cost-model gate's; default: the setting's
+    canary_share: float = 0.0,  # > 0: a policy that passes becomes the canary
+    reason: str = "",
 ) -> Decision:
     """Runs the gate on ``version`` and applies and records its decision. A reward
     version needs ``fetch`` (its snapshot); a policy version needs ``judges`` and, unless
@@ -192,7 +194,7 @@ async def promote(
     else:
         margin = _default_margins()[0] if reward_margin is None else reward_margin
         checks = await _reward_checks(plan, version, fetch, n_resamples, margin)
-    return await _apply(db, registry, plan, version, checks, principal)
+    return await _apply(db, registry, plan, version, checks, principal, canary_share, reason)
 
 
 async def _reward_checks(
@@ -337,6 +339,8 @@ async def _apply(
     version: str,
     checks: list[Check],
     principal: str,
+    canary_share: float,
+    reason: str,
 ) -> Decision:
     promoted = all(c.passed for c in checks)
     served = plan.baseline.version if plan.baseline else None
@@ -348,7 +352,15 @@ async def _apply(
                 f"the served {plan.candidate.kind} version changed while {version} was "
                 "evaluated; promote it again"
             )
-        return registry.decide(session, version, promoted, [asdict(c) for c in checks], principal)
+        return registry.decide(
+            session,
+            version,
+            promoted,
+            [asdict(c) for c in checks],
+            principal,
+            canary_share=canary_share,
+            reason=reason,
+        )
 
     after = await db.run_write(apply)
     log.info(

@@ -1,11 +1,13 @@
-"""The model registry: immutable model versions with their lineage, and which version of
-each kind is served.
+"""The model registry: immutable model versions with their lineage, and what serves each
+kind, which every generation and reward replica follows.
 
 A registered version's artefacts are copied into ``<data_dir>/registry/<version>/`` and
-made read-only; its row records the weights hash, parent, snapshot and metrics. Serving
-history is append-only, so a rollback restores exactly the previous version. Every
-decision of the promotion gate, promotion or refusal, is kept with the figures it checked
-and who asked (``gate_decisions``): the trainer's audit trail of what may be served.
+made read-only (``storage``); its row records the weights hash, parent, snapshot and
+metrics. What serves a kind is its stable version (stage SERVING) and, for a policy, an
+optional canary with its traffic share (``serving_canaries``); it changes only by a gate
+decision (``decide``), a rollback, or a kind's first registration with ``serve_if_none``,
+each appended to ``serving_events`` with who and why (its id is the revision replicas
+watch). Every gate decision is kept with its figures and who asked (``gate_decisions``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import builtins
 import hashlib
 import json
 import shutil
-import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from clinalign.common.artefacts import KINDS, MANIFEST_NAME
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from clinalign.common.hashing import weights_hash
+from clinalign.trainer.registry.storage import claim_directory
 
 
 class Base(DeclarativeBase):
@@ -141,6 +143,32 @@ class GateDecision:
     at: datetime
 
 
+@dataclass(frozen=True)
+class ServingState:
+    """What serves one kind: the stable version, and the canary with its traffic share."""
+
+    kind: str
+    stable: ModelVersion | None
+    canary: ModelVersion | None
+    canary_share: float
+    revision: int  # the newest change of this kind (0: never changed)
+
+
+@dataclass(frozen=True)
+class ServingChange:
+    revision: int
+    kind: str
+    version: str
+    action: str
+    principal: str
+    reason: str
+    at: datetime
+
+
+STABLE_ACTIONS = ("initial", "promote", "rollback")  # the changes a rollback walks back
+MAX_CANARY_SHARE = 0.5
+
+
 def _adapter_base(session: Session, source: Path) -> Path | None:
     """For a LoRA adapter directory (peft's adapter_config.json), the base model directory
     it applies to: its ``base_model_name_or_path``, a directory or a registry version."""
@@ -158,12 +186,6 @@ def _adapter_base(session: Session, source: Path) -> Path | None:
         f"the adapter's base_model_name_or_path {base!r} is neither a model directory nor a "
         "registered full-weight version",
     )
-
-
-def _make_read_only(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
 class Registry:
@@ -194,24 +216,36 @@ class Registry:
         manifest: dict[str, object] = {}
         if (source / MANIFEST_NAME).is_file():
             manifest = json.loads((source / MANIFEST_NAME).read_text())
-        seq = (
-            session.scalar(
-                select(func.max(ModelVersionRow.seq)).where(ModelVersionRow.kind == kind)
+        newest = session.scalar(
+            select(func.max(ModelVersionRow.seq)).where(ModelVersionRow.kind == kind)
+        )
+        seq, target = claim_directory(self.root, kind, (newest or 0) + 1, source)
+        try:
+            row = self._row(
+                session, kind, seq, target, base_model, manifest, parent_version, job_id
             )
-            or 0
-        ) + 1
-        version = f"{kind}-v{seq}"
-        target = self.root / version
-        if target.exists():
-            shutil.rmtree(target)  # leftover of a registration that did not commit
-        staging = self.root / f".{version}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-        staging.rename(target)
-        _make_read_only(target)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)  # ours: nothing else claimed it
+            raise
+        if serve_if_none and self.served(session, kind) is None:
+            self._serve(session, row, "initial", reason=f"registered: no {kind} version served")
+        session.flush()
+        return ModelVersion.from_row(row)
+
+    def _row(
+        self,
+        session: Session,
+        kind: str,
+        seq: int,
+        target: Path,
+        base_model: Path | None,
+        manifest: dict[str, object],
+        parent_version: str,
+        job_id: str,
+    ) -> ModelVersionRow:
         metrics = manifest.get("metrics", {})
         row = ModelVersionRow(
-            version=version,
+            version=target.name,
             name=f"clinalign-{kind}",
             kind=kind,
             seq=seq,
@@ -235,10 +269,8 @@ class Registry:
             created_at=datetime.now(UTC),
         )
         session.add(row)
-        if serve_if_none and self.served(session, kind) is None:
-            self._serve(session, row, "initial")
-        session.flush()
-        return ModelVersion.from_row(row)
+        session.flush()  # the primary key is the last word on a version name
+        return row
 
     def get(self, session: Session, version: str) -> ModelVersion:
         row = session.get(ModelVersionRow, version)
@@ -265,7 +297,17 @@ class Registry:
         )
         return ModelVersion.from_row(row) if row else None
 
-    def _serve(self, session: Session, row: ModelVersionRow, action: str) -> None:
+    def _serve(
+        self,
+        session: Session,
+        row: ModelVersionRow,
+        action: str,
+        principal: str = "",
+        reason: str = "",
+    ) -> None:
+        """Makes ``row`` the stable version of its kind. A canary ends with it: it was
+        judged beside the version that served until now."""
+        self._end_canary(session, row.kind, principal, f"{row.version} now serves")
         for current in session.scalars(
             select(ModelVersionRow).where(
                 ModelVersionRow.kind == row.kind, ModelVersionRow.stage == "serving"
@@ -273,9 +315,90 @@ class Registry:
         ):
             current.stage = "retired"
         row.stage = "serving"
+        self._record(session, row.kind, row.version, action, principal, reason)
+
+    def _record(
+        self, session: Session, kind: str, version: str, action: str, principal: str, reason: str
+    ) -> None:
         session.add(
-            ServingEventRow(kind=row.kind, version=row.version, action=action, at=datetime.now(UTC))
+            ServingEventRow(
+                kind=kind,
+                version=version,
+                action=action,
+                principal=principal,
+                reason=reason,
+                at=datetime.now(UTC),
+            )
         )
+
+    def _canary(
+        self, session: Session, row: ModelVersionRow, share: float, principal: str, reason: str
+    ) -> None:
+        """Makes ``row`` (which passed the gate) the canary of its kind at ``share``."""
+        if row.kind != "policy":
+            raise InvalidArgument(
+                "canary_share", f"canaries are for policies; a {row.kind} model serves whole"
+            )
+        if not 0 < share <= MAX_CANARY_SHARE:
+            raise InvalidArgument("canary_share", f"must be in (0, {MAX_CANARY_SHARE}]")
+        existing = session.get(CanaryRow, row.kind)
+        if existing is not None and existing.version != row.version:
+            self._end_canary(session, row.kind, principal, f"{row.version} replaces it")
+            existing = None
+        if existing is None:
+            session.add(CanaryRow(kind=row.kind, version=row.version, traffic_share=share))
+        else:
+            existing.traffic_share = share
+        row.stage = "canary"
+        self._record(
+            session,
+            row.kind,
+            row.version,
+            "canary",
+            principal,
+            reason or f"canary at {share:.0%} of traffic",
+        )
+
+    def _end_canary(self, session: Session, kind: str, principal: str, reason: str) -> str:
+        """Ends the canary of ``kind``, if any; the version it was stays a version that
+        passed the gate (RETIRED). Returns it, or ""."""
+        canary = session.get(CanaryRow, kind)
+        if canary is None:
+            return ""
+        row = session.get(ModelVersionRow, canary.version)
+        if row is not None and row.stage == "canary":
+            row.stage = "retired"
+        session.delete(canary)
+        session.flush()
+        self._record(session, kind, canary.version, "canary_end", principal, reason)
+        return canary.version
+
+    def serving_state(self, session: Session, kind: str) -> ServingState:
+        canary = session.get(CanaryRow, kind)
+        revision = session.scalar(
+            select(func.max(ServingEventRow.id)).where(ServingEventRow.kind == kind)
+        )
+        return ServingState(
+            kind=kind,
+            stable=self.served(session, kind),
+            canary=self.get(session, canary.version) if canary else None,
+            canary_share=canary.traffic_share if canary else 0.0,
+            revision=revision or 0,
+        )
+
+    def revision(self, session: Session) -> int:
+        """The newest change of what serves, of any kind; replicas watch it move."""
+        return session.scalar(select(func.max(ServingEventRow.id))) or 0
+
+    def changes(self, session: Session, limit: int) -> builtins.list[ServingChange]:
+        """The newest ``limit`` changes of what serves, newest first."""
+        rows = session.scalars(
+            select(ServingEventRow).order_by(ServingEventRow.id.desc()).limit(limit)
+        )
+        return [
+            ServingChange(r.id, r.kind, r.version, r.action, r.principal, r.reason, r.at)
+            for r in rows
+        ]
 
     def decide(
         self,
@@ -284,15 +407,23 @@ class Registry:
         promoted: bool,
         checks: builtins.list[dict[str, object]],
         principal: str = "",
+        *,
+        canary_share: float = 0.0,
+        reason: str = "",
     ) -> ModelVersion:
-        """Applies a gate decision and records it: a promoted version serves and the one it
-        replaces retires; a refused one is REJECTED, except a RETIRED version, which stays
-        a rollback target."""
+        """Applies a gate decision and records it: a promoted version serves (or, with a
+        ``canary_share``, becomes the canary) and the one it replaces retires; a refused one
+        is REJECTED, except a RETIRED version, which stays a rollback target."""
         row = session.get(ModelVersionRow, version)
         if row is None:
             raise NotFound("model version", version, field="version")
-        if promoted:
-            self._serve(session, row, "promote")
+        if promoted and canary_share:
+            self._canary(session, row, canary_share, principal, reason)
+        elif promoted:
+            self._serve(session, row, "promote", principal, reason or "passed the gate")
+        elif row.stage == "canary":
+            self._end_canary(session, row.kind, principal, "the gate refused it")
+            row.stage = "rejected"
         elif row.stage != "retired":
             row.stage = "rejected"
         session.add(
@@ -327,7 +458,9 @@ class Registry:
         each promotion pushes its version and each rollback pops the one it replaced."""
         stack: builtins.list[str] = []
         events = session.scalars(
-            select(ServingEventRow).where(ServingEventRow.kind == kind).order_by(ServingEventRow.id)
+            select(ServingEventRow)
+            .where(ServingEventRow.kind == kind, ServingEventRow.action.in_(STABLE_ACTIONS))
+            .order_by(ServingEventRow.id)
         )
         for event in events:
             if event.action == "rollback":
@@ -337,11 +470,18 @@ class Registry:
                 stack.append(event.version)
         return stack
 
-    def rollback(self, session: Session, kind: str) -> ModelVersion:
-        """Serves again the version served before the current one of ``kind``."""
+    def rollback(
+        self, session: Session, kind: str, principal: str = "", reason: str = ""
+    ) -> ModelVersion:
+        """Ends the canary of ``kind`` if it has one (the stable version goes on serving);
+        else serves again the version served before the current one."""
         if kind not in KINDS:
             raise InvalidArgument("kind", f"must be one of {', '.join(KINDS)}")
         served = self.served(session, kind)
+        if self._end_canary(session, kind, principal, reason or "rolled back"):
+            if served is None:
+                raise FailedPrecondition(f"no {kind} version is served")  # a canary needs one
+            return served
         if served is None:
             raise FailedPrecondition(
                 f"no {kind} version is served, so there is nothing to roll back"
@@ -354,6 +494,6 @@ class Registry:
             )
         row = session.get(ModelVersionRow, history[-2])
         assert row is not None  # serving events name registered versions only
-        self._serve(session, row, "rollback")
+        self._serve(session, row, "rollback", principal, reason or f"rolled back {served.version}")
         session.flush()
         return ModelVersion.from_row(row)
