@@ -142,11 +142,16 @@ def reset_tables(url: str, base: type[DeclarativeBase]) -> None:
 
 @asynccontextmanager
 async def serving(
-    app: ServiceApp, common: CommonSettings, settings: ServiceSettings | None = None
+    app: ServiceApp,
+    common: CommonSettings,
+    settings: ServiceSettings | None = None,
+    *,
+    port: int = 0,
 ) -> AsyncIterator[RunningServer]:
-    """Starts an app on a free loopback port, runs its start-up, stops it afterwards."""
+    """Starts an app on a loopback port (a free one unless given), runs its start-up, stops
+    it afterwards."""
     settings = settings or ServiceSettings(port=0, metrics_port=0)
-    settings = settings.model_copy(update={"port": 0})
+    settings = settings.model_copy(update={"port": port})
     auth = TokenAuthenticator.from_file(common.resolved_tokens_file)
     running = await create_server(app, common, settings, auth)
     try:

@@ -280,7 +280,7 @@ def test_no_secret_values_outside_secrets(combo: str) -> None:
     for workload in workloads(docs):
         for container in pod_spec(workload)["containers"]:
             for name, value in env_of(container).items():
-                if isinstance(value, str):
+                if isinstance(value, str) and not name.endswith("_TARGET"):  # service names
                     assert not _TOKENISH.search(value), f"{name} looks like a credential"
                     assert "@" not in value or not value.startswith("postgres"), name
     for cm in of_kind(docs, "ConfigMap"):
@@ -368,7 +368,7 @@ def test_trainer_job_settings_match_the_chart() -> None:
     # The executor copies the trainer's peer targets into the job pods.
     for service in SERVICES:
         port = main_container(docs, service)["ports"][0]["containerPort"]
-        assert env[f"CLINALIGN_{service.upper()}_TARGET"] == f"{FULLNAME}-{service}:{port}"
+        assert env[f"CLINALIGN_{service.upper()}_TARGET"] == _target(service, port)
 
 
 # -- network topology -----------------------------------------------------------------------
@@ -698,6 +698,27 @@ def test_storage_modes() -> None:
     assert "claimName: models" in "".join(raw.values())
 
 
+@pytest.mark.parametrize("combo", ["default", "external-db"])
+def test_serving_pods_mount_the_registry_read_only_and_spool_locally(combo: str) -> None:
+    """Only the trainer (and its job pods) write the registry; generation's outbox toward
+    the monitor is on a pod-local volume, never the shared one."""
+    docs = render(combo)
+    for service in ("generation", "reward", "trainer"):
+        (data,) = [m for m in main_container(docs, service)["volumeMounts"] if m["name"] == "data"]
+        assert data.get("readOnly", False) is (service != "trainer"), service
+    generation = component(docs, "Deployment", "generation")
+    (spool,) = [
+        v for v in generation["spec"]["template"]["spec"]["volumes"] if v["name"] == "spool"
+    ]
+    assert "emptyDir" in spool
+    env = env_of(main_container(docs, "generation"))
+    assert env["CLINALIGN_GENERATION_MONITOR_SPOOL_PATH"].startswith(
+        _mounts(docs, "generation")["spool"] + "/"
+    )
+    assert env["CLINALIGN_GENERATION_FOLLOW_REGISTRY"] == "true"
+    assert env_of(main_container(docs, "reward"))["CLINALIGN_REWARD_FOLLOW_REGISTRY"] == "true"
+
+
 # -- TLS, tests, monitoring assets ----------------------------------------------------------
 
 
@@ -733,6 +754,26 @@ def test_tls(combo: str) -> None:
             assert f"{FULLNAME}-{service}.{NAMESPACE}.svc.cluster.local" in cert["spec"]["dnsNames"]
 
 
+def _target(service: str, port: int) -> str:
+    """How the services (and the smoke test) reach a peer: its headless Service, through
+    gRPC's DNS resolver, so calls are balanced over every ready pod."""
+    return f"dns:///{FULLNAME}-{service}-headless:{port}"
+
+
+def test_internal_callers_balance_over_every_pod() -> None:
+    docs = render("default")
+    for service in SERVICES:
+        headless = component(docs, "Service", f"{service}-headless")
+        assert headless["spec"]["clusterIP"] == "None"
+        assert (
+            headless["spec"]["selector"] == component(docs, "Service", service)["spec"]["selector"]
+        )
+    from clinalign.common.channels import channel_options
+    from clinalign.common.config import CommonSettings
+
+    assert ("grpc.lb_policy_name", "round_robin") in channel_options(CommonSettings())
+
+
 def test_tls_probe_script_compiles() -> None:
     source = (CHART / "files/grpc_health.py").read_text()
     compile(source, "grpc_health.py", "exec")
@@ -746,8 +787,8 @@ def test_helm_test_hook_runs_the_smoke_command() -> None:
     assert container["command"] == ["clinalign", "smoke", "--json"]
     env = env_of(container)
     generation = main_container(docs, "generation")
-    assert env["CLINALIGN_GENERATION_TARGET"] == (
-        f"{FULLNAME}-generation:{generation['ports'][0]['containerPort']}"
+    assert env["CLINALIGN_GENERATION_TARGET"] == _target(
+        "generation", generation["ports"][0]["containerPort"]
     )
     assert env["CLINALIGN_TOKENS_FILE"] == "/etc/clinalign/auth/tokens.json"
     assert container["image"].split(":")[0] == generation["image"].split(":")[0]

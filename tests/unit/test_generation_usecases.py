@@ -22,6 +22,7 @@ from clinalign.generation.params import Sampling, SamplingRequest
 from clinalign.generation.reporter import MonitorReporter
 from clinalign.generation.reporting import production_output
 from clinalign.generation.router import Router
+from clinalign.generation.spool import OutputSpool
 from clinalign.generation.usecases import (
     CandidatesRequest,
     FhirInput,
@@ -121,7 +122,7 @@ def router(backends: dict[str, FakeBackend]) -> Router:
 @pytest.fixture
 async def reported() -> AsyncIterator[tuple[MonitorReporter, Sent]]:
     sent = Sent()
-    reporter = MonitorReporter(sent, capacity=16, batch=4)
+    reporter = MonitorReporter(sent, OutputSpool(None, capacity=16), batch=4)
     reporter.start()
     yield reporter, sent
     await reporter.stop()

@@ -17,6 +17,7 @@ from clinalign.common.logs import JsonFormatter
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.generation.params import validate_sampling
 from clinalign.generation.reporter import DROPPED, SENT, MonitorReporter
+from clinalign.generation.spool import OutputSpool
 from clinalign.monitor.v1 import monitor_pb2
 
 
@@ -78,37 +79,41 @@ def _out(i: int) -> monitor_pb2.ProductionOutput:
     return monitor_pb2.ProductionOutput(output_id=f"o{i}", model_version="v")
 
 
-async def test_reporter_batches_retries_and_counts_drops() -> None:
+async def test_reporter_batches_retries_until_delivered_and_counts_drops() -> None:
     calls: list[int] = []
-    failures = {"left": 1}
+    failures = {"left": 3}
+    delivered: list[str] = []
 
     async def send(batch: list[monitor_pb2.ProductionOutput]) -> None:
         calls.append(len(batch))
         if failures["left"]:
             failures["left"] -= 1
             raise ConnectionError("monitor down")
+        delivered.extend(o.output_id for o in batch)
 
     sent_before = SENT._value.get()
-    full_before = DROPPED.labels("buffer_full")._value.get()
-    reporter = MonitorReporter(send, capacity=3, batch=2, max_attempts=3, backoff_s=0.001)
-    assert [reporter.submit(_out(i)) for i in range(4)] == [True, True, True, False]
+    full_before = DROPPED.labels("spool_full")._value.get()
+    reporter = MonitorReporter(send, OutputSpool(None, capacity=3), batch=2, backoff_s=0.001)
+    assert [await reporter.submit(_out(i)) for i in range(4)] == [True, True, True, False]
     reporter.start()
     await asyncio.wait_for(reporter.drained(), 5)
     await reporter.stop()
-    assert calls == [2, 2, 1]  # first batch failed once and was retried whole
+    assert calls == [2, 2, 2, 2, 1]  # the first batch failed three times, retried whole
+    assert delivered == ["o0", "o1", "o2"]  # in order, each once
     assert SENT._value.get() == sent_before + 3
-    assert DROPPED.labels("buffer_full")._value.get() == full_before + 1
+    assert DROPPED.labels("spool_full")._value.get() == full_before + 1
 
 
-async def test_reporter_gives_up_after_max_attempts() -> None:
-    async def send(batch: list[monitor_pb2.ProductionOutput]) -> None:
-        raise ConnectionError("monitor down")
-
-    before = DROPPED.labels("retries_exhausted")._value.get()
-    reporter = MonitorReporter(send, capacity=8, batch=8, max_attempts=2, backoff_s=0.001)
-    reporter.submit(_out(1))
-    reporter.submit(_out(2))
-    reporter.start()
-    await asyncio.wait_for(reporter.drained(), 5)
-    await reporter.stop()
-    assert DROPPED.labels("retries_exhausted")._value.get() == before + 2
+def test_the_spool_is_bounded_ordered_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "spool" / "generation.db"
+    spool = OutputSpool(path, capacity=3)
+    assert [spool.put(f"p{i}".encode(), "") for i in range(4)] == [True, True, True, False]
+    first = spool.peek(2)
+    spool.ack([first[0][0]])
+    spool.close()
+    again = OutputSpool(path, capacity=3)  # a restarted service
+    assert [p for _, p, _ in again.peek(10)] == [b"p1", b"p2"]
+    assert len(again) == 2 and again.put(b"p3", "")
+    again.close()
+    with pytest.raises(ValueError, match="capacity must be at least 1"):
+        OutputSpool(None, capacity=0)

@@ -106,9 +106,11 @@ imagePullSecrets:
 {{- end -}}
 
 {{/* host:port of a service, as its peers and the job pods dial it. */}}
+{{/* Where the services call a peer: its headless Service through gRPC's DNS resolver, so
+calls are balanced over every ready pod (the channels use round_robin). */}}
 {{- define "clinalign.target" -}}
 {{- $svc := index .root.Values .component -}}
-{{- printf "%s:%d" (include "clinalign.componentName" .) (int $svc.ports.grpc) -}}
+{{- printf "dns:///%s-headless:%d" (include "clinalign.componentName" .) (int $svc.ports.grpc) -}}
 {{- end -}}
 
 {{- define "clinalign.authSecretName" -}}

@@ -156,6 +156,8 @@ failureThreshold: {{ .timing.failureThreshold }}
   value: {{ $svc.modelVersion | quote }}
 - name: CLINALIGN_GENERATION_REPORT_TO_MONITOR
   value: {{ and $svc.reportToMonitor $v.monitor.enabled | quote }}
+- name: CLINALIGN_GENERATION_MONITOR_SPOOL_PATH
+  value: /var/spool/clinalign/generation.db
 {{- $mode := $svc.backend.mode }}
 - name: CLINALIGN_GENERATION_FOLLOW_REGISTRY
   value: {{ and $svc.followRegistry (eq $mode "local") | quote }}

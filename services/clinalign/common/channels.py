@@ -93,13 +93,16 @@ class _StreamStream(_AuthMetadata, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(details), it)
 
 
-def channel_options(settings: CommonSettings) -> list[tuple[str, int]]:
+def channel_options(settings: CommonSettings) -> list[tuple[str, int | str]]:
     size = settings.max_message_mb * 1024 * 1024
     return [
         ("grpc.max_send_message_length", size),
         ("grpc.max_receive_message_length", size),
         ("grpc.keepalive_time_ms", settings.keepalive_time_s * 1000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # A target that resolves to several pods (a headless Service) gets every call
+        # balanced over all of them; a single address is unaffected.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
 
 

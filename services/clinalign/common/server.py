@@ -35,6 +35,9 @@ from clinalign.common.tracing import configure_tracing
 
 log = logging.getLogger("clinalign.server")
 
+MAX_CONNECTION_AGE_S = 300
+MAX_CONNECTION_AGE_GRACE_S = 1800
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -128,6 +131,11 @@ async def create_server(
             # A second process on the same port must fail to start, not share the traffic.
             ("grpc.so_reuseport", 0),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            # Clients reconnect every few minutes and so resolve their target again: pods
+            # the autoscaler added get calls. Calls in flight (a gate run, a watch) may
+            # continue for the grace period.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_S * 1000),
+            ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_S * 1000),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

@@ -73,7 +73,16 @@ class GenerationSettings(ServiceSettings):
         32, ge=1, le=512, description="Sequences decoded together by the local backend."
     )
     monitor_buffer: int = Field(
-        4096, ge=1, description="Outputs buffered toward the monitor; overflow is dropped, counted."
+        100_000,
+        ge=1,
+        description="Outputs the spool holds toward the monitor (a monitor outage of that many "
+        "outputs); beyond it the newest is dropped and counted.",
+    )
+    monitor_spool_path: Path | None = Field(
+        None,
+        description="SQLite file of the durable outbox toward the monitor, on a disk local "
+        "to this replica (the chart mounts an emptyDir; never a shared volume); default "
+        "<data_dir>/spool/generation.db.",
     )
     monitor_batch: int = Field(64, ge=1, description="Outputs sent to the monitor per call.")
     report_to_monitor: bool = Field(True, description="Send every output to the monitor service.")

@@ -23,6 +23,7 @@ from clinalign.generation.engine import LocalBackend
 from clinalign.generation.reporter import MonitorReporter
 from clinalign.generation.router import Router
 from clinalign.generation.servicer import ROLES, GenerationServicer
+from clinalign.generation.spool import OutputSpool
 from clinalign.generation.usecases import Generation
 from clinalign.generation.v1 import generation_pb2_grpc
 from clinalign.monitor.v1 import monitor_pb2
@@ -46,10 +47,12 @@ class GenerationApp:
         self.clients = Clients(common)  # the monitor and the trainer's registry
         self.reporter: MonitorReporter | None = None
         if settings.report_to_monitor:
+            spool = OutputSpool(
+                settings.monitor_spool_path or common.data_dir / "spool" / "generation.db",
+                settings.monitor_buffer,
+            )
             self.reporter = MonitorReporter(
-                self._send_to_monitor,
-                capacity=settings.monitor_buffer,
-                batch=settings.monitor_batch,
+                self._send_to_monitor, spool, batch=settings.monitor_batch
             )
         self.router = Router(self._load_version)
         self.follower = RegistryFollower(

@@ -126,7 +126,7 @@ class Generation:
         message = self._message(request.source)
         sampling = self._sampling(request.sampling)
         result = await _run(self.router.pick(), message, sampling)
-        return self._publish(result, message)
+        return await self._publish(result, message)
 
     async def generate_stream(self, request: Request) -> AsyncGenerator[Delta | Draft, None]:
         """Deltas as the text is decoded, then the draft. Closing the iterator (the caller
@@ -141,7 +141,7 @@ class Generation:
                     continue
                 assert isinstance(event, Generated)
                 metrics.observe(event)
-                yield self._publish(event, message)
+                yield await self._publish(event, message)
 
     async def generate_candidates(self, request: CandidatesRequest) -> list[Draft]:
         """``n`` drafts of one message for comparison, seeds counting up from the request's,
@@ -182,11 +182,12 @@ class Generation:
             max_new_tokens_limit=self.settings.max_new_tokens_limit,
         )
 
-    def _publish(self, result: Generated, message: UserMessage) -> Draft:
-        """A production draft, reported to the monitor (never waiting on it)."""
+    async def _publish(self, result: Generated, message: UserMessage) -> Draft:
+        """A production draft, spooled for the monitor before it is returned (never waiting
+        on the monitor itself)."""
         draft = new_draft(result, message)
         if self.reporter is not None:
-            self.reporter.submit(production_output(draft))
+            await self.reporter.submit(production_output(draft))
         return draft
 
 
