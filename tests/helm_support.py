@@ -25,6 +25,11 @@ CRD_KINDS = ("ServiceMonitor", "PrometheusRule", "ScaledObject", "Certificate")
 COMBOS: dict[str, dict[str, Any]] = {
     "default": {},
     "dev-cpu": {"gpu": {"enabled": False}},
+    "dev-cpu-jobs": {
+        "gpu": {"enabled": False},
+        "postgresql": {"enabled": True},
+        "trainer": {"executor": "kubernetes"},
+    },
     "tgi": {"generation": {"backend": {"mode": "tgi"}}},
     "vllm": {"generation": {"backend": {"mode": "vllm"}}},
     "external-backend": {
@@ -38,14 +43,22 @@ COMBOS: dict[str, dict[str, Any]] = {
     },
     "external-db": {
         "database": {"external": {"existingSecret": "clinalign-db"}},
-        "trainer": {"jobs": {"existingSecret": "clinalign-trainer-job"}},
+        "trainer": {"executor": "kubernetes", "jobs": {"existingSecret": "clinalign-trainer-job"}},
         "auth": {"existingSecret": "clinalign-tokens"},
         "preference": {"replicas": 3},
         "networkPolicy": {"database": {"cidrs": ["10.0.5.0/24"]}},
     },
-    "postgresql": {"postgresql": {"enabled": True}, "monitor": {"replicas": 2}},
+    "postgresql": {
+        "postgresql": {"enabled": True},
+        "monitor": {"replicas": 2},
+        "trainer": {"executor": "kubernetes"},
+    },
     "keda": {"keda": {"enabled": True, "prometheusServerAddress": "http://prometheus:9090"}},
-    "tls-secret": {"tls": {"enabled": True, "existingSecret": "clinalign-tls", "mutual": True}},
+    "tls-secret": {
+        "tls": {"enabled": True, "existingSecret": "clinalign-tls", "mutual": True},
+        "postgresql": {"enabled": True},
+        "trainer": {"executor": "kubernetes"},
+    },
     "tls-cert-manager": {
         "tls": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}
     },

@@ -45,6 +45,10 @@ from tests.helm_support import (
 
 KUBE_VERSIONS = ("1.36.0", "1.37.0")
 ALL = sorted(COMBOS)
+# Combinations with the Kubernetes executor (it needs PostgreSQL; the default is local).
+KUBE_EXECUTOR = {
+    c for c, v in COMBOS.items() if v.get("trainer", {}).get("executor") == "kubernetes"
+}
 GPU = "nvidia.com/gpu"
 
 
@@ -145,8 +149,16 @@ def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], fiel
     ("values", "message"),
     [
         (
-            {"database": {"external": {"existingSecret": "db"}}},
+            {
+                "database": {"external": {"existingSecret": "db"}},
+                "trainer": {"executor": "kubernetes"},
+            },
             "trainer.jobs.existingSecret is required",
+        ),
+        (
+            {"trainer": {"executor": "kubernetes"}},
+            "trainer.executor=kubernetes needs PostgreSQL (database.external.existingSecret or "
+            "postgresql.enabled)",
         ),
         ({"keda": {"enabled": True}}, "keda.prometheusServerAddress is required"),
         ({"tls": {"enabled": True}}, "tls.existingSecret"),
@@ -226,7 +238,7 @@ def test_every_workload_is_locked_down(combo: str) -> None:
         assert psc["runAsNonRoot"] is True, name
         assert psc["runAsUser"] == psc["runAsGroup"] == psc["fsGroup"] == 10001, name
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        kube_api = name == f"{FULLNAME}-trainer" and combo != "local-executor"
+        kube_api = name == f"{FULLNAME}-trainer" and combo in KUBE_EXECUTOR
         assert spec["automountServiceAccountToken"] is kube_api, name
         for container in spec["containers"] + spec.get("initContainers", []):
             sc = container["securityContext"]
@@ -243,7 +255,7 @@ def test_every_workload_is_locked_down(combo: str) -> None:
     if combo == "postgresql":
         assert "StatefulSet" in seen
     for sa in of_kind(docs, "ServiceAccount"):
-        kube_api = sa["metadata"]["name"] == f"{FULLNAME}-trainer" and combo != "local-executor"
+        kube_api = sa["metadata"]["name"] == f"{FULLNAME}-trainer" and combo in KUBE_EXECUTOR
         assert sa["automountServiceAccountToken"] is kube_api, sa["metadata"]["name"]
 
 
@@ -333,7 +345,7 @@ def _kube_executor_verbs() -> set[str]:
 
 
 def test_trainer_role_grants_exactly_what_the_executor_calls() -> None:
-    docs = render("default")
+    docs = render("postgresql")
     (role,) = of_kind(docs, "Role")
     assert role["rules"] == [
         {
@@ -349,10 +361,11 @@ def test_trainer_role_grants_exactly_what_the_executor_calls() -> None:
         {"kind": "ServiceAccount", "name": f"{FULLNAME}-trainer", "namespace": NAMESPACE}
     ]
     assert of_kind(render("local-executor"), "Role") == []
+    assert of_kind(render("default"), "Role") == []  # the default runs jobs in the trainer
 
 
 def test_trainer_job_settings_match_the_chart() -> None:
-    docs = render("default")
+    docs = render("postgresql")
     env = env_of(main_container(docs, "trainer"))
     assert env["CLINALIGN_TRAINER_EXECUTOR"] == "kubernetes"
     assert env["CLINALIGN_TRAINER_KUBERNETES_NAMESPACE"] == NAMESPACE
@@ -523,8 +536,8 @@ def test_network_policy_egress_to_outside_the_cluster() -> None:
         return {p["port"] for r in rules for p in r["ports"]}
 
     assert 53 in ports(egress("default", "preference"))
-    assert {443, 6443} <= ports(egress("default", "trainer"))
-    assert not {443, 6443} & ports(egress("local-executor", "trainer"))
+    assert {443, 6443} <= ports(egress("postgresql", "trainer"))
+    assert not {443, 6443} & ports(egress("default", "trainer"))  # local executor
     db = [r for r in egress("external-db", "trainer-job") if r["ports"][0]["port"] == 5432]
     assert db and db[0]["to"] == [{"ipBlock": {"cidr": "10.0.5.0/24"}}]
     assert 5432 not in ports(egress("external-db", "generation"))
@@ -549,33 +562,46 @@ def test_metrics_ports_admit_prometheus() -> None:
 # -- GPU scheduling, probes, autoscaling ----------------------------------------------------
 
 
-def test_gpu_pool_by_default() -> None:
-    docs = render("default")
-    for service in ("generation", "reward"):
+@pytest.mark.parametrize(
+    ("combo", "on_gpus"),
+    [
+        ("default", ("generation", "reward", "trainer")),  # jobs run in the trainer pod
+        ("postgresql", ("generation", "reward")),  # jobs run in job pods on the GPU pool
+    ],
+)
+def test_gpu_pool_by_default(combo: str, on_gpus: tuple[str, ...]) -> None:
+    docs = render(combo)
+    for service in SERVICES:
         container = main_container(docs, service)
-        assert container["resources"]["requests"][GPU] == container["resources"]["limits"][GPU] == 1
-        assert container["image"].endswith(":0.1.0-cuda")
-        tolerations = pod_spec(component(docs, "Deployment", service))["tolerations"]
-        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    for service in ("preference", "monitor", "trainer"):
-        container = main_container(docs, service)
-        assert GPU not in container["resources"].get("requests", {})
-        assert "tolerations" not in pod_spec(component(docs, "Deployment", service))
-        assert not container["image"].endswith("-cuda")
+        tolerations = pod_spec(component(docs, "Deployment", service)).get("tolerations", [])
+        if service in on_gpus:
+            assert container["resources"]["requests"][GPU] == 1, service
+            assert container["resources"]["limits"][GPU] == 1, service
+            assert container["image"].endswith(":0.1.0-cuda"), service
+            assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in tolerations
+        else:
+            assert GPU not in container["resources"].get("requests", {}), service
+            assert tolerations == [], service
+            assert not container["image"].endswith("-cuda"), service
+    if combo == "default":
+        return
     env = env_of(main_container(docs, "trainer"))
     assert env["CLINALIGN_TRAINER_KUBERNETES_GPUS_PER_JOB"] == "1"
     assert env["CLINALIGN_TRAINER_KUBERNETES_IMAGE"] == "docker.io/clinalign/trainer:0.1.0-cuda"
     assert json.loads(env["CLINALIGN_TRAINER_KUBERNETES_TOLERATIONS"])[0]["key"] == GPU
 
 
-def test_gpu_disabled_for_dev_clusters() -> None:
-    docs = render("dev-cpu")
+@pytest.mark.parametrize("combo", ["dev-cpu", "dev-cpu-jobs"])
+def test_gpu_disabled_for_dev_clusters(combo: str) -> None:
+    docs = render(combo)
     for workload in workloads(docs):
         spec = pod_spec(workload)
         assert "tolerations" not in spec, workload["metadata"]["name"]
         for container in spec["containers"]:
             assert GPU not in json.dumps(container.get("resources", {}))
             assert not container["image"].endswith("-cuda")
+    if combo == "dev-cpu":
+        return
     env = env_of(main_container(docs, "trainer"))
     assert env["CLINALIGN_TRAINER_KUBERNETES_GPUS_PER_JOB"] == "0"
     assert json.loads(env["CLINALIGN_TRAINER_KUBERNETES_TOLERATIONS"]) == []
@@ -744,7 +770,8 @@ def test_tls(combo: str) -> None:
         }
         assert volumes["tls"]["secret"]["secretName"] == secret
     trainer = env_of(main_container(docs, "trainer"))
-    assert trainer["CLINALIGN_TRAINER_KUBERNETES_TLS_SECRET_NAME"] == secret
+    if combo in KUBE_EXECUTOR:  # the job pods mount the same certificate
+        assert trainer["CLINALIGN_TRAINER_KUBERNETES_TLS_SECRET_NAME"] == secret
     (smoke,) = of_kind(docs, "Pod")
     assert "CLINALIGN_TLS_CA_FILE" in env_of(smoke["spec"]["containers"][0])
     if combo == "tls-cert-manager":

@@ -14,6 +14,9 @@
 {{- if and (eq .component "generation") (ne $svc.backend.mode "local") -}}
 {{- $count = 0 -}}
 {{- end -}}
+{{- if and (eq .component "trainer") (eq $svc.executor "kubernetes") -}}
+{{- $count = 0 -}}
+{{- end -}}
 {{- $count -}}
 {{- end -}}
 
