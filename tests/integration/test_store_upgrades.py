@@ -225,6 +225,10 @@ def _check_monitor(session: Session) -> None:
         ("out-2", False),
         ("out-3", False),
     ]
+    # 0002: outputs their caller scored count as scored; none has a cost yet.
+    rows = session.scalars(select(monitor_store.OutputRow)).all()
+    assert all(o.scored_at is not None and o.cost is None for o in rows)
+    assert {(o.reward_model_version, o.score_attempts) for o in rows} == {("", 0)}
     flag = session.get(monitor_store.FlagRow, "flag-1")
     assert flag is not None and flag.resolved_by == "reviewer"
     baseline = session.get(monitor_store.BaselineRow, "policy-v2")

@@ -63,6 +63,25 @@ class MonitorSettings(ServiceSettings):
         3600.0, gt=0, description="Seconds between retention sweeps."
     )
 
+    # -- scoring production outputs through the reward service (clinalign.monitor.scoring)
+    score_outputs: bool = Field(
+        True,
+        description="Score every recorded output with the served reward model and, when one "
+        "serves, the cost model (its probability of harm), for drift in reward and cost.",
+    )
+    score_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between scoring rounds (each takes score_batch outputs)."
+    )
+    score_batch: int = Field(
+        32, ge=1, le=256, description="Outputs scored per round, in one Score call."
+    )
+    score_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Scoring attempts the reward service may refuse (INVALID_ARGUMENT) before "
+        "an output is left unscored.",
+    )
+
     # -- feedback of confirmed flags to the preference store (clinalign.monitor.feedback)
     feedback_interval_s: float = Field(
         10.0,

@@ -93,7 +93,10 @@ def stats_to_proto(v: store.WindowStats, bins: int) -> pb.VersionStats:
         },
         reward_score=_distribution(v.reward_scores),
         latency_s=_distribution(v.latency),
+        cost=_distribution(v.costs),
     )
+    if v.baseline_cost_mean is not None:
+        out.baseline_cost_mean = v.baseline_cost_mean
     psi, ks = v.drift(bins)
     if psi is not None and ks is not None:
         out.reward_psi, out.reward_ks = psi, ks

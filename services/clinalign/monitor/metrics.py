@@ -40,6 +40,16 @@ REWARD_KS = Gauge(
     "Two-sample Kolmogorov-Smirnov statistic of recent reward scores against the baseline.",
     ["model_version"],
 )
+COST_MEAN = Gauge(
+    "clinalign_monitor_cost_mean",
+    "Mean cost (the cost model's probability of harm) of recent outputs, per model version.",
+    ["model_version"],
+)
+BASELINE_COST_MEAN = Gauge(
+    "clinalign_monitor_baseline_cost_mean",
+    "Mean cost of the version's baseline outputs.",
+    ["model_version"],
+)
 FLAG_RATE = Gauge(
     "clinalign_monitor_flag_rate",
     "Flags per output over the recent window, per model version.",

@@ -34,7 +34,7 @@ from clinalign.common.config import CommonSettings
 from clinalign.common.db import Database, default_sqlite_url
 from clinalign.common.deid import build_redactor
 from clinalign.common.server import DatabaseApp, Readiness, run_main
-from clinalign.monitor import feedback, flags, metrics, retraining, store
+from clinalign.monitor import feedback, flags, metrics, retraining, scoring, store
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.servicer import ROLES, MonitorServicer
 from clinalign.monitor.usecases import Limits, Monitor
@@ -67,6 +67,9 @@ class MonitorApp(DatabaseApp):
         self.feedback = feedback.Delivery(
             self.db, self.peers, feedback.Settings.from_settings(settings)
         )
+        self.scoring = scoring.Scoring(
+            self.db, self.peers, scoring.Settings(settings.score_batch, settings.score_max_attempts)
+        )
         self.monitor = Monitor(
             self.db, redact or build_redactor(), limits, self.retraining, self.peers
         )
@@ -89,6 +92,10 @@ class MonitorApp(DatabaseApp):
         self._tasks.append(
             asyncio.create_task(_every("feedback", s.feedback_interval_s, self.deliver_feedback))
         )
+        if s.score_outputs:
+            self._tasks.append(
+                asyncio.create_task(_every("scoring", s.score_interval_s, self.score_outputs))
+            )
         await self.retraining.resume()
         if s.retrain_interval_s > 0:
             self._tasks.append(
@@ -113,6 +120,11 @@ class MonitorApp(DatabaseApp):
         if delivered or failed:
             log.info("flag feedback", extra={"fields": {"delivered": delivered, "failed": failed}})
 
+    async def score_outputs(self) -> None:
+        """Scoring rounds until no output is due (or one scores nothing)."""
+        while await self.scoring.score_due() == self.settings.score_batch:
+            pass
+
     async def evaluate_retraining(self) -> None:
         """One scheduled evaluation of the retraining policy."""
         await self.retraining.evaluate(dry_run=False)
@@ -128,6 +140,10 @@ class MonitorApp(DatabaseApp):
             metrics.FLAG_RATE.labels(v.model_version).set(v.flag_rate)
             if v.baseline_flag_rate is not None:
                 metrics.BASELINE_FLAG_RATE.labels(v.model_version).set(v.baseline_flag_rate)
+            if v.cost_mean is not None:
+                metrics.COST_MEAN.labels(v.model_version).set(v.cost_mean)
+            if v.baseline_cost_mean is not None:
+                metrics.BASELINE_COST_MEAN.labels(v.model_version).set(v.baseline_cost_mean)
             psi, ks = v.drift(self.settings.psi_bins)
             if psi is not None and ks is not None:
                 metrics.REWARD_PSI.labels(v.model_version).set(psi)

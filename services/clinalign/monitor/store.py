@@ -17,7 +17,7 @@ so a version's drift reference outlives the retention period.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +61,15 @@ class OutputRow(Base):
     latency_s: Mapped[float] = mapped_column(Float)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     reward_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The served cost model's probability of harm, and which versions scored it; filled
+    # by the monitor's scoring task (``scoring``), or at once when the caller sent a score.
+    cost: Mapped[float | None] = mapped_column(Float, nullable=True)  # migration 0002
+    reward_model_version: Mapped[str] = mapped_column(String(64), default="")
+    cost_model_version: Mapped[str] = mapped_column(String(64), default="")
+    scored_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    score_attempts: Mapped[int] = mapped_column(Integer, default=0)
     in_baseline: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -214,6 +223,7 @@ def record_outputs(
             "latency_s": r.latency_s,
             "completion_tokens": r.completion_tokens,
             "reward_score": r.reward_score,
+            "scored_at": now if r.reward_score is not None else None,
             "in_baseline": False,
             "created_at": r.created_at,
             "recorded_at": now,
@@ -235,6 +245,59 @@ def record_outputs(
         recorded[version] = recorded.get(version, 0) + 1
     freeze_baselines(session, {r.model_version for r in records}, baseline_outputs)
     return recorded, len(records) - sum(recorded.values())
+
+
+@dataclass(frozen=True)
+class OutputScore:
+    """What the reward service said of one output: its reward and, when a cost model
+    serves, its probability of harm."""
+
+    output_id: str
+    reward: float
+    reward_model_version: str
+    cost: float | None = None
+    cost_model_version: str = ""
+
+
+def unscored(session: Session, limit: int, max_attempts: int) -> list[tuple[str, str, str]]:
+    """(output id, prompt, text) of the oldest outputs not scored yet, whose text is kept,
+    that fewer than ``max_attempts`` scoring attempts have failed on."""
+    rows = session.execute(
+        select(OutputRow.output_id, OutputRow.prompt, OutputRow.text)
+        .where(
+            OutputRow.scored_at.is_(None),
+            OutputRow.text.is_not(None),
+            OutputRow.score_attempts < max_attempts,
+        )
+        .order_by(OutputRow.created_at)
+        .limit(limit)
+    )
+    return [(i, p or "", t or "") for i, p, t in rows]
+
+
+def record_scores(session: Session, scores: Sequence[OutputScore]) -> None:
+    now = datetime.now(UTC)
+    for score in scores:
+        session.execute(
+            update(OutputRow)
+            .where(OutputRow.output_id == score.output_id)
+            .values(
+                reward_score=score.reward,
+                reward_model_version=score.reward_model_version,
+                cost=score.cost,
+                cost_model_version=score.cost_model_version,
+                scored_at=now,
+            )
+        )
+
+
+def count_score_failures(session: Session, output_ids: Sequence[str]) -> None:
+    """One more failed scoring attempt on each output (the reward service refused it)."""
+    session.execute(
+        update(OutputRow)
+        .where(OutputRow.output_id.in_(output_ids))
+        .values(score_attempts=OutputRow.score_attempts + 1)
+    )
 
 
 def freeze_baselines(session: Session, versions: set[str], baseline_outputs: int) -> list[str]:
@@ -323,6 +386,16 @@ class WindowStats:
     baseline_outputs: int
     baseline_flags: int
     baseline_scores: list[float]
+    costs: list[float] = field(default_factory=list)
+    baseline_costs: list[float] = field(default_factory=list)
+
+    @property
+    def cost_mean(self) -> float | None:
+        return sum(self.costs) / len(self.costs) if self.costs else None
+
+    @property
+    def baseline_cost_mean(self) -> float | None:
+        return sum(self.baseline_costs) / len(self.baseline_costs) if self.baseline_costs else None
 
     @property
     def flag_rate(self) -> float:
@@ -353,17 +426,19 @@ def window_stats(
     """Per version with outputs in [start, end): outputs, flags on those outputs, confirmed
     flags by category, scores and latency; plus the version's baseline."""
     in_window = (OutputRow.created_at >= start, OutputRow.created_at < end)
-    query = select(OutputRow.model_version, OutputRow.latency_s, OutputRow.reward_score).where(
-        *in_window
-    )
+    query = select(
+        OutputRow.model_version, OutputRow.latency_s, OutputRow.reward_score, OutputRow.cost
+    ).where(*in_window)
     if model_version:
         query = query.where(OutputRow.model_version == model_version)
-    by_version: dict[str, tuple[list[float], list[float]]] = {}
-    for version, latency, score in session.execute(query):
-        lat, scores = by_version.setdefault(version, ([], []))
+    by_version: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    for version, latency, score, cost in session.execute(query):
+        lat, scores, costs = by_version.setdefault(version, ([], [], []))
         lat.append(latency)
         if score is not None:
             scores.append(score)
+        if cost is not None:
+            costs.append(cost)
 
     flags = (
         select(FlagRow.model_version, FlagRow.category, FlagRow.status, func.count())
@@ -381,8 +456,8 @@ def window_stats(
             confirmed.setdefault(version, {})[category] = n
 
     out = []
-    for version, (lat, scores) in sorted(by_version.items()):
-        b_count, b_flags, b_scores = _baseline(session, version)
+    for version, (lat, scores, costs) in sorted(by_version.items()):
+        b_count, b_flags, b_scores, b_costs = _baseline(session, version)
         out.append(
             WindowStats(
                 model_version=version,
@@ -394,24 +469,27 @@ def window_stats(
                 baseline_outputs=b_count,
                 baseline_flags=b_flags,
                 baseline_scores=b_scores,
+                costs=costs,
+                baseline_costs=b_costs,
             )
         )
     return out
 
 
-def _baseline(session: Session, version: str) -> tuple[int, int, list[float]]:
-    """(outputs, flags, reward scores) of a version's frozen baseline; zeros if none."""
+def _baseline(session: Session, version: str) -> tuple[int, int, list[float], list[float]]:
+    """(outputs, flags, reward scores, costs) of a version's frozen baseline; zeros if
+    none."""
     count = session.scalar(select(BaselineRow.outputs).where(BaselineRow.model_version == version))
     if not count:
-        return 0, 0, []
+        return 0, 0, [], []
     members = (OutputRow.model_version == version, OutputRow.in_baseline.is_(True))
-    scores = [
-        s for s in session.scalars(select(OutputRow.reward_score).where(*members)) if s is not None
-    ]
+    scored = session.execute(select(OutputRow.reward_score, OutputRow.cost).where(*members)).all()
+    scores = [s for s, _ in scored if s is not None]
+    costs = [c for _, c in scored if c is not None]
     flags = session.scalar(
         select(func.count())
         .select_from(FlagRow)
         .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
         .where(*members)
     )
-    return count, int(flags or 0), scores
+    return count, int(flags or 0), scores, costs

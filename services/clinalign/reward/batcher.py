@@ -295,7 +295,8 @@ class ActiveModel:
     def pick(self) -> Batcher:
         if self._current is None:
             raise FailedPrecondition(
-                f"no {self.what} model is active; train one and call ActivateModel with its version"
+                f"no {self.what} model is active: the registry serves none; promote one "
+                "(PromoteModel)"
             )
         return self._current
 
