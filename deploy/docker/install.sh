@@ -2,9 +2,11 @@
 # The builder stage of every image (deploy/docker/<service>.Dockerfile), run from /src with
 # the files the Dockerfile copied there.
 #
-#   install.sh deps SERVICE   /opt/venv with SERVICE's pinned dependencies only
-#                             (requirements/SERVICE.txt); with VARIANT=cpu|cuda torch first,
-#                             alone, from the PyTorch index of that variant
+#   install.sh deps SERVICE   /opt/venv with SERVICE's dependencies only, every one pinned
+#                             with its hashes (requirements/SERVICE.lock, made from
+#                             SERVICE.txt by scripts/lock_requirements.py); with
+#                             VARIANT=cpu|cuda torch first, alone, from the PyTorch index of
+#                             that variant, pinned to its exact version (torch.txt)
 #   install.sh package        protobuf stubs generated as `make protos` does, then the
 #                             clinalign package itself (not editable, no dependencies)
 #
@@ -28,7 +30,7 @@ deps() {
   if [[ -n "$torch_index" ]]; then
     pip_install --index-url "$torch_index" -r "$req/torch.txt"
   fi
-  pip_install -r "$req/$service.txt"
+  pip_install --require-hashes --no-deps -r "$req/$service.lock"
   if [[ -z "$torch_index" ]] && "$venv/bin/pip" show --quiet torch transformers 2>/dev/null; then
     echo "install.sh: the $service image must hold neither torch nor transformers," \
       "but a dependency pulled one in" >&2
@@ -41,7 +43,8 @@ package() {
   # grpcio-tools and mypy-protobuf live in a throwaway environment: they never reach the
   # runtime stage, which copies /opt/venv only.
   python -m venv /opt/build-tools
-  /opt/build-tools/bin/pip install --no-cache-dir --disable-pip-version-check -r "$req/build.txt"
+  /opt/build-tools/bin/pip install --no-cache-dir --disable-pip-version-check \
+    --require-hashes --no-deps -r "$req/build.lock"
   PYTHON=/opt/build-tools/bin/python bash scripts/gen_protos.sh
   pip_install --no-deps .
 }

@@ -195,6 +195,24 @@ def test_image_pins_are_requirements_txt_pins(service: str) -> None:
         assert (_pin(req), req.extras) == (_pin(source), source.extras), name
 
 
+@pytest.mark.parametrize("service", [*SETTINGS, "build"])
+def test_each_image_installs_only_from_its_hash_pinned_lock(service: str) -> None:
+    """Every transitive dependency pinned with its hashes, agreeing with the image's
+    requirements; torch alone from the PyTorch index, at its exact pin."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import lock_requirements
+    finally:
+        sys.path.pop(0)
+    assert lock_requirements.problems(service) == []
+    locked = lock_requirements.lock_pins(REQS / f"{service}.lock")
+    assert len(locked) > len(lock_requirements.requirement_pins(REQS / f"{service}.txt")) - 1
+    install = (ROOT / "deploy/docker/install.sh").read_text()
+    lock_file = "build.lock" if service == "build" else "$service.lock"
+    assert re.search(rf"--require-hashes --no-deps -r \"\$req/{re.escape(lock_file)}\"", install)
+    assert "torch==" in (REQS / "torch.txt").read_text()
+
+
 def test_every_runtime_pin_is_in_some_image() -> None:
     placed = set().union(*(image_requirements(s) for s in SETTINGS))
     assert set(PINNED) - placed == set()
