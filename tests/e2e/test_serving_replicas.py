@@ -153,7 +153,13 @@ async def _scenario(stack: Stack, tiny: Path, second: Path, reward_dir: Path) ->
         v1 = await register(tiny, common_pb2.MODEL_KIND_POLICY, serve=True)
         v2 = await register(second, common_pb2.MODEL_KIND_POLICY)
         ungated = await register(second, common_pb2.MODEL_KIND_POLICY)
-        rm1 = await register(reward_dir, common_pb2.MODEL_KIND_REWARD, serve=True)
+        rm1 = await register(reward_dir, common_pb2.MODEL_KIND_REWARD)
+        serve_in_registry(common, rm1)
+        # Only the first policy serves without the gate (the foundation model's bootstrap).
+        with pytest.raises(grpc.aio.AioRpcError) as first_reward:
+            await register(reward_dir, common_pb2.MODEL_KIND_REWARD, serve=True)
+        assert first_reward.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "serve_if_none" in (first_reward.value.details() or "")
 
         # Every replica starts on the registry's versions, and only then reports SERVING.
         for name in GENERATION + REWARD:

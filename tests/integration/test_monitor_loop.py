@@ -49,7 +49,7 @@ from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
-from tests.conftest import client, reset_tables, serving
+from tests.conftest import client, reset_tables, serve_in_registry, serving
 from tests.e2e.test_reward_pipeline import _populate
 
 Token = Callable[[Role], str]
@@ -517,13 +517,19 @@ async def test_flags_retrain_promote_refuse_and_trace_back(
             wired.trainer_target = f"127.0.0.1:{tr.port}"
             async with client(tr, wired, admin) as ch:
                 registry = trainer_pb2_grpc.TrainerServiceStub(ch)
-                for path, kind in (
-                    (tiny_reward_dir, common_pb2.MODEL_KIND_REWARD),
-                    (tiny_model_dir, common_pb2.MODEL_KIND_POLICY),
-                ):
-                    await registry.RegisterModel(
-                        tpb.RegisterModelRequest(path=str(path), kind=kind, serve_if_none=True)
+                reward = await registry.RegisterModel(
+                    tpb.RegisterModelRequest(
+                        path=str(tiny_reward_dir), kind=common_pb2.MODEL_KIND_REWARD
                     )
+                )
+                serve_in_registry(wired, reward.version.ref.version)  # as if gated
+                await registry.RegisterModel(
+                    tpb.RegisterModelRequest(
+                        path=str(tiny_model_dir),
+                        kind=common_pb2.MODEL_KIND_POLICY,
+                        serve_if_none=True,
+                    )
+                )
             async with serving(generation, wired) as gen:
                 wired.generation_target = f"127.0.0.1:{gen.port}"
                 async with client(gen, wired, token(Role.EHR_CLIENT)) as ch:

@@ -30,7 +30,7 @@ from clinalign.trainer.jobs.executor import is_worker
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
-from tests.conftest import client, serving
+from tests.conftest import client, serve_in_registry, serving
 
 Token = Callable[[Role], str]
 # Settings under which the tiny model learns in a few seconds (see test_ppo_training).
@@ -96,9 +96,7 @@ async def test_ppo_jobs_through_the_reward_service(
                     (tiny_reward_dir, common_pb2.MODEL_KIND_REWARD),  # reward-v2, not served
                     (tiny_model_dir, common_pb2.MODEL_KIND_POLICY),
                 ):
-                    await stub.RegisterModel(
-                        tpb.RegisterModelRequest(path=str(path), kind=kind, serve_if_none=True)
-                    )
+                    await _register(stub, wired, path, kind)
 
                 # 1. A job learns and registers a policy version.
                 learn = _spec(prompt_set="clinical-train", hyper={"iterations": "30"})
@@ -220,6 +218,23 @@ async def _fails(coro: object) -> grpc.aio.AioRpcError:
     return info.value
 
 
+async def _register(
+    stub: trainer_pb2_grpc.TrainerServiceStub, common: CommonSettings, path: Path, kind: int
+) -> str:
+    """Registers a model; the first of its kind serves (a policy on registration, a reward
+    or cost model as if the gate had passed it)."""
+    first = not (await stub.ListModelVersions(tpb.ListModelVersionsRequest(kind=kind))).versions
+    reply = await stub.RegisterModel(
+        tpb.RegisterModelRequest(
+            path=str(path), kind=kind, serve_if_none=kind == common_pb2.MODEL_KIND_POLICY
+        )
+    )
+    version = str(reply.version.ref.version)
+    if first and kind != common_pb2.MODEL_KIND_POLICY:
+        serve_in_registry(common, version)
+    return version
+
+
 async def test_bad_ppo_specs_name_their_field(
     common: CommonSettings,
     token: Token,
@@ -241,11 +256,7 @@ async def test_bad_ppo_specs_name_their_field(
             no_reward = await _fails(
                 stub.SubmitJob(tpb.SubmitJobRequest(spec=_spec(prompt_set="clinical-train")))
             )
-            await stub.RegisterModel(
-                tpb.RegisterModelRequest(
-                    path=str(tiny_reward_dir), kind=common_pb2.MODEL_KIND_REWARD, serve_if_none=True
-                )
-            )
+            await _register(stub, common, tiny_reward_dir, common_pb2.MODEL_KIND_REWARD)
             cases = {
                 "spec.prompt_set: name exactly one source": _spec(
                     prompt_set="clinical-train", snapshot_id="snap-1"
@@ -323,9 +334,7 @@ async def test_a_ppo_job_constrained_by_the_served_cost_model(
                     (tiny_model_dir, common_pb2.MODEL_KIND_POLICY),
                     (tiny_cost_dir, common_pb2.MODEL_KIND_COST),
                 ):
-                    await stub.RegisterModel(
-                        tpb.RegisterModelRequest(path=str(path), kind=kind, serve_if_none=True)
-                    )
+                    await _register(stub, wired, path, kind)
                 spec = _spec(
                     prompt_set="clinical-train",
                     hyper={

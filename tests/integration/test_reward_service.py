@@ -109,7 +109,7 @@ async def test_without_a_model_the_service_is_not_serving(
     assert process == SERVING
     assert own == NOT_SERVING
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "ActivateModel" in (info.value.details() or "")
+    assert "PromoteModel" in (info.value.details() or "")
 
 
 async def test_score_validates_and_truncates(

@@ -117,3 +117,18 @@ def test_the_spool_is_bounded_ordered_and_survives_reopening(tmp_path: Path) -> 
     again.close()
     with pytest.raises(ValueError, match="capacity must be at least 1"):
         OutputSpool(None, capacity=0)
+
+
+def test_status_lists_each_replica_behind_a_headless_service() -> None:
+    """``clinalign status`` asks every address a dns:/// target resolves to (the pods of a
+    headless Service), naming the Service for TLS; a plain address is itself."""
+    from clinalign.cli.stack import Endpoint, replicas
+
+    plain = Endpoint("generation", "g", 50051, 9101, "127.0.0.1")
+    assert replicas(plain) == [plain]
+    expanded = replicas(Endpoint("generation", "g", 50051, 9101, "dns:///localhost"))
+    assert expanded and all(e.server_name == "localhost" for e in expanded)
+    assert {e.host for e in expanded} <= {"127.0.0.1", "[::1]"}
+    assert "127.0.0.1:50051" in {e.target for e in expanded}
+    unknown = Endpoint("reward", "r", 50052, 9102, "dns:///no-such-host.invalid")
+    assert replicas(unknown) == [unknown]

@@ -160,15 +160,17 @@ def _print_endpoints(stack: Any, reports: list[Any]) -> None:
 
 @app.command()
 def status(data_dir: DataDir = None) -> None:
-    """Check every service's health over gRPC, and the model versions each generation and
-    reward replica has loaded (exit status 1 if any is unreachable)."""
-    from clinalign.cli.stack import check_health, endpoints
+    """Check every service's health over gRPC, one line per replica, with the model versions
+    each generation and reward replica has loaded (exit status 1 if any is unreachable)."""
+    from clinalign.cli.stack import check_health, endpoints, replicas
 
     common = common_settings(data_dir)
     eps = endpoints(common)
     for ep in eps:
         ep.host, _, port = common.target(ep.service).rpartition(":")
         ep.grpc_port = int(port)
+    # One line per replica behind a headless Service (dns:/// targets in a deployment).
+    eps = [replica for ep in eps for replica in replicas(ep)]
     reports = asyncio.run(check_health(eps, common))
     typer.echo(f"{'service':<12}{'target':<20}{'process':<13}{'service status':<16}serving")
     for r in reports:

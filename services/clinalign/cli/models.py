@@ -111,7 +111,11 @@ def models_register(
     path: Annotated[Path, typer.Argument(help="Model directory, as the trainer sees it.")],
     kind: Annotated[ModelKind, typer.Option(help="Policy, reward or cost model.")],
     serve_if_none: Annotated[
-        bool, typer.Option(help="Serve it at once if nothing of its kind is served.")
+        bool,
+        typer.Option(
+            help="Serve it at once if no policy is served (the foundation model's bootstrap; "
+            "policies only: reward and cost models serve through the gate)."
+        ),
     ] = False,
     as_json: AsJson = False,
     data_dir: DataDir = None,

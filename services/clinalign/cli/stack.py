@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,10 +45,28 @@ class Endpoint:
     grpc_port: int
     metrics_port: int
     host: str = "127.0.0.1"
+    server_name: str = ""  # the Service's name when host is one replica's address
 
     @property
     def target(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+
+def replicas(ep: Endpoint) -> list[Endpoint]:
+    """One endpoint per replica behind ``ep``: for a ``dns:///`` host (a headless Service),
+    each address it resolves to; otherwise ``ep`` itself."""
+    if not ep.host.startswith("dns:///"):
+        return [ep]
+    name = ep.host.removeprefix("dns:///")
+    try:
+        infos = socket.getaddrinfo(name, ep.grpc_port, type=socket.SOCK_STREAM)
+    except OSError:
+        return [ep]  # unresolvable: reported as unreachable under its name
+    addresses = sorted({str(info[4][0]) for info in infos})
+    return [
+        dataclasses.replace(ep, host=f"[{a}]" if ":" in a else a, server_name=name)
+        for a in addresses
+    ] or [ep]
 
 
 @dataclass
@@ -160,7 +180,7 @@ async def check_health(
     """Asks each service's grpc.health.v1 endpoint for the process and the service status."""
 
     async def one(ep: Endpoint) -> HealthReport:
-        channel = open_channel(ep.target, common, token=None)
+        channel = open_channel(ep.target, common, token=None, server_name=ep.server_name)
         try:
             stub = health_pb2_grpc.HealthStub(channel)
             statuses = []
@@ -191,7 +211,7 @@ async def _loaded_versions(ep: Endpoint, common: CommonSettings, timeout_s: floa
         token = token_for_role(common.resolved_tokens_file, Role.SERVICE)
     except (OSError, ValueError, LookupError):
         return ""
-    async with open_channel(ep.target, common, token) as channel:
+    async with open_channel(ep.target, common, token, server_name=ep.server_name) as channel:
         if ep.service == "generation":
             from clinalign.generation.v1 import generation_pb2, generation_pb2_grpc
 

@@ -112,12 +112,17 @@ def open_channel(
     token: str | None,
     *,
     client_cert: tuple[Path, Path] | None = None,
+    server_name: str = "",
 ) -> grpc.aio.Channel:
-    """An asyncio channel to a ClinAlign service, authenticated with ``token``."""
+    """An asyncio channel to a ClinAlign service, authenticated with ``token``.
+    ``server_name``: the name its certificate carries, when ``target`` is an address (one
+    replica of a Service)."""
     interceptors: list[grpc.aio.ClientInterceptor] = [
         cls(token) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
     ]
     options = channel_options(settings)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     if settings.tls_ca_file is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     cert_chain = key = None

@@ -20,3 +20,13 @@ def weights_hash(model_dir: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def version_hash(directory: Path, base_model: Path | None) -> str:
+    """The weights hash a registered version records, which replicas check before serving
+    it: of its weight files, or for a LoRA adapter of base and adapter together (what is
+    served is both)."""
+    if base_model is None:
+        return weights_hash(directory)
+    both = f"{weights_hash(base_model)}:{weights_hash(directory)}"
+    return hashlib.sha256(both.encode()).hexdigest()

@@ -248,17 +248,13 @@ async def require_served(
 async def verify_weights(version: common_pb2.ModelVersion) -> None:
     """Refuses a version whose weight files do not hash to what the registry recorded at
     registration (base and adapter together for a LoRA adapter)."""
-    import hashlib
     from pathlib import Path
 
-    from clinalign.common.hashing import weights_hash
+    from clinalign.common.hashing import version_hash
 
     def digest() -> str:
-        if version.adapter_path:
-            base = weights_hash(Path(version.base_model))
-            adapter = weights_hash(Path(version.adapter_path))
-            return hashlib.sha256(f"{base}:{adapter}".encode()).hexdigest()
-        return weights_hash(Path(version.artifact_uri))
+        base = Path(version.base_model) if version.adapter_path else None
+        return version_hash(Path(version.adapter_path or version.artifact_uri), base)
 
     try:
         found = await asyncio.to_thread(digest)

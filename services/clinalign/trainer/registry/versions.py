@@ -13,7 +13,6 @@ watch). Every gate decision is kept with its figures and who asked (``gate_decis
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from clinalign.common.artefacts import KINDS, MANIFEST_NAME
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from clinalign.common.hashing import weights_hash
+from clinalign.common.hashing import version_hash
 from clinalign.trainer.registry.storage import claim_directory
 
 
@@ -208,6 +207,12 @@ class Registry:
             raise InvalidArgument("kind", f"must be one of {', '.join(KINDS)}")
         if not source.is_dir():
             raise InvalidArgument("path", f"{source} is not a directory")
+        if serve_if_none and kind != "policy":
+            raise InvalidArgument(
+                "serve_if_none",
+                f"only the first policy (the foundation model) serves without the gate; a "
+                f"{kind} model serves once PromoteModel's gate passes it",
+            )
         base_model = _adapter_base(session, source)
         if base_model is None and not (source / "config.json").is_file():
             raise InvalidArgument(
@@ -253,14 +258,7 @@ class Registry:
             base_model=str(base_model or manifest.get("base_model", "")),
             adapter_path=str(target.resolve()) if base_model else "",
             artifact_uri=str(target.resolve()),
-            weights_hash=(
-                # what is served is base + adapter, so the hash covers both
-                hashlib.sha256(
-                    f"{weights_hash(base_model)}:{weights_hash(target)}".encode()
-                ).hexdigest()
-                if base_model
-                else weights_hash(target)
-            ),
+            weights_hash=version_hash(target, base_model),
             parent_version=parent_version or str(manifest.get("parent_version", "")),
             snapshot_hash=str(manifest.get("snapshot_hash", "")),
             job_id=job_id,
