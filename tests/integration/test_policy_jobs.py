@@ -16,13 +16,13 @@ import pytest
 
 from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
+from clinalign.common.hashing import weights_hash
 from clinalign.common.v1 import common_pb2
 from clinalign.preference.config import PreferenceSettings
 from clinalign.preference.server import PreferenceApp
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
 from clinalign.trainer.config import TrainerSettings
-from clinalign.trainer.registry.versions import weights_hash
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
