@@ -6,7 +6,9 @@ only once it has loaded it, then follows ``WatchServingState``: the stream sends
 state first and again after every change, so a replica that reconnects after a broken
 stream or a trainer restart resyncs from the first message it gets. Loading is the
 replica's own (``Apply``); a version it cannot load, or whose weights do not match the
-registry's hash, leaves it on what it served, counted and logged.
+registry's hash, leaves it on what it served, counted and logged, and is tried again when
+the stream next resends the state (at the latest when the trainer ends the connection,
+its maximum age and grace, 35 minutes).
 """
 
 from __future__ import annotations
@@ -162,11 +164,12 @@ class RegistryFollower:
                     continue
                 try:
                     await apply(target)
-                except ClinAlignError as err:
+                except Exception as err:  # a refusal, or a load that failed: keep serving
                     REFUSED.labels(_kind_name(state.kind), target.key[0]).inc()
+                    reason = err.message if isinstance(err, ClinAlignError) else type(err).__name__
                     log.error(
                         "registry version not served",
-                        extra={"fields": {"version": target.key[0], "error": err.message}},
+                        extra={"fields": {"version": target.key[0], "error": reason}},
                     )
                     if strict:
                         raise
