@@ -32,10 +32,10 @@ class FakeTrainer:
         self.first = first
         self.streams = streams
 
-    async def GetServingState(self, request: Any, timeout: float) -> Any:  # noqa: N802
+    async def GetServingState(self, request: Any, **call: Any) -> Any:
         return trainer_pb2.GetServingStateResponse(states=[_state(self.first)], revision=1)
 
-    def WatchServingState(self, request: Any) -> AsyncIterator[Any]:  # noqa: N802
+    def WatchServingState(self, request: Any) -> AsyncIterator[Any]:
         versions = self.streams.pop(0) if self.streams else []
 
         async def stream() -> AsyncIterator[Any]:
