@@ -131,6 +131,12 @@ async def test_record_outputs_is_all_or_nothing_and_idempotent(
                     pb.RecordOutputsRequest(outputs=[_out("a"), _out("b", text="x" * 51)])
                 )
             )
+            far = _out("b")
+            far.create_time.seconds = 10**12  # past year 9999
+            bad_time = await _fails(stub.RecordOutputs(pb.RecordOutputsRequest(outputs=[far])))
+            bad_window = await _fails(
+                stub.GetStats(pb.GetStatsRequest(end_time=Timestamp(seconds=-(10**12))))
+            )
             first = await stub.RecordOutputs(
                 pb.RecordOutputsRequest(outputs=[_out("a"), _out("b")])
             )
@@ -140,6 +146,9 @@ async def test_record_outputs_is_all_or_nothing_and_idempotent(
         ids = await app.db.run_sync(lambda s: sorted(s.scalars(select(store.OutputRow.output_id))))
     assert long.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (long.details() or "").startswith("outputs[1].text: is longer than 50")
+    assert bad_time.code() == bad_window.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (bad_time.details() or "").startswith("outputs[0].create_time: is not a valid time")
+    assert (bad_window.details() or "").startswith("end_time: is not a valid time")
     assert (first.recorded, first.duplicates) == (2, 0)
     assert (again.recorded, again.duplicates) == (1, 1)
     assert ids == ["a", "b", "c"]

@@ -338,6 +338,12 @@ def test_bad_request_fields(task: str, question: str, version: str, message: str
             f"{E}: is not valid JSON: NaN is not a JSON number",
         ),
         ("[]", f"{E}: must be a FHIR R4 Bundle (resourceType 'Bundle'), got an array"),
+        # deeper than the parser's recursion limit, and deeper than any Bundle nests
+        ("[" * 5000 + "]" * 5000, f"{E}: nests objects and arrays more than 64 deep"),
+        (
+            '{"resourceType": "Bundle", "x": ' + "[" * 70 + "]" * 70 + "}",
+            f"{E}: nests objects and arrays more than 64 deep",
+        ),
         (
             '{"resourceType": "Patient"}',
             f"{E}: must be a FHIR R4 Bundle (resourceType 'Bundle'), got resourceType 'Patient'",

@@ -4,6 +4,7 @@ validation, and the monitor reporter's buffering, retry and drop accounting."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from pathlib import Path
@@ -50,6 +51,21 @@ def test_page_tokens_round_trip_and_reject_garbage() -> None:
         page_bounds(10, "!!not-a-token")
     with pytest.raises(InvalidArgument, match=r"^page_size:"):
         page_bounds(1000, "")
+    huge = base64.urlsafe_b64encode(b"o:" + b"9" * 40).decode()  # past any database's OFFSET
+    with pytest.raises(InvalidArgument, match=r"^page_token: is not a token this service"):
+        page_bounds(10, huge)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(10**12, 0), (-(10**12), 0), (253402300800, 0), (0, 2 * 10**9)]
+)
+def test_a_time_outside_a_timestamps_range_is_the_callers_mistake(seconds: int, nanos: int) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from clinalign.common.protos import datetime_from
+
+    with pytest.raises(InvalidArgument, match=r"^outputs\[2\]\.create_time: is not a valid time"):
+        datetime_from(Timestamp(seconds=seconds, nanos=nanos), "outputs[2].create_time")
 
 
 def test_weights_hash_changes_with_content_and_needs_weights(tmp_path: Path) -> None:

@@ -130,3 +130,15 @@ async def test_serving_requests_name_the_bad_field(trainer: Trainer, tiny_model_
             row.kind = "reward"
             trainer.registry.decide(s, reward.version, True, [], "", canary_share=0.1)
     assert info.value.field == "canary_share"
+
+
+async def test_registering_a_directory_without_weights_names_the_path(
+    trainer: Trainer, tmp_path: Path
+) -> None:
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(InvalidArgument, match="holds no weight files") as info:
+        await trainer.register_model(str(empty), "policy", serve_if_none=False)
+    assert info.value.field == "path"
+    assert not [p for p in (tmp_path / "registry").glob("*") if not p.name.startswith(".")]

@@ -6,6 +6,8 @@ import base64
 
 from clinalign.common.errors import InvalidArgument
 
+MAX_OFFSET = 2**31 - 1  # far past any listing; keeps OFFSET within every database's range
+
 
 def page_bounds(
     page_size: int, page_token: str, *, default: int = 20, maximum: int = 100
@@ -19,7 +21,7 @@ def page_bounds(
             offset = int(base64.urlsafe_b64decode(page_token.encode()).decode().removeprefix("o:"))
         except ValueError as exc:
             raise InvalidArgument("page_token", "is not a token this service issued") from exc
-        if offset < 0:
+        if not 0 <= offset <= MAX_OFFSET:
             raise InvalidArgument("page_token", "is not a token this service issued")
     return page_size or default, offset
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from clinalign.common.errors import InvalidArgument
 from clinalign.common.v1 import common_pb2
 
 KIND_TO_PROTO = {
@@ -23,6 +24,17 @@ STAGE_TO_PROTO = {
     "rejected": common_pb2.MODEL_STAGE_REJECTED,
     "canary": common_pb2.MODEL_STAGE_CANARY,
 }
+
+
+def datetime_from(ts: Timestamp, field: str) -> datetime:
+    """A request's timestamp as an aware UTC datetime; INVALID_ARGUMENT naming ``field``
+    for one outside what a Timestamp may hold (years 1 to 9999, nanos below 10^9)."""
+    try:
+        return ts.ToDatetime(UTC)
+    except ValueError:
+        raise InvalidArgument(
+            field, "is not a valid time: seconds from 0001-01-01 to 9999-12-31, nanos below 1e9"
+        ) from None
 
 
 def timestamp(when: datetime) -> Timestamp:

@@ -28,6 +28,7 @@ from clinalign.generation.fhir_json import Node, kind
 
 FIELD = "input.fhir"
 BUNDLE = f"{FIELD}.bundle_json"
+MAX_DEPTH = 64  # a FHIR R4 Bundle nests about a dozen deep
 
 _GENDERS = ("male", "female", "other", "unknown")
 _CRITICALITIES = ("low", "high", "unable-to-assess")
@@ -128,6 +129,12 @@ def _load(bundle_json: str, max_len: int) -> Node:
         data = json.loads(bundle_json, parse_float=Decimal, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as e:
         raise InvalidArgument(BUNDLE, f"is not valid JSON: {e}") from None
+    except RecursionError:  # nested past the parser's own limit
+        raise InvalidArgument(
+            BUNDLE, f"nests objects and arrays more than {MAX_DEPTH} deep"
+        ) from None
+    if _depth(data) > MAX_DEPTH:
+        raise InvalidArgument(BUNDLE, f"nests objects and arrays more than {MAX_DEPTH} deep")
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         if not isinstance(data, dict):
             got = kind(data)
@@ -139,6 +146,22 @@ def _load(bundle_json: str, max_len: int) -> Node:
             BUNDLE, f"must be a FHIR R4 Bundle (resourceType 'Bundle'), got {got}"
         )
     return Node(data, BUNDLE)
+
+
+def _depth(data: object) -> int:
+    """How deeply objects and arrays nest (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: list[object] = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def _reject_constant(name: str) -> None:

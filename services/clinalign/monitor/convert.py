@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from clinalign.common.protos import enum_name, timestamp
+from clinalign.common.protos import datetime_from, enum_name, timestamp
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import drift, feedback, flags, store
 from clinalign.monitor.retraining import RunView
@@ -21,8 +21,12 @@ def severity_name(value: int) -> str:
     return enum_name(pb.Severity, value)
 
 
-def output_from_proto(out: pb.ProductionOutput) -> store.OutputRecord:
-    created = out.create_time.ToDatetime(UTC) if out.HasField("create_time") else datetime.now(UTC)
+def output_from_proto(out: pb.ProductionOutput, field: str) -> store.OutputRecord:
+    created = (
+        datetime_from(out.create_time, f"{field}.create_time")
+        if out.HasField("create_time")
+        else datetime.now(UTC)
+    )
     return store.OutputRecord(
         output_id=out.output_id,
         model_version=out.model_version,

@@ -10,6 +10,7 @@ import grpc.aio
 
 from clinalign.common.auth import Role, roles
 from clinalign.common.context import principal_name
+from clinalign.common.protos import datetime_from
 from clinalign.monitor import flags
 from clinalign.monitor.convert import (
     flag_from_proto,
@@ -44,7 +45,7 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
     async def RecordOutputs(
         self, request: pb.RecordOutputsRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordOutputsResponse:
-        records = [output_from_proto(o) for o in request.outputs]
+        records = [output_from_proto(o, f"outputs[{i}]") for i, o in enumerate(request.outputs)]
         recorded, duplicates = await self.monitor.record_outputs(records)
         return pb.RecordOutputsResponse(recorded=recorded, duplicates=duplicates)
 
@@ -78,10 +79,12 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
         end = (
-            request.end_time.ToDatetime(UTC) if request.HasField("end_time") else datetime.now(UTC)
+            datetime_from(request.end_time, "end_time")
+            if request.HasField("end_time")
+            else datetime.now(UTC)
         )
         start = (
-            request.start_time.ToDatetime(UTC)
+            datetime_from(request.start_time, "start_time")
             if request.HasField("start_time")
             else end - timedelta(hours=24)
         )

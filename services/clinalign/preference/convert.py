@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from clinalign.common.protos import timestamp
+from clinalign.common.protos import datetime_from, timestamp
 from clinalign.common.v1 import common_pb2
 from clinalign.preference import audit, queue, snapshots
 from clinalign.preference.domain import (
@@ -161,8 +161,10 @@ def adjudication_threshold(request: pb.GetAgreementRequest) -> float:
 
 def snapshot_filter(f: pb.SnapshotFilter) -> snapshots.Filter:
     return snapshots.Filter(
-        start=f.start_time.ToDatetime(UTC) if f.HasField("start_time") else None,
-        end=f.end_time.ToDatetime(UTC) if f.HasField("end_time") else None,
+        start=datetime_from(f.start_time, "filter.start_time")
+        if f.HasField("start_time")
+        else None,
+        end=datetime_from(f.end_time, "filter.end_time") if f.HasField("end_time") else None,
         sources=tuple(SOURCE_FROM_PROTO.get(s, "") for s in f.sources),
         min_agreement=f.min_agreement,
         tie_handling=TIE_FROM_PROTO.get(f.tie_handling, ""),

@@ -229,8 +229,10 @@ class Registry:
             row = self._row(
                 session, kind, seq, target, base_model, manifest, parent_version, job_id
             )
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(target, ignore_errors=True)  # ours: nothing else claimed it
+            if isinstance(err, FileNotFoundError):  # no weight files to hash
+                raise InvalidArgument("path", str(err)) from None
             raise
         if serve_if_none and self.served(session, kind) is None:
             self._serve(session, row, "initial", reason=f"registered: no {kind} version served")
