@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import DeclarativeBase
 
-from clinalign.common.auth import Role, TokenAuthenticator, generate_tokens, token_for_role
+from clinalign.common.auth import Role, generate_tokens, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings, ServiceSettings
+from clinalign.common.oidc import authenticator_from
 from clinalign.common.server import RunningServer, ServiceApp, create_server
 
 PG_URL = os.environ.get("CLINALIGN_TEST_DATABASE_URL")
@@ -152,8 +153,7 @@ async def serving(
     it afterwards."""
     settings = settings or ServiceSettings(port=0, metrics_port=0)
     settings = settings.model_copy(update={"port": port})
-    auth = TokenAuthenticator.from_file(common.resolved_tokens_file)
-    running = await create_server(app, common, settings, auth)
+    running = await create_server(app, common, settings, authenticator_from(common))
     try:
         await running.start_app()
         yield running

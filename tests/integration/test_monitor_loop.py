@@ -331,18 +331,11 @@ async def test_a_confirmed_flag_without_correction_becomes_a_labelling_task(
                 await pstub.PublishGuidelines(
                     ppb.PublishGuidelinesRequest(version="flags-v1", text="Pick the safest.")
                 )
-                await pstub.RegisterAnnotator(
-                    ppb.RegisterAnnotatorRequest(annotator=ppb.Annotator(id="ann-1", role="gp"))
-                )
             published = await monitor.feedback.deliver_due()
             done = await _feedback_row(monitor, flag.id)
         async with client(pref, common, token(Role.CLINICIAN)) as ch:
             pstub = preference_pb2_grpc.PreferenceServiceStub(ch)
-            task = (
-                await pstub.NextTask(
-                    ppb.NextTaskRequest(annotator_id="ann-1", batch_id="flagged-outputs")
-                )
-            ).task
+            task = (await pstub.NextTask(ppb.NextTaskRequest(batch_id="flagged-outputs"))).task
             prompt = await pstub.GetPrompt(ppb.GetPromptRequest(id=task.prompt.id))
 
     assert unpublished == (0, 1)

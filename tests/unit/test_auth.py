@@ -13,6 +13,7 @@ from clinalign.common.auth import (
     Role,
     TokenAuthenticator,
     TokenEntry,
+    authorize,
     generate_tokens,
     load_tokens,
     roles,
@@ -53,15 +54,15 @@ def test_bad_credentials_are_unauthenticated(
 
 def test_role_table_admits_listed_roles_and_admin() -> None:
     clin, admin = Principal("a", Role.CLINICIAN), Principal("b", Role.ADMIN)
-    TokenAuthenticator.authorize(clin, "/x.v1.S/Read", TABLE)
-    TokenAuthenticator.authorize(admin, "/x.v1.S/Write", TABLE)
+    authorize(clin, "/x.v1.S/Read", TABLE)
+    authorize(admin, "/x.v1.S/Write", TABLE)
     with pytest.raises(PermissionDenied, match=r"role 'clinician' may not call /x\.v1\.S/Write"):
-        TokenAuthenticator.authorize(clin, "/x.v1.S/Write", TABLE)
+        authorize(clin, "/x.v1.S/Write", TABLE)
 
 
 def test_rpc_missing_from_table_is_denied_even_to_admin() -> None:
     with pytest.raises(PermissionDenied, match="not open to any role"):
-        TokenAuthenticator.authorize(Principal("b", Role.ADMIN), "/x.v1.S/Other", TABLE)
+        authorize(Principal("b", Role.ADMIN), "/x.v1.S/Other", TABLE)
 
 
 def test_generated_tokens_file_is_private_and_has_every_role(tmp_path: Path) -> None:

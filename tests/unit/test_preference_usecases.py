@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from clinalign.common.db import Database
-from clinalign.common.errors import InvalidArgument, NotFound
+from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from clinalign.preference import models, queue, snapshots
 from clinalign.preference.domain import (
     Annotator,
@@ -28,12 +28,18 @@ from clinalign.preference.domain import (
     RatingIn,
     ResponseIn,
 )
+from clinalign.preference.identity import Caller
 from clinalign.preference.server import MIGRATIONS
 from clinalign.preference.usecases import Core, auditing, exports, ingest, labelling
 from tests.conftest import reset_tables
 
 GUIDE = "2026-11"
 WHO = "ml-engineer-7"  # the principal the servicer would pass
+SVC = Caller(WHO, person=False, names_annotators=True)  # a service naming annotators
+
+
+def _service(name: str) -> Caller:
+    return Caller(name, person=False, names_annotators=True)
 
 
 @pytest.fixture
@@ -62,7 +68,7 @@ def _meta(annotator: str = "ann-0", task_id: str | None = None) -> LabelMeta:
 
 async def _setup(core: Core, annotators: int = 2) -> None:
     for i in range(annotators):
-        await ingest.register_annotator(core, WHO, Annotator(f"ann-{i}", "physician", ""))
+        await ingest.register_annotator(core, SVC, Annotator(f"ann-{i}", "physician", ""))
     await ingest.publish_guidelines(core, WHO, GUIDE, "Prefer the safer answer.")
 
 
@@ -76,9 +82,9 @@ async def _prompt(core: Core, text: str = "Chest pain?", n: int = 2) -> tuple[st
 
 async def test_register_annotator_and_guidelines_validate_before_they_write(core: Core) -> None:
     with pytest.raises(InvalidArgument, match=r"^annotator: is required"):
-        await ingest.register_annotator(core, WHO, None)
+        await ingest.register_annotator(core, SVC, None)
     with pytest.raises(InvalidArgument, match=r"^annotator\.id: must be a pseudonymous id"):
-        await ingest.register_annotator(core, WHO, Annotator("jane@example.org", "nurse", ""))
+        await ingest.register_annotator(core, SVC, Annotator("jane@example.org", "nurse", ""))
     with pytest.raises(InvalidArgument, match=r"^version: is required: lower-case"):
         await ingest.publish_guidelines(core, WHO, "Version 1", "text")
     with pytest.raises(InvalidArgument, match=r"^text: must not be empty"):
@@ -126,34 +132,34 @@ async def test_a_batch_is_written_whole_once_per_key_and_de_identified(core: Cor
     # The second comparison pairs answers to different prompts: the first is not written.
     with pytest.raises(InvalidArgument, match=r"^comparisons\[1\]\.response_b_id: answers a diff"):
         await ingest.submit_comparisons(
-            core, WHO, "batch-0001", [good, ComparisonIn(_meta(), a, c, "b")]
+            core, SVC, "batch-0001", [good, ComparisonIn(_meta(), a, c, "b")]
         )
     with pytest.raises(NotFound, match=r"^comparisons\[0\]\.context\.annotator_id: annotator"):
         await ingest.submit_comparisons(
-            core, WHO, "batch-0001", [ComparisonIn(_meta("ann-9"), a, b, "a")]
+            core, SVC, "batch-0001", [ComparisonIn(_meta("ann-9"), a, b, "a")]
         )
     with pytest.raises(InvalidArgument, match=r"^comparisons\[0\]\.strength: must be in \[0, 1\]"):
         await ingest.submit_comparisons(
-            core, WHO, "batch-0001", [ComparisonIn(_meta(), a, b, "a", 2)]
+            core, SVC, "batch-0001", [ComparisonIn(_meta(), a, b, "a", 2)]
         )
     with pytest.raises(InvalidArgument, match=r"^idempotency_key: is required: 8 to 128"):
-        await ingest.submit_comparisons(core, WHO, "short", [good])
+        await ingest.submit_comparisons(core, SVC, "short", [good])
     assert await _count(core, models.ComparisonRow) == 0
     assert len(await _audit(core)) == audit_before
 
-    first = await ingest.submit_comparisons(core, WHO, "batch-0001", [good])
-    again = await ingest.submit_comparisons(core, "someone-else", "batch-0001", [good])
+    first = await ingest.submit_comparisons(core, SVC, "batch-0001", [good])
+    again = await ingest.submit_comparisons(core, _service("someone-else"), "batch-0001", [good])
     assert (first.replayed, again.replayed, again.ids) == (False, True, first.ids)
     assert await _count(core, models.ComparisonRow) == 1
     with pytest.raises(InvalidArgument, match=r"^idempotency_key: was already used for submit_co"):
-        await ingest.submit_ratings(core, WHO, "batch-0001", [RatingIn(_meta(), a, "safety", 4)])
+        await ingest.submit_ratings(core, SVC, "batch-0001", [RatingIn(_meta(), a, "safety", 4)])
     with pytest.raises(InvalidArgument, match=r"^ratings\[0\]\.score: must be between 1 and 5"):
-        await ingest.submit_ratings(core, WHO, "key-00003", [RatingIn(_meta(), a, "safety", 6)])
+        await ingest.submit_ratings(core, SVC, "key-00003", [RatingIn(_meta(), a, "safety", 6)])
     assert (await _audit(core))[-1] == (WHO, "submit_comparisons")
 
     fixed = await ingest.submit_corrections(
         core,
-        WHO,
+        SVC,
         "key-00004",
         [CorrectionIn(_meta("ann-1"), a, "Call 999: Jane Roe may have angina.")],
     )
@@ -183,8 +189,8 @@ async def test_queue_use_cases_validate_and_attribute_a_label_to_the_task(core: 
         await labelling.create_tasks(core, WHO, "key-00010", "b1", [spec], 1, "v9")
     (task_id,) = (await labelling.create_tasks(core, WHO, "key-00010", "b1", [spec], 1, GUIDE)).ids
     with pytest.raises(InvalidArgument, match=r"^annotator_id: is required"):
-        await labelling.next_task(core, "", "")
-    view = await labelling.next_task(core, "ann-0", "b1")
+        await labelling.next_task(core, SVC, "", "")
+    view = await labelling.next_task(core, SVC, "ann-0", "b1")
     assert view is not None and view.task.id == task_id
 
     a, b = rids
@@ -211,11 +217,11 @@ async def test_queue_use_cases_validate_and_attribute_a_label_to_the_task(core: 
         (labelling.TaskSubmission(task_id, "ann-1", label), r"^annotator_id: was not assigned"),
     ):
         with pytest.raises(InvalidArgument, match=message):
-            await labelling.submit_task(core, WHO, "key-00011", sub)
+            await labelling.submit_task(core, SVC, "key-00011", sub)
     assert await _count(core, models.ComparisonRow) == 0
 
     done = await labelling.submit_task(
-        core, WHO, "key-00011", labelling.TaskSubmission(task_id, "ann-0", label)
+        core, SVC, "key-00011", labelling.TaskSubmission(task_id, "ann-0", label)
     )
     stored = await core.db.run_sync(
         lambda s: [
@@ -231,16 +237,18 @@ async def test_skip_task_checks_the_reason_and_audits_the_principal(core: Core) 
     pid, rids = await _prompt(core)
     spec = queue.TaskSpec(pid, tuple(rids))
     (task_id,) = (await labelling.create_tasks(core, WHO, "key-00020", "b1", [spec], 1, GUIDE)).ids
-    await labelling.next_task(core, "ann-0", "")
+    await labelling.next_task(core, SVC, "ann-0", "")
     with pytest.raises(InvalidArgument, match=r"^reason: is 201 characters; at most 200"):
-        await labelling.skip_task(core, WHO, task_id, "ann-0", "x" * 201)
+        await labelling.skip_task(core, SVC, task_id, "ann-0", "x" * 201)
     with pytest.raises(InvalidArgument, match=r"^task_id: is required"):
-        await labelling.skip_task(core, WHO, "", "ann-0", "")
-    await labelling.skip_task(core, "clinician-3", task_id, "ann-0", "Jane Roe is my patient")
+        await labelling.skip_task(core, SVC, "", "ann-0", "")
+    await labelling.skip_task(
+        core, _service("clinician-3"), task_id, "ann-0", "Jane Roe is my patient"
+    )
     reason = await core.db.run_sync(lambda s: s.scalar(select(models.AssignmentRow.reason)))
     assert reason == "[NAME] is my patient"
     assert (await _audit(core))[-1] == ("clinician-3", "skip_task")
-    assert await labelling.next_task(core, "ann-0", "") is None
+    assert await labelling.next_task(core, SVC, "ann-0", "") is None
 
 
 async def test_agreement_threshold_is_checked(core: Core) -> None:
@@ -259,12 +267,12 @@ async def _queue_batch(core: Core, batch: str, votes: dict[str, str]) -> None:
     await labelling.create_tasks(core, WHO, f"tasks-{batch}", batch, specs, 2, GUIDE)
     for annotator, preference in votes.items():
         for i in range(2):
-            view = await labelling.next_task(core, annotator, batch)
+            view = await labelling.next_task(core, SVC, annotator, batch)
             assert view is not None
             a, b = view.task.response_ids
             await labelling.submit_task(
                 core,
-                WHO,
+                SVC,
                 f"label-{batch}-{annotator}-{i}",
                 labelling.TaskSubmission(
                     view.task.id, annotator, ComparisonIn(_meta(annotator), a, b, preference)
@@ -277,7 +285,7 @@ async def test_min_agreement_admits_agreeing_batches_and_direct_labels(core: Cor
     await _queue_batch(core, "agree", {"ann-0": "a", "ann-1": "a"})
     await _queue_batch(core, "split", {"ann-0": "a", "ann-1": "b"})
     _, (a, b) = await _prompt(core, "A directly submitted question")
-    await ingest.submit_comparisons(core, WHO, "direct-01", [ComparisonIn(_meta(), a, b, "a")])
+    await ingest.submit_comparisons(core, SVC, "direct-01", [ComparisonIn(_meta(), a, b, "a")])
 
     async def pairs(min_agreement: float) -> int:
         f = snapshots.Filter(min_agreement=min_agreement, eval_fraction=0.5)
@@ -318,7 +326,7 @@ async def test_export_checks_its_arguments_audits_and_chunks_the_file(
     for i in range(6):
         _, (a, b) = await _prompt(core, f"Export question {i}")
         await ingest.submit_comparisons(
-            core, WHO, f"export-{i:04d}", [ComparisonIn(_meta(), a, b, "b")]
+            core, SVC, f"export-{i:04d}", [ComparisonIn(_meta(), a, b, "b")]
         )
     snap = await exports.create_snapshot(core, WHO, snapshots.Filter(eval_fraction=0.5))
     pref, jsonl = snapshots.PREFERENCE, exports.JSONL
@@ -370,10 +378,10 @@ async def test_harm_records_carry_annotated_faults_and_judged_clean_answers(core
     human rewrite a correction stores is not a model's answer; an unjudged one is absent."""
     await _setup(core)
     _, (a, b, unjudged) = await _prompt(core, "Can I take ibuprofen with a stomach ulcer?", n=3)
-    await ingest.submit_comparisons(core, WHO, "harm-cmp", [ComparisonIn(_meta(), a, b, "b")])
+    await ingest.submit_comparisons(core, SVC, "harm-cmp", [ComparisonIn(_meta(), a, b, "b")])
     await ingest.submit_error_annotations(
         core,
-        WHO,
+        SVC,
         "harm-ann",
         [
             ErrorAnnotationIn(_meta("ann-0"), a, "unsafe_advice", "", "high"),
@@ -382,7 +390,7 @@ async def test_harm_records_carry_annotated_faults_and_judged_clean_answers(core
         ],
     )
     await ingest.submit_corrections(
-        core, WHO, "harm-fix", [CorrectionIn(_meta(), b, "Do not take ibuprofen; ask a GP.")]
+        core, SVC, "harm-fix", [CorrectionIn(_meta(), b, "Do not take ibuprofen; ask a GP.")]
     )
     snap = await exports.create_snapshot(core, WHO, snapshots.Filter())
     export = await exports.export_snapshot(core, WHO, snap.id, exports.JSONL, snapshots.HARM, None)
@@ -403,5 +411,92 @@ async def test_an_annotation_severity_outside_the_scale_is_refused_by_name(core:
     _, (a, _) = await _prompt(core)
     with pytest.raises(InvalidArgument, match=r"^annotations\[0\]\.severity: must be SEVERITY_"):
         await ingest.submit_error_annotations(
-            core, WHO, "bad-sev", [ErrorAnnotationIn(_meta(), a, "omission", "", "#9")]
+            core, SVC, "bad-sev", [ErrorAnnotationIn(_meta(), a, "omission", "", "#9")]
         )
+
+
+def _person(name: str) -> Caller:
+    return Caller(name, person=True, names_annotators=False)
+
+
+async def test_a_clinician_registers_and_labels_only_as_themselves(core: Core) -> None:
+    await _setup(core)  # ann-0 and ann-1, registered unlinked by a service
+    pid, (a, b) = await _prompt(core)
+    alice, bob = _person("oidc-alice"), _person("oidc-bob")
+    # No linked record yet: refused, naming the way out.
+    with pytest.raises(FailedPrecondition, match="no annotator is linked to 'oidc-alice'"):
+        await ingest.submit_comparisons(
+            core, alice, "key-10001", [ComparisonIn(_meta(""), a, b, "a")]
+        )
+    # A clinician cannot claim someone else's record, linked or not, nor register another.
+    with pytest.raises(PermissionDenied, match=r"annotator\.id: 'ann-0' is another annotator's"):
+        await ingest.register_annotator(core, alice, Annotator("ann-0", "physician", ""))
+    with pytest.raises(PermissionDenied, match="registers only themselves"):
+        await ingest.register_annotator(
+            core, alice, Annotator("ann-a", "physician", "", "oidc-bob")
+        )
+    me = await ingest.register_annotator(core, alice, Annotator("ann-a", "physician", ""))
+    assert me.subject == "oidc-alice"
+    with pytest.raises(FailedPrecondition, match="'oidc-alice' is already annotator 'ann-a'"):
+        await ingest.register_annotator(core, alice, Annotator("ann-a2", "physician", ""))
+    # Labels name no one (themselves) or themselves; naming anyone else is refused and
+    # nothing of the batch is written.
+    mine = ComparisonIn(_meta(""), a, b, "a")
+    forged = ComparisonIn(_meta("ann-1"), a, b, "b")
+    with pytest.raises(
+        PermissionDenied, match=r"comparisons\[1\]\.context\.annotator_id: 'ann-1' is not you"
+    ):
+        await ingest.submit_comparisons(core, alice, "key-10002", [mine, forged])
+    assert await _count(core, models.ComparisonRow) == 0
+    await ingest.submit_comparisons(core, alice, "key-10003", [mine])
+    who = await core.db.run_sync(lambda s: s.scalar(select(models.ComparisonRow.annotator_id)))
+    assert who == "ann-a"
+    # The queue: a clinician's NextTask/SubmitTask/SkipTask are theirs.
+    (task_id,) = (
+        await labelling.create_tasks(
+            core, WHO, "key-10004", "b9", [queue.TaskSpec(pid, (a, b))], 2, GUIDE
+        )
+    ).ids
+    with pytest.raises(PermissionDenied, match=r"^annotator_id: 'ann-0' is not you"):
+        await labelling.next_task(core, alice, "ann-0", "b9")
+    view = await labelling.next_task(core, alice, "", "b9")
+    assert view is not None and view.task.id == task_id
+    with pytest.raises(PermissionDenied, match=r"^annotator_id: 'ann-1' is not you"):
+        await labelling.submit_task(
+            core, alice, "key-10005", labelling.TaskSubmission(task_id, "ann-1", forged)
+        )
+    with pytest.raises(InvalidArgument, match=r"^ratings\[0\]\.context\.annotator_id: must be"):
+        await labelling.submit_task(
+            core,
+            alice,
+            "key-10005",
+            labelling.TaskSubmission(
+                task_id, "", mine, ratings=[RatingIn(_meta("ann-1"), a, "safety", 4)]
+            ),
+        )
+    await labelling.submit_task(
+        core, alice, "key-10005", labelling.TaskSubmission(task_id, "", mine)
+    )
+    with pytest.raises(FailedPrecondition, match="no annotator is linked to 'oidc-bob'"):
+        await labelling.skip_task(core, bob, task_id, "", "")
+
+
+async def test_only_services_and_admins_link_and_only_admins_relink(core: Core) -> None:
+    await _setup(core, annotators=1)
+    engineer = Caller("eng", person=False, names_annotators=False)
+    admin = Caller("ops", person=False, names_annotators=True, relinks=True)
+    with pytest.raises(PermissionDenied, match="only a service or an admin links"):
+        await ingest.register_annotator(core, engineer, Annotator("ann-0", "physician", "", "s1"))
+    linked = await ingest.register_annotator(core, SVC, Annotator("ann-0", "physician", "", "s1"))
+    assert linked.subject == "s1"
+    # An update without a subject keeps the link.
+    kept = await ingest.register_annotator(core, engineer, Annotator("ann-0", "nurse", ""))
+    assert kept.subject == "s1"
+    with pytest.raises(PermissionDenied, match="only an admin changes a link"):
+        await ingest.register_annotator(core, SVC, Annotator("ann-0", "nurse", "", "s2"))
+    with pytest.raises(FailedPrecondition, match="'s1' is already annotator 'ann-0'"):
+        await ingest.register_annotator(core, SVC, Annotator("ann-9", "nurse", "", "s1"))
+    moved = await ingest.register_annotator(core, admin, Annotator("ann-0", "nurse", "", "s2"))
+    assert moved.subject == "s2"
+    actions = await _audit(core)
+    assert actions[-1] == ("ops", "register_annotator")

@@ -1,8 +1,16 @@
 """Bearer-token authentication and per-RPC role checks.
 
-A token maps to a :class:`Principal` with exactly one :class:`Role`. Tokens live in a JSON
-file (``clinalign up`` writes one, readable only by its owner; in Kubernetes it comes from a
-Secret). The server keeps only SHA-256 digests and compares them in constant time.
+Two kinds of bearer credential resolve to a :class:`Principal`:
+
+- people present an OIDC/OAuth2 access token, a JWT from the configured issuer
+  (:mod:`clinalign.common.oidc`); its subject is the principal and its roles come from a
+  configured claim;
+- services, and everyone in the embedded default, present a static token from a JSON file
+  (``clinalign up`` writes one, readable only by its owner; in Kubernetes each pod mounts
+  only its own). The server keeps only SHA-256 digests and compares them in constant time.
+
+A JWT is told from a static token by its shape (three dot-separated parts; static tokens
+are URL-safe base64 without dots).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from clinalign.common.errors import PermissionDenied, Unauthenticated
 
@@ -23,9 +32,18 @@ from clinalign.common.errors import PermissionDenied, Unauthenticated
 class Role(enum.StrEnum):
     EHR_CLIENT = "ehr-client"
     CLINICIAN = "clinician"
+    # A clinician who also reviews others' flags and reads the labelling and safety
+    # dashboards; an issuer grants it beside `clinician`.
+    CLINICAL_LEAD = "clinical-lead"
     ML_ENGINEER = "ml-engineer"
     SERVICE = "service"
     ADMIN = "admin"
+
+
+# Roles whose holders may name someone else as the annotator of a label (importing
+# labels, the monitor filing a flag's correction for its clinician). People act only as
+# themselves.
+ACTS_FOR_OTHERS: frozenset[Role] = frozenset({Role.SERVICE, Role.ADMIN})
 
 
 ALL_ROLES: frozenset[Role] = frozenset(Role)
@@ -50,10 +68,41 @@ PUBLIC_METHODS: frozenset[str] = frozenset(
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a pseudonymous name and one role."""
+    """Who is calling: a pseudonymous name (a static token's principal, or the subject of
+    an OIDC token), its role and any further roles, and the issuer that vouched for it
+    (empty for a static token)."""
 
     name: str
     role: Role
+    also: frozenset[Role] = frozenset()
+    issuer: str = ""
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return self.also | {self.role}
+
+    @property
+    def acts_for_others(self) -> bool:
+        return bool(self.roles & ACTS_FOR_OTHERS)
+
+
+# Which of several roles names a principal in messages and audit entries.
+_PRECEDENCE = (
+    Role.ADMIN,
+    Role.ML_ENGINEER,
+    Role.SERVICE,
+    Role.CLINICAL_LEAD,
+    Role.CLINICIAN,
+    Role.EHR_CLIENT,
+)
+
+
+def principal_with_roles(name: str, held: frozenset[Role], issuer: str = "") -> Principal:
+    """A principal holding every role in ``held`` (at least one)."""
+    if not held:
+        raise ValueError("a principal needs at least one role")
+    primary = next(r for r in _PRECEDENCE if r in held)
+    return Principal(name, primary, frozenset(held - {primary}), issuer)
 
 
 @dataclass(frozen=True)
@@ -61,6 +110,38 @@ class TokenEntry:
     principal: str
     role: Role
     token: str
+
+
+class Authenticator(Protocol):
+    """Resolves an ``authorization`` header to a principal, or raises Unauthenticated."""
+
+    def authenticate(self, authorization: str | None) -> Principal: ...
+
+
+def bearer(authorization: str | None) -> str:
+    """The token of a ``Bearer`` authorization header."""
+    if not authorization:
+        raise Unauthenticated("missing `authorization: Bearer <token>` metadata")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authorization metadata must be `Bearer <token>`")
+    return token.strip()
+
+
+def looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2
+
+
+def authorize(principal: Principal, method: str, table: Mapping[str, frozenset[Role]]) -> None:
+    """Admits the call when any of the principal's roles is among the RPC's."""
+    allowed = table.get(method)
+    if allowed is None:
+        # Deny by default: an RPC missing from the table is a bug, not an open door.
+        raise PermissionDenied(f"{method} is not open to any role")
+    if not principal.roles & allowed:
+        names = ", ".join(sorted(r.value for r in allowed))
+        held = ", ".join(sorted(r.value for r in principal.roles))
+        raise PermissionDenied(f"role {held!r} may not call {method}; allowed: {names}")
 
 
 def _digest(token: str) -> bytes:
@@ -80,12 +161,7 @@ class TokenAuthenticator:
         return cls(load_tokens(path))
 
     def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization:
-            raise Unauthenticated("missing `authorization: Bearer <token>` metadata")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("authorization metadata must be `Bearer <token>`")
-        wanted = _digest(token.strip())
+        wanted = _digest(bearer(authorization))
         # Constant-time comparison against every known digest: no early exit on a match.
         found: Principal | None = None
         for digest, principal in self._by_digest.items():
@@ -95,17 +171,22 @@ class TokenAuthenticator:
             raise Unauthenticated("unknown bearer token")
         return found
 
-    @staticmethod
-    def authorize(principal: Principal, method: str, table: Mapping[str, frozenset[Role]]) -> None:
-        allowed = table.get(method)
-        if allowed is None:
-            # Deny by default: an RPC missing from the table is a bug, not an open door.
-            raise PermissionDenied(f"{method} is not open to any role")
-        if principal.role not in allowed:
-            names = ", ".join(sorted(r.value for r in allowed))
-            raise PermissionDenied(
-                f"role {principal.role.value!r} may not call {method}; allowed: {names}"
-            )
+
+class CombinedAuthenticator:
+    """Static tokens for services and the embedded default; JWTs for people, verified by
+    ``jwt_verifier`` when an issuer is configured and refused otherwise."""
+
+    def __init__(self, tokens: TokenAuthenticator, jwt_verifier: Authenticator | None) -> None:
+        self.tokens = tokens
+        self.jwt_verifier = jwt_verifier
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        token = bearer(authorization)
+        if not looks_like_jwt(token):
+            return self.tokens.authenticate(authorization)
+        if self.jwt_verifier is None:
+            raise Unauthenticated("JWTs are not accepted: no OIDC issuer is configured")
+        return self.jwt_verifier.authenticate(authorization)
 
 
 def load_tokens(path: Path) -> list[TokenEntry]:

@@ -35,6 +35,30 @@ class CommonSettings(BaseSettings):
         description="Bearer token this service presents when it calls other services "
         "(role `service`); default: the first `service` token in the tokens file.",
     )
+    oidc_issuer: str | None = Field(
+        None,
+        description="OIDC issuer URL (https; http only on loopback) whose JWT access tokens "
+        "people present; unset: JWTs are refused and only static tokens are known.",
+    )
+    oidc_audience: str | None = Field(
+        None, description="The `aud` every accepted JWT must name; required with oidc_issuer."
+    )
+    oidc_jwks_url: str | None = Field(
+        None, description="The issuer's JWKS URL; default: jwks_uri of its discovery document."
+    )
+    oidc_roles_claim: str = Field(
+        "roles",
+        min_length=1,
+        max_length=128,
+        description="Dotted path of the claim holding ClinAlign role names, such as "
+        "`realm_access.roles`; a list, or a string of space-separated names.",
+    )
+    oidc_leeway_s: int = Field(
+        30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat, in seconds."
+    )
+    oidc_ca_file: Path | None = Field(
+        None, description="PEM CA bundle for the issuer's HTTPS; default: the system's."
+    )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate; with tls_key_file switches TLS on."
     )

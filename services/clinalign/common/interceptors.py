@@ -1,6 +1,7 @@
-"""The server interceptor every service runs: request id, authentication, role check,
-exception → status mapping and RPC metrics, in that order, for every RPC but health and
-reflection.
+"""The server interceptor every service runs: authentication and the role check before
+the request is deserialized, then request id, exception → status mapping and RPC
+metrics, for every RPC but health and reflection. Health's Watch streams, which anyone
+may open, are capped per server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from clinalign.common.auth import PUBLIC_METHODS, Principal, Role, TokenAuthenticator
+from clinalign.common.auth import PUBLIC_METHODS, Authenticator, Principal, Role, authorize
 from clinalign.common.context import (
     REQUEST_ID_HEADER,
     new_request_id,
@@ -29,13 +30,26 @@ log = logging.getLogger("clinalign.rpc")
 
 Behavior = Callable[..., Any]
 
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+# Unauthenticated Health/Watch streams one server holds open at once; each takes one of
+# the server's concurrent-RPC slots for as long as the watcher likes.
+MAX_HEALTH_WATCHES = 32
+
 
 class _Call:
     """Book-keeping for one RPC: sets context, maps errors, records metrics."""
 
-    def __init__(self, interceptor: ServerInterceptor, method: str) -> None:
+    def __init__(
+        self,
+        interceptor: ServerInterceptor,
+        method: str,
+        principal: Principal | None,
+        refusal: ClinAlignError | None,
+    ) -> None:
         self.interceptor = interceptor
         self.method = method
+        self.principal = principal
+        self.refusal = refusal
         self.short_method = method.rsplit("/", 1)[-1]
         self.code = grpc.StatusCode.OK
         self.start = 0.0
@@ -49,8 +63,9 @@ class _Call:
         rid = str(metadata.get(REQUEST_ID_HEADER) or new_request_id())[:64]
         self._rid_token = request_id_var.set(rid)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        principal = self.interceptor.authenticate(self.method, metadata.get("authorization"))
-        self._principal_token = principal_var.set(principal)
+        if self.refusal is not None:
+            raise self.refusal
+        self._principal_token = principal_var.set(self.principal)
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         """Turns an exception into a status; re-raises what must propagate."""
@@ -97,16 +112,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         service: str,
-        authenticator: TokenAuthenticator,
+        authenticator: Authenticator,
         role_table: Mapping[str, frozenset[Role]],
     ) -> None:
         self.service = service
         self.authenticator = authenticator
         self.role_table = role_table
+        self.health_watches = 0
 
-    def authenticate(self, method: str, authorization: str | None) -> Principal:
-        principal = self.authenticator.authenticate(authorization)
-        self.authenticator.authorize(principal, method, self.role_table)
+    async def authenticate(self, method: str, authorization: str | None) -> Principal:
+        if authorization is not None and authorization.count(".") == 2:
+            # A JWT: its signature check (and, rarely, a fetch of the issuer's keys) runs
+            # off the event loop.
+            principal = await asyncio.to_thread(self.authenticator.authenticate, authorization)
+        else:
+            principal = self.authenticator.authenticate(authorization)
+        authorize(principal, method, self.role_table)
         return principal
 
     async def intercept_service(
@@ -116,34 +137,78 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        if handler is not None and method == HEALTH_WATCH:
+            return _capped_watch(handler, self)
         if handler is None or method in PUBLIC_METHODS:
             return handler
-        return _wrap(handler, self, method)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        principal: Principal | None = None
+        refusal: ClinAlignError | None = None
+        try:
+            principal = await self.authenticate(method, metadata.get("authorization"))
+        except ClinAlignError as exc:
+            refusal = exc
+        return _wrap(handler, self, method, principal, refusal)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, icpt: ServerInterceptor, method: str) -> Any:
-    ser = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, icpt, method), **ser)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.stream_unary, icpt, method), **ser
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            _streaming(handler.unary_stream, icpt, method), **ser
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        _streaming(handler.stream_stream, icpt, method), **ser
+def _unread(_: bytes) -> None:
+    """The deserializer of a refused call: its body is never parsed."""
+    return None
+
+
+def _capped_watch(handler: grpc.RpcMethodHandler, icpt: ServerInterceptor) -> Any:
+    behavior = handler.unary_stream
+
+    async def watch(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if icpt.health_watches >= MAX_HEALTH_WATCHES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {MAX_HEALTH_WATCHES} Health/Watch streams are open; use Check",
+            )
+        icpt.health_watches += 1
+        try:
+            async for response in behavior(request, context):
+                yield response
+        finally:
+            icpt.health_watches -= 1
+
+    return grpc.unary_stream_rpc_method_handler(
+        watch,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
     )
 
 
-def _unary(behavior: Behavior, icpt: ServerInterceptor, method: str) -> Behavior:
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    icpt: ServerInterceptor,
+    method: str,
+    principal: Principal | None,
+    refusal: ClinAlignError | None,
+) -> Any:
+    ser = {
+        "request_deserializer": _unread if refusal else handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    call = (icpt, method, principal, refusal)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, *call), **ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, *call), **ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, *call), **ser)
+    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, *call), **ser)
+
+
+def _unary(
+    behavior: Behavior,
+    icpt: ServerInterceptor,
+    method: str,
+    principal: Principal | None,
+    refusal: ClinAlignError | None,
+) -> Behavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = _Call(icpt, method)
+        call = _Call(icpt, method, principal, refusal)
         try:
             call.enter(context)
             return await behavior(request, context)
@@ -155,9 +220,15 @@ def _unary(behavior: Behavior, icpt: ServerInterceptor, method: str) -> Behavior
     return wrapper
 
 
-def _streaming(behavior: Behavior, icpt: ServerInterceptor, method: str) -> Behavior:
+def _streaming(
+    behavior: Behavior,
+    icpt: ServerInterceptor,
+    method: str,
+    principal: Principal | None,
+    refusal: ClinAlignError | None,
+) -> Behavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _Call(icpt, method)
+        call = _Call(icpt, method, principal, refusal)
         try:
             call.enter(context)
             async for response in behavior(request, context):

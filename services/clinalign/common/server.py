@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from clinalign.common.auth import Role, TokenAuthenticator
+from clinalign.common.auth import Authenticator, Role
 from clinalign.common.channels import channel_options
 from clinalign.common.config import CommonSettings, ServiceSettings
 from clinalign.common.db import Database
@@ -31,6 +31,7 @@ from clinalign.common.errors import ClinAlignError, FailedPrecondition
 from clinalign.common.interceptors import ServerInterceptor
 from clinalign.common.logs import configure_logging
 from clinalign.common.metrics import SERVICE_UP, MetricsServer, start_metrics_server
+from clinalign.common.oidc import authenticator_from
 from clinalign.common.tracing import configure_tracing
 
 log = logging.getLogger("clinalign.server")
@@ -120,7 +121,7 @@ async def create_server(
     app: ServiceApp,
     common: CommonSettings,
     settings: ServiceSettings,
-    authenticator: TokenAuthenticator,
+    authenticator: Authenticator,
 ) -> RunningServer:
     """Builds, binds and starts the server (NOT_SERVING); returns it with its bound port."""
     server = grpc.aio.server(
@@ -178,7 +179,7 @@ async def serve(
     """Runs one service until SIGTERM/SIGINT, then shuts it down gracefully."""
     configure_logging(app.name, common.log_level)
     configure_tracing(app.name, common)
-    authenticator = TokenAuthenticator.from_file(common.resolved_tokens_file)
+    authenticator = authenticator_from(common)
     metrics: MetricsServer = start_metrics_server(common.host, settings.metrics_port)
     running = await create_server(app, common, settings, authenticator)
     log.info(

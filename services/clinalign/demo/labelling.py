@@ -178,15 +178,15 @@ class LabellingSteps(Steps):
         empty for them, judges each pair with the rubric and submits the label."""
 
         async def annotate(annotator_id: str) -> int:
+            # Signed in as that clinician: the store records the label as theirs.
+            preference = self.peers.clinician_preference[annotator_id]
             done = 0
             while True:
-                resp = await self.peers.preference.NextTask(
-                    ppb.NextTaskRequest(annotator_id=annotator_id, batch_id=batch_id)
-                )
+                resp = await preference.NextTask(ppb.NextTaskRequest(batch_id=batch_id))
                 if not resp.HasField("task"):
                     return done
                 task = resp.task
-                await self.peers.preference.SubmitTask(self._label(task, annotator_id))
+                await preference.SubmitTask(self._label(task, annotator_id))
                 done += 1
 
         counts = await asyncio.gather(*(annotate(a.annotator_id) for a in self.panel.annotators))

@@ -36,8 +36,8 @@ class DemoError(RuntimeError):
 class Peers:
     """Stubs for the five services, each through ``Clients`` authenticated as the role a
     real caller of that RPC has: the ML engineer trains and promotes, the EHR system
-    generates, the labelling tool (role ``service``) stores labels, each simulated
-    clinician flags with a token of their own."""
+    generates, the labelling tool (role ``service``) stores prompts and answers, each
+    simulated clinician labels and flags with a token of their own (as themselves)."""
 
     common: CommonSettings
     clinician_tokens: dict[str, str]
@@ -56,9 +56,9 @@ class Peers:
         self.ehr = clients(role=Role.EHR_CLIENT).generation
         self.reward = engineer.reward
         self.monitor = engineer.monitor
-        self.clinicians = {
-            name: clients(token=token).monitor for name, token in self.clinician_tokens.items()
-        }
+        by_clinician = {name: clients(token=t) for name, t in self.clinician_tokens.items()}
+        self.clinicians = {name: c.monitor for name, c in by_clinician.items()}
+        self.clinician_preference = {name: c.preference for name, c in by_clinician.items()}
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._clients))

@@ -42,11 +42,16 @@ class TrainingSteps(Steps):
         await self.peers.preference_admin.PublishGuidelines(
             ppb.PublishGuidelinesRequest(version=GUIDELINE_VERSION, text=rubric_text())
         )
+        # Each record is linked to the simulated clinician's own principal, so each labels
+        # as themselves and no one else can (the labelling tool, a service, links them).
         for annotator in self.panel.annotators:
-            await self.peers.preference_admin.RegisterAnnotator(
+            await self.peers.preference.RegisterAnnotator(
                 ppb.RegisterAnnotatorRequest(
                     annotator=ppb.Annotator(
-                        id=annotator.annotator_id, role="simulated-clinician", specialty="general"
+                        id=annotator.annotator_id,
+                        role="simulated-clinician",
+                        specialty="general",
+                        subject=annotator.annotator_id,
                     )
                 )
             )

@@ -126,6 +126,7 @@ class _Item:
 
     flag_id: str
     annotator_id: str
+    flagged_by: str  # the flagging clinician's principal: the annotator record's subject
     category: int  # clinalign.common.v1.ErrorCategory
     severity: int  # clinalign.monitor.v1.Severity (the same values as common.v1.Severity)
     corrected_text: str
@@ -157,6 +158,7 @@ def _due(session: Session, limit: int, max_attempts: int) -> list[_Item]:
         _Item(
             flag_id=fb.flag_id,
             annotator_id=fb.annotator_id,
+            flagged_by=flag.flagged_by,
             category=flag.category,
             severity=flag.severity,
             corrected_text=flag.corrected_text,
@@ -341,7 +343,8 @@ class Delivery:
 
     async def _as_clinician(self, item: _Item, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call``'s reply; when the store does not know the flagging clinician yet (their
-        first feedback), their pseudonym is registered and ``call`` made once more."""
+        first feedback), their pseudonym is registered, linked to their principal (so the
+        record is theirs when they label), and ``call`` made once more."""
         from clinalign.preference.v1 import preference_pb2 as ppb
 
         try:
@@ -351,7 +354,9 @@ class Delivery:
                 raise
         await self.peers.preference.RegisterAnnotator(
             ppb.RegisterAnnotatorRequest(
-                annotator=ppb.Annotator(id=item.annotator_id, role="clinician")
+                annotator=ppb.Annotator(
+                    id=item.annotator_id, role="clinician", subject=item.flagged_by
+                )
             ),
             timeout=RPC_TIMEOUT_S,
         )

@@ -84,7 +84,7 @@ def annotator_in(request: pb.RegisterAnnotatorRequest) -> Annotator | None:
     if not request.HasField("annotator"):
         return None
     a = request.annotator
-    return Annotator(a.id, a.role, a.specialty)
+    return Annotator(a.id, a.role, a.specialty, a.subject)
 
 
 def meta(ctx: pb.LabelContext, task_id: str = "") -> LabelMeta:
@@ -177,7 +177,7 @@ def snapshot_filter(f: pb.SnapshotFilter) -> snapshots.Filter:
 
 
 def annotator_out(a: Annotator) -> pb.Annotator:
-    return pb.Annotator(id=a.id, role=a.role, specialty=a.specialty)
+    return pb.Annotator(id=a.id, role=a.role, specialty=a.specialty, subject=a.subject)
 
 
 def prompt_out(row: PromptRow) -> pb.Prompt:

@@ -60,6 +60,7 @@ class Annotator:
     id: str
     role: str
     specialty: str
+    subject: str = ""  # the principal this annotator is; "" when not linked
 
 
 @dataclass(frozen=True)

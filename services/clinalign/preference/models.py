@@ -30,10 +30,14 @@ class Base(DeclarativeBase):
 
 class AnnotatorRow(Base):
     __tablename__ = "annotators"
+    __table_args__ = (UniqueConstraint("subject", name="uq_annotators_subject"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     role: Mapped[str] = mapped_column(String(64))
     specialty: Mapped[str] = mapped_column(String(64), default="")
+    # The principal (OIDC subject or static-token principal) this annotator is; at most
+    # one annotator per subject.
+    subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

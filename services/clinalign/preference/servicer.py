@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Mapping
 import grpc.aio
 
 from clinalign.common.auth import Role, roles
-from clinalign.common.context import principal_name
+from clinalign.common.context import current_principal, principal_name
 from clinalign.common.db import Database
 from clinalign.preference import convert
 from clinalign.preference.domain import Limits, Redactor
+from clinalign.preference.identity import Caller
 from clinalign.preference.usecases import Core, auditing, exports, ingest, labelling
 from clinalign.preference.v1 import preference_pb2 as pb
 from clinalign.preference.v1 import preference_pb2_grpc
@@ -20,11 +21,14 @@ from clinalign.preference.v1 import preference_pb2_grpc
 _SVC = "/clinalign.preference.v1.PreferenceService/"
 _INGEST = roles(Role.SERVICE, Role.ML_ENGINEER)
 _LABEL = roles(Role.CLINICIAN, Role.SERVICE)
+# Clinicians label only as themselves; services and admins name the annotator
+# (``identity``).
 _DATA = roles(Role.ML_ENGINEER, Role.SERVICE)
 ROLES: Mapping[str, frozenset[Role]] = {
     # service: the monitor registers the pseudonymous clinician behind a confirmed flag
-    # before it submits the flag's correction in that clinician's name.
-    _SVC + "RegisterAnnotator": roles(Role.ML_ENGINEER, Role.SERVICE),
+    # before it submits the flag's correction in that clinician's name; a clinician
+    # registers themselves (linked to their subject).
+    _SVC + "RegisterAnnotator": roles(Role.CLINICIAN, Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "SubmitPrompts": _INGEST,
     _SVC + "SubmitResponses": _INGEST,
     _SVC + "SubmitComparisons": _LABEL,
@@ -48,6 +52,10 @@ ROLES: Mapping[str, frozenset[Role]] = {
 }
 
 
+def _caller() -> Caller:
+    return Caller.of(current_principal())
+
+
 class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     def __init__(self, db: Database, redact: Redactor, limits: Limits) -> None:
         self.core = Core(db, redact, limits)
@@ -58,7 +66,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
         self, request: pb.RegisterAnnotatorRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterAnnotatorResponse:
         annotator = await ingest.register_annotator(
-            self.core, principal_name(), convert.annotator_in(request)
+            self.core, _caller(), convert.annotator_in(request)
         )
         return pb.RegisterAnnotatorResponse(annotator=convert.annotator_out(annotator))
 
@@ -89,7 +97,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitComparisonsResponse:
         batch = await ingest.submit_comparisons(
             self.core,
-            principal_name(),
+            _caller(),
             request.idempotency_key,
             [convert.comparison_in(c) for c in request.comparisons],
         )
@@ -100,7 +108,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitRankingsResponse:
         batch = await ingest.submit_rankings(
             self.core,
-            principal_name(),
+            _caller(),
             request.idempotency_key,
             [convert.ranking_in(r) for r in request.rankings],
         )
@@ -111,7 +119,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitRatingsResponse:
         batch = await ingest.submit_ratings(
             self.core,
-            principal_name(),
+            _caller(),
             request.idempotency_key,
             [convert.rating_in(r) for r in request.ratings],
         )
@@ -122,7 +130,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitCorrectionsResponse:
         batch = await ingest.submit_corrections(
             self.core,
-            principal_name(),
+            _caller(),
             request.idempotency_key,
             [convert.correction_in(c) for c in request.corrections],
         )
@@ -133,7 +141,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitErrorAnnotationsResponse:
         batch = await ingest.submit_error_annotations(
             self.core,
-            principal_name(),
+            _caller(),
             request.idempotency_key,
             [convert.annotation_in(a) for a in request.annotations],
         )
@@ -191,7 +199,9 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     async def NextTask(
         self, request: pb.NextTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.NextTaskResponse:
-        view = await labelling.next_task(self.core, request.annotator_id, request.batch_id)
+        view = await labelling.next_task(
+            self.core, _caller(), request.annotator_id, request.batch_id
+        )
         if view is None:
             return pb.NextTaskResponse()
         return pb.NextTaskResponse(task=convert.task_out(view))
@@ -201,7 +211,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitTaskResponse:
         batch = await labelling.submit_task(
             self.core,
-            principal_name(),
+            _caller(),
             request.idempotency_key,
             convert.task_submission(request),
         )
@@ -211,7 +221,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
         self, request: pb.SkipTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.SkipTaskResponse:
         await labelling.skip_task(
-            self.core, principal_name(), request.task_id, request.annotator_id, request.reason
+            self.core, _caller(), request.task_id, request.annotator_id, request.reason
         )
         return pb.SkipTaskResponse()
 

@@ -38,6 +38,7 @@ from clinalign.preference.domain import (
     new_id,
     now,
 )
+from clinalign.preference.identity import Caller, registration
 from clinalign.preference.models import (
     AnnotatorRow,
     ComparisonRow,
@@ -101,17 +102,30 @@ def response_prompts(session: Session, refs: Sequence[tuple[str, str]]) -> dict[
     return found
 
 
-def upsert_annotator(session: Session, principal: str, a: Annotator) -> Annotator:
+def upsert_annotator(session: Session, caller: Caller, a: Annotator) -> Annotator:
+    """Registers an annotator or updates its role and specialty; its link to a subject
+    follows ``identity.registration``."""
     validate_annotator(a)
+    a = registration(session, caller, a)
     t = now()
     row = session.get(AnnotatorRow, a.id)
     if row is None:
         session.add(
-            AnnotatorRow(id=a.id, role=a.role, specialty=a.specialty, created_at=t, updated_at=t)
+            AnnotatorRow(
+                id=a.id,
+                role=a.role,
+                specialty=a.specialty,
+                subject=a.subject or None,
+                created_at=t,
+                updated_at=t,
+            )
         )
+        linked = bool(a.subject)
     else:
+        linked = row.subject != (a.subject or None)
         row.role, row.specialty, row.updated_at = a.role, a.specialty, t
-    audit.append(session, principal, "register_annotator", a.id)
+        row.subject = a.subject or None
+    audit.append(session, caller.name, "register_annotator", a.id + (" linked" if linked else ""))
     return a
 
 

@@ -44,6 +44,8 @@ def validate_annotator(a: Annotator) -> None:
         raise InvalidArgument("annotator.role", "is required: lower-case, such as 'physician'")
     if a.specialty and not _LABEL.match(a.specialty):
         raise InvalidArgument("annotator.specialty", "must be lower-case, such as 'cardiology'")
+    if len(a.subject) > 255 or not a.subject.isprintable():
+        raise InvalidArgument("annotator.subject", "must be at most 255 printable characters")
 
 
 def check_key(key: str) -> None:

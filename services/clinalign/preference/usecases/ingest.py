@@ -10,12 +10,12 @@ inside the transaction, so a batch that fails one writes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument
-from clinalign.preference import store, validation
+from clinalign.preference import identity, store, validation
 from clinalign.preference.domain import (
     Annotator,
     Batch,
@@ -27,6 +27,7 @@ from clinalign.preference.domain import (
     RatingIn,
     ResponseIn,
 )
+from clinalign.preference.identity import Caller, Labelled
 from clinalign.preference.models import PromptRow, ResponseRow
 from clinalign.preference.usecases import Core
 
@@ -53,12 +54,36 @@ async def _submit(
     )
 
 
-async def register_annotator(core: Core, principal: str, annotator: Annotator | None) -> Annotator:
-    """Registers a pseudonymous annotator, or updates its role and specialty."""
+async def register_annotator(core: Core, caller: Caller, annotator: Annotator | None) -> Annotator:
+    """Registers a pseudonymous annotator, or updates its role and specialty; a clinician
+    registers only themselves (``identity.registration``)."""
     if annotator is None:
         raise InvalidArgument("annotator", "is required")
     validation.validate_annotator(annotator)
-    return await core.db.run_write(lambda s: store.upsert_annotator(s, principal, annotator))
+    return await core.db.run_write(lambda s: store.upsert_annotator(s, caller, annotator))
+
+
+async def _submit_labels(
+    core: Core,
+    caller: Caller,
+    key: str,
+    rpc: str,
+    field: str,
+    items: Sequence[Labelled],
+    check: Callable[[str, Any], None],
+    write: Callable[[Session, list[Any]], list[str]],
+) -> Batch:
+    """As ``_submit``, for labels: each label's annotator is resolved for the caller
+    (``identity.bind``: people only as themselves) before it is checked and written."""
+    validation.check_batch(field, items, core.limits)
+
+    def work(s: Session) -> Batch:
+        bound = identity.bind(s, caller, field, items)
+        for i, item in enumerate(bound):
+            check(f"{field}[{i}]", item)
+        return store.idempotent(s, key, rpc, caller.name, lambda: write(s, bound))
+
+    return await core.db.run_write(work)
 
 
 async def submit_prompts(
@@ -95,79 +120,79 @@ async def submit_responses(
 
 
 async def submit_comparisons(
-    core: Core, principal: str, key: str, comparisons: Sequence[ComparisonIn]
+    core: Core, caller: Caller, key: str, comparisons: Sequence[ComparisonIn]
 ) -> Batch:
-    return await _submit(
+    return await _submit_labels(
         core,
-        principal,
+        caller,
         key,
         "submit_comparisons",
         "comparisons",
         comparisons,
         validation.check_comparison,
-        lambda s: store.add_comparisons(s, comparisons),
+        store.add_comparisons,
     )
 
 
 async def submit_rankings(
-    core: Core, principal: str, key: str, rankings: Sequence[RankingIn]
+    core: Core, caller: Caller, key: str, rankings: Sequence[RankingIn]
 ) -> Batch:
-    return await _submit(
+    return await _submit_labels(
         core,
-        principal,
+        caller,
         key,
         "submit_rankings",
         "rankings",
         rankings,
         validation.check_ranking,
-        lambda s: store.add_rankings(s, rankings),
+        store.add_rankings,
     )
 
 
 async def submit_ratings(
-    core: Core, principal: str, key: str, ratings: Sequence[RatingIn]
+    core: Core, caller: Caller, key: str, ratings: Sequence[RatingIn]
 ) -> Batch:
-    return await _submit(
+    return await _submit_labels(
         core,
-        principal,
+        caller,
         key,
         "submit_ratings",
         "ratings",
         ratings,
         validation.check_rating,
-        lambda s: store.add_ratings(s, ratings),
+        store.add_ratings,
     )
 
 
 async def submit_corrections(
-    core: Core, principal: str, key: str, corrections: Sequence[CorrectionIn]
+    core: Core, caller: Caller, key: str, corrections: Sequence[CorrectionIn]
 ) -> Batch:
     """Each correction also stores the rewrite as a human response and an implicit
     comparison preferring it over the original (``store.add_corrections``)."""
-    return await _submit(
+    return await _submit_labels(
         core,
-        principal,
+        caller,
         key,
         "submit_corrections",
         "corrections",
         corrections,
         lambda f, c: validation.check_correction(f, c, core.limits),
-        lambda s: store.add_corrections(s, corrections, core.redact, principal),
+        lambda s, items: store.add_corrections(s, items, core.redact, caller.name),
     )
 
 
 async def submit_error_annotations(
-    core: Core, principal: str, key: str, annotations: Sequence[ErrorAnnotationIn]
+    core: Core, caller: Caller, key: str, annotations: Sequence[ErrorAnnotationIn]
 ) -> Batch:
-    return await _submit(
+    return await _submit_labels(
         core,
-        principal,
+        caller,
         key,
         "submit_error_annotations",
         "annotations",
         annotations,
         lambda f, a: validation.check_annotation(f, a, core.limits),
-        lambda s: store.add_annotations(s, annotations, core.redact),
+        lambda s, items: store.add_annotations(s, items, core.redact),
     )
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from sqlalchemy.orm import Session
+
 from clinalign.common.errors import InvalidArgument
-from clinalign.preference import agreement, queue, store, validation
+from clinalign.preference import agreement, identity, queue, store, validation
 from clinalign.preference.domain import (
     Batch,
     ComparisonIn,
@@ -17,6 +19,7 @@ from clinalign.preference.domain import (
     RankingIn,
     RatingIn,
 )
+from clinalign.preference.identity import Caller, L
 from clinalign.preference.usecases import Core
 
 DEFAULT_ADJUDICATION_THRESHOLD = 0.67
@@ -63,11 +66,17 @@ async def create_tasks(
     )
 
 
-async def next_task(core: Core, annotator_id: str, batch_id: str) -> queue.TaskView | None:
+async def next_task(
+    core: Core, caller: Caller, annotator_id: str, batch_id: str
+) -> queue.TaskView | None:
     """The annotator's unfinished task, else a newly assigned one; ``None`` when the queue
     (of ``batch_id``, or of every batch) holds nothing for them."""
-    validation.check_required("annotator_id", annotator_id)
-    return await core.db.run_write(lambda s: queue.next_task(s, annotator_id, batch_id))
+
+    def work(s: Session) -> queue.TaskView | None:
+        who = identity.acting_as(s, caller, "annotator_id", annotator_id)
+        return queue.next_task(s, who, batch_id)
+
+    return await core.db.run_write(work)
 
 
 def _task_label(sub: TaskSubmission) -> tuple[ComparisonIn | None, RankingIn | None]:
@@ -85,48 +94,72 @@ def _task_label(sub: TaskSubmission) -> tuple[ComparisonIn | None, RankingIn | N
     return None, ranking
 
 
-async def submit_task(core: Core, principal: str, key: str, sub: TaskSubmission) -> Batch:
+def _as_annotator(field: str, items: Sequence[L], annotator_id: str) -> list[L]:
+    """A task's ratings and annotations are its annotator's: an empty annotator id is
+    filled in, another one refused."""
+    out = []
+    for i, item in enumerate(items):
+        given = item.meta.annotator_id
+        if given and given != annotator_id:
+            raise InvalidArgument(
+                f"{field}[{i}].context.annotator_id", "must be the task's annotator or empty"
+            )
+        out.append(replace(item, meta=replace(item.meta, annotator_id=annotator_id)))  # type: ignore[type-var]
+    return out
+
+
+async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission) -> Batch:
     """Records the label and completes the annotator's assignment; ``ids`` holds the
     label's id."""
     validation.check_required("task_id", sub.task_id)
-    validation.check_required("annotator_id", sub.annotator_id)
-    comparison, ranking = _task_label(sub)
-    for i, r in enumerate(sub.ratings):
-        validation.check_rating(f"ratings[{i}]", r)
-    for i, a in enumerate(sub.annotations):
-        validation.check_annotation(f"annotations[{i}]", a, core.limits)
-    return await core.db.run_write(
-        lambda s: store.idempotent(
+
+    def work(s: Session) -> Batch:
+        who = identity.acting_as(s, caller, "annotator_id", sub.annotator_id)
+        bound = replace(
+            sub,
+            annotator_id=who,
+            ratings=_as_annotator("ratings", sub.ratings, who),
+            annotations=_as_annotator("annotations", sub.annotations, who),
+        )
+        comparison, ranking = _task_label(bound)
+        for i, r in enumerate(bound.ratings):
+            validation.check_rating(f"ratings[{i}]", r)
+        for i, a in enumerate(bound.annotations):
+            validation.check_annotation(f"annotations[{i}]", a, core.limits)
+        return store.idempotent(
             s,
             key,
             "submit_task",
-            principal,
+            caller.name,
             lambda: [
                 queue.submit(
                     s,
-                    sub.task_id,
-                    sub.annotator_id,
+                    bound.task_id,
+                    who,
                     comparison,
                     ranking,
-                    sub.ratings,
-                    sub.annotations,
+                    bound.ratings,
+                    bound.annotations,
                     core.redact,
                 )
             ],
         )
-    )
+
+    return await core.db.run_write(work)
 
 
 async def skip_task(
-    core: Core, principal: str, task_id: str, annotator_id: str, reason: str
+    core: Core, caller: Caller, task_id: str, annotator_id: str, reason: str
 ) -> None:
     """Frees the annotator's slot for someone else; the task never returns to them."""
     validation.check_required("task_id", task_id)
-    validation.check_required("annotator_id", annotator_id)
     validation.check_text("reason", reason, core.limits, required=False)
-    await core.db.run_write(
-        lambda s: queue.skip(s, principal, task_id, annotator_id, reason, core.redact)
-    )
+
+    def work(s: Session) -> None:
+        who = identity.acting_as(s, caller, "annotator_id", annotator_id)
+        queue.skip(s, caller.name, task_id, who, reason, core.redact)
+
+    await core.db.run_write(work)
 
 
 async def get_agreement(core: Core, batch_id: str, adjudication_threshold: float) -> Agreement:
