@@ -162,6 +162,7 @@ def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], fiel
         ),
         ({"keda": {"enabled": True}}, "keda.prometheusServerAddress is required"),
         ({"tls": {"enabled": True}}, "tls.existingSecret"),
+        ({"oidc": {"issuer": "https://idp.example.org"}}, "oidc.audience is required"),
         ({"preference": {"replicas": 2}}, "preference.replicas must be 1: its SQLite store"),
         ({"trainer": {"replicas": 2}}, "trainer.replicas must be 1"),
         ({"generation": {"backend": {"mode": "external"}}}, "backend.external.url is required"),
@@ -799,6 +800,35 @@ def test_internal_callers_balance_over_every_pod() -> None:
     from clinalign.common.config import CommonSettings
 
     assert ("grpc.lb_policy_name", "round_robin") in channel_options(CommonSettings())
+
+
+def test_oidc_issuer_reaches_every_service_and_its_egress_is_allowed() -> None:
+    issuer = "https://idp.example.org/realms/hospital"
+    raw = render_raw(
+        {"oidc": {"issuer": issuer, "audience": "clinalign", "rolesClaim": "realm_access.roles"}}
+    )
+    docs = [
+        d
+        for path, text in raw.items()
+        if path.endswith(".yaml")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+    for service in SERVICES:
+        env = env_of(main_container(docs, service))
+        assert (env["CLINALIGN_OIDC_ISSUER"], env["CLINALIGN_OIDC_AUDIENCE"]) == (
+            issuer,
+            "clinalign",
+        )
+        assert env["CLINALIGN_OIDC_ROLES_CLAIM"] == "realm_access.roles"
+        egress = component(docs, "NetworkPolicy", service)["spec"]["egress"]
+        assert any(p["port"] == 443 for rule in egress for p in rule.get("ports", []))
+    # Without an issuer no service gets the settings (JWTs refused) nor the egress.
+    default = render("default")
+    for service in SERVICES:
+        assert "CLINALIGN_OIDC_ISSUER" not in env_of(main_container(default, service))
+        egress = component(default, "NetworkPolicy", service)["spec"]["egress"]
+        assert not any(p["port"] == 443 for rule in egress for p in rule.get("ports", []))
 
 
 def test_tls_probe_script_compiles() -> None:

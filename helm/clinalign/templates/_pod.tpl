@@ -69,6 +69,25 @@ failureThreshold: {{ .timing.failureThreshold }}
 {{- end }}
 {{- end -}}
 
+{{- define "clinalign.oidcEnv" -}}
+{{- with .Values.oidc }}
+{{- if .issuer }}
+- name: CLINALIGN_OIDC_ISSUER
+  value: {{ .issuer | quote }}
+- name: CLINALIGN_OIDC_AUDIENCE
+  value: {{ required "oidc.audience is required when oidc.issuer is set" .audience | quote }}
+- name: CLINALIGN_OIDC_ROLES_CLAIM
+  value: {{ .rolesClaim | quote }}
+- name: CLINALIGN_OIDC_LEEWAY_S
+  value: {{ .leewaySeconds | quote }}
+{{- if .jwksUrl }}
+- name: CLINALIGN_OIDC_JWKS_URL
+  value: {{ .jwksUrl | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "clinalign.targetsEnv" -}}
 {{- $root := . -}}
 {{- range $peer := splitList " " (include "clinalign.services" $root) }}
@@ -113,6 +132,7 @@ failureThreshold: {{ .timing.failureThreshold }}
 {{ include "clinalign.cacheEnv" $root }}
 {{- include "clinalign.targetsEnv" $root }}
 {{- include "clinalign.tlsEnv" $root }}
+{{- include "clinalign.oidcEnv" $root }}
 {{- end -}}
 
 {{/* Database URL of a store, from the external Secret or the chart's credentials Secret. */}}

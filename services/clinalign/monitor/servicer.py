@@ -25,13 +25,16 @@ from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
 _SVC = "/clinalign.monitor.v1.MonitorService/"
+# A clinical lead is a clinician who also reads the safety dashboards (GetStats); an
+# issuer grants `clinical-lead` beside `clinician`, a static token holds either.
+_CLINICAL = (Role.CLINICIAN, Role.CLINICAL_LEAD)
 ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "RecordOutputs": roles(Role.SERVICE),
-    _SVC + "FlagOutput": roles(Role.CLINICIAN),
-    _SVC + "ListFlags": roles(Role.CLINICIAN, Role.ML_ENGINEER),
-    _SVC + "ResolveFlag": roles(Role.CLINICIAN),
-    _SVC + "GetStats": roles(Role.ML_ENGINEER, Role.SERVICE),
-    _SVC + "GetLineage": roles(Role.CLINICIAN, Role.ML_ENGINEER),
+    _SVC + "FlagOutput": roles(*_CLINICAL),
+    _SVC + "ListFlags": roles(*_CLINICAL, Role.ML_ENGINEER),
+    _SVC + "ResolveFlag": roles(*_CLINICAL),
+    _SVC + "GetStats": roles(Role.CLINICAL_LEAD, Role.ML_ENGINEER, Role.SERVICE),
+    _SVC + "GetLineage": roles(*_CLINICAL, Role.ML_ENGINEER),
     _SVC + "EvaluateRetraining": roles(Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "ListRetrainingRuns": roles(Role.ML_ENGINEER),
     _SVC + "ListReplayCases": roles(Role.SERVICE),

@@ -20,15 +20,19 @@ from clinalign.preference.v1 import preference_pb2_grpc
 
 _SVC = "/clinalign.preference.v1.PreferenceService/"
 _INGEST = roles(Role.SERVICE, Role.ML_ENGINEER)
-_LABEL = roles(Role.CLINICIAN, Role.SERVICE)
+_LABEL = roles(Role.CLINICIAN, Role.CLINICAL_LEAD, Role.SERVICE)
 # Clinicians label only as themselves; services and admins name the annotator
 # (``identity``).
 _DATA = roles(Role.ML_ENGINEER, Role.SERVICE)
+# A clinical lead reads each annotator's agreement (the labelling dashboard).
+_AGREEMENT = roles(Role.CLINICAL_LEAD, Role.ML_ENGINEER, Role.SERVICE)
 ROLES: Mapping[str, frozenset[Role]] = {
     # service: the monitor registers the pseudonymous clinician behind a confirmed flag
     # before it submits the flag's correction in that clinician's name; a clinician
     # registers themselves (linked to their subject).
-    _SVC + "RegisterAnnotator": roles(Role.CLINICIAN, Role.ML_ENGINEER, Role.SERVICE),
+    _SVC + "RegisterAnnotator": roles(
+        Role.CLINICIAN, Role.CLINICAL_LEAD, Role.ML_ENGINEER, Role.SERVICE
+    ),
     _SVC + "SubmitPrompts": _INGEST,
     _SVC + "SubmitResponses": _INGEST,
     _SVC + "SubmitComparisons": _LABEL,
@@ -36,13 +40,13 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "SubmitRatings": _LABEL,
     _SVC + "SubmitCorrections": _LABEL,
     _SVC + "SubmitErrorAnnotations": _LABEL,
-    _SVC + "GetPrompt": roles(Role.CLINICIAN, Role.ML_ENGINEER, Role.SERVICE),
+    _SVC + "GetPrompt": roles(Role.CLINICIAN, Role.CLINICAL_LEAD, Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "PublishGuidelines": roles(Role.ML_ENGINEER),
     _SVC + "CreateTasks": _INGEST,
     _SVC + "NextTask": _LABEL,
     _SVC + "SubmitTask": _LABEL,
     _SVC + "SkipTask": _LABEL,
-    _SVC + "GetAgreement": _DATA,
+    _SVC + "GetAgreement": _AGREEMENT,
     _SVC + "CreateSnapshot": _DATA,
     _SVC + "GetSnapshot": _DATA,
     _SVC + "ListSnapshots": _DATA,
