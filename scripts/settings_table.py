@@ -46,7 +46,7 @@ def shown_default(field: FieldInfo) -> str:
         if any(isinstance(m, NoDecode) or m is NoDecode for m in field.metadata):
             text = ",".join(str(v) for v in default)
         else:
-            text = json.dumps(default)
+            text = json.dumps(default, default=lambda m: m.model_dump())
     elif isinstance(default, str) and default == "":
         text = '""'
     else:

@@ -237,3 +237,34 @@ async def test_a_second_server_cannot_take_a_port_in_use(common: CommonSettings)
         auth = TokenAuthenticator.from_file(common.resolved_tokens_file)
         with pytest.raises(FailedPrecondition, match=r"cannot listen on 127\.0\.0\.1:"):
             await create_server(_app(common), common, settings, auth)
+
+
+async def test_a_principal_over_its_rate_is_resource_exhausted_with_a_retry_hint(
+    common: CommonSettings,
+) -> None:
+    """Per-principal limits through real gRPC: a clinician over their rate is refused with
+    the gRPC pushback trailer; another clinician and the services are not affected."""
+    from clinalign.common.auth import ensure_principals
+    from clinalign.common.quotas import PUSHBACK_TRAILER, RoleLimit
+
+    tokens = ensure_principals(
+        common.resolved_tokens_file, {"dr-a": Role.CLINICIAN, "dr-b": Role.CLINICIAN}
+    )
+    limited = common.model_copy(
+        update={"rate_limits": {"clinician": RoleLimit(rate_per_s=0.5, burst=2, concurrent=4)}}
+    )
+    request = monitor_pb2.ListFlagsRequest()
+    async with serving(_app(limited), limited) as running:
+        async with client(running, limited, tokens["dr-a"]) as ch:
+            stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+            await stub.ListFlags(request)
+            await stub.ListFlags(request)
+            call = stub.ListFlags(request)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "'dr-a' is over its rate of 0.5 calls/s" in (info.value.details() or "")
+            trailers = dict(info.value.trailing_metadata() or ())
+            assert 1000 <= int(trailers[PUSHBACK_TRAILER]) <= 2000
+        async with client(running, limited, tokens["dr-b"]) as ch:
+            await monitor_pb2_grpc.MonitorServiceStub(ch).ListFlags(request)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clinalign.common.quotas import DEFAULT_LIMITS, RoleLimit
 
 
 class CommonSettings(BaseSettings):
@@ -59,6 +61,13 @@ class CommonSettings(BaseSettings):
     oidc_ca_file: Path | None = Field(
         None, description="PEM CA bundle for the issuer's HTTPS; default: the system's."
     )
+    rate_limits: dict[str, RoleLimit] = Field(
+        default_factory=lambda: dict(DEFAULT_LIMITS),
+        description="Per-principal limits by role (JSON: role -> {rate_per_s, burst, "
+        "concurrent}); over them RESOURCE_EXHAUSTED with a grpc-retry-pushback-ms trailer. "
+        "A role without an entry (by default service and admin) is not limited per "
+        "principal; a principal with several roles gets the most generous.",
+    )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate; with tls_key_file switches TLS on."
     )
@@ -101,6 +110,16 @@ class CommonSettings(BaseSettings):
     )
     trainer_target: str = Field("127.0.0.1:50054", description="host:port of the trainer service.")
     monitor_target: str = Field("127.0.0.1:50055", description="host:port of the monitor service.")
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_roles(cls, value: dict[str, RoleLimit]) -> dict[str, RoleLimit]:
+        from clinalign.common.auth import Role
+
+        unknown = sorted(set(value) - {r.value for r in Role})
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}; roles are {[r.value for r in Role]}")
+        return value
 
     @property
     def resolved_tokens_file(self) -> Path:

@@ -25,6 +25,7 @@ from clinalign.common.context import (
 )
 from clinalign.common.errors import ClinAlignError
 from clinalign.common.metrics import RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS
+from clinalign.common.quotas import PUSHBACK_TRAILER, PrincipalQuotas, RateLimited
 
 log = logging.getLogger("clinalign.rpc")
 
@@ -53,6 +54,7 @@ class _Call:
         self.short_method = method.rsplit("/", 1)[-1]
         self.code = grpc.StatusCode.OK
         self.start = 0.0
+        self._release: Callable[[], None] | None = None
         self._rid_token: Token[str] | None = None
         self._principal_token: Token[Principal | None] | None = None
 
@@ -66,6 +68,14 @@ class _Call:
         if self.refusal is not None:
             raise self.refusal
         self._principal_token = principal_var.set(self.principal)
+        if self.principal is not None and self.interceptor.quotas is not None:
+            try:
+                self._release = self.interceptor.quotas.acquire(self.principal)
+            except RateLimited as exc:
+                context.set_trailing_metadata(
+                    ((REQUEST_ID_HEADER, rid), (PUSHBACK_TRAILER, exc.pushback_ms))
+                )
+                raise
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         """Turns an exception into a status; re-raises what must propagate."""
@@ -97,6 +107,8 @@ class _Call:
         )
 
     def exit(self) -> None:
+        if self._release is not None:
+            self._release()
         service = self.interceptor.service
         labels = (service, self.short_method, self.code.name)
         RPC_DURATION.labels(*labels).observe(time.perf_counter() - self.start)
@@ -114,10 +126,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service: str,
         authenticator: Authenticator,
         role_table: Mapping[str, frozenset[Role]],
+        quotas: PrincipalQuotas | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
         self.role_table = role_table
+        self.quotas = quotas
         self.health_watches = 0
 
     async def authenticate(self, method: str, authorization: str | None) -> Principal:

@@ -32,6 +32,7 @@ from clinalign.common.interceptors import ServerInterceptor
 from clinalign.common.logs import configure_logging
 from clinalign.common.metrics import SERVICE_UP, MetricsServer, start_metrics_server
 from clinalign.common.oidc import authenticator_from
+from clinalign.common.quotas import PrincipalQuotas
 from clinalign.common.tracing import configure_tracing
 
 log = logging.getLogger("clinalign.server")
@@ -125,7 +126,11 @@ async def create_server(
 ) -> RunningServer:
     """Builds, binds and starts the server (NOT_SERVING); returns it with its bound port."""
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(app.name, authenticator, app.roles)],
+        interceptors=[
+            ServerInterceptor(
+                app.name, authenticator, app.roles, PrincipalQuotas(common.rate_limits)
+            )
+        ],
         options=[
             *channel_options(common),
             ("grpc.keepalive_permit_without_calls", 1),
