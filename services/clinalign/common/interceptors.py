@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from clinalign.common.auth import PUBLIC_METHODS, Authenticator, Principal, Role, authorize
 from clinalign.common.context import (
@@ -23,7 +24,7 @@ from clinalign.common.context import (
     principal_var,
     request_id_var,
 )
-from clinalign.common.errors import ClinAlignError
+from clinalign.common.errors import ClinAlignError, InvalidArgument
 from clinalign.common.metrics import RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS
 from clinalign.common.quotas import PUSHBACK_TRAILER, PrincipalQuotas, RateLimited
 
@@ -170,6 +171,38 @@ def _unread(_: bytes) -> None:
     return None
 
 
+class _Malformed:
+    """Stands in for a request body that does not decode as the RPC's message; the call
+    answers INVALID_ARGUMENT (grpc itself would answer UNKNOWN)."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _MALFORMED
+
+    return parse
+
+
+def _check_decoded(request: Any, method: str) -> None:
+    if request is _MALFORMED:
+        raise InvalidArgument("request", f"is not a valid protobuf message for {method}")
+
+
+async def _checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        _check_decoded(request, method)
+        yield request
+
+
 def _capped_watch(handler: grpc.RpcMethodHandler, icpt: ServerInterceptor) -> Any:
     behavior = handler.unary_stream
 
@@ -201,7 +234,7 @@ def _wrap(
     refusal: ClinAlignError | None,
 ) -> Any:
     ser = {
-        "request_deserializer": _unread if refusal else handler.request_deserializer,
+        "request_deserializer": _unread if refusal else _lenient(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     call = (icpt, method, principal, refusal)
@@ -225,6 +258,10 @@ def _unary(
         call = _Call(icpt, method, principal, refusal)
         try:
             call.enter(context)
+            if isinstance(request, AsyncIterator):
+                request = _checked_stream(request, method)
+            else:
+                _check_decoded(request, method)
             return await behavior(request, context)
         except BaseException as exc:
             await call.fail(context, exc)
@@ -245,6 +282,10 @@ def _streaming(
         call = _Call(icpt, method, principal, refusal)
         try:
             call.enter(context)
+            if isinstance(request, AsyncIterator):
+                request = _checked_stream(request, method)
+            else:
+                _check_decoded(request, method)
             async for response in behavior(request, context):
                 yield response
         except BaseException as exc:

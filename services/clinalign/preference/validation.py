@@ -89,12 +89,20 @@ def check_prompt(f: str, p: PromptIn, limits: Limits) -> None:
             )
 
 
+MAX_GENERATION_PARAMS_CHARS = 16_384
+
+
 def check_generation_params(f: str, r: ResponseIn) -> None:
     if not r.generation_params:
         return
+    if len(r.generation_params) > MAX_GENERATION_PARAMS_CHARS:
+        raise InvalidArgument(
+            f"{f}.generation_params_json", f"is over {MAX_GENERATION_PARAMS_CHARS} characters"
+        )
     try:
         json.loads(r.generation_params)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the parser's stack, a caller's mistake too
         raise InvalidArgument(f"{f}.generation_params_json", "must be JSON") from exc
 
 
