@@ -1,7 +1,10 @@
 """What a failure of the remote generation server means to our caller: huggingface_hub's
 and httpx2's exceptions translated into the service's errors (``common.errors``), each
-message saying what to check. See ``remote`` for how huggingface_hub reports each failure.
-Logs carry the URL, status codes and exception types, never prompt or output text.
+message saying what to do. See ``remote`` for how huggingface_hub reports each failure.
+
+The caller (an EHR system) learns what kind of failure it was, never the backend's URL or
+its own words: those go to the log (with status codes and exception types, never prompt
+or output text), where the operator the messages point to reads them.
 """
 
 from __future__ import annotations
@@ -39,21 +42,32 @@ _MAX_SERVER_MESSAGE = 300
 
 
 def translate(exc: Exception, *, url: str, timeout_s: float) -> ClinAlignError:
-    where = f"the remote generation server at {url}"
+    where = "the inference backend"
     # huggingface_hub raises TGI's typed errors from the HTTP error, when there was one.
     http_error = next((e for e in (exc, exc.__cause__) if isinstance(e, HfHubHTTPError)), None)
     status = http_error.response.status_code if http_error is not None else None
     log.warning(
         "remote generation failed",
-        extra={"fields": {"remote_url": url, "error": type(exc).__name__, "status": status}},
+        extra={
+            "fields": {
+                "remote_url": url,
+                "error": type(exc).__name__,
+                "status": status,
+                "server_message": server_message(exc),
+            }
+        },
     )
     if isinstance(exc, OverloadedError) or status == 429:
         return ResourceExhausted(f"{where} is overloaded; retry with backoff")
     if isinstance(exc, ValidationError) or status in (400, 422):
-        return InvalidArgument("input.prompt", server_message(exc))
+        return InvalidArgument(
+            "input.prompt",
+            "the inference backend refused the request (most often the prompt with "
+            "max_new_tokens is longer than the model accepts); shorten it",
+        )
     if isinstance(exc, TextGenerationError | HfHubHTTPError):
         answered = f" (HTTP {status})" if status is not None else ""
-        return Unavailable(f"{where} failed the request{answered}: {server_message(exc)}")
+        return Unavailable(f"{where} failed the request{answered}; the operator's logs say why")
     if isinstance(exc, OfflineModeIsEnabled):
         return FailedPrecondition(
             "huggingface_hub is in offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) "

@@ -14,6 +14,7 @@ both); anything else (vLLM's ``abort``) is a failed generation: UNAVAILABLE.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from clinalign.generation.backend import EOS, LENGTH, STOP, Delta, Event, Genera
 from clinalign.generation.params import Sampling
 
 TGI_FINISH = {"length": LENGTH, "eos_token": EOS, "stop_sequence": STOP}
+
+log = logging.getLogger("clinalign.generation.remote")
 
 
 @dataclass
@@ -157,9 +160,11 @@ def openai_finish(reason: str, stop_reason: object, url: str) -> str:
     if reason == "stop":
         # vLLM names the matched stop string (an int is a stop token id: an EOS).
         return STOP if isinstance(stop_reason, str) else EOS
+    log.warning(
+        "unknown finish_reason from the remote server", extra={"fields": {"remote_url": url}}
+    )
     raise Unavailable(
-        f"the remote generation server at {url} ended the generation with "
-        f"finish_reason {reason!r}; retry"
+        f"the inference backend ended the generation with finish_reason {reason!r}; retry"
     )
 
 
@@ -212,9 +217,9 @@ async def events(
             yield Delta(text[emitted:safe], tally.tokens)
             emitted = safe
     if tally.finish is None:
+        log.warning("the remote stream ended early", extra={"fields": {"remote_url": url}})
         raise Unavailable(
-            f"the remote generation server at {url} ended the stream before the "
-            "generation finished; retry"
+            "the inference backend ended the stream before the generation finished; retry"
         )
     if len(text) > emitted:
         yield Delta(text[emitted:], tally.tokens)
