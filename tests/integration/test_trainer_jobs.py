@@ -104,6 +104,10 @@ async def test_reward_model_job_trains_registers_and_cancels(
                 spec = _reward_spec(str(tiny_model_dir), snapshot_id, idempotency_key="rm-1")
                 first = await stub.SubmitJob(tpb.SubmitJobRequest(spec=spec))
                 again = await stub.SubmitJob(tpb.SubmitJobRequest(spec=spec))
+                changed = tpb.JobSpec()
+                changed.CopyFrom(spec)
+                changed.hyperparameters["epochs"] = "3"
+                reused = await _fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=changed)))
                 job_id = first.job.id
                 updates = [u async for u in stub.WatchJob(tpb.WatchJobRequest(id=job_id))]
                 done = (await stub.GetJob(tpb.GetJobRequest(id=job_id))).job
@@ -111,6 +115,10 @@ async def test_reward_model_job_trains_registers_and_cancels(
                     tpb.ListModelVersionsRequest(kind=common_pb2.MODEL_KIND_REWARD)
                 )
                 finished = await _fails(stub.CancelJob(tpb.CancelJobRequest(id=job_id)))
+                assert reused.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert f"was already used for job {job_id} with another spec" in (
+                    reused.details() or ""
+                )
                 # A warm start: a reward_model job that continues the registered reward-v1.
                 warm_spec = _reward_spec("reward-v1", snapshot_id)
                 warm_id = (await stub.SubmitJob(tpb.SubmitJobRequest(spec=warm_spec))).job.id

@@ -148,14 +148,23 @@ async def test_a_batch_is_written_whole_once_per_key_and_de_identified(core: Cor
     assert len(await _audit(core)) == audit_before
 
     first = await ingest.submit_comparisons(core, SVC, "batch-0001", [good])
-    again = await ingest.submit_comparisons(core, _service("someone-else"), "batch-0001", [good])
+    again = await ingest.submit_comparisons(core, SVC, "batch-0001", [good])
     assert (first.replayed, again.replayed, again.ids) == (False, True, first.ids)
     assert await _count(core, models.ComparisonRow) == 1
+    # The same key with another request is refused, and writes nothing.
+    other = ComparisonIn(_meta(), a, b, "b")
+    with pytest.raises(InvalidArgument, match=r"^idempotency_key: was already used for a diff"):
+        await ingest.submit_comparisons(core, SVC, "batch-0001", [other])
+    # Keys are each caller's own: another caller's "batch-0001" is its own batch, and it
+    # never sees the first caller's ids.
+    theirs = await ingest.submit_comparisons(core, _service("someone-else"), "batch-0001", [good])
+    assert not theirs.replayed and theirs.ids != first.ids
+    assert await _count(core, models.ComparisonRow) == 2
     with pytest.raises(InvalidArgument, match=r"^idempotency_key: was already used for submit_co"):
         await ingest.submit_ratings(core, SVC, "batch-0001", [RatingIn(_meta(), a, "safety", 4)])
     with pytest.raises(InvalidArgument, match=r"^ratings\[0\]\.score: must be between 1 and 5"):
         await ingest.submit_ratings(core, SVC, "key-00003", [RatingIn(_meta(), a, "safety", 6)])
-    assert (await _audit(core))[-1] == (WHO, "submit_comparisons")
+    assert (await _audit(core))[-1] == ("someone-else", "submit_comparisons")
 
     fixed = await ingest.submit_corrections(
         core,
@@ -167,7 +176,7 @@ async def test_a_batch_is_written_whole_once_per_key_and_de_identified(core: Cor
     assert prompt.text == "[NAME] has chest pain." and prompt.created_by == WHO
     human = [r for r in responses if r.model_version == "human:ann-1"]
     assert [r.text for r in human] == ["Call 999: [NAME] may have angina."]
-    assert len(fixed.ids) == 1 and await _count(core, models.ComparisonRow) == 2
+    assert len(fixed.ids) == 1 and await _count(core, models.ComparisonRow) == 3
 
 
 async def test_get_prompt_names_the_missing_field(core: Core) -> None:

@@ -41,7 +41,7 @@ async def test_a_bad_submission_is_refused_and_leaves_no_job(trainer: Trainer) -
         await trainer.submit_job("reward_model", "", {"kind": "JOB_KIND_REWARD_MODEL"}, key="")
     assert info.value.field == "spec.snapshot_id"
     assert await trainer.list_jobs([], [], 10, "") == ([], "")
-    assert await trainer.db.run_sync(lambda s: jobs.find_by_key(s, "k1")) is None
+    assert await trainer.db.run_sync(lambda s: jobs.find_by_key(s, "k1", {})) is None
 
 
 async def test_job_and_registry_reads_name_the_missing_field(trainer: Trainer) -> None:

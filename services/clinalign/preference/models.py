@@ -132,9 +132,12 @@ class IdempotencyRow(Base):
 
     __tablename__ = "idempotency_keys"
 
+    # "c:" + sha256(principal, key): each caller's keys are its own (older rows: the key)
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     rpc: Mapped[str] = mapped_column(String(64))
     principal: Mapped[str] = mapped_column(String(128))
+    # sha256 of the request's content; "" for rows written before it was kept
+    request_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")
     result: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

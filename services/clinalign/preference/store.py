@@ -57,18 +57,54 @@ from clinalign.preference.validation import check_key, validate_annotator
 # --- the transaction -------------------------------------------------------------------
 
 
+def request_digest(*parts: object) -> str:
+    """A digest of a request's content (its domain records' reprs, which are
+    deterministic), so a replayed key with a different request is told apart."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _scoped(principal: str, key: str) -> str:
+    """The stored key: the caller's key in the caller's own namespace."""
+    return "c:" + hashlib.sha256(f"{principal}\x00{key}".encode()).hexdigest()
+
+
 def idempotent(
-    session: Session, key: str, rpc: str, principal: str, write: Callable[[], list[str]]
+    session: Session,
+    key: str,
+    rpc: str,
+    principal: str,
+    write: Callable[[], list[str]],
+    request: str = "",
 ) -> Batch:
-    """Runs ``write`` once per key: a replay returns the first attempt's ids."""
+    """Runs ``write`` once per caller and key: a replay by the same caller returns the
+    first attempt's ids; the same key from another caller is another batch. A replay
+    whose ``request`` digest differs from the first attempt's is refused."""
     check_key(key)
-    existing = session.get(IdempotencyRow, key)
+    existing = session.get(IdempotencyRow, _scoped(principal, key))
+    if existing is None:
+        # Keys stored before they were scoped (release 0004 of this store) are the raw
+        # key; only their own caller replays them.
+        legacy = session.get(IdempotencyRow, key)
+        existing = legacy if legacy is not None and legacy.principal == principal else None
     if existing is not None:
         if existing.rpc != rpc:
             raise InvalidArgument("idempotency_key", f"was already used for {existing.rpc}")
+        if request and existing.request_hash and existing.request_hash != request:
+            raise InvalidArgument(
+                "idempotency_key", "was already used for a different request; use a fresh key"
+            )
         return Batch(list(existing.result), replayed=True)
     ids = write()
-    session.add(IdempotencyRow(key=key, rpc=rpc, principal=principal, result=ids, created_at=now()))
+    session.add(
+        IdempotencyRow(
+            key=_scoped(principal, key),
+            rpc=rpc,
+            principal=principal,
+            request_hash=request,
+            result=ids,
+            created_at=now(),
+        )
+    )
     audit.append(session, principal, rpc, f"key={key} n={len(ids)}")
     return Batch(ids)
 

@@ -96,7 +96,7 @@ class Trainer:
         trainer's default. The spec is checked and its inputs resolved before anything is
         written, so a bad spec leaves no job behind."""
         if key:
-            found = await self.db.run_sync(lambda s: jobs.find_by_key(s, key))
+            found = await self.db.run_sync(lambda s: jobs.find_by_key(s, key, spec))
             if found is not None:
                 return found, True
         if kind not in SPEC_CHECKS:

@@ -50,7 +50,9 @@ async def _submit(
     for i, item in enumerate(items):
         check(f"{field}[{i}]", item)
     return await core.db.run_write(
-        lambda s: store.idempotent(s, key, rpc, principal, lambda: write(s))
+        lambda s: store.idempotent(
+            s, key, rpc, principal, lambda: write(s), store.request_digest(rpc, items)
+        )
     )
 
 
@@ -81,7 +83,8 @@ async def _submit_labels(
         bound = identity.bind(s, caller, field, items)
         for i, item in enumerate(bound):
             check(f"{field}[{i}]", item)
-        return store.idempotent(s, key, rpc, caller.name, lambda: write(s, bound))
+        digest = store.request_digest(rpc, items)  # as sent: a replay sends the same
+        return store.idempotent(s, key, rpc, caller.name, lambda: write(s, bound), digest)
 
     return await core.db.run_write(work)
 

@@ -62,6 +62,7 @@ async def create_tasks(
             "create_tasks",
             principal,
             lambda: queue.create_tasks(s, batch_id, specs, overlap, guideline_version),
+            store.request_digest(batch_id, specs, overlap, guideline_version),
         )
     )
 
@@ -143,6 +144,7 @@ async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission)
                     core.redact,
                 )
             ],
+            store.request_digest("submit_task", sub),
         )
 
     return await core.db.run_write(work)

@@ -24,7 +24,7 @@ from sqlalchemy import DateTime, Integer, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from clinalign.common.db import Database
-from clinalign.common.errors import FailedPrecondition, NotFound
+from clinalign.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from clinalign.trainer.registry.versions import Base
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
@@ -131,9 +131,22 @@ class JobEvent:
     metrics: dict[str, float]
 
 
-def find_by_key(session: Session, idempotency_key: str) -> Job | None:
+def find_by_key(session: Session, idempotency_key: str, spec: dict[str, Any]) -> Job | None:
+    """The job an earlier submission with this key created; the key used with another
+    spec is refused."""
     row = session.scalar(select(JobRow).where(JobRow.idempotency_key == idempotency_key))
-    return Job.from_row(row) if row is not None else None
+    if row is None:
+        return None
+    _same_spec(row, spec)
+    return Job.from_row(row)
+
+
+def _same_spec(row: JobRow, spec: dict[str, Any]) -> None:
+    if row.spec_json != json.dumps(spec, sort_keys=True):
+        raise InvalidArgument(
+            "idempotency_key",
+            f"was already used for job {row.id} with another spec; use a fresh key",
+        )
 
 
 def submit(
@@ -149,6 +162,7 @@ def submit(
     if idempotency_key:
         existing = session.scalar(select(JobRow).where(JobRow.idempotency_key == idempotency_key))
         if existing is not None:
+            _same_spec(existing, spec)
             return Job.from_row(existing), True
     now = datetime.now(UTC)
     row = JobRow(
