@@ -6,6 +6,7 @@ the calls the code makes, GPU scheduling, autoscaling, monitoring assets, TLS an
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -282,7 +283,7 @@ def test_no_secret_values_outside_secrets(combo: str) -> None:
             text = base64.b64decode(raw).decode()
             values.add(text)
             if text.startswith("{"):
-                values |= {t["token"] for t in json.loads(text)["tokens"]}
+                values |= {t.get("token") or t["sha256"] for t in json.loads(text)["tokens"]}
     assert any(len(v) >= 32 for v in values)
     for doc in docs:
         if doc["kind"] == "Secret":
@@ -301,22 +302,63 @@ def test_no_secret_values_outside_secrets(combo: str) -> None:
             assert "Bearer " not in text and "password" not in text.lower(), key
 
 
-def test_generated_tokens_file_has_every_role() -> None:
+def test_generated_tokens_every_role_and_one_credential_per_service() -> None:
     (secret,) = of_kind(render("default"), "Secret")
-    tokens = json.loads(base64.b64decode(secret["data"]["tokens.json"]))["tokens"]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    tokens = json.loads(data["tokens.json"])["tokens"]
     assert {t["role"] for t in tokens} == {
         "service",
         "ehr-client",
         "clinician",
+        "clinical-lead",
         "ml-engineer",
         "admin",
     }
-    service = base64.b64decode(secret["data"]["service-token"]).decode()
-    assert service == next(t["token"] for t in tokens if t["role"] == "service")
+    services = {t["principal"]: t["token"] for t in tokens if t["role"] == "service"}
+    assert set(services) == {f"svc-{s}" for s in (*SERVICES, "trainer-job")}
+    for principal, token in services.items():
+        assert data[f"token-{principal.removeprefix('svc-')}"] == token
+    # The verification file: every principal's digest, no token.
+    verify = json.loads(data["verify.json"])["tokens"]
+    assert {(e["principal"], e["sha256"]) for e in verify} == {
+        (t["principal"], hashlib.sha256(t["token"].encode()).hexdigest()) for t in tokens
+    }
+    assert not any(t["token"] in data["verify.json"] for t in tokens)
+    (smoke,) = json.loads(data["smoke-tokens.json"])["tokens"]
+    assert smoke["role"] == "ehr-client"
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     # Re-used from the cluster on upgrade (lookup), generated only on first install.
     source = (CHART / "templates/secrets.yaml").read_text()
     assert "lookup" in source and "randAlphaNum" in source
+
+
+@pytest.mark.parametrize("combo", ["default", "dev-cpu-jobs", "tls-secret"])
+def test_each_pod_mounts_only_its_own_credential(combo: str) -> None:
+    """No pod holds a person's token (admin, ml-engineer, clinician) nor another service's:
+    it mounts the verification file and reads its own token."""
+    docs = render(combo)
+    for workload in workloads(docs):
+        spec = pod_spec(workload)
+        for volume in spec.get("volumes", []):
+            items = volume.get("secret", {}).get("items", [])
+            keys = {i["key"] for i in items}
+            assert "tokens.json" not in keys, f"{workload['metadata']['name']} mounts every token"
+        for container in spec["containers"]:
+            refs = [
+                e["valueFrom"]["secretKeyRef"]["key"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            ]
+            tokens = [r for r in refs if r.startswith("token-")]
+            component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+            assert tokens in ([], [f"token-{component}"]), (component, tokens)
+    for service in SERVICES:
+        env = main_container(docs, service)["env"]
+        (ref,) = [e for e in env if e["name"] == "CLINALIGN_SERVICE_TOKEN"]
+        assert ref["valueFrom"]["secretKeyRef"]["key"] == f"token-{service}"
+    (smoke,) = of_kind(docs, "Pod")
+    (auth,) = [v for v in smoke["spec"]["volumes"] if v["name"] == "auth"]
+    assert [i["key"] for i in auth["secret"]["items"]] == ["smoke-tokens.json"]
 
 
 def test_existing_secrets_replace_generated_ones() -> None:

@@ -157,7 +157,7 @@ calls are balanced over every ready pod (the channels use round_robin). */}}
 {{- if $jobs.existingSecret -}}
 {{- dict "name" $jobs.existingSecret "urlKey" $jobs.databaseUrlKey "tokenKey" $jobs.serviceTokenKey | toJson -}}
 {{- else if and (not .Values.auth.existingSecret) (ne (include "clinalign.databaseMode" .) "external") -}}
-{{- dict "name" (include "clinalign.credentialsSecretName" .) "urlKey" "trainer-database-url" "tokenKey" "service-token" | toJson -}}
+{{- dict "name" (include "clinalign.credentialsSecretName" .) "urlKey" "trainer-database-url" "tokenKey" (printf "%strainer-job" .Values.auth.serviceTokenKeyPrefix) | toJson -}}
 {{- else -}}
 {{- fail "trainer.jobs.existingSecret is required with trainer.executor=kubernetes when auth.existingSecret or database.external.existingSecret is set: the job pods read the trainer database URL and the service token from one Secret" -}}
 {{- end -}}

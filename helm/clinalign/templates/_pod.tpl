@@ -116,7 +116,7 @@ failureThreshold: {{ .timing.failureThreshold }}
   valueFrom:
     secretKeyRef:
       name: {{ include "clinalign.authSecretName" $root }}
-      key: {{ $v.auth.serviceTokenKey }}
+      key: {{ printf "%s%s" $v.auth.serviceTokenKeyPrefix .component }}
 - name: CLINALIGN_OTEL_ENABLED
   value: {{ $v.otel.enabled | quote }}
 {{- if $v.otel.enabled }}

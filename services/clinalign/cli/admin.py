@@ -36,16 +36,51 @@ def tokens_new(
 @tokens_app.command("show")
 def tokens_show(
     path: Annotated[Path, typer.Argument(help="Tokens file.")],
-    role: Annotated[Role, typer.Option(help="Print the first token of this role.")],
+    role: Annotated[Role | None, typer.Option(help="Print the first token of this role.")] = None,
+    principal: Annotated[
+        str | None, typer.Option(help="Print this principal's token, e.g. svc-monitor.")
+    ] = None,
 ) -> None:
-    """Print one role's token (for `kubectl create secret ... --from-literal`)."""
-    from clinalign.common.auth import token_for_role
+    """Print one token (for `kubectl create secret ... --from-literal`): a principal's, or
+    the first of a role's."""
+    from clinalign.common.auth import load_tokens, token_for_role
 
+    if (role is None) == (principal is None):
+        typer.echo("error: give exactly one of --role and --principal", err=True)
+        raise typer.Exit(2)
     try:
-        typer.echo(token_for_role(path, role))
+        if principal is not None:
+            found = [e.token for e in load_tokens(path) if e.principal == principal and e.token]
+            if not found:
+                raise LookupError(f"{path} holds no token of principal {principal!r}")
+            typer.echo(found[0])
+        else:
+            assert role is not None
+            typer.echo(token_for_role(path, role))
     except (FileNotFoundError, LookupError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+@tokens_app.command("verify-file")
+def tokens_verify_file(
+    path: Annotated[Path, typer.Argument(help="Tokens file.")],
+    out: Annotated[Path, typer.Argument(help="Verification file to write.")],
+) -> None:
+    """Write the verification file servers read (CLINALIGN_TOKENS_FILE in a pod): each
+    principal, its role and its token's SHA-256 digest, no token. Mount it in every pod;
+    give each pod only its own token (CLINALIGN_SERVICE_TOKEN)."""
+    import json
+
+    from clinalign.common.auth import load_tokens, verification_entries
+
+    try:
+        entries = verification_entries(load_tokens(path))
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    out.write_text(json.dumps({"tokens": entries}, indent=2) + "\n")
+    typer.echo(f"{out}: {len(entries)} principals, digests only")
 
 
 audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")

@@ -105,11 +105,35 @@ def principal_with_roles(name: str, held: frozenset[Role], issuer: str = "") -> 
     return Principal(name, primary, frozenset(held - {primary}), issuer)
 
 
+# The platform's own callers, each with its own credential (principal ``svc-<name>``):
+# the five services and the training jobs the trainer runs.
+SERVICE_NAMES: tuple[str, ...] = (
+    "generation",
+    "reward",
+    "preference",
+    "trainer",
+    "monitor",
+    "trainer-job",
+)
+
+
+def service_principal(service: str) -> str:
+    """The principal name of a ClinAlign service's own credential."""
+    return f"svc-{service}"
+
+
 @dataclass(frozen=True)
 class TokenEntry:
+    """A principal's credential: the token itself (a file handed to callers), or only its
+    SHA-256 digest in hex (a verification file a server reads: no secret in it)."""
+
     principal: str
     role: Role
-    token: str
+    token: str = ""
+    sha256: str = ""
+
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.sha256) if self.sha256 else _digest(self.token)
 
 
 class Authenticator(Protocol):
@@ -153,7 +177,7 @@ class TokenAuthenticator:
 
     def __init__(self, entries: Iterable[TokenEntry]) -> None:
         self._by_digest: dict[bytes, Principal] = {
-            _digest(e.token): Principal(e.principal, e.role) for e in entries
+            e.digest(): Principal(e.principal, e.role) for e in entries
         }
 
     @classmethod
@@ -190,7 +214,8 @@ class CombinedAuthenticator:
 
 
 def load_tokens(path: Path) -> list[TokenEntry]:
-    """Reads a tokens file: ``{"tokens": [{"principal", "role", "token"}, ...]}``."""
+    """Reads a tokens file: ``{"tokens": [{"principal", "role", "token"}, ...]}``, or a
+    verification file whose entries carry ``sha256`` (hex) instead of ``token``."""
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -200,17 +225,38 @@ def load_tokens(path: Path) -> list[TokenEntry]:
     entries = []
     for i, item in enumerate(raw.get("tokens", [])):
         try:
-            entries.append(TokenEntry(str(item["principal"]), Role(item["role"]), item["token"]))
+            digest = str(item.get("sha256", ""))
+            if digest and len(bytes.fromhex(digest)) != 32:
+                raise ValueError("sha256 must be 64 hex digits")
+            token = "" if digest else str(item["token"])
+            entries.append(TokenEntry(str(item["principal"]), Role(item["role"]), token, digest))
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{path}: tokens[{i}] is invalid: {exc}") from exc
     return entries
 
 
 def generate_tokens(path: Path) -> list[TokenEntry]:
-    """Writes a fresh tokens file with one local principal per role, mode 0600."""
-    entries = [TokenEntry(f"local-{role.value}", role, secrets.token_urlsafe(32)) for role in Role]
+    """Writes a fresh tokens file, mode 0600: one local principal for each role people and
+    tools hold, and one credential for each ClinAlign service (``svc-<name>``)."""
+    entries = [
+        TokenEntry(f"local-{role.value}", role, secrets.token_urlsafe(32))
+        for role in Role
+        if role is not Role.SERVICE
+    ]
+    entries += [
+        TokenEntry(service_principal(name), Role.SERVICE, secrets.token_urlsafe(32))
+        for name in SERVICE_NAMES
+    ]
     _write_tokens(path, entries)
     return entries
+
+
+def verification_entries(entries: Iterable[TokenEntry]) -> list[dict[str, str]]:
+    """The entries of a verification file: principal, role and digest, no token."""
+    return [
+        {"principal": e.principal, "role": e.role.value, "sha256": e.digest().hex()}
+        for e in entries
+    ]
 
 
 def ensure_principals(path: Path, principals: Mapping[str, Role]) -> dict[str, str]:
@@ -231,7 +277,10 @@ def ensure_principals(path: Path, principals: Mapping[str, Role]) -> dict[str, s
 def _write_tokens(path: Path, entries: list[TokenEntry]) -> None:
     payload = {
         "tokens": [
-            {"principal": e.principal, "role": e.role.value, "token": e.token} for e in entries
+            {"principal": e.principal, "role": e.role.value, "token": e.token}
+            if e.token
+            else {"principal": e.principal, "role": e.role.value, "sha256": e.sha256}
+            for e in entries
         ]
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,8 +292,18 @@ def _write_tokens(path: Path, entries: list[TokenEntry]) -> None:
 
 
 def token_for_role(path: Path, role: Role) -> str:
-    """The first token of a role in a tokens file, for local clients and service calls."""
+    """The first token of a role in a tokens file, for local clients and tools."""
     for entry in load_tokens(path):
-        if entry.role == role:
+        if entry.role == role and entry.token:
             return entry.token
     raise LookupError(f"{path} holds no token with role {role.value!r}")
+
+
+def token_for_service(path: Path, service: str) -> str:
+    """A service's own token in a tokens file (``svc-<name>``); a file written before
+    services had their own falls back to its first ``service`` token."""
+    entries = load_tokens(path)
+    for entry in entries:
+        if entry.principal == service_principal(service) and entry.token:
+            return entry.token
+    return token_for_role(path, Role.SERVICE)

@@ -139,11 +139,16 @@ def open_channel(
     return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
 
 
-def service_token(settings: CommonSettings) -> str:
-    """The token this service presents to its peers (role ``service``)."""
-    from clinalign.common.auth import token_for_role
+def service_token(settings: CommonSettings, service: str | None = None) -> str:
+    """The token this service presents to its peers: ``CLINALIGN_SERVICE_TOKEN`` (each pod
+    holds only its own), else its own ``svc-<name>`` entry in the tokens file."""
+    from clinalign.common.auth import token_for_role, token_for_service
 
-    return settings.service_token or token_for_role(settings.resolved_tokens_file, Role.SERVICE)
+    if settings.service_token:
+        return settings.service_token
+    if service is not None:
+        return token_for_service(settings.resolved_tokens_file, service)
+    return token_for_role(settings.resolved_tokens_file, Role.SERVICE)
 
 
 class Clients:
@@ -151,23 +156,29 @@ class Clients:
     target (``CLINALIGN_<SERVICE>_TARGET``) opened on first use, inside the event loop.
 
     The bearer token is ``token``; else the local token of ``role`` (the CLI and the demo
-    act as a person's role); else this service's own credential (``service_token``). The
+    act as a person's role); else the credential of ``service`` (``service_token``). The
     target is read on every use, so a peer whose address changed gets a fresh channel.
     ``async with Clients(...)`` closes the channels on exit.
     """
 
     def __init__(
-        self, settings: CommonSettings, *, token: str | None = None, role: Role | None = None
+        self,
+        settings: CommonSettings,
+        *,
+        token: str | None = None,
+        role: Role | None = None,
+        service: str | None = None,
     ) -> None:
         self.settings = settings
         self._token = token
         self._role = role
+        self._service = service
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def token(self) -> str:
         if self._token is None:
             if self._role is None:
-                self._token = service_token(self.settings)
+                self._token = service_token(self.settings, self._service)
             else:
                 from clinalign.common.auth import token_for_role
 

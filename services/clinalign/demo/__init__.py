@@ -32,6 +32,7 @@ from typing import Any
 
 from clinalign.common.auth import Role, ensure_principals
 from clinalign.common.config import CommonSettings
+from clinalign.demo.peers import LABELLING_TOOL
 from clinalign.demo.pipeline import FLAGGED_BATCH, GUIDELINE_VERSION, Figures, Pipeline, Plan
 
 __all__ = ["Plan", "run_demo"]
@@ -112,8 +113,11 @@ def run_demo(
         bootstrap(data_dir=common.data_dir, seed=plan.seed)
     panel = SimulatedPanel(n_annotators=5, seed=plan.labelling_seed)
     ensure_tokens(common)
+    # Each simulated clinician, and the labelling tool that stores prompts and drafts for
+    # them, has a credential of its own.
     clinician_tokens = ensure_principals(
-        common.resolved_tokens_file, {a.annotator_id: Role.CLINICIAN for a in panel.annotators}
+        common.resolved_tokens_file,
+        {a.annotator_id: Role.CLINICIAN for a in panel.annotators} | {LABELLING_TOOL: Role.SERVICE},
     )
     echo("== 2. starting the five services")
     stack = Stack(common, extra_env={**model_env(common), **stack_env(plan, threads)})

@@ -28,6 +28,10 @@ JOB_DONE = (
 )
 
 
+# The demo's labelling tool: stores prompts and drafts and queues tasks (role service).
+LABELLING_TOOL = "demo-labelling-tool"
+
+
 class DemoError(RuntimeError):
     """A pipeline step failed; the message says which and why."""
 
@@ -50,13 +54,18 @@ class Peers:
 
         engineer = clients(role=Role.ML_ENGINEER)
         self.trainer = engineer.trainer
-        self.preference = clients(role=Role.SERVICE).preference
+        tool = self.clinician_tokens.get(LABELLING_TOOL)
+        self.preference = (clients(token=tool) if tool else clients(role=Role.SERVICE)).preference
         self.preference_admin = engineer.preference
         self.generation = engineer.generation
         self.ehr = clients(role=Role.EHR_CLIENT).generation
         self.reward = engineer.reward
         self.monitor = engineer.monitor
-        by_clinician = {name: clients(token=t) for name, t in self.clinician_tokens.items()}
+        by_clinician = {
+            name: clients(token=t)
+            for name, t in self.clinician_tokens.items()
+            if name != LABELLING_TOOL
+        }
         self.clinicians = {name: c.monitor for name, c in by_clinician.items()}
         self.clinician_preference = {name: c.preference for name, c in by_clinician.items()}
 

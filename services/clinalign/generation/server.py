@@ -44,7 +44,9 @@ class GenerationApp:
         self.common = common
         self.settings = settings
         self.model_path = settings.model_path or common.data_dir / "models" / "foundation"
-        self.clients = Clients(common)  # the monitor and the trainer's registry
+        self.clients = Clients(
+            common, service="generation"
+        )  # the monitor and the trainer's registry
         self.reporter: MonitorReporter | None = None
         if settings.report_to_monitor:
             spool = OutputSpool(

@@ -60,7 +60,7 @@ class MonitorApp(DatabaseApp):
         super().__init__(Database(url, store.Base, MIGRATIONS, baseline_table="outputs"))
         self.settings = settings
         limits = Limits.from_settings(settings)
-        self.peers = Clients(common)
+        self.peers = Clients(common, service="monitor")
         self.retraining = retraining.Retraining(
             self.db, self.peers, retraining.Policy.from_settings(settings)
         )

@@ -45,7 +45,7 @@ class RewardApp:
         self.costs = ActiveModel(self._loader(common_pb2.MODEL_KIND_COST), _nothing, "cost")
         self.servicer = RewardServicer(settings, self.models, self.costs, self.activate)
         self._readiness: Readiness | None = None
-        self.clients = Clients(common)  # the trainer's registry
+        self.clients = Clients(common, service="reward")  # the trainer's registry
         self.follower = RegistryFollower(
             self.clients,
             {

@@ -59,7 +59,7 @@ def replay_fetcher(common: CommonSettings) -> ReplayFetcher:
     async def fetch(min_severity: str) -> list[ReplayCase]:
         cases: list[ReplayCase] = []
         token = ""
-        async with Clients(common) as clients:
+        async with Clients(common, service="trainer") as clients:
             while True:
                 try:
                     page = await clients.monitor.ListReplayCases(

@@ -194,7 +194,7 @@ async def score_remote(
     The chunks must agree on the versions."""
     from clinalign.reward.v1 import reward_pb2
 
-    async with Clients(common) as clients:
+    async with Clients(common, service="trainer-job") as clients:
         stub = clients.reward
 
         async def chunk(start: int) -> Scores:

@@ -116,7 +116,7 @@ async def fetch_snapshot(
 ) -> tuple[bytes, str]:
     """(JSONL export of both splits of one record kind, the snapshot's manifest JSON), as
     `clinalign snapshot export` fetches them, with the service token."""
-    async with Clients(common) as clients:
+    async with Clients(common, service="trainer-job") as clients:
         stub = clients.preference
         got = await stub.GetSnapshot(pb.GetSnapshotRequest(id=snapshot_id), timeout=30)
         request = pb.ExportSnapshotRequest(id=snapshot_id, format=pb.EXPORT_FORMAT_JSONL, kind=kind)
