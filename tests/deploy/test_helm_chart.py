@@ -283,7 +283,9 @@ def test_no_secret_values_outside_secrets(combo: str) -> None:
             text = base64.b64decode(raw).decode()
             values.add(text)
             if text.startswith("{"):
-                values |= {t.get("token") or t["sha256"] for t in json.loads(text)["tokens"]}
+                parsed = json.loads(text)
+                values |= {t.get("token") or t["sha256"] for t in parsed.get("tokens", [])}
+                values |= set(parsed.get("keys", {}).values())  # the audit keys
     assert any(len(v) >= 32 for v in values)
     for doc in docs:
         if doc["kind"] == "Secret":
@@ -933,3 +935,21 @@ def test_otel_settings_reach_every_service() -> None:
         env = env_of(main_container(docs, service))
         assert env["CLINALIGN_OTEL_ENABLED"] == "true"
         assert env["CLINALIGN_OTEL_ENDPOINT"].endswith(":4317")
+
+
+def test_only_the_preference_pod_holds_the_audit_keys() -> None:
+    docs = render("default")
+    (secret,) = of_kind(docs, "Secret")
+    keys = json.loads(base64.b64decode(secret["data"]["audit-keys.json"]))
+    assert len(base64.b64decode(keys["keys"][keys["current"]])) == 32
+    for service in SERVICES:
+        auth = next(
+            v
+            for v in pod_spec(component(docs, "Deployment", service))["volumes"]
+            if v["name"] == "auth"
+        )
+        projected = [i["key"] for i in auth["secret"]["items"]]
+        assert ("audit-keys.json" in projected) == (service == "preference"), service
+    env = env_of(main_container(docs, "preference"))
+    assert env["CLINALIGN_PREFERENCE_AUDIT_KEYS_FILE"] == "/etc/clinalign/auth/audit-keys.json"
+    assert env["CLINALIGN_PREFERENCE_AUDIT_ANCHOR_TO_LOG"] == "true"

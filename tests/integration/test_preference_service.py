@@ -593,17 +593,21 @@ async def test_snapshot_anchors_reveal_a_truncated_audit_log(h: Harness) -> None
     assert "truncated" in result.message
 
 
-async def test_audit_verify_cli(h: Harness) -> None:
+async def test_audit_verify_cli(h: Harness, common: CommonSettings) -> None:
     from typer.testing import CliRunner
 
     from clinalign.cli import app
 
     await h.setup()
     runner = CliRunner()
-    ok = runner.invoke(app, ["audit", "verify", "--database-url", h.app.db.url])
+    args = ["audit", "verify", "--database-url", h.app.db.url, "--data-dir", str(common.data_dir)]
+    ok = runner.invoke(app, args)
     assert ok.exit_code == 0 and "audit log intact: 3 entries" in ok.output
+    # Without the service's keys its HMACs cannot be checked, and the CLI says so.
+    keyless = runner.invoke(app, ["audit", "verify", "--database-url", h.app.db.url])
+    assert keyless.exit_code == 1 and "no audit keys file was given" in keyless.output
     await h.app.db.run_write(
         lambda s: s.execute(text("UPDATE audit_log SET action = 'nothing' WHERE seq = 1"))
     )
-    bad = runner.invoke(app, ["audit", "verify", "--database-url", h.app.db.url])
+    bad = runner.invoke(app, args)
     assert bad.exit_code == 1 and "BROKEN at entry 1" in bad.output

@@ -268,3 +268,12 @@ async def test_a_principal_over_its_rate_is_resource_exhausted_with_a_retry_hint
             assert 1000 <= int(trailers[PUSHBACK_TRAILER]) <= 2000
         async with client(running, limited, tokens["dr-b"]) as ch:
             await monitor_pb2_grpc.MonitorServiceStub(ch).ListFlags(request)
+        # ClinAlign's own clients retry a refused call after the server's pushback.
+        from clinalign.common.channels import open_channel
+
+        async with open_channel(
+            f"127.0.0.1:{running.port}", limited, tokens["dr-a"], retry_refused=True
+        ) as ch:
+            started = asyncio.get_running_loop().time()
+            await monitor_pb2_grpc.MonitorServiceStub(ch).ListFlags(request, timeout=10)
+            assert asyncio.get_running_loop().time() - started >= 0.5

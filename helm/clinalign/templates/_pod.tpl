@@ -170,6 +170,14 @@ failureThreshold: {{ .timing.failureThreshold }}
 {{- if has $c (list "preference" "trainer" "monitor") }}
 {{- include "clinalign.databaseEnv" . }}
 {{- end }}
+{{- if eq $c "preference" }}
+# The audit chain's HMAC keys (mounted from the auth Secret, this pod only); its signed
+# checkpoints go to the log stream, outside the database.
+- name: CLINALIGN_PREFERENCE_AUDIT_KEYS_FILE
+  value: /etc/clinalign/auth/audit-keys.json
+- name: CLINALIGN_PREFERENCE_AUDIT_ANCHOR_TO_LOG
+  value: "true"
+{{- end }}
 {{- if eq $c "generation" }}
 - name: CLINALIGN_GENERATION_MODEL_PATH
   value: {{ include "clinalign.generationModelPath" $root | quote }}

@@ -96,26 +96,48 @@ def audit_verify(
             " or <data_dir>/preference.db)."
         ),
     ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="Audit keys file (default: CLINALIGN_PREFERENCE_AUDIT_KEYS_FILE or "
+            "<data_dir>/audit-keys.json)."
+        ),
+    ] = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            help="Signed checkpoints, JSON lines (default: CLINALIGN_PREFERENCE_AUDIT_ANCHOR_"
+            "FILE or <data_dir>/audit-anchors.jsonl when it exists; a shipped log works too)."
+        ),
+    ] = None,
 ) -> None:
-    """Verify the hash chain of the audit log (exit status 1 if any entry was edited,
-    deleted, reordered or cut off)."""
+    """Verify the audit log: its keyed hash chain, and that it still holds every signed
+    checkpoint of its head (exit status 1 if any entry was edited, deleted, reordered, the
+    chain rewritten or cut off)."""
     from clinalign.common.db import Database, default_sqlite_url
     from clinalign.preference import audit
+    from clinalign.preference.audit_keys import AuditKeyError, load_keyring, read_checkpoints
     from clinalign.preference.config import PreferenceSettings
     from clinalign.preference.models import Base
 
     common = common_settings(data_dir)
-    url = (
-        database_url
-        or PreferenceSettings().database_url
-        or default_sqlite_url(common.data_dir, "preference")
-    )
+    settings = PreferenceSettings()
+    url = database_url or settings.database_url or default_sqlite_url(common.data_dir, "preference")
+    keys = keys or settings.audit_keys_file or common.data_dir / "audit-keys.json"
+    default_anchors = settings.audit_anchor_file or common.data_dir / "audit-anchors.jsonl"
+    anchors = anchors or (default_anchors if default_anchors.exists() else None)
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    try:
+        keyring = load_keyring(keys) if keys.exists() else None
+        checkpoints = list(read_checkpoints(anchors)) if anchors else []
+    except (AuditKeyError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     db = Database(url, Base)
     try:
         with db.sessions() as session:
-            result = audit.verify(session)
+            result = audit.verify(session, keyring, checkpoints)
     except (OperationalError, ProgrammingError) as exc:
         typer.echo(
             f"{url}: no preference-store schema here ({type(exc).__name__}); start the "
@@ -126,10 +148,42 @@ def audit_verify(
     finally:
         db.dispose()
     if result.ok:
-        typer.echo(f"audit log intact: {result.entries} entries")
+        held = f", {len(checkpoints)} checkpoints held" if checkpoints else ", no checkpoints"
+        typer.echo(f"audit log intact: {result.entries} entries{held}")
         return
     typer.echo(f"audit log BROKEN at entry {result.first_bad_sequence}: {result.message}", err=True)
     raise typer.Exit(1)
+
+
+@audit_app.command("new-keys")
+def audit_new_keys(
+    path: Annotated[Path, typer.Argument(help="Audit keys file to write (mode 0600).")],
+) -> None:
+    """Write an audit keys file with one fresh key, for a Secret (key audit-keys.json)."""
+    from clinalign.preference.audit_keys import ensure_keyring
+
+    if path.exists():
+        typer.echo(
+            f"error: {path} exists; rotate its keys with `clinalign audit rotate-key`", err=True
+        )
+        raise typer.Exit(1)
+    keyring = ensure_keyring(path)
+    typer.echo(f"{path}: key {keyring.current_id} (current)")
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key(
+    path: Annotated[Path, typer.Argument(help="Audit keys file to add a key to.")],
+) -> None:
+    """Add a fresh key and make it current; the older keys stay, so the entries they
+    signed still verify. Update the Secret and restart the preference service."""
+    from clinalign.preference.audit_keys import AuditKeyError, rotate
+
+    try:
+        typer.echo(f"{path}: key {rotate(path)} is now current")
+    except AuditKeyError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 def deid(

@@ -11,6 +11,7 @@ the OpenTelemetry client instrumentation when tracing is on.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -106,6 +107,28 @@ def channel_options(settings: CommonSettings) -> list[tuple[str, int | str]]:
     ]
 
 
+# gRPC's own retries (gRFC A6) for calls a server refused before running them: it answers
+# RESOURCE_EXHAUSTED with a grpc-retry-pushback-ms trailer when a principal is over its rate
+# (clinalign.common.quotas), and the channel waits that long. Without the trailer the backoff
+# applies; the server's handler never ran, so a retry cannot do anything twice.
+_RATE_LIMIT_RETRY = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+                },
+            }
+        ]
+    }
+)
+
+
 def open_channel(
     target: str,
     settings: CommonSettings,
@@ -113,14 +136,18 @@ def open_channel(
     *,
     client_cert: tuple[Path, Path] | None = None,
     server_name: str = "",
+    retry_refused: bool = False,
 ) -> grpc.aio.Channel:
     """An asyncio channel to a ClinAlign service, authenticated with ``token``.
     ``server_name``: the name its certificate carries, when ``target`` is an address (one
-    replica of a Service)."""
+    replica of a Service). ``retry_refused``: retry RESOURCE_EXHAUSTED, honouring the
+    server's pushback (``_RATE_LIMIT_RETRY``)."""
     interceptors: list[grpc.aio.ClientInterceptor] = [
         cls(token) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
     ]
     options = channel_options(settings)
+    if retry_refused:
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", _RATE_LIMIT_RETRY)]
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     if settings.tls_ca_file is None:
@@ -189,7 +216,9 @@ class Clients:
         """The channel to ``service`` (a name in ``CommonSettings.target``)."""
         target = self.settings.target(service)
         if target not in self._channels:
-            self._channels[target] = open_channel(target, self.settings, self.token())
+            self._channels[target] = open_channel(
+                target, self.settings, self.token(), retry_refused=True
+            )
         return self._channels[target]
 
     @property

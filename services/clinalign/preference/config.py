@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -23,4 +25,21 @@ class PreferenceSettings(ServiceSettings):
     )
     max_batch: int = Field(
         1_000, ge=1, le=100_000, description="Most items one Submit* call may carry."
+    )
+    audit_keys_file: Path | None = Field(
+        None,
+        description="JSON file of the audit chain's HMAC keys (`current` and `keys`), from a "
+        "Secret; default <data_dir>/audit-keys.json, written with a fresh key if absent.",
+    )
+    audit_anchor_file: Path | None = Field(
+        None,
+        description="JSON-lines file the signed checkpoints of the audit chain's head are "
+        "appended to, outside the database; unset: <data_dir>/audit-anchors.jsonl, or the "
+        "log stream when audit_anchor_to_log is set.",
+    )
+    audit_anchor_to_log: bool = Field(
+        False, description="Write the checkpoints to the log stream instead of a file."
+    )
+    audit_anchor_interval_s: float = Field(
+        60.0, gt=0, le=86_400, description="Seconds between checkpoints of the audit chain."
     )

@@ -208,7 +208,8 @@ class SnapshotRecordRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only, hash-chained: entry_hash = SHA-256(prev_hash + canonical entry)."""
+    """Append-only, hash-chained: entry_hash = HMAC-SHA256(key, prev_hash + canonical
+    entry) (plain SHA-256 for entries written before keying)."""
 
     __tablename__ = "audit_log"
 
@@ -218,4 +219,6 @@ class AuditRow(Base):
     object: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     prev_hash: Mapped[str] = mapped_column(String(64))
+    # The audit key the entry's HMAC used; "" for entries written before the chain was keyed.
+    key_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
     entry_hash: Mapped[str] = mapped_column(String(64))
