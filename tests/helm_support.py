@@ -24,6 +24,8 @@ CRD_KINDS = ("ServiceMonitor", "PrometheusRule", "ScaledObject", "Certificate")
 # Value combinations a platform team installs; each renders once per test session.
 COMBOS: dict[str, dict[str, Any]] = {
     "default": {},
+    # Plaintext only by explicit value (a service mesh encrypts beneath ClinAlign).
+    "plaintext": {"tls": {"enabled": False}},
     "dev-cpu": {"gpu": {"enabled": False}},
     "dev-cpu-jobs": {
         "gpu": {"enabled": False},
@@ -45,6 +47,7 @@ COMBOS: dict[str, dict[str, Any]] = {
         "database": {"external": {"existingSecret": "clinalign-db"}},
         "trainer": {"executor": "kubernetes", "jobs": {"existingSecret": "clinalign-trainer-job"}},
         "auth": {"existingSecret": "clinalign-tokens"},
+        "tls": {"existingSecret": "clinalign-tls"},
         "preference": {"replicas": 3},
         "networkPolicy": {"database": {"cidrs": ["10.0.5.0/24"]}},
     },

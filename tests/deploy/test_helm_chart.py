@@ -162,7 +162,6 @@ def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], fiel
             "postgresql.enabled)",
         ),
         ({"keda": {"enabled": True}}, "keda.prometheusServerAddress is required"),
-        ({"tls": {"enabled": True}}, "tls.existingSecret"),
         ({"oidc": {"issuer": "https://idp.example.org"}}, "oidc.audience is required"),
         ({"preference": {"replicas": 2}}, "preference.replicas must be 1: its SQLite store"),
         ({"trainer": {"replicas": 2}}, "trainer.replicas must be 1"),
@@ -305,7 +304,7 @@ def test_no_secret_values_outside_secrets(combo: str) -> None:
 
 
 def test_generated_tokens_every_role_and_one_credential_per_service() -> None:
-    (secret,) = of_kind(render("default"), "Secret")
+    secret = named(render("default"), "Secret", f"{FULLNAME}-credentials")
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     tokens = json.loads(data["tokens.json"])["tokens"]
     assert {t["role"] for t in tokens} == {
@@ -419,7 +418,7 @@ def test_trainer_job_settings_match_the_chart() -> None:
     job_sa = component(docs, "ServiceAccount", "trainer-job")
     assert env["CLINALIGN_TRAINER_KUBERNETES_SERVICE_ACCOUNT"] == job_sa["metadata"]["name"]
     assert job_sa["automountServiceAccountToken"] is False
-    (secret,) = of_kind(docs, "Secret")
+    secret = named(docs, "Secret", f"{FULLNAME}-credentials")
     assert env["CLINALIGN_TRAINER_KUBERNETES_SECRET_NAME"] == secret["metadata"]["name"]
     for key in ("DATABASE_URL", "SERVICE_TOKEN"):
         assert env[f"CLINALIGN_TRAINER_KUBERNETES_SECRET_{key}_KEY"] in secret["data"]
@@ -654,7 +653,7 @@ def test_gpu_disabled_for_dev_clusters(combo: str) -> None:
 
 
 def test_grpc_probes() -> None:
-    docs = render("default")
+    docs = render("plaintext")  # with TLS (the default) the probes run the chart's script
     for service in SERVICES:
         container = main_container(docs, service)
         port = container["ports"][0]["containerPort"]
@@ -667,7 +666,9 @@ def test_grpc_probes() -> None:
         startup = main_container(docs, service)["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     # A reward model configured at start: readiness follows the model.
-    loaded = render_raw({"reward": {"modelPath": "/var/lib/clinalign/models/rm"}})
+    loaded = render_raw(
+        {"reward": {"modelPath": "/var/lib/clinalign/models/rm"}, "tls": {"enabled": False}}
+    )
     assert f'service: "{_full_name("reward")}"' in "".join(loaded.values())
 
 
@@ -755,7 +756,7 @@ def test_storage_modes() -> None:
     # In-cluster PostgreSQL: the URLs come from the chart's credentials Secret.
     docs = render("postgresql")
     component(docs, "StatefulSet", "postgresql")
-    (secret,) = of_kind(docs, "Secret")
+    secret = named(docs, "Secret", f"{FULLNAME}-credentials")
     url = base64.b64decode(secret["data"]["trainer-database-url"]).decode()
     assert url.startswith("postgresql://clinalign:") and f"@{FULLNAME}-postgresql:5432/" in url
     ref = env_of(main_container(docs, "monitor"))["CLINALIGN_MONITOR_DATABASE_URL"]
@@ -793,7 +794,7 @@ def test_serving_pods_mount_the_registry_read_only_and_spool_locally(combo: str)
 # -- TLS, tests, monitoring assets ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("combo", ["tls-secret", "tls-cert-manager"])
+@pytest.mark.parametrize("combo", ["default", "tls-secret", "tls-cert-manager"])
 def test_tls(combo: str) -> None:
     docs = render(combo)
     secret = "clinalign-tls" if combo == "tls-secret" else f"{FULLNAME}-tls"
@@ -803,7 +804,7 @@ def test_tls(combo: str) -> None:
         assert env["CLINALIGN_TLS_CERT_FILE"] == "/etc/clinalign/tls/tls.crt"
         assert env["CLINALIGN_TLS_KEY_FILE"] == "/etc/clinalign/tls/tls.key"
         assert env["CLINALIGN_TLS_CA_FILE"] == "/etc/clinalign/tls/ca.crt"
-        assert ("CLINALIGN_TLS_CLIENT_CA_FILE" in env) == (combo == "tls-secret")
+        assert "CLINALIGN_TLS_CLIENT_CA_FILE" in env  # mutual TLS by default
         assert env["CLINALIGN_PROBE_TLS_NAME"] == f"{FULLNAME}-{service}"
         # kubelet's gRPC probe has no TLS: the probes run the chart's script.
         assert container["readinessProbe"]["exec"]["command"][:2] == [
@@ -922,7 +923,11 @@ def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
 
 
 def test_dashboard_config_map() -> None:
-    (cm,) = of_kind(render("default"), "ConfigMap")
+    (cm,) = [
+        c
+        for c in of_kind(render("default"), "ConfigMap")
+        if c["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(cm["data"]["clinalign-dashboard.json"])
     shipped = json.loads((ROOT / "deploy/grafana/clinalign-dashboard.json").read_text())
@@ -939,7 +944,7 @@ def test_otel_settings_reach_every_service() -> None:
 
 def test_only_the_preference_pod_holds_the_audit_keys() -> None:
     docs = render("default")
-    (secret,) = of_kind(docs, "Secret")
+    secret = named(docs, "Secret", f"{FULLNAME}-credentials")
     keys = json.loads(base64.b64decode(secret["data"]["audit-keys.json"]))
     assert len(base64.b64decode(keys["keys"][keys["current"]])) == 32
     for service in SERVICES:
@@ -953,3 +958,21 @@ def test_only_the_preference_pod_holds_the_audit_keys() -> None:
     env = env_of(main_container(docs, "preference"))
     assert env["CLINALIGN_PREFERENCE_AUDIT_KEYS_FILE"] == "/etc/clinalign/auth/audit-keys.json"
     assert env["CLINALIGN_PREFERENCE_AUDIT_ANCHOR_TO_LOG"] == "true"
+
+
+def test_mutual_tls_by_default_and_plaintext_only_by_explicit_value_with_a_warning() -> None:
+    docs = render("default")
+    secret = named(docs, "Secret", f"{FULLNAME}-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for service in SERVICES:
+        env = env_of(main_container(docs, service))
+        assert env["CLINALIGN_TLS_CLIENT_CA_FILE"] == "/etc/clinalign/tls/ca.crt"
+    assert "plaintext" not in notes("default")
+    plain = render("plaintext")
+    assert not [s for s in of_kind(plain, "Secret") if s["metadata"]["name"].endswith("-tls")]
+    assert all("CLINALIGN_TLS_CERT_FILE" not in env_of(main_container(plain, s)) for s in SERVICES)
+    assert "WARNING: tls.enabled is false" in notes("plaintext")
+    # Re-used from the cluster on upgrade, generated only on first install.
+    source = (CHART / "templates/certificate.yaml").read_text()
+    assert "lookup" in source and "genCA" in source

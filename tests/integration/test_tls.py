@@ -123,3 +123,72 @@ async def test_mtls_rejects_a_client_without_a_certificate(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _stats(target, client_settings)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_renewed_certificate_files_serve_without_a_restart(
+    common: CommonSettings, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """The server's files are replaced by a certificate from another CA (as a renewal
+    from cert-manager or an updated Secret would): new connections get it at once."""
+    import os
+
+    from clinalign.common.certificates import issue
+
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    cert.write_bytes(pki["server_cert"].read_bytes())
+    key.write_bytes(pki["server_key"].read_bytes())
+    server_common = common.model_copy(update={"tls_cert_file": cert, "tls_key_file": key})
+    app = MonitorApp(server_common, MonitorSettings(port=0))
+    async with serving(app, server_common) as running:
+        target = f"localhost:{running.port}"
+        await _stats(target, common.model_copy(update={"tls_ca_file": pki["ca"]}))
+        renewed = issue(tmp_path / "renewed", ["localhost"])
+        # Write to a temporary name and rename over, as Kubernetes swaps a Secret volume.
+        for src, dst in ((renewed["tls.crt"], cert), (renewed["tls.key"], key)):
+            tmp = dst.with_suffix(".new")
+            tmp.write_bytes(src.read_bytes())
+            os.replace(tmp, dst)
+        await _stats(target, common.model_copy(update={"tls_ca_file": renewed["ca.crt"]}))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _stats(target, common.model_copy(update={"tls_ca_file": pki["ca"]}))
+
+
+async def test_the_charts_generated_and_the_clis_certificates_carry_mutual_tls(
+    common: CommonSettings, tmp_path: Path
+) -> None:
+    """The CA and certificate the Helm chart generates (and `clinalign tls new`'s) work
+    for real: a service serves with it, another presents it as its client certificate,
+    under the Service's DNS name; a client without one is refused."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from clinalign.cli import app as cli
+    from tests.helm_support import FULLNAME, named, render
+
+    secret = named(render("default"), "Secret", f"{FULLNAME}-tls")
+    chart_dir = tmp_path / "chart"
+    chart_dir.mkdir()
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        (chart_dir / name).write_bytes(base64.b64decode(secret["data"][name]))
+    cli_dir = tmp_path / "cli"
+    made = CliRunner().invoke(cli, ["tls", "new", str(cli_dir), "--release", FULLNAME])
+    assert made.exit_code == 0, made.output
+    for files in (chart_dir, cli_dir):
+        tls = {
+            "tls_cert_file": files / "tls.crt",
+            "tls_key_file": files / "tls.key",
+            "tls_client_ca_file": files / "ca.crt",
+            "tls_ca_file": files / "ca.crt",
+        }
+        server_common = common.model_copy(update=tls)
+        app = MonitorApp(server_common, MonitorSettings(port=0))
+        async with serving(app, server_common) as running:
+            target = f"127.0.0.1:{running.port}"
+            name = f"{FULLNAME}-monitor"  # the Service's name, as the services call it
+            await _stats(target, server_common, server_name=name)
+            await _stats(target, server_common, server_name=f"{name}.clinalign.svc")
+            anonymous = common.model_copy(update={"tls_ca_file": files / "ca.crt"})
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _stats(target, anonymous, server_name=name)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE

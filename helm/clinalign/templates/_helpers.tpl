@@ -121,12 +121,26 @@ calls are balanced over every ready pod (the channels use round_robin). */}}
 {{- printf "%s-credentials" (include "clinalign.fullname" .) -}}
 {{- end -}}
 
+{{/* The services' certificate: an existing Secret, cert-manager's, or the chart's own. */}}
 {{- define "clinalign.tlsSecretName" -}}
-{{- if .Values.tls.certManager.enabled -}}
-{{- printf "%s-tls" (include "clinalign.fullname" .) -}}
+{{- if and .Values.tls.existingSecret (not .Values.tls.certManager.enabled) -}}
+{{- .Values.tls.existingSecret -}}
 {{- else -}}
-{{- required "tls.existingSecret (or tls.certManager.enabled) is required when tls.enabled" .Values.tls.existingSecret -}}
+{{- printf "%s-tls" (include "clinalign.fullname" .) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Every name a service is called by: its Service, in each DNS form, and the headless one. */}}
+{{- define "clinalign.tlsDnsNames" -}}
+{{- $root := . -}}
+{{- $names := list -}}
+{{- range $c := splitList " " (include "clinalign.services" $root) }}
+{{- $name := include "clinalign.componentName" (dict "root" $root "component" $c) -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- $names = concat $names (list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.%s" $name $ns $root.Values.clusterDomain) (printf "%s-headless" $name)) -}}
+{{- end }}
+{{- $names = concat $names $root.Values.tls.certManager.extraDnsNames -}}
+{{- toJson $names -}}
 {{- end -}}
 
 {{- define "clinalign.claimName" -}}

@@ -83,6 +83,36 @@ def tokens_verify_file(
     typer.echo(f"{out}: {len(entries)} principals, digests only")
 
 
+tls_app = typer.Typer(no_args_is_help=True, help="Certificates for TLS between the services.")
+
+
+@tls_app.command("new")
+def tls_new(
+    out: Annotated[Path, typer.Argument(help="Directory for ca.crt, tls.crt and tls.key.")],
+    release: Annotated[
+        str, typer.Option(help="The Helm release (or kustomize name prefix).")
+    ] = "clinalign",
+    namespace: Annotated[
+        str, typer.Option(help="The namespace the services run in.")
+    ] = "clinalign",
+    cluster_domain: Annotated[
+        str, typer.Option(help="The cluster's DNS domain.")
+    ] = "cluster.local",
+    extra_name: Annotated[
+        list[str] | None, typer.Option(help="Another DNS name (an ingress host); repeatable.")
+    ] = None,
+) -> None:
+    """Write a private CA and one certificate for every service name (server and client
+    auth, for mutual TLS), for `kubectl create secret generic clinalign-tls --from-file=...`
+    where cert-manager is not available."""
+    from clinalign.common.certificates import issue, service_names
+
+    names = service_names(release, namespace, cluster_domain) + list(extra_name or [])
+    paths = issue(out, names)
+    typer.echo(f"{out}: ca.crt, tls.crt and tls.key (mode 0600) for {len(names)} names")
+    del paths
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="The preference store's audit log.")
 
 

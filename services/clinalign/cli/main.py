@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from clinalign.cli.admin import audit_app, deid, migrate, tokens_app
+from clinalign.cli.admin import audit_app, deid, migrate, tls_app, tokens_app
 from clinalign.cli.generate import generate, smoke
 from clinalign.cli.jobs import jobs_app
 from clinalign.cli.models import import_model, models_app
@@ -226,6 +226,7 @@ app.command("lineage")(lineage)
 app.command()(generate)
 app.command()(smoke)
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(tls_app, name="tls")
 app.add_typer(audit_app, name="audit")
 app.command()(deid)
 app.command()(migrate)

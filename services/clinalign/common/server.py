@@ -104,17 +104,51 @@ class RunningServer:
         await self.app.stop()
 
 
+class _ReloadingCertificates:
+    """The server's certificate files as they are now: on each new TLS handshake grpc asks
+    (``fetch``) and gets a new configuration when any file changed since, so a renewed
+    certificate (cert-manager, an updated Secret) serves without a restart. Connections
+    already open keep the certificate they began with."""
+
+    def __init__(self, common: CommonSettings) -> None:
+        assert common.tls_cert_file is not None and common.tls_key_file is not None
+        self.cert, self.key, self.ca = (
+            common.tls_cert_file,
+            common.tls_key_file,
+            common.tls_client_ca_file,
+        )
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, ...]:
+        return tuple(p.stat().st_mtime_ns for p in (self.cert, self.key, self.ca) if p)
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        pair = (self.key.read_bytes(), self.cert.read_bytes())
+        return grpc.ssl_server_certificate_configuration(
+            [pair], root_certificates=self.ca.read_bytes() if self.ca else None
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            stamp = self._stamp()
+            if stamp == self.stamp:
+                return None
+            configuration = self.configuration()
+        except (OSError, ValueError):
+            return None  # half-written files: keep serving the last good ones
+        self.stamp = stamp
+        log.info("TLS certificate files changed; new handshakes use them")
+        return configuration
+
+
 def _server_credentials(common: CommonSettings) -> grpc.ServerCredentials | None:
     if not common.tls_enabled:
         return None
-    assert common.tls_cert_file is not None and common.tls_key_file is not None
-    pair = (common.tls_key_file.read_bytes(), common.tls_cert_file.read_bytes())
-    if common.tls_client_ca_file is None:
-        return grpc.ssl_server_credentials([pair])
-    return grpc.ssl_server_credentials(
-        [pair],
-        root_certificates=common.tls_client_ca_file.read_bytes(),
-        require_client_auth=True,
+    files = _ReloadingCertificates(common)
+    return grpc.dynamic_ssl_server_credentials(
+        files.configuration(),
+        files.fetch,
+        require_client_authentication=common.tls_client_ca_file is not None,
     )
 
 
