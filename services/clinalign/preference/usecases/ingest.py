@@ -9,7 +9,9 @@ inside the transaction, so a batch that fails one writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -34,6 +36,25 @@ from clinalign.preference.usecases import Core
 Item = TypeVar("Item")
 
 
+def _kept(text: str) -> str:
+    """The redactor the store is given for text already de-identified."""
+    return text
+
+
+async def _deidentified(core: Core, items: Sequence[Item], fields: tuple[str, ...]) -> list[Item]:
+    """``items`` with their free-text ``fields`` de-identified, in a worker thread before
+    any transaction opens: the de-identifier is the slow part of a write, and it never
+    runs while the store's write lock is held."""
+
+    def clean() -> list[Item]:
+        return [
+            replace(item, **{f: core.redact(getattr(item, f)) for f in fields if getattr(item, f)})  # type: ignore[type-var]
+            for item in items
+        ]
+
+    return await asyncio.to_thread(clean)
+
+
 async def _submit(
     core: Core,
     principal: str,
@@ -42,17 +63,19 @@ async def _submit(
     field: str,
     items: Sequence[Item],
     check: Callable[[str, Item], None],
-    write: Callable[[Session], list[str]],
+    write: Callable[[Session, list[Item]], list[str]],
+    text_fields: tuple[str, ...] = (),
 ) -> Batch:
-    """Checks each item of ``items`` (request field ``field``), then runs ``write`` once
-    per idempotency key, recorded and audited as ``rpc``."""
+    """Checks each item of ``items`` (request field ``field``), de-identifies its
+    ``text_fields``, then runs ``write`` once per idempotency key, recorded and audited as
+    ``rpc``."""
     validation.check_batch(field, items, core.limits)
     for i, item in enumerate(items):
         check(f"{field}[{i}]", item)
+    digest = store.request_digest(rpc, items)  # of the request as sent
+    clean = await _deidentified(core, items, text_fields)
     return await core.db.run_write(
-        lambda s: store.idempotent(
-            s, key, rpc, principal, lambda: write(s), store.request_digest(rpc, items)
-        )
+        lambda s: store.idempotent(s, key, rpc, principal, lambda: write(s, clean), digest)
     )
 
 
@@ -74,16 +97,18 @@ async def _submit_labels(
     items: Sequence[Labelled],
     check: Callable[[str, Any], None],
     write: Callable[[Session, list[Any]], list[str]],
+    text_fields: tuple[str, ...] = (),
 ) -> Batch:
     """As ``_submit``, for labels: each label's annotator is resolved for the caller
     (``identity.bind``: people only as themselves) before it is checked and written."""
     validation.check_batch(field, items, core.limits)
+    digest = store.request_digest(rpc, items)  # as sent: a replay sends the same
+    clean = await _deidentified(core, items, text_fields)
 
     def work(s: Session) -> Batch:
-        bound = identity.bind(s, caller, field, items)
+        bound = identity.bind(s, caller, field, clean)
         for i, item in enumerate(bound):
             check(f"{field}[{i}]", item)
-        digest = store.request_digest(rpc, items)  # as sent: a replay sends the same
         return store.idempotent(s, key, rpc, caller.name, lambda: write(s, bound), digest)
 
     return await core.db.run_write(work)
@@ -100,7 +125,8 @@ async def submit_prompts(
         "prompts",
         prompts,
         lambda f, p: validation.check_prompt(f, p, core.limits),
-        lambda s: store.add_prompts(s, prompts, core.redact, principal),
+        lambda s, clean: store.add_prompts(s, clean, _kept, principal),
+        ("text",),
     )
 
 
@@ -118,7 +144,8 @@ async def submit_responses(
         "responses",
         responses,
         lambda f, r: validation.check_response(f, r, core.limits),
-        lambda s: store.add_responses(s, responses, core.redact, principal),
+        lambda s, clean: store.add_responses(s, clean, _kept, principal),
+        ("text",),
     )
 
 
@@ -180,7 +207,8 @@ async def submit_corrections(
         "corrections",
         corrections,
         lambda f, c: validation.check_correction(f, c, core.limits),
-        lambda s, items: store.add_corrections(s, items, core.redact, caller.name),
+        lambda s, items: store.add_corrections(s, items, _kept, caller.name),
+        ("corrected_text", "comment"),
     )
 
 
@@ -195,7 +223,8 @@ async def submit_error_annotations(
         "annotations",
         annotations,
         lambda f, a: validation.check_annotation(f, a, core.limits),
-        lambda s, items: store.add_annotations(s, items, core.redact),
+        lambda s, items: store.add_annotations(s, items, _kept),
+        ("comment",),
     )
 
 

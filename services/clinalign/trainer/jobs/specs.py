@@ -16,6 +16,7 @@ dpo) and ``ppo_job``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,46 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+# Upper bounds on the sizes that drive a job's cost, whichever job kind has them; every
+# other number is held to _ANY_NUMBER and must be finite. A job asking for more is a
+# caller's mistake (or an attempt to take the GPU pool), refused before it is queued.
+_CAPS: dict[str, int] = {
+    "max_length": 32_768,
+    "max_prompt_length": 32_768,
+    "response_length": 8_192,
+    "norm_max_new_tokens": 8_192,
+    "batch_size": 4_096,
+    "eval_batch_size": 4_096,
+    "rollout_batch_size": 4_096,
+    "samples_per_prompt": 64,
+    "minibatches": 1_024,
+    "gradient_accumulation_steps": 1_024,
+    "iterations": 1_000_000,
+    "ppo_epochs": 100,
+    "epochs": 1_000,
+    "norm_prompts": 100_000,
+    "checkpoint_every": 1_000_000,
+    "checkpoint_steps": 1_000_000,
+    "seed": 2**32 - 1,
+}
+_ANY_NUMBER = 1_000_000_000
+_MAX_TEXT = 256
+
+
+def _check_bounds(where: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(where, f"must be a finite number, got {value}")
+    if isinstance(value, int | float):
+        cap = _CAPS.get(key, _ANY_NUMBER)
+        if abs(value) > cap:
+            shown = value if isinstance(value, int) else f"{value:g}"
+            raise InvalidArgument(where, f"must be at most {cap:,} in magnitude, got {shown}")
+    if isinstance(value, str) and len(value) > _MAX_TEXT:
+        raise InvalidArgument(where, f"is over {_MAX_TEXT} characters")
+
+
 def parse_fields(values: dict[str, str], seed: int, hyper_class: Any) -> dict[str, Any]:
     """The spec's ``hyperparameters`` map as fields of the dataclass ``hyper_class`` (which
     has ``seed`` and ``validate()``), checked; errors name ``spec.hyperparameters[<key>]``."""
@@ -78,11 +119,14 @@ def parse_fields(values: dict[str, str], seed: int, hyper_class: Any) -> dict[st
             parsed[key] = None
             continue
         parser = _PARSERS[annotation.removesuffix("| None").strip()]
+        if len(text) > _MAX_TEXT:
+            raise InvalidArgument(where, f"is over {_MAX_TEXT} characters")
         try:
             parsed[key] = parser(text)
         except ValueError:
             kind = annotation.removesuffix("| None").strip()
-            raise InvalidArgument(where, f"{text!r} is not a valid {kind}") from None
+            raise InvalidArgument(where, f"{text[:40]!r} is not a valid {kind}") from None
+        _check_bounds(where, key, parsed[key])
     try:
         hyper_class(**parsed).validate()
     except InvalidArgument as err:
