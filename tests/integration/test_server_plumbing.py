@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clinalign.common.auth import Role
+from clinalign.common.auth import Role, token_for_role
 from clinalign.common.config import CommonSettings
 from clinalign.common.metrics import start_metrics_server
 from clinalign.monitor.config import MonitorSettings
@@ -277,3 +277,31 @@ async def test_a_principal_over_its_rate_is_resource_exhausted_with_a_retry_hint
             started = asyncio.get_running_loop().time()
             await monitor_pb2_grpc.MonitorServiceStub(ch).ListFlags(request, timeout=10)
             assert asyncio.get_running_loop().time() - started >= 0.5
+
+
+async def test_a_services_own_credential_reaches_only_what_that_service_calls(
+    common: CommonSettings,
+) -> None:
+    """RecordOutputs is for the generation service: its credential is admitted, another
+    service's is PERMISSION_DENIED naming both, and an integration's service account (not
+    a ClinAlign service) keeps what role service may do."""
+    from clinalign.common.auth import token_for_service
+
+    request = monitor_pb2.RecordOutputsRequest(outputs=[_output("out-svc")])
+    async with serving(_app(common), common) as running:
+        async with client(
+            running, common, token_for_service(common.resolved_tokens_file, "generation")
+        ) as ch:
+            await monitor_pb2_grpc.MonitorServiceStub(ch).RecordOutputs(request)
+        async with client(
+            running, common, token_for_service(common.resolved_tokens_file, "reward")
+        ) as ch:
+            code, details = await _code(
+                monitor_pb2_grpc.MonitorServiceStub(ch).RecordOutputs(request)
+            )
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "service 'reward' may not call" in details and "allowed: generation" in details
+        async with client(
+            running, common, token_for_role(common.resolved_tokens_file, Role.SERVICE)
+        ) as ch:
+            await monitor_pb2_grpc.MonitorServiceStub(ch).RecordOutputs(request)

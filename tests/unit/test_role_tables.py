@@ -78,3 +78,14 @@ def test_the_security_page_shows_each_rpc_with_its_roles(service: str) -> None:
         cells = " | ".join("✓" if r in allowed else "" for r in _PAGE_ORDER)
         row = f"| `{method.rsplit('/', 1)[1]}` | {cells} |"
         assert row in section, f"docs/security.md lacks or disagrees on: {row}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_rpc_open_to_services_names_which_services(service: str) -> None:
+    from clinalign.common.auth import SERVICE_NAMES
+
+    module = importlib.import_module(f"clinalign.{service}.servicer")
+    open_to_services = {m for m, allowed in module.ROLES.items() if Role.SERVICE in allowed}
+    assert set(module.SERVICE_CALLERS) == open_to_services
+    for method, callers in module.SERVICE_CALLERS.items():
+        assert callers <= set(SERVICE_NAMES), method

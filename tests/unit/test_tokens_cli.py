@@ -39,7 +39,8 @@ def test_each_service_has_a_credential_of_its_own(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     CliRunner().invoke(app, ["tokens", "new", str(path)])
     services = {e.principal: e.token for e in load_tokens(path) if e.role.value == "service"}
-    assert set(services) == {f"svc-{name}" for name in SERVICE_NAMES}
+    # and one integration account (local-service), held by no ClinAlign service
+    assert set(services) == {f"svc-{name}" for name in SERVICE_NAMES} | {"local-service"}
     assert len(set(services.values())) == len(services)
 
 

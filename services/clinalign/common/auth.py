@@ -156,8 +156,21 @@ def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2
 
 
-def authorize(principal: Principal, method: str, table: Mapping[str, frozenset[Role]]) -> None:
-    """Admits the call when any of the principal's roles is among the RPC's."""
+# Which of ClinAlign's own services (their ``svc-<name>`` credentials) may call an RPC that
+# role ``service`` may call: "/pkg.Service/Method" -> service names. A service credential
+# a pod holds reaches only the RPCs that service's code calls.
+ServiceCallers = Mapping[str, frozenset[str]]
+ANY_SERVICE: frozenset[str] = frozenset(SERVICE_NAMES)
+
+
+def authorize(
+    principal: Principal,
+    method: str,
+    table: Mapping[str, frozenset[Role]],
+    callers: ServiceCallers | None = None,
+) -> None:
+    """Admits the call when any of the principal's roles is among the RPC's; a ClinAlign
+    service's own credential only where ``callers`` names that service."""
     allowed = table.get(method)
     if allowed is None:
         # Deny by default: an RPC missing from the table is a bug, not an open door.
@@ -166,6 +179,22 @@ def authorize(principal: Principal, method: str, table: Mapping[str, frozenset[R
         names = ", ".join(sorted(r.value for r in allowed))
         held = ", ".join(sorted(r.value for r in principal.roles))
         raise PermissionDenied(f"role {held!r} may not call {method}; allowed: {names}")
+    service = own_service(principal)
+    if service is not None and callers is not None and principal.roles & allowed == {Role.SERVICE}:
+        admitted = callers.get(method, frozenset())
+        if service not in admitted:
+            names = ", ".join(sorted(admitted)) or "none"
+            raise PermissionDenied(
+                f"service {service!r} may not call {method}; services allowed: {names}"
+            )
+
+
+def own_service(principal: Principal) -> str | None:
+    """The ClinAlign service whose own credential the principal is, if any."""
+    if principal.role is not Role.SERVICE or not principal.name.startswith("svc-"):
+        return None
+    name = principal.name.removeprefix("svc-")
+    return name if name in SERVICE_NAMES else None
 
 
 def _digest(token: str) -> bytes:
@@ -236,13 +265,11 @@ def load_tokens(path: Path) -> list[TokenEntry]:
 
 
 def generate_tokens(path: Path) -> list[TokenEntry]:
-    """Writes a fresh tokens file, mode 0600: one local principal for each role people and
-    tools hold, and one credential for each ClinAlign service (``svc-<name>``)."""
-    entries = [
-        TokenEntry(f"local-{role.value}", role, secrets.token_urlsafe(32))
-        for role in Role
-        if role is not Role.SERVICE
-    ]
+    """Writes a fresh tokens file, mode 0600: one local principal for each role (people,
+    tools and integrations), and one credential for each ClinAlign service (``svc-<name>``)."""
+    # local-service: integrations and tools acting with role service (importing labels),
+    # not held by any ClinAlign service; the services' own are svc-<name>.
+    entries = [TokenEntry(f"local-{role.value}", role, secrets.token_urlsafe(32)) for role in Role]
     entries += [
         TokenEntry(service_principal(name), Role.SERVICE, secrets.token_urlsafe(32))
         for name in SERVICE_NAMES

@@ -17,7 +17,14 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from clinalign.common.auth import PUBLIC_METHODS, Authenticator, Principal, Role, authorize
+from clinalign.common.auth import (
+    PUBLIC_METHODS,
+    Authenticator,
+    Principal,
+    Role,
+    ServiceCallers,
+    authorize,
+)
 from clinalign.common.context import (
     REQUEST_ID_HEADER,
     new_request_id,
@@ -128,11 +135,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         authenticator: Authenticator,
         role_table: Mapping[str, frozenset[Role]],
         quotas: PrincipalQuotas | None = None,
+        service_callers: ServiceCallers | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
         self.role_table = role_table
         self.quotas = quotas
+        self.service_callers = service_callers
         self.health_watches = 0
 
     async def authenticate(self, method: str, authorization: str | None) -> Principal:
@@ -142,7 +151,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             principal = await asyncio.to_thread(self.authenticator.authenticate, authorization)
         else:
             principal = self.authenticator.authenticate(authorization)
-        authorize(principal, method, self.role_table)
+        authorize(principal, method, self.role_table, self.service_callers)
         return principal
 
     async def intercept_service(

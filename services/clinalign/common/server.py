@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from clinalign.common.auth import Authenticator, Role
+from clinalign.common.auth import Authenticator, Role, ServiceCallers
 from clinalign.common.channels import channel_options
 from clinalign.common.config import CommonSettings, ServiceSettings
 from clinalign.common.db import Database
@@ -50,6 +50,7 @@ class ServiceApp(Protocol):
     name: str  # "generation": directory, metric label, log field
     full_name: str  # "clinalign.generation.v1.GenerationService": health and reflection
     roles: Mapping[str, frozenset[Role]]  # "/pkg.Service/Method" -> roles admitted
+    service_callers: ServiceCallers  # "/pkg.Service/Method" -> ClinAlign services admitted
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the servicer(s) to the server."""
@@ -162,7 +163,11 @@ async def create_server(
     server = grpc.aio.server(
         interceptors=[
             ServerInterceptor(
-                app.name, authenticator, app.roles, PrincipalQuotas(common.rate_limits)
+                app.name,
+                authenticator,
+                app.roles,
+                PrincipalQuotas(common.rate_limits),
+                app.service_callers,
             )
         ],
         options=[
@@ -268,6 +273,7 @@ class DatabaseApp:
     name: str
     full_name: str
     roles: Mapping[str, frozenset[Role]]
+    service_callers: ServiceCallers
 
     def __init__(self, db: Database) -> None:
         self.db = db

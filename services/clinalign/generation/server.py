@@ -22,7 +22,7 @@ from clinalign.generation.config import GenerationSettings
 from clinalign.generation.engine import LocalBackend
 from clinalign.generation.reporter import MonitorReporter
 from clinalign.generation.router import Router
-from clinalign.generation.servicer import ROLES, GenerationServicer
+from clinalign.generation.servicer import ROLES, SERVICE_CALLERS, GenerationServicer
 from clinalign.generation.spool import OutputSpool
 from clinalign.generation.usecases import Generation
 from clinalign.generation.v1 import generation_pb2_grpc
@@ -39,6 +39,7 @@ class GenerationApp:
     name = "generation"
     full_name = "clinalign.generation.v1.GenerationService"
     roles = ROLES
+    service_callers = SERVICE_CALLERS
 
     def __init__(self, common: CommonSettings, settings: GenerationSettings) -> None:
         self.common = common

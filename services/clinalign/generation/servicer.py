@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import grpc.aio
 
-from clinalign.common.auth import ALL_ROLES, Role, roles
+from clinalign.common.auth import ALL_ROLES, ANY_SERVICE, Role, ServiceCallers, roles
 from clinalign.generation.convert import (
     candidates_from_proto,
     completion_to_proto,
@@ -28,6 +28,17 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "GenerateCandidates": _OPERATE,
     _SVC + "ListModels": ALL_ROLES,
     _SVC + "ActivateModel": _OPERATE,
+}
+
+# Which ClinAlign services' own credentials may call the RPCs role service may call
+# (clinalign.common.auth.authorize): the monitor drafts candidates for a flag's task and
+# activates versions in a retraining run. Generate is for EHR systems and front doors.
+SERVICE_CALLERS: ServiceCallers = {
+    _SVC + "Generate": frozenset(),
+    _SVC + "GenerateStream": frozenset(),
+    _SVC + "GenerateCandidates": frozenset({"monitor"}),
+    _SVC + "ListModels": ANY_SERVICE,
+    _SVC + "ActivateModel": frozenset({"monitor"}),
 }
 
 

@@ -36,7 +36,7 @@ from clinalign.common.deid import build_redactor
 from clinalign.common.server import DatabaseApp, Readiness, run_main
 from clinalign.monitor import feedback, flags, metrics, retraining, scoring, store
 from clinalign.monitor.config import MonitorSettings
-from clinalign.monitor.servicer import ROLES, MonitorServicer
+from clinalign.monitor.servicer import ROLES, SERVICE_CALLERS, MonitorServicer
 from clinalign.monitor.usecases import Limits, Monitor
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
@@ -49,6 +49,7 @@ class MonitorApp(DatabaseApp):
     name = "monitor"
     full_name = "clinalign.monitor.v1.MonitorService"
     roles = ROLES
+    service_callers = SERVICE_CALLERS
 
     def __init__(
         self,

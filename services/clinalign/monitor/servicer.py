@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc.aio
 
-from clinalign.common.auth import Role, roles
+from clinalign.common.auth import Role, ServiceCallers, roles
 from clinalign.common.context import principal_name
 from clinalign.common.protos import datetime_from
 from clinalign.monitor import flags
@@ -38,6 +38,15 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "EvaluateRetraining": roles(Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "ListRetrainingRuns": roles(Role.ML_ENGINEER),
     _SVC + "ListReplayCases": roles(Role.SERVICE),
+}
+
+# Which ClinAlign services' own credentials may call the RPCs role service may call:
+# generation reports every output; the trainer's gate replays confirmed flags.
+SERVICE_CALLERS: ServiceCallers = {
+    _SVC + "RecordOutputs": frozenset({"generation"}),
+    _SVC + "GetStats": frozenset(),
+    _SVC + "EvaluateRetraining": frozenset(),
+    _SVC + "ListReplayCases": frozenset({"trainer"}),
 }
 
 

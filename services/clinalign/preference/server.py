@@ -25,7 +25,7 @@ from clinalign.preference.audit_keys import (
 from clinalign.preference.config import PreferenceSettings
 from clinalign.preference.domain import Limits, Redactor
 from clinalign.preference.models import Base
-from clinalign.preference.servicer import ROLES, PreferenceServicer
+from clinalign.preference.servicer import ROLES, SERVICE_CALLERS, PreferenceServicer
 from clinalign.preference.v1 import preference_pb2_grpc
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -36,6 +36,7 @@ class PreferenceApp(DatabaseApp):
     name = "preference"
     full_name = "clinalign.preference.v1.PreferenceService"
     roles = ROLES
+    service_callers = SERVICE_CALLERS
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import grpc.aio
 
-from clinalign.common.auth import Role, roles
+from clinalign.common.auth import Role, ServiceCallers, roles
 from clinalign.common.context import current_principal, principal_name
 from clinalign.common.db import Database
 from clinalign.preference import convert
@@ -53,6 +53,31 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "ExportSnapshot": _DATA,
     _SVC + "ListAuditEvents": roles(),
     _SVC + "VerifyAudit": roles(),
+}
+
+# Which ClinAlign services' own credentials may call the RPCs role service may call: the
+# monitor files a confirmed flag's prompt, drafts, correction, annotations and task, and
+# cuts the retraining snapshot; the trainer and its jobs read snapshots. People's labels
+# come from people (or an integration's own service account), never from a pod.
+SERVICE_CALLERS: ServiceCallers = {
+    _SVC + "RegisterAnnotator": frozenset({"monitor"}),
+    _SVC + "SubmitPrompts": frozenset({"monitor"}),
+    _SVC + "SubmitResponses": frozenset({"monitor"}),
+    _SVC + "SubmitComparisons": frozenset(),
+    _SVC + "SubmitRankings": frozenset(),
+    _SVC + "SubmitRatings": frozenset(),
+    _SVC + "SubmitCorrections": frozenset({"monitor"}),
+    _SVC + "SubmitErrorAnnotations": frozenset({"monitor"}),
+    _SVC + "GetPrompt": frozenset(),
+    _SVC + "CreateTasks": frozenset({"monitor"}),
+    _SVC + "NextTask": frozenset(),
+    _SVC + "SubmitTask": frozenset(),
+    _SVC + "SkipTask": frozenset(),
+    _SVC + "GetAgreement": frozenset(),
+    _SVC + "CreateSnapshot": frozenset({"monitor"}),
+    _SVC + "GetSnapshot": frozenset({"monitor", "trainer", "trainer-job"}),
+    _SVC + "ListSnapshots": frozenset(),
+    _SVC + "ExportSnapshot": frozenset({"trainer", "trainer-job"}),
 }
 
 

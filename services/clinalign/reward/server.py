@@ -29,7 +29,7 @@ from clinalign.common.v1 import common_pb2
 from clinalign.reward.batcher import ActiveModel, Batcher, Load
 from clinalign.reward.config import RewardSettings
 from clinalign.reward.scorer import DEFAULT_NAME, Scorer
-from clinalign.reward.servicer import ROLES, RewardServicer
+from clinalign.reward.servicer import ROLES, SERVICE_CALLERS, RewardServicer
 from clinalign.reward.v1 import reward_pb2_grpc
 
 
@@ -37,6 +37,7 @@ class RewardApp:
     name = "reward"
     full_name = "clinalign.reward.v1.RewardService"
     roles = ROLES
+    service_callers = SERVICE_CALLERS
 
     def __init__(self, common: CommonSettings, settings: RewardSettings) -> None:
         self.common = common

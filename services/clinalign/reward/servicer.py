@@ -17,7 +17,7 @@ from typing import Any
 import grpc.aio
 
 from clinalign.common.artefacts import COST
-from clinalign.common.auth import ALL_ROLES, Role, roles
+from clinalign.common.auth import ALL_ROLES, ANY_SERVICE, Role, ServiceCallers, roles
 from clinalign.common.errors import ClinAlignError
 from clinalign.common.v1 import common_pb2
 from clinalign.reward import usecases
@@ -32,6 +32,15 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "ScoreStream": _SCORE,
     _SVC + "ListModels": ALL_ROLES,
     _SVC + "ActivateModel": _SCORE,
+}
+
+# Which ClinAlign services' own credentials may call the RPCs role service may call: the
+# monitor scores production outputs and activates versions, training jobs score rollouts.
+SERVICE_CALLERS: ServiceCallers = {
+    _SVC + "Score": frozenset({"monitor", "trainer-job"}),
+    _SVC + "ScoreStream": frozenset({"monitor", "trainer-job"}),
+    _SVC + "ListModels": ANY_SERVICE,
+    _SVC + "ActivateModel": frozenset({"monitor"}),
 }
 STREAM_WINDOW = 4  # messages of one ScoreStream being scored at once
 

@@ -23,7 +23,7 @@ from clinalign.trainer.metrics import register_job_metrics
 from clinalign.trainer.registry import gate
 from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.registry.policy_gate import ReplayCase, ReplayFetcher
-from clinalign.trainer.servicer import ROLES, TrainerServicer
+from clinalign.trainer.servicer import ROLES, SERVICE_CALLERS, TrainerServicer
 from clinalign.trainer.usecases import Trainer
 from clinalign.trainer.v1 import trainer_pb2_grpc
 
@@ -96,6 +96,7 @@ class TrainerApp(DatabaseApp):
     name = "trainer"
     full_name = "clinalign.trainer.v1.TrainerService"
     roles = ROLES
+    service_callers = SERVICE_CALLERS
 
     def __init__(self, common: CommonSettings, settings: TrainerSettings) -> None:
         url = settings.database_url or default_sqlite_url(common.data_dir, "trainer")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 import grpc.aio
 from google.protobuf import json_format
 
-from clinalign.common.auth import ALL_ROLES, Role, roles
+from clinalign.common.auth import ALL_ROLES, Role, ServiceCallers, roles
 from clinalign.common.context import principal_name
 from clinalign.common.protos import KIND_FROM_PROTO
 from clinalign.common.v1 import common_pb2
@@ -40,6 +40,22 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "RollbackModel": roles(Role.ML_ENGINEER),
     _SVC + "GetServingState": ALL_ROLES,
     _SVC + "WatchServingState": ALL_ROLES,
+}
+
+# Which ClinAlign services' own credentials may call the RPCs role service may call: the
+# monitor runs retraining (jobs, snapshots' models, promotion); the serving replicas
+# follow the registry.
+SERVICE_CALLERS: ServiceCallers = {
+    _SVC + "SubmitJob": frozenset({"monitor"}),
+    _SVC + "GetJob": frozenset({"monitor"}),
+    _SVC + "ListJobs": frozenset(),
+    _SVC + "CancelJob": frozenset(),
+    _SVC + "WatchJob": frozenset({"monitor"}),
+    _SVC + "ListModelVersions": frozenset({"monitor"}),
+    _SVC + "GetModelVersion": frozenset({"generation", "reward", "monitor", "trainer-job"}),
+    _SVC + "PromoteModel": frozenset({"monitor"}),
+    _SVC + "GetServingState": frozenset({"generation", "reward", "monitor"}),
+    _SVC + "WatchServingState": frozenset({"generation", "reward", "monitor"}),
 }
 
 
