@@ -102,7 +102,8 @@ TEXT = (
 def test_placeholder_mode(deid: Deidentifier) -> None:
     result = deid.redact(TEXT)
     assert result.text == (
-        "Mrs [NAME], [AGE]-year-old, seen [DATE] by Dr. [NAME]. MRN [MRN]. Call [PHONE] or [EMAIL]."
+        "Mrs [NAME], 90 or older-year-old, seen [DATE] by Dr. [NAME]. MRN [MRN]. Call [PHONE] or "
+        "[EMAIL]."
     )
     found = [(TEXT[s.start : s.end], s.entity_type) for s in result.spans]
     assert found == [
@@ -138,7 +139,8 @@ def test_spans_index_the_original_text(deid: Deidentifier) -> None:
     result = deid.redact(TEXT)
     rebuilt, pos = [], 0
     for span in result.spans:
-        rebuilt += [TEXT[pos : span.start], f"[{span.entity_type}]"]
+        shown = "90 or older" if span.entity_type == "AGE" else f"[{span.entity_type}]"
+        rebuilt += [TEXT[pos : span.start], shown]
         pos = span.end
     assert "".join([*rebuilt, TEXT[pos:]]) == result.text
     assert all(a.end <= b.start for a, b in zip(result.spans, result.spans[1:], strict=False))
@@ -156,8 +158,9 @@ def test_clinical_date_formats(deid: Deidentifier, date: str) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("A 92-year-old woman.", "A [AGE]-year-old woman."),
-        ("Woman aged 95 with CHF.", "Woman aged [AGE] with CHF."),
+        # Safe Harbor keeps ages over 89 as one category, "90 or older".
+        ("A 92-year-old woman.", "A 90 or older-year-old woman."),
+        ("Woman aged 95 with CHF.", "Woman aged 90 or older with CHF."),
         ("SSN 123-45-6789, NPI 1234567893.", "SSN [SSN], NPI [LICENSE]."),
         ("Lives at 12 Oak Street, Springfield, IL 62704.",
          "Lives at [ADDRESS], [CITY], IL [ZIP]."),

@@ -19,6 +19,9 @@ from clinalign.common.deid.settings import DeidSettings
 _LANGUAGE = "en"
 
 
+OLD_AGE = "90 or older"
+
+
 class _NoContextEnhancer(ContextAwareEnhancer):
     """Context is already inside our patterns (``MRN:``, ``Dr.``, ``her son``); Presidio's
     default lemma-based enhancer needs NLP tokens, which the no-op engine does not make."""
@@ -132,10 +135,13 @@ class Deidentifier:
         pos = 0
         for span in spans:
             original = text[span.start : span.end]
-            pieces += (
-                text[pos : span.start],
-                self._operator.operate(original, self._params[span.entity_type]),
+            # Safe Harbor keeps an age over 89 as the category "90 or older", in either mode.
+            replacement = (
+                OLD_AGE
+                if span.entity_type == "AGE"
+                else self._operator.operate(original, self._params[span.entity_type])
             )
+            pieces += (text[pos : span.start], replacement)
             pos = span.end
         pieces.append(text[pos:])
         return DeidResult("".join(pieces), spans)

@@ -18,6 +18,8 @@ EntityType = Literal[
     "ACCOUNT",  # health-plan, member, policy, account and encounter numbers
     "LICENSE",  # licence and certificate numbers (NPI, DEA, driver's licence)
     "DEVICE",  # device identifiers and serial numbers
+    "VEHICLE",  # vehicle identification numbers, licence plates
+    "BIOMETRIC",  # identifiers of fingerprints, voiceprints, retina and face scans
     "ADDRESS",  # street address lines
     "CITY",
     "ZIP",  # ZIP codes and postcodes

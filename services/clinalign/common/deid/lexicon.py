@@ -38,12 +38,46 @@ STATES = (
     "Maryland", "Massachusetts", "Michigan", "Minnesota", "Mississippi", "Missouri", "Montana",
     "Nebraska", "Nevada", "Ohio", "Oklahoma", "Oregon", "Pennsylvania", "Tennessee", "Texas",
     "Utah", "Vermont", "Virginia", "Washington", "Wisconsin", "Wyoming",
+    # USPS codes of the territories, freely associated states and military post offices
+    "AS", "GU", "MP", "PR", "VI", "FM", "MH", "PW", "AA", "AE", "AP",
 )
+# The street suffixes of USPS Publication 28, Appendix C1 (primary names, and the common
+# abbreviations), with the British ones clinical letters use.
 STREET_TYPES = (
-    "Street", "St", "Avenue", "Ave", "Road", "Rd", "Lane", "Ln", "Drive", "Dr", "Boulevard",
-    "Blvd", "Court", "Ct", "Way", "Place", "Pl", "Terrace", "Ter", "Circle", "Cir", "Parkway",
-    "Pkwy", "Highway", "Hwy", "Close", "Crescent", "Cres", "Square", "Sq", "Trail", "Row",
-    "Walk", "Gardens", "Grove", "Mews", "Alley", "Loop", "Pike", "Plaza", "Run",
+    "Alley", "Aly", "Annex", "Anx", "Arcade", "Arc", "Avenue", "Ave", "Bayou", "Byu", "Beach",
+    "Bch", "Bend", "Bnd", "Bluff", "Bluffs", "Blf", "Bottom", "Btm", "Boulevard", "Blvd",
+    "Branch", "Br", "Bridge", "Brg", "Brook", "Brooks", "Brk", "Burg", "Burgs", "Bypass",
+    "Byp", "Camp", "Cp", "Canyon", "Cyn", "Cape", "Cpe", "Causeway", "Cswy", "Center",
+    "Centers", "Ctr", "Circle", "Circles", "Cir", "Cliff", "Cliffs", "Clf", "Club", "Clb",
+    "Common", "Commons", "Corner", "Corners", "Cor", "Course", "Crse", "Court", "Courts",
+    "Ct", "Cove", "Coves", "Cv", "Creek", "Crk", "Crescent", "Cres", "Crest", "Crossing",
+    "Xing", "Crossroad", "Crossroads", "Curve", "Dale", "Dl", "Dam", "Dm", "Divide", "Dv",
+    "Drive", "Drives", "Dr", "Estate", "Estates", "Est", "Expressway", "Expy", "Extension",
+    "Extensions", "Ext", "Fall", "Falls", "Fls", "Ferry", "Fry", "Field", "Fields", "Fld",
+    "Flat", "Flats", "Flt", "Ford", "Fords", "Frd", "Forest", "Frst", "Forge", "Forges",
+    "Frg", "Fork", "Forks", "Frk", "Fort", "Ft", "Freeway", "Fwy", "Garden", "Gardens",
+    "Gdn", "Gateway", "Gtwy", "Glen", "Glens", "Gln", "Green", "Greens", "Grn", "Grove",
+    "Groves", "Grv", "Harbor", "Harbors", "Hbr", "Haven", "Hvn", "Heights", "Hts", "Highway",
+    "Hwy", "Hill", "Hills", "Hl", "Hollow", "Holw", "Inlet", "Inlt", "Island", "Islands",
+    "Is", "Isle", "Junction", "Junctions", "Jct", "Key", "Keys", "Ky", "Knoll", "Knolls",
+    "Knl", "Lake", "Lakes", "Lk", "Land", "Landing", "Lndg", "Lane", "Ln", "Light",
+    "Lights", "Lgt", "Loaf", "Lf", "Lock", "Locks", "Lck", "Lodge", "Ldg", "Loop", "Mall",
+    "Manor", "Manors", "Mnr", "Meadow", "Meadows", "Mdw", "Mews", "Mill", "Mills", "Ml",
+    "Mission", "Msn", "Motorway", "Mtwy", "Mount", "Mt", "Mountain", "Mountains", "Mtn",
+    "Neck", "Nck", "Orchard", "Orch", "Oval", "Overpass", "Opas", "Park", "Parks",
+    "Parkway", "Parkways", "Pkwy", "Pass", "Passage", "Psge", "Path", "Pike", "Pine",
+    "Pines", "Pne", "Place", "Pl", "Plain", "Plains", "Pln", "Plaza", "Plz", "Point",
+    "Points", "Pt", "Port", "Ports", "Prt", "Prairie", "Pr", "Radial", "Radl", "Ramp",
+    "Ranch", "Rnch", "Rapid", "Rapids", "Rpd", "Rest", "Rst", "Ridge", "Ridges", "Rdg",
+    "River", "Riv", "Road", "Roads", "Rd", "Route", "Rte", "Row", "Rue", "Run", "Shoal",
+    "Shoals", "Shl", "Shore", "Shores", "Shr", "Skyway", "Skwy", "Spring", "Springs", "Spg",
+    "Spur", "Spurs", "Square", "Squares", "Sq", "Station", "Sta", "Stravenue", "Stra",
+    "Stream", "Strm", "Street", "Streets", "St", "Summit", "Smt", "Terrace", "Ter",
+    "Throughway", "Trwy", "Trace", "Trce", "Track", "Trak", "Trafficway", "Trfy", "Trail",
+    "Trl", "Trailer", "Trlr", "Tunnel", "Tunl", "Turnpike", "Tpke", "Underpass", "Upas",
+    "Union", "Unions", "Un", "Valley", "Valleys", "Vly", "Viaduct", "Via", "View", "Views",
+    "Vw", "Village", "Villages", "Vlg", "Ville", "Vl", "Vista", "Vis", "Walk", "Walks",
+    "Wall", "Way", "Ways", "Well", "Wells", "Wl", "Close", "Mews",
 )
 # fmt: on
 STATE = rf"(?:{'|'.join((*STATES, 'New York', 'New Jersey'))})\b"
@@ -65,8 +99,8 @@ INSTITUTION = r"General|Hospital|Medical|Community|Clinic|Health|Memorial|Region
 STREET = (
     rf"\d{{1,5}}[A-Za-z]?{SP}+(?:(?:[A-Z][a-z]+|\d+{ORD}|[NSEW]\.?){SP}+){{1,3}}"
     rf"(?:{'|'.join(STREET_TYPES)})\b\.?"
-    rf"(?:,?{SP}*(?:(?:Apt|Apartment|Unit|Suite|Ste|Flat|Floor|Fl)\b\.?|\#){SP}*"
-    r"[A-Za-z0-9-]*\d[A-Za-z0-9-]*)?"
+    rf"(?:,?{SP}*(?:(?:Apt|Apartment|Unit|Suite|Ste|Flat|Floor|Fl|Room|Rm|Bldg|Building)"
+    rf"\b\.?|\#){SP}*[A-Za-z0-9-]*\d[A-Za-z0-9-]*){{0,2}}"
     rf"|\bP\.?{SP}?O\.?{SP}+Box{SP}+\d+"
 )
 
@@ -133,6 +167,25 @@ DEVICE_CUES = cue(
 )
 SSN_CUES = cue("SSN", "SS#", r"social\s+security(?:\s+number)?")
 ZIP_CUES = cue(r"zip(?:\s+code)?", r"post(?:al)?\s*code")
+VEHICLE_CUES = cue(
+    "plate", r"licen[cs]e\s+plate", r"number\s+plate", r"registration\s+plate",
+    r"tag(?:\s+number)?", "VIN",
+    r"vehicle(?:\s+(?:ID|identification\s+number|registration))?",
+    r"registration(?:\s+number)?",
+)
+_BIO_WHAT = r"(?:\s+(?:template|scan|image|record|enrol(?:l)?ment|ID|identifier))?"
+BIOMETRIC_CUES = cue(*(
+    w + _BIO_WHAT
+    for w in ("fingerprint", r"finger\s+print", "voiceprint", r"voice\s+print", "retinal?",
+              "iris", r"palm\s*print", "facial", "face", "biometric")
+))
+# Codes of research and registries that name a person: study and subject identifiers.
+_CODE_WHAT = r"\s+(?:code|ID|identifier|number|no\.?)"
+CODE_CUES = cue(
+    *(w + _CODE_WHAT for w in ("research", "study", "trial", "subject", "participant",
+                                "enrol(?:l)?ment", "registry", "biobank", "sample")),
+    "identifier",
+)
 
 # Lower-case words before a date without a year, a month alone, or a place.
 DATE_CUES = ("on", "since", "from", "until", "till", "by", "before", "after", "dated", "due",

@@ -88,6 +88,14 @@ RULES: tuple[Rule, ...] = (
          x.DEVICE_CUES.first, "v"),
     rule("zip_cue", rf"{x.ZIP_CUES.regex}(?P<v>{x.ZIP5}|{x.UK_POSTCODE})\b", "ZIP", 0.9,
          x.ZIP_CUES.first, "v"),
+    rule("vehicle_cue", rf"{x.VEHICLE_CUES.regex}(?P<v>(?=[A-Z0-9 •·-]{{0,9}}\d)"
+         r"[A-Z0-9]{1,8}(?:[ •·-][A-Z0-9]{1,8}){0,2})\b", "VEHICLE", 0.85,
+         x.VEHICLE_CUES.first, "v"),
+    rule("biometric_cue", rf"{x.BIOMETRIC_CUES.regex}(?P<v>(?=[A-Z-]{{0,6}}\d)"
+         r"[A-Z0-9]{1,10}(?:-[A-Z0-9]{1,10}){0,4})\b", "BIOMETRIC", 0.85,
+         x.BIOMETRIC_CUES.first, "v"),
+    rule("code_cue", rf"{x.CODE_CUES.regex}(?P<v>(?=[A-Z-]{{0,6}}\d)"
+         r"[A-Z0-9]{1,10}(?:-[A-Z0-9]{1,10}){0,4})\b", "ID", 0.8, x.CODE_CUES.first, "v"),
     # Dates written without a year need a cue: bare "7/10" is a pain score.
     rule("date_md_cue", rf"\b(?i:{'|'.join(x.DATE_CUES)})[:.]?{SP}+"
          rf"(?P<v>(?:1[0-2]|0?[1-9])/{x.DAY})\b(?![/.]\d)", "DATE", 0.8,
@@ -141,6 +149,12 @@ RULES: tuple[Rule, ...] = (
          rf"(?!{x.NOT_PLACES})(?P<v>{x.PLACE})\b", "CITY", 0.7,
          x.first_letters(x.LOCATIVE_VERBS + x.LOCATIVE_PLACES), "v"),
     rule("uk_postcode", rf"\b{x.UK_POSTCODE}\b", "ZIP", 0.6, "A-Z"),
+    # Subdivisions smaller than a state, named as such: "Bexar County", "St. Landry Parish".
+    rule("county", rf"\b{x.PLACE}{SP}+(?:County|Parish|Borough|Census{SP}+Area)\b", "CITY",
+         0.8, "A-Z"),
+    # A vehicle identification number (ISO 3779): 17 letters and digits, never I, O or Q.
+    rule("vin", r"\b(?=[A-HJ-NPR-Z0-9]{17}\b)(?=(?:[A-Z]*\d){3})(?=(?:\d*[A-Z]){3})"
+         r"[A-HJ-NPR-Z0-9]{17}\b", "VEHICLE", 0.8, "A-HJ-NPR-Z0-9"),
     # Long numbers and letter-prefixed codes nobody labelled are still identifiers.
     rule("long_number", r"\b\d{7,}\b", "ID", 0.6, _D),
     rule("code", r"\b[A-Z]{1,4}-?\d{6,}[A-Z]?\b", "ID", 0.55, "A-Z"),
