@@ -283,3 +283,19 @@ def test_guarded_name_cues_find_what_unguarded_ones_find(notes: list[EvalNote]) 
     plain = name_cues.build_cues(guarded=False)
     for text in [n.text for n in notes] + ADVERSARIAL:
         assert names.find_names(text) == names.find_names(text, plain)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Give 10 Units Via IV over 30 minutes.",
+        "Walks 50 Ft With Frame.",
+        "Draw 5 Ml Saline Into The Syringe.",
+        "Known Addison's disease and Graves' disease; a positive Murphy's sign.",
+        "Reviewed at 2 Center Meeting; 3 Point Scale used.",
+    ],
+)
+def test_order_set_text_and_eponyms_are_kept(deid: Deidentifier, text: str) -> None:
+    """Capitalised order-set text with numbers and street-like words, and eponyms, are
+    not identifiers."""
+    assert deid.redact(text).spans == ()
