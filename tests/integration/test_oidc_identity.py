@@ -204,3 +204,52 @@ async def test_a_refused_call_is_not_deserialized(
             raw(b"\xff\xfe not a protobuf", metadata=(("authorization", "Bearer nope"),))
         )
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_console_acts_for_the_signed_in_clinician_and_the_audit_shows_both(
+    server: RunningServer, common: CommonSettings, issuer: str
+) -> None:
+    """The console presents its own credential and passes the clinician's token beside
+    it: the call runs as her (her annotator, her roles), the audit entry names both; a
+    service that is not a front door may not do the same."""
+    from clinalign.common.auth import token_for_service
+    from clinalign.common.delegation import ON_BEHALF_OF
+
+    alice = sign_in(issuer, "u-alice", ["clinician"])
+    console = token_for_service(common.resolved_tokens_file, "console")
+    monitor = token_for_service(common.resolved_tokens_file, "monitor")
+    admin = token_for_role(common.resolved_tokens_file, Role.ADMIN)
+    for_alice = ((ON_BEHALF_OF, alice),)
+    async with client(server, common, admin) as admin_ch, client(server, common, console) as ch:
+        a, b = await _seed(_stub(admin_ch))
+        stub = _stub(ch)
+        mine = await stub.RegisterAnnotator(
+            pb.RegisterAnnotatorRequest(annotator=pb.Annotator(id="ann-alice", role="gp")),
+            metadata=for_alice,
+        )
+        assert mine.annotator.subject == "u-alice"
+        await stub.SubmitComparisons(
+            pb.SubmitComparisonsRequest(
+                idempotency_key="console-0001",
+                comparisons=[
+                    pb.Comparison(
+                        context=pb.LabelContext(guideline_version=GUIDE),
+                        response_a_id=a,
+                        response_b_id=b,
+                        preference=pb.PREFERENCE_A,
+                    )
+                ],
+            ),
+            metadata=for_alice,
+        )
+        # Without the person, the console's own credential labels nothing.
+        alone = await _refused(stub.NextTask(pb.NextTaskRequest(batch_id="b1")))
+        assert alone.code() == grpc.StatusCode.PERMISSION_DENIED
+        events = await _stub(admin_ch).ListAuditEvents(pb.ListAuditEventsRequest(page_size=100))
+    actions = {(e.principal, e.action) for e in events.events}
+    assert ("u-alice via svc-console", "register_annotator") in actions
+    assert ("u-alice via svc-console", "submit_comparisons") in actions
+    async with client(server, common, monitor) as ch:
+        refused = await _refused(_stub(ch).NextTask(pb.NextTaskRequest(), metadata=for_alice))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "only the front doors" in (refused.details() or "")

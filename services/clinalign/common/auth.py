@@ -76,6 +76,12 @@ class Principal:
     role: Role
     also: frozenset[Role] = frozenset()
     issuer: str = ""
+    via: str = ""  # the front door acting for this person (common.delegation), if any
+
+    @property
+    def shown(self) -> str:
+        """The name audit entries and logs record: the person, and the front door."""
+        return f"{self.name} via {self.via}" if self.via else self.name
 
     @property
     def roles(self) -> frozenset[Role]:
@@ -114,6 +120,9 @@ SERVICE_NAMES: tuple[str, ...] = (
     "trainer",
     "monitor",
     "trainer-job",
+    # the front doors (common.delegation): they act for the people they verified
+    "console",
+    "cds-hooks",
 )
 
 

@@ -58,6 +58,11 @@ class CommonSettings(BaseSettings):
     oidc_leeway_s: int = Field(
         30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat, in seconds."
     )
+    delegation_keys_file: Path | None = Field(
+        None,
+        description='JSON of the front doors\' public keys (`{"cds-hooks": <JWK>}`) that '
+        "verify the assertions they sign for people the issuer does not know (EHR users).",
+    )
     oidc_ca_file: Path | None = Field(
         None, description="PEM CA bundle for the issuer's HTTPS; default: the system's."
     )

@@ -27,6 +27,13 @@ def current_principal() -> Principal | None:
     return principal_var.get()
 
 
+def principal_shown() -> str:
+    """The caller as audit entries record it: the person, and the front door acting for
+    them (``u-alice via svc-console``)."""
+    p = current_principal()
+    return p.shown if p else "anonymous"
+
+
 def principal_name() -> str:
     """The caller's pseudonymous principal name (tokens map to pseudonyms, not people), or
     ``anonymous`` outside an authenticated call."""

@@ -31,7 +31,8 @@ from clinalign.common.context import (
     principal_var,
     request_id_var,
 )
-from clinalign.common.errors import ClinAlignError, InvalidArgument
+from clinalign.common.delegation import ON_BEHALF_OF, Delegation
+from clinalign.common.errors import ClinAlignError, InvalidArgument, PermissionDenied
 from clinalign.common.metrics import RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS
 from clinalign.common.quotas import PUSHBACK_TRAILER, PrincipalQuotas, RateLimited
 
@@ -136,21 +137,29 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         role_table: Mapping[str, frozenset[Role]],
         quotas: PrincipalQuotas | None = None,
         service_callers: ServiceCallers | None = None,
+        delegation: Delegation | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
         self.role_table = role_table
         self.quotas = quotas
         self.service_callers = service_callers
+        self.delegation = delegation
         self.health_watches = 0
 
-    async def authenticate(self, method: str, authorization: str | None) -> Principal:
+    async def authenticate(
+        self, method: str, authorization: str | None, on_behalf_of: str | None = None
+    ) -> Principal:
         if authorization is not None and authorization.count(".") == 2:
             # A JWT: its signature check (and, rarely, a fetch of the issuer's keys) runs
             # off the event loop.
             principal = await asyncio.to_thread(self.authenticator.authenticate, authorization)
         else:
             principal = self.authenticator.authenticate(authorization)
+        if on_behalf_of is not None:
+            if self.delegation is None:
+                raise PermissionDenied(f"{ON_BEHALF_OF} is not accepted by this server")
+            principal = await asyncio.to_thread(self.delegation.person, principal, on_behalf_of)
         authorize(principal, method, self.role_table, self.service_callers)
         return principal
 
@@ -169,7 +178,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         principal: Principal | None = None
         refusal: ClinAlignError | None = None
         try:
-            principal = await self.authenticate(method, metadata.get("authorization"))
+            principal = await self.authenticate(
+                method, metadata.get("authorization"), metadata.get(ON_BEHALF_OF)
+            )
         except ClinAlignError as exc:
             refusal = exc
         return _wrap(handler, self, method, principal, refusal)

@@ -27,6 +27,7 @@ from clinalign.common.auth import Authenticator, Role, ServiceCallers
 from clinalign.common.channels import channel_options
 from clinalign.common.config import CommonSettings, ServiceSettings
 from clinalign.common.db import Database
+from clinalign.common.delegation import delegation_from
 from clinalign.common.errors import ClinAlignError, FailedPrecondition
 from clinalign.common.interceptors import ServerInterceptor
 from clinalign.common.logs import configure_logging
@@ -168,6 +169,7 @@ async def create_server(
                 app.roles,
                 PrincipalQuotas(common.rate_limits),
                 app.service_callers,
+                delegation_from(common, authenticator),
             )
         ],
         options=[

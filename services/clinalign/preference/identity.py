@@ -37,6 +37,12 @@ class Caller:
     person: bool
     names_annotators: bool
     relinks: bool = False
+    via: str = ""  # the front door acting for the person, recorded beside them
+
+    @property
+    def shown(self) -> str:
+        """The name audit entries record."""
+        return f"{self.name} via {self.via}" if self.via else self.name
 
     @classmethod
     def of(cls, principal: Principal | None) -> Caller:
@@ -48,6 +54,7 @@ class Caller:
             person=not held & _NOT_A_PERSON,
             names_annotators=bool(held & _NAMES_OTHERS),
             relinks=Role.ADMIN in held,
+            via=principal.via,
         )
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 import grpc.aio
 
 from clinalign.common.auth import Role, ServiceCallers, roles
-from clinalign.common.context import current_principal, principal_name
+from clinalign.common.context import current_principal, principal_shown
 from clinalign.common.db import Database
 from clinalign.preference import convert
 from clinalign.preference.domain import Limits, Redactor
@@ -104,7 +104,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitPromptsResponse:
         batch = await ingest.submit_prompts(
             self.core,
-            principal_name(),
+            principal_shown(),
             request.idempotency_key,
             [convert.prompt_in(p) for p in request.prompts],
         )
@@ -115,7 +115,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.SubmitResponsesResponse:
         batch = await ingest.submit_responses(
             self.core,
-            principal_name(),
+            principal_shown(),
             request.idempotency_key,
             [convert.response_in(r) for r in request.responses],
         )
@@ -189,7 +189,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
         self, request: pb.PublishGuidelinesRequest, context: grpc.aio.ServicerContext
     ) -> pb.PublishGuidelinesResponse:
         version = await ingest.publish_guidelines(
-            self.core, principal_name(), request.version, request.text
+            self.core, principal_shown(), request.version, request.text
         )
         return pb.PublishGuidelinesResponse(version=version)
 
@@ -216,7 +216,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> pb.CreateTasksResponse:
         batch = await labelling.create_tasks(
             self.core,
-            principal_name(),
+            principal_shown(),
             request.idempotency_key,
             request.batch_id,
             [convert.task_spec(t) for t in request.tasks],
@@ -268,7 +268,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
         self, request: pb.CreateSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateSnapshotResponse:
         row = await exports.create_snapshot(
-            self.core, principal_name(), convert.snapshot_filter(request.filter)
+            self.core, principal_shown(), convert.snapshot_filter(request.filter)
         )
         return pb.CreateSnapshotResponse(snapshot=convert.snapshot_out(row))
 
@@ -292,7 +292,7 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
     ) -> AsyncIterator[pb.ExportSnapshotResponse]:
         export = await exports.export_snapshot(
             self.core,
-            principal_name(),
+            principal_shown(),
             request.id,
             convert.FORMAT_FROM_PROTO.get(request.format, ""),
             convert.KIND_FROM_PROTO.get(request.kind, ""),

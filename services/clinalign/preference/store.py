@@ -161,7 +161,7 @@ def upsert_annotator(session: Session, caller: Caller, a: Annotator) -> Annotato
         linked = row.subject != (a.subject or None)
         row.role, row.specialty, row.updated_at = a.role, a.specialty, t
         row.subject = a.subject or None
-    audit.append(session, caller.name, "register_annotator", a.id + (" linked" if linked else ""))
+    audit.append(session, caller.shown, "register_annotator", a.id + (" linked" if linked else ""))
     return a
 
 

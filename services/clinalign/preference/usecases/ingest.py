@@ -109,7 +109,7 @@ async def _submit_labels(
         bound = identity.bind(s, caller, field, clean)
         for i, item in enumerate(bound):
             check(f"{field}[{i}]", item)
-        return store.idempotent(s, key, rpc, caller.name, lambda: write(s, bound), digest)
+        return store.idempotent(s, key, rpc, caller.shown, lambda: write(s, bound), digest)
 
     return await core.db.run_write(work)
 
@@ -207,7 +207,7 @@ async def submit_corrections(
         "corrections",
         corrections,
         lambda f, c: validation.check_correction(f, c, core.limits),
-        lambda s, items: store.add_corrections(s, items, _kept, caller.name),
+        lambda s, items: store.add_corrections(s, items, _kept, caller.shown),
         ("corrected_text", "comment"),
     )
 

@@ -131,7 +131,7 @@ async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission)
             s,
             key,
             "submit_task",
-            caller.name,
+            caller.shown,
             lambda: [
                 queue.submit(
                     s,
@@ -159,7 +159,7 @@ async def skip_task(
 
     def work(s: Session) -> None:
         who = identity.acting_as(s, caller, "annotator_id", annotator_id)
-        queue.skip(s, caller.name, task_id, who, reason, core.redact)
+        queue.skip(s, caller.shown, task_id, who, reason, core.redact)
 
     await core.db.run_write(work)
 
