@@ -84,6 +84,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             EXECUTOR_FROM_PROTO.get(int(spec.executor), ""),
             json_format.MessageToDict(spec, preserving_proto_field_name=True),
             spec.idempotency_key,
+            _principal(),
         )
         return trainer_pb2.SubmitJobResponse(job=job_to_proto(job), replayed=replayed)
 

@@ -89,14 +89,19 @@ class Trainer:
     # -- jobs
 
     async def submit_job(
-        self, kind: str, executor: str, spec: dict[str, Any], key: str
+        self, kind: str, executor: str, spec: dict[str, Any], key: str, caller: str = ""
     ) -> tuple[jobs.Job, bool]:
         """(the job, whether an earlier submission with the same idempotency key is
         replayed). ``spec`` is the JobSpec in protobuf JSON form; ``executor`` "" means the
         trainer's default. The spec is checked and its inputs resolved before anything is
         written, so a bad spec leaves no job behind."""
+        # Keys are each caller's own; a key stored before they were (the raw key) is still
+        # found, and with another spec refused like any other.
+        raw, key = key, jobs.scoped_key(caller, key) if key else ""
         if key:
-            found = await self.db.run_sync(lambda s: jobs.find_by_key(s, key, spec))
+            found = await self.db.run_sync(
+                lambda s: jobs.find_by_key(s, key, spec) or jobs.find_by_key(s, raw, spec)
+            )
             if found is not None:
                 return found, True
         if kind not in SPEC_CHECKS:

@@ -9,9 +9,7 @@ inside the transaction, so a batch that fails one writes nothing.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -31,28 +29,9 @@ from clinalign.preference.domain import (
 )
 from clinalign.preference.identity import Caller, Labelled
 from clinalign.preference.models import PromptRow, ResponseRow
-from clinalign.preference.usecases import Core
+from clinalign.preference.usecases import Core, deidentified, kept
 
 Item = TypeVar("Item")
-
-
-def _kept(text: str) -> str:
-    """The redactor the store is given for text already de-identified."""
-    return text
-
-
-async def _deidentified(core: Core, items: Sequence[Item], fields: tuple[str, ...]) -> list[Item]:
-    """``items`` with their free-text ``fields`` de-identified, in a worker thread before
-    any transaction opens: the de-identifier is the slow part of a write, and it never
-    runs while the store's write lock is held."""
-
-    def clean() -> list[Item]:
-        return [
-            replace(item, **{f: core.redact(getattr(item, f)) for f in fields if getattr(item, f)})  # type: ignore[type-var]
-            for item in items
-        ]
-
-    return await asyncio.to_thread(clean)
 
 
 async def _submit(
@@ -73,7 +52,7 @@ async def _submit(
     for i, item in enumerate(items):
         check(f"{field}[{i}]", item)
     digest = store.request_digest(rpc, items)  # of the request as sent
-    clean = await _deidentified(core, items, text_fields)
+    clean = await deidentified(core, items, text_fields)
     return await core.db.run_write(
         lambda s: store.idempotent(s, key, rpc, principal, lambda: write(s, clean), digest)
     )
@@ -103,7 +82,7 @@ async def _submit_labels(
     (``identity.bind``: people only as themselves) before it is checked and written."""
     validation.check_batch(field, items, core.limits)
     digest = store.request_digest(rpc, items)  # as sent: a replay sends the same
-    clean = await _deidentified(core, items, text_fields)
+    clean = await deidentified(core, items, text_fields)
 
     def work(s: Session) -> Batch:
         bound = identity.bind(s, caller, field, clean)
@@ -125,7 +104,7 @@ async def submit_prompts(
         "prompts",
         prompts,
         lambda f, p: validation.check_prompt(f, p, core.limits),
-        lambda s, clean: store.add_prompts(s, clean, _kept, principal),
+        lambda s, clean: store.add_prompts(s, clean, kept, principal),
         ("text",),
     )
 
@@ -144,7 +123,7 @@ async def submit_responses(
         "responses",
         responses,
         lambda f, r: validation.check_response(f, r, core.limits),
-        lambda s, clean: store.add_responses(s, clean, _kept, principal),
+        lambda s, clean: store.add_responses(s, clean, kept, principal),
         ("text",),
     )
 
@@ -207,7 +186,7 @@ async def submit_corrections(
         "corrections",
         corrections,
         lambda f, c: validation.check_correction(f, c, core.limits),
-        lambda s, items: store.add_corrections(s, items, _kept, caller.shown),
+        lambda s, items: store.add_corrections(s, items, kept, caller.shown),
         ("corrected_text", "comment"),
     )
 
@@ -223,7 +202,7 @@ async def submit_error_annotations(
         "annotations",
         annotations,
         lambda f, a: validation.check_annotation(f, a, core.limits),
-        lambda s, items: store.add_annotations(s, items, _kept),
+        lambda s, items: store.add_annotations(s, items, kept),
         ("comment",),
     )
 

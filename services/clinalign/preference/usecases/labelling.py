@@ -4,6 +4,7 @@ distinct annotators a task, never one twice, unfinished work first) live in ``qu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -20,7 +21,7 @@ from clinalign.preference.domain import (
     RatingIn,
 )
 from clinalign.preference.identity import Caller, L
-from clinalign.preference.usecases import Core
+from clinalign.preference.usecases import Core, deidentified, kept
 
 DEFAULT_ADJUDICATION_THRESHOLD = 0.67
 
@@ -113,6 +114,9 @@ async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission)
     """Records the label and completes the annotator's assignment; ``ids`` holds the
     label's id."""
     validation.check_required("task_id", sub.task_id)
+    digest = store.request_digest("submit_task", sub)  # of the request as sent
+    # De-identified before the transaction (usecases.deidentified): never under the lock.
+    sub = replace(sub, annotations=await deidentified(core, sub.annotations, ("comment",)))
 
     def work(s: Session) -> Batch:
         who = identity.acting_as(s, caller, "annotator_id", sub.annotator_id)
@@ -141,10 +145,10 @@ async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission)
                     ranking,
                     bound.ratings,
                     bound.annotations,
-                    core.redact,
+                    kept,
                 )
             ],
-            store.request_digest("submit_task", sub),
+            digest,
         )
 
     return await core.db.run_write(work)
@@ -157,9 +161,11 @@ async def skip_task(
     validation.check_required("task_id", task_id)
     validation.check_text("reason", reason, core.limits, required=False)
 
+    clean = await asyncio.to_thread(core.redact, reason) if reason else ""
+
     def work(s: Session) -> None:
         who = identity.acting_as(s, caller, "annotator_id", annotator_id)
-        queue.skip(s, caller.shown, task_id, who, reason, core.redact)
+        queue.skip(s, caller.shown, task_id, who, clean, kept)
 
     await core.db.run_write(work)
 

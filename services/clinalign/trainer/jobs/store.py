@@ -13,6 +13,7 @@ the trainer's Alembic migrations (``clinalign/trainer/migrations``) create and u
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -129,6 +130,11 @@ class JobEvent:
     state: str
     step: int
     metrics: dict[str, float]
+
+
+def scoped_key(caller: str, key: str) -> str:
+    """The stored idempotency key: the caller's key in the caller's own namespace."""
+    return "c:" + hashlib.sha256(f"{caller}\x00{key}".encode()).hexdigest()
 
 
 def find_by_key(session: Session, idempotency_key: str, spec: dict[str, Any]) -> Job | None:
