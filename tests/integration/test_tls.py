@@ -192,3 +192,49 @@ async def test_the_charts_generated_and_the_clis_certificates_carry_mutual_tls(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await _stats(target, anonymous, server_name=name)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_pod_whose_certificate_is_renewed_keeps_serving_and_calling(
+    common: CommonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One certificate per pod serves and, for mutual TLS, identifies it when it calls
+    (as the chart mounts it). Renewed under another CA while the service runs, both sides
+    take it up without a restart: the server at the next handshake, ClinAlign's clients
+    by opening their channels again."""
+    import asyncio
+    import os
+
+    from clinalign.common import server as server_module
+    from clinalign.common.certificates import issue
+    from clinalign.common.channels import Clients
+
+    # Connections live a second (300 s in production), so the renewed certificate must
+    # carry the next handshake on both sides, as it must after a real renewal.
+    monkeypatch.setattr(server_module, "MAX_CONNECTION_AGE_S", 1)
+    monkeypatch.setattr(server_module, "MAX_CONNECTION_AGE_GRACE_S", 1)
+    live = tmp_path / "live"
+    first = issue(tmp_path / "first", ["localhost"])
+    live.mkdir()
+    for name, path in first.items():
+        (live / name).write_bytes(path.read_bytes())
+    pod = common.model_copy(
+        update={
+            "tls_cert_file": live / "tls.crt",
+            "tls_key_file": live / "tls.key",
+            "tls_client_ca_file": live / "ca.crt",
+            "tls_ca_file": live / "ca.crt",
+        }
+    )
+    app = MonitorApp(pod, MonitorSettings(port=0))
+    async with serving(app, pod) as running:
+        caller = pod.model_copy(update={"monitor_target": f"localhost:{running.port}"})
+        token = token_for_role(common.resolved_tokens_file, Role.ML_ENGINEER)
+        async with Clients(caller, token=token) as clients:
+            await clients.monitor.GetStats(monitor_pb2.GetStatsRequest(), timeout=5)
+            renewed = issue(tmp_path / "renewed", ["localhost"])
+            for name, path in renewed.items():
+                tmp = live / f"{name}.new"
+                tmp.write_bytes(path.read_bytes())
+                os.replace(tmp, live / name)
+            await asyncio.sleep(2.5)  # the old connection is gone
+            await clients.monitor.GetStats(monitor_pb2.GetStatsRequest(), timeout=5)

@@ -201,6 +201,8 @@ class Clients:
         self._role = role
         self._service = service
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tls_stamp = self._tls_files_stamp()
+        self._retired: list[grpc.aio.Channel] = []
 
     def token(self) -> str:
         if self._token is None:
@@ -212,8 +214,27 @@ class Clients:
                 self._token = token_for_role(self.settings.resolved_tokens_file, self._role)
         return self._token
 
+    def _tls_files_stamp(self) -> tuple[int, ...]:
+        files = (self.settings.tls_ca_file, self.settings.tls_cert_file, self.settings.tls_key_file)
+        try:
+            return tuple(f.stat().st_mtime_ns for f in files if f is not None)
+        except OSError:
+            return ()  # mid-swap: keep the channels until the files are whole again
+
+    def _renew_if_certificates_changed(self) -> None:
+        """Renewed certificate files (cert-manager, an updated Secret) take effect without a
+        restart: the channels are opened again with them; the old ones finish what they
+        carry and are closed with the client."""
+        stamp = self._tls_files_stamp()
+        if stamp and stamp != self._tls_stamp:
+            self._tls_stamp = stamp
+            self._retired += self._channels.values()
+            self._channels = {}
+
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to ``service`` (a name in ``CommonSettings.target``)."""
+        if self.settings.tls_ca_file is not None:
+            self._renew_if_certificates_changed()
         target = self.settings.target(service)
         if target not in self._channels:
             self._channels[target] = open_channel(
@@ -242,7 +263,8 @@ class Clients:
         return cast("MonitorServiceAsyncStub", MonitorServiceStub(self.channel("monitor")))
 
     async def close(self) -> None:
-        channels, self._channels = list(self._channels.values()), {}
+        channels, self._channels = [*self._channels.values(), *self._retired], {}
+        self._retired = []
         for channel in channels:
             await channel.close()
 
