@@ -48,46 +48,53 @@ def test_a_front_door_acts_for_the_person_it_vouches_for(delegation: Delegation)
     assert person.shown == "ehr:hospital-a:dr-4711 via svc-cds-hooks"
 
 
+# Each case builds its assertion when it runs (lambdas): built at collection, a token
+# meant to be valid for a minute could expire before a long suite reaches it.
 @pytest.mark.parametrize(
-    ("caller", "assertion", "error", "message"),
+    ("caller", "make", "error", "message"),
     [
         (
             Principal("svc-monitor", Role.SERVICE),
-            _assertion(),
+            lambda: _assertion(),
             PermissionDenied,
             "only the front doors",
         ),
         (
             Principal("local-admin", Role.ADMIN),
-            _assertion(),
+            lambda: _assertion(),
             PermissionDenied,
             "only the front doors",
         ),
         (
             DOOR,
-            _assertion(key=ec.generate_private_key(ec.SECP256R1())),
+            lambda: _assertion(key=ec.generate_private_key(ec.SECP256R1())),
             Unauthenticated,
             "does not verify",
         ),
-        (DOOR, _assertion(act={"sub": "svc-console"}), Unauthenticated, "as its actor"),
-        (DOOR, _assertion(exp=int(time.time()) + 3600), Unauthenticated, "longer than 300 s"),
-        (DOOR, _assertion(exp=int(time.time()) - 60), Unauthenticated, "does not verify"),
-        (DOOR, _assertion(aud="elsewhere"), Unauthenticated, "does not verify"),
-        (DOOR, _assertion(roles=["admin"]), PermissionDenied, "acts only for people"),
+        (DOOR, lambda: _assertion(act={"sub": "svc-console"}), Unauthenticated, "as its actor"),
         (
             DOOR,
-            _assertion(roles=["ml-engineer", "clinician"]),
+            lambda: _assertion(exp=int(time.time()) + 3600),
+            Unauthenticated,
+            "longer than 300 s",
+        ),
+        (DOOR, lambda: _assertion(exp=int(time.time()) - 60), Unauthenticated, "does not verify"),
+        (DOOR, lambda: _assertion(aud="elsewhere"), Unauthenticated, "does not verify"),
+        (DOOR, lambda: _assertion(roles=["admin"]), PermissionDenied, "acts only for people"),
+        (
+            DOOR,
+            lambda: _assertion(roles=["ml-engineer", "clinician"]),
             PermissionDenied,
             "acts only for people",
         ),
-        (DOOR, "not-a-jwt", Unauthenticated, "must be a JWT"),
+        (DOOR, lambda: "not-a-jwt", Unauthenticated, "must be a JWT"),
     ],
 )
 def test_what_a_front_door_may_not_assert(
-    delegation: Delegation, caller: Principal, assertion: str, error: type, message: str
+    delegation: Delegation, caller: Principal, make: Any, error: type, message: str
 ) -> None:
     with pytest.raises(error, match=message):
-        delegation.person(caller, assertion)
+        delegation.person(caller, make())
 
 
 def test_without_the_front_doors_key_nothing_it_signs_is_accepted() -> None:
