@@ -12,6 +12,7 @@ the OpenTelemetry client instrumentation when tracing is on.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -106,6 +107,9 @@ def channel_options(settings: CommonSettings) -> list[tuple[str, int | str]]:
         ("grpc.lb_policy_name", "round_robin"),
     ]
 
+
+# How often a client looks whether its certificate files were renewed.
+TLS_CHECK_INTERVAL_S = 1.0
 
 # gRPC's own retries (gRFC A6) for calls a server refused before running them: it answers
 # RESOURCE_EXHAUSTED with a grpc-retry-pushback-ms trailer when a principal is over its rate
@@ -202,6 +206,7 @@ class Clients:
         self._service = service
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tls_stamp = self._tls_files_stamp()
+        self._tls_checked = time.monotonic()
         self._retired: list[grpc.aio.Channel] = []
 
     def token(self) -> str:
@@ -224,7 +229,12 @@ class Clients:
     def _renew_if_certificates_changed(self) -> None:
         """Renewed certificate files (cert-manager, an updated Secret) take effect without a
         restart: the channels are opened again with them; the old ones finish what they
-        carry and are closed with the client."""
+        carry and are closed with the client. Every stub access comes here: the files are
+        looked at once a second at most."""
+        now = time.monotonic()
+        if now - self._tls_checked < TLS_CHECK_INTERVAL_S:
+            return
+        self._tls_checked = now
         stamp = self._tls_files_stamp()
         if stamp and stamp != self._tls_stamp:
             self._tls_stamp = stamp

@@ -24,6 +24,7 @@ from clinalign.common.auth import (
     Role,
     ServiceCallers,
     authorize,
+    looks_like_jwt,
 )
 from clinalign.common.context import (
     REQUEST_ID_HEADER,
@@ -150,7 +151,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def authenticate(
         self, method: str, authorization: str | None, on_behalf_of: str | None = None
     ) -> Principal:
-        if authorization is not None and authorization.count(".") == 2:
+        if authorization is not None and looks_like_jwt(authorization):
             # A JWT: its signature check (and, rarely, a fetch of the issuer's keys) runs
             # off the event loop.
             principal = await asyncio.to_thread(self.authenticator.authenticate, authorization)
@@ -217,6 +218,15 @@ def _check_decoded(request: Any, method: str) -> None:
         raise InvalidArgument("request", f"is not a valid protobuf message for {method}")
 
 
+def _decoded(request: Any, method: str) -> Any:
+    """The request as the handler gets it: a stream whose messages are checked as they
+    come, or the one message, checked now."""
+    if isinstance(request, AsyncIterator):
+        return _checked_stream(request, method)
+    _check_decoded(request, method)
+    return request
+
+
 async def _checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
     async for request in requests:
         _check_decoded(request, method)
@@ -278,11 +288,7 @@ def _unary(
         call = _Call(icpt, method, principal, refusal)
         try:
             call.enter(context)
-            if isinstance(request, AsyncIterator):
-                request = _checked_stream(request, method)
-            else:
-                _check_decoded(request, method)
-            return await behavior(request, context)
+            return await behavior(_decoded(request, method), context)
         except BaseException as exc:
             await call.fail(context, exc)
         finally:
@@ -302,11 +308,7 @@ def _streaming(
         call = _Call(icpt, method, principal, refusal)
         try:
             call.enter(context)
-            if isinstance(request, AsyncIterator):
-                request = _checked_stream(request, method)
-            else:
-                _check_decoded(request, method)
-            async for response in behavior(request, context):
+            async for response in behavior(_decoded(request, method), context):
                 yield response
         except BaseException as exc:
             if isinstance(exc, GeneratorExit):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -21,19 +20,12 @@ from clinalign.common.channels import Clients
 from clinalign.common.db import Database
 from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
+from clinalign.common.redaction import redact_fields, unchanged
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import feedback, flags, lineage, metrics, retraining, store
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.convert import category_name, severity_name
 from clinalign.monitor.v1 import monitor_pb2 as pb
-
-T = TypeVar("T")
-
-
-def _kept(text: str) -> str:
-    """The redactor the store is given for text already de-identified."""
-    return text
-
 
 ID_CHARS = 64  # output ids, model and template versions
 
@@ -160,33 +152,20 @@ class Monitor:
         for i, record in enumerate(records):
             check_output(i, record, self.limits)
         n = self.limits.baseline_outputs
-        clean = await self._deidentified(records, "prompt", "text")
+        clean = await redact_fields(self.redact, records, ("prompt", "text"))
         # A race to freeze one baseline (PostgreSQL) rolls the batch back; run_write's
         # retry then records it whole.
         recorded, dupes = await self.db.run_write(
-            lambda s: store.record_outputs(s, clean, _kept, n)
+            lambda s: store.record_outputs(s, clean, unchanged, n)
         )
         for version, count in recorded.items():
             metrics.OUTPUTS.labels(version).inc(count)
         return sum(recorded.values()), dupes
 
-    async def _deidentified(self, items: Sequence[T], *fields: str) -> list[T]:
-        """``items`` with their free-text ``fields`` de-identified in a worker thread,
-        before any transaction opens: the store's write lock is never held while the
-        de-identifier reads a long text."""
-
-        def clean() -> list[T]:
-            return [
-                replace(i, **{f: self.redact(getattr(i, f)) for f in fields if getattr(i, f)})  # type: ignore[type-var]
-                for i in items
-            ]
-
-        return await asyncio.to_thread(clean)
-
     async def flag_output(self, new: flags.NewFlag, who: str) -> store.FlagRow:
         check_flag(new, self.limits)
-        (clean,) = await self._deidentified([new], "comment", "corrected_text")
-        row = await self.db.run_write(lambda s: flags.create(s, clean, _kept, who))
+        (clean,) = await redact_fields(self.redact, [new], ("comment", "corrected_text"))
+        row = await self.db.run_write(lambda s: flags.create(s, clean, unchanged, who))
         metrics.FLAGS.labels(category_name(row.category), severity_name(row.severity)).inc()
         return row
 
@@ -240,7 +219,7 @@ class Monitor:
         clean_reason = await asyncio.to_thread(self.redact, reason) if reason else ""
 
         def resolve(s: Session) -> tuple[store.FlagRow, feedback.View | None]:
-            row = flags.resolve(s, flag_id, status, clean_reason, _kept, who)
+            row = flags.resolve(s, flag_id, status, clean_reason, unchanged, who)
             if row.status != flags.CONFIRMED:
                 return row, None
             feedback.enqueue(s, row)

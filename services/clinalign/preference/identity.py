@@ -18,13 +18,12 @@ from typing import Protocol, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from clinalign.common.auth import Principal, Role
+from clinalign.common.auth import ACTS_FOR_OTHERS, Principal, Role
 from clinalign.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from clinalign.preference.domain import Annotator, LabelMeta
 from clinalign.preference.models import AnnotatorRow
 
-_NAMES_OTHERS = frozenset({Role.SERVICE, Role.ADMIN})
-_NOT_A_PERSON = _NAMES_OTHERS | {Role.ML_ENGINEER}
+_NOT_A_PERSON = ACTS_FOR_OTHERS | {Role.ML_ENGINEER}
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Caller:
         return cls(
             principal.name,
             person=not held & _NOT_A_PERSON,
-            names_annotators=bool(held & _NAMES_OTHERS),
+            names_annotators=principal.acts_for_others,
             relinks=Role.ADMIN in held,
             via=principal.via,
         )

@@ -11,9 +11,7 @@ servicer only converts between protobuf and these types; tests call them directl
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from clinalign.common.db import Database
@@ -38,22 +36,3 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
-
-
-def kept(text: str) -> str:
-    """The redactor the store is given for text already de-identified."""
-    return text
-
-
-async def deidentified(core: Core, items: Sequence[T], fields: tuple[str, ...]) -> list[T]:
-    """``items`` with their free-text ``fields`` de-identified, in a worker thread before
-    any transaction opens: the de-identifier is the slow part of a write, and it never
-    runs while the store's write lock is held."""
-
-    def clean() -> list[T]:
-        return [
-            replace(item, **{f: core.redact(getattr(item, f)) for f in fields if getattr(item, f)})  # type: ignore[type-var]
-            for item in items
-        ]
-
-    return await asyncio.to_thread(clean)

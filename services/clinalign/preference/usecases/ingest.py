@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument
+from clinalign.common.redaction import redact_fields, unchanged
 from clinalign.preference import identity, store, validation
 from clinalign.preference.domain import (
     Annotator,
@@ -29,7 +30,7 @@ from clinalign.preference.domain import (
 )
 from clinalign.preference.identity import Caller, Labelled
 from clinalign.preference.models import PromptRow, ResponseRow
-from clinalign.preference.usecases import Core, deidentified, kept
+from clinalign.preference.usecases import Core
 
 Item = TypeVar("Item")
 
@@ -52,7 +53,7 @@ async def _submit(
     for i, item in enumerate(items):
         check(f"{field}[{i}]", item)
     digest = store.request_digest(rpc, items)  # of the request as sent
-    clean = await deidentified(core, items, text_fields)
+    clean = await redact_fields(core.redact, items, text_fields)
     return await core.db.run_write(
         lambda s: store.idempotent(s, key, rpc, principal, lambda: write(s, clean), digest)
     )
@@ -82,7 +83,7 @@ async def _submit_labels(
     (``identity.bind``: people only as themselves) before it is checked and written."""
     validation.check_batch(field, items, core.limits)
     digest = store.request_digest(rpc, items)  # as sent: a replay sends the same
-    clean = await deidentified(core, items, text_fields)
+    clean = await redact_fields(core.redact, items, text_fields)
 
     def work(s: Session) -> Batch:
         bound = identity.bind(s, caller, field, clean)
@@ -104,7 +105,7 @@ async def submit_prompts(
         "prompts",
         prompts,
         lambda f, p: validation.check_prompt(f, p, core.limits),
-        lambda s, clean: store.add_prompts(s, clean, kept, principal),
+        lambda s, clean: store.add_prompts(s, clean, unchanged, principal),
         ("text",),
     )
 
@@ -123,7 +124,7 @@ async def submit_responses(
         "responses",
         responses,
         lambda f, r: validation.check_response(f, r, core.limits),
-        lambda s, clean: store.add_responses(s, clean, kept, principal),
+        lambda s, clean: store.add_responses(s, clean, unchanged, principal),
         ("text",),
     )
 
@@ -186,7 +187,7 @@ async def submit_corrections(
         "corrections",
         corrections,
         lambda f, c: validation.check_correction(f, c, core.limits),
-        lambda s, items: store.add_corrections(s, items, kept, caller.shown),
+        lambda s, items: store.add_corrections(s, items, unchanged, caller.shown),
         ("corrected_text", "comment"),
     )
 
@@ -202,7 +203,7 @@ async def submit_error_annotations(
         "annotations",
         annotations,
         lambda f, a: validation.check_annotation(f, a, core.limits),
-        lambda s, items: store.add_annotations(s, items, kept),
+        lambda s, items: store.add_annotations(s, items, unchanged),
         ("comment",),
     )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument
+from clinalign.common.redaction import redact_fields, unchanged
 from clinalign.preference import agreement, identity, queue, store, validation
 from clinalign.preference.domain import (
     Batch,
@@ -21,7 +22,7 @@ from clinalign.preference.domain import (
     RatingIn,
 )
 from clinalign.preference.identity import Caller, L
-from clinalign.preference.usecases import Core, deidentified, kept
+from clinalign.preference.usecases import Core
 
 DEFAULT_ADJUDICATION_THRESHOLD = 0.67
 
@@ -115,8 +116,8 @@ async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission)
     label's id."""
     validation.check_required("task_id", sub.task_id)
     digest = store.request_digest("submit_task", sub)  # of the request as sent
-    # De-identified before the transaction (usecases.deidentified): never under the lock.
-    sub = replace(sub, annotations=await deidentified(core, sub.annotations, ("comment",)))
+    # De-identified before the transaction (common.redaction): never under the lock.
+    sub = replace(sub, annotations=await redact_fields(core.redact, sub.annotations, ("comment",)))
 
     def work(s: Session) -> Batch:
         who = identity.acting_as(s, caller, "annotator_id", sub.annotator_id)
@@ -145,7 +146,7 @@ async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission)
                     ranking,
                     bound.ratings,
                     bound.annotations,
-                    kept,
+                    unchanged,
                 )
             ],
             digest,
@@ -165,7 +166,7 @@ async def skip_task(
 
     def work(s: Session) -> None:
         who = identity.acting_as(s, caller, "annotator_id", annotator_id)
-        queue.skip(s, caller.shown, task_id, who, clean, kept)
+        queue.skip(s, caller.shown, task_id, who, clean, unchanged)
 
     await core.db.run_write(work)
 
