@@ -229,6 +229,10 @@ def _check_monitor(session: Session) -> None:
     rows = session.scalars(select(monitor_store.OutputRow)).all()
     assert all(o.scored_at is not None and o.cost is None for o in rows)
     assert {(o.reward_model_version, o.score_attempts) for o in rows} == {("", 0)}
+    # 0003: outputs recorded before it have no task, as from a reporter that does not say.
+    assert {o.task for o in rows} == {""}
+    indexes = {i["name"] for i in inspect(session.get_bind()).get_indexes("outputs")}
+    assert "ix_outputs_task" in indexes
     flag = session.get(monitor_store.FlagRow, "flag-1")
     assert flag is not None and flag.resolved_by == "reviewer"
     baseline = session.get(monitor_store.BaselineRow, "policy-v2")

@@ -11,14 +11,18 @@ import pytest
 
 from clinalign.preference.agreement import (
     AgreementUndefinedError,
+    AnnotatorAgreement,
     ItemConsensus,
     Label,
+    PositionBias,
     agreement_report,
+    annotator_agreement,
     cohen_kappa,
     fleiss_kappa,
     item_consensus,
     krippendorff_alpha_nominal,
     low_consensus,
+    position_bias,
     raw_pairwise_agreement,
 )
 
@@ -367,3 +371,57 @@ def test_low_consensus_orders_by_consensus_before_item_id() -> None:
 def test_low_consensus_rejects_a_threshold_outside_zero_to_one(threshold: float) -> None:
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
         low_consensus([], threshold)
+
+
+# -- per annotator and position bias ---------------------------------------------------------
+
+
+def test_annotator_agreement_by_hand() -> None:
+    """u1: a=A b=A c=B; u2: a=A b=B; u3: a=B alone; u4: b=A c=A; u5: d=A alone.
+
+    a: pairings u1 (b agrees, c not) and u2 (b not): 1 of 3. b: u1 (a yes, c no), u2 (a
+    no), u4 (c yes): 2 of 4. c: u1 (a no, b no), u4 (b yes): 1 of 3. d shares nothing.
+    """
+    labels = labels_from_rows(
+        {
+            "a": ["A", "A", "B", None, None],
+            "b": ["A", "B", None, "A", None],
+            "c": ["B", None, None, "A", None],
+            "d": [None, None, None, None, "A"],
+        }
+    )
+    assert annotator_agreement(labels) == [
+        AnnotatorAgreement("a", 3, pytest.approx(1 / 3)),
+        AnnotatorAgreement("b", 3, 0.5),
+        AnnotatorAgreement("c", 2, pytest.approx(1 / 3)),
+        AnnotatorAgreement("d", 1, None),
+    ]
+    assert annotator_agreement([]) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_annotator_agreement_agrees_with_a_plain_loop_and_pools_to_raw_agreement(
+    seed: int,
+) -> None:
+    labels = random_labels(seed, n_annotators=4, coverage=0.6)
+    pairings: Counter[str] = Counter()
+    agreeing: Counter[str] = Counter()
+    for x, y in itertools.permutations(labels, 2):
+        if x.item_id == y.item_id:
+            pairings[x.annotator_id] += 1
+            agreeing[x.annotator_id] += x.value == y.value
+    rows = annotator_agreement(labels)
+    assert [r.annotator_id for r in rows] == sorted({x.annotator_id for x in labels})
+    for r in rows:
+        assert r.labels == sum(x.annotator_id == r.annotator_id for x in labels)
+        expected = agreeing[r.annotator_id] / pairings[r.annotator_id]
+        assert r.agreement == pytest.approx(expected)
+    # Each pair is seen from both of its ends, so pooled they are the raw agreement.
+    pooled = sum(agreeing.values()) / sum(pairings.values())
+    assert pooled == pytest.approx(raw_pairwise_agreement(labels))
+
+
+def test_position_bias_is_the_share_that_chose_the_first_shown() -> None:
+    assert position_bias([True, True, False, True]) == PositionBias(4, 0.75)
+    assert position_bias([False]) == PositionBias(1, 0.0)
+    assert position_bias([]) == PositionBias(0, None)

@@ -61,6 +61,26 @@ class ItemConsensus:
 
 
 @dataclass(frozen=True)
+class AnnotatorAgreement:
+    """One annotator's share in the agreement: ``labels`` they gave, and of the pairings of
+    one of their labels with another annotator's label on the same item, the share that
+    agree (``None`` when they share no item with anyone)."""
+
+    annotator_id: str
+    labels: int
+    agreement: float | None
+
+
+@dataclass(frozen=True)
+class PositionBias:
+    """Of ``labels`` choices between two responses shown side by side, the share that
+    went to the one shown first (``None`` when there are none); 0.5 is no bias."""
+
+    labels: int
+    first_shown_share: float | None
+
+
+@dataclass(frozen=True)
 class AgreementReport:
     """Every statistic that is defined on a set of labels; ``None`` where one is not.
 
@@ -287,3 +307,37 @@ def agreement_report(labels: Sequence[Label]) -> AgreementReport:
         pairable_items=pairable_items,
         fleiss_items=_fleiss_rows(u_c_counts).shape[0] if pairable_items else 0,
     )
+
+
+def annotator_agreement(labels: Sequence[Label]) -> list[AnnotatorAgreement]:
+    """Every annotator's labels and pairwise agreement with the others, by annotator id.
+
+    An annotator's pairings are (their label, another annotator's label) on an item both
+    labelled: on an item with m labels each annotator has m - 1. Pooled over the items as
+    in :func:`raw_pairwise_agreement`, whose pairs these are, each seen from both ends.
+    """
+    by_item = _group_by_item(labels)
+    given: Counter[str] = Counter()
+    pairings: Counter[str] = Counter()
+    agreeing: Counter[str] = Counter()
+    for item_values in by_item.values():
+        value_counts = Counter(item_values.values())
+        for annotator, value in item_values.items():
+            given[annotator] += 1
+            pairings[annotator] += len(item_values) - 1
+            agreeing[annotator] += value_counts[value] - 1  # the others with the same value
+    return [
+        AnnotatorAgreement(
+            annotator,
+            given[annotator],
+            agreeing[annotator] / pairings[annotator] if pairings[annotator] else None,
+        )
+        for annotator in sorted(given)
+    ]
+
+
+def position_bias(chose_first_shown: Sequence[bool]) -> PositionBias:
+    """How often a two-response choice went to the response shown first: one entry per
+    non-tie label whose presented order is known, ``True`` when it chose the first."""
+    n = len(chose_first_shown)
+    return PositionBias(n, sum(chose_first_shown) / n if n else None)

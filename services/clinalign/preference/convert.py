@@ -132,6 +132,8 @@ def annotation_in(a: pb.ErrorAnnotation) -> ErrorAnnotationIn:
         CATEGORY_FROM_PROTO.get(a.category, ""),
         a.comment,
         severity,
+        a.span_start if a.HasField("span_start") else None,
+        a.span_end if a.HasField("span_end") else None,
     )
 
 
@@ -152,6 +154,7 @@ def task_submission(request: pb.SubmitTaskRequest) -> labelling.TaskSubmission:
         label,
         [rating_in(r) for r in request.ratings],
         [annotation_in(a) for a in request.annotations],
+        tuple(request.presented_response_ids),
     )
 
 
@@ -214,17 +217,39 @@ def task_out(view: queue.TaskView) -> pb.Task:
 
 def agreement_out(a: labelling.Agreement) -> pb.GetAgreementResponse:
     report = a.report
-    out = pb.AgreementReport(items=report.pairable_items, annotators=report.annotators)
+    out = pb.AgreementReport(
+        items=report.pairable_items,
+        annotators=report.annotators,
+        position_labels=a.position.labels,
+    )
     for name in ("raw_agreement", "cohen_kappa", "fleiss_kappa", "krippendorff_alpha"):
         value = getattr(report, name)
         if value is not None:
             setattr(out, name, value)
+    if a.position.first_shown_share is not None:
+        out.first_shown_share = a.position.first_shown_share
     return pb.GetAgreementResponse(
         report=out,
         adjudication=[
             pb.TaskConsensus(task_id=c.item_id, consensus=c.consensus, labels=c.n_labels)
             for c in a.adjudication
         ],
+        annotators=[
+            pb.AnnotatorAgreement(
+                annotator_id=x.annotator_id, labels=x.labels, agreement=x.agreement
+            )
+            for x in a.annotators
+        ],
+    )
+
+
+def progress_out(p: queue.Progress) -> pb.GetProgressResponse:
+    return pb.GetProgressResponse(
+        annotator_id=p.annotator_id,
+        labelled_today=p.labelled_today,
+        labelled_total=p.labelled_total,
+        remaining=p.remaining,
+        skipped=p.skipped,
     )
 
 

@@ -116,6 +116,13 @@ class CorrectionIn:
     comment: str = ""
 
 
+# Metadata of a field added to an input record after its first release: the field enters
+# a request's idempotency digest only when it differs from its default, so a request sent
+# before the field existed has the digest it had then (``store.request_digest``), and its
+# retry across an upgrade still replays.
+ADDED_LATER = {"digest_when_set": True}
+
+
 @dataclass(frozen=True)
 class ErrorAnnotationIn:
     meta: LabelMeta
@@ -123,6 +130,10 @@ class ErrorAnnotationIn:
     category: str
     comment: str = ""
     severity: str = ""  # one of SEVERITIES, or "" when not given
+    # Character offsets [span_start, span_end) into the response text; both None: the
+    # whole response.
+    span_start: int | None = field(default=None, metadata=ADDED_LATER)
+    span_end: int | None = field(default=None, metadata=ADDED_LATER)
 
 
 @dataclass

@@ -7,6 +7,9 @@ the clinician who flagged it. How a record gets linked:
 - a service or an admin may link an unlinked record to a subject;
 - only an admin changes a link once made;
 - one annotator per subject (a unique constraint).
+
+Reading is wider than labelling: a clinical lead reads any annotator's progress (the
+labelling dashboard), though they too label only as themselves.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ _NOT_A_PERSON = ACTS_FOR_OTHERS | {Role.ML_ENGINEER}
 class Caller:
     """The principal a use case runs for: its name (audit entries record it), whether it
     is a person (acts only as themselves), may name annotators and link records (services,
-    admins), and may change a link once made (admins)."""
+    admins), may change a link once made (admins), and may read other annotators' figures
+    (clinical leads)."""
 
     name: str
     person: bool
     names_annotators: bool
     relinks: bool = False
     via: str = ""  # the front door acting for the person, recorded beside them
+    reads_annotators: bool = False
 
     @property
     def shown(self) -> str:
@@ -54,6 +59,7 @@ class Caller:
             names_annotators=principal.acts_for_others,
             relinks=Role.ADMIN in held,
             via=principal.via,
+            reads_annotators=Role.CLINICAL_LEAD in held,
         )
 
 
@@ -85,6 +91,14 @@ def acting_as(session: Session, caller: Caller, field: str, requested: str) -> s
     if requested and requested != mine:
         raise PermissionDenied(f"{field}: {requested!r} is not you; you label as {mine!r}")
     return mine
+
+
+def reading_as(session: Session, caller: Caller, field: str, requested: str) -> str:
+    """The annotator whose figures the caller reads: as :func:`acting_as`, except that a
+    clinical lead may name any annotator (empty: themselves)."""
+    if caller.reads_annotators and requested:
+        return requested
+    return acting_as(session, caller, field, requested)
 
 
 def bind(session: Session, caller: Caller, field: str, items: Sequence[L]) -> list[L]:

@@ -125,6 +125,10 @@ class ErrorAnnotationRow(LabelColumns, Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     # low | moderate | high | critical, or "" when the annotator did not say (migration 0002)
     severity: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    # Character offsets [span_start, span_end) into the response's text that the error
+    # concerns; both NULL: the whole response (and every row before migration 0006).
+    span_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    span_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class IdempotencyRow(Base):
@@ -177,6 +181,9 @@ class AssignmentRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The task's response ids in the order the annotator was shown them when they labelled
+    # it; NULL when not recorded (skips, older rows, clients that do not send it).
+    presented_response_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class SnapshotRow(Base):

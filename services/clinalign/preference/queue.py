@@ -14,8 +14,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument, NotFound
@@ -23,8 +24,10 @@ from clinalign.preference import audit, domain, store, validation
 from clinalign.preference.models import (
     AnnotatorRow,
     AssignmentRow,
+    ComparisonRow,
     GuidelineRow,
     PromptRow,
+    RankingRow,
     ResponseRow,
     TaskRow,
 )
@@ -45,6 +48,18 @@ class TaskView:
     prompt: PromptRow
     responses: list[ResponseRow]
     guideline_text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One annotator's queue work (of one batch, or of all): tasks labelled today (UTC)
+    and in all, tasks the queue still holds for them, tasks they skipped."""
+
+    annotator_id: str
+    labelled_today: int
+    labelled_total: int
+    remaining: int
+    skipped: int
 
 
 def check_create(
@@ -128,9 +143,28 @@ def _view(session: Session, task: TaskRow, annotator_id: str) -> TaskView:
     )
 
 
-def next_task(session: Session, annotator_id: str, batch_id: str) -> TaskView | None:
+def _assignable(annotator_id: str, batch_id: str) -> Select[TaskRow]:
+    """Tasks NextTask may newly assign the annotator: never seen by them, a slot open."""
+    seen = select(AssignmentRow.task_id).where(AssignmentRow.annotator_id == annotator_id)
+    taken = (
+        select(func.count())
+        .where(AssignmentRow.task_id == TaskRow.id, AssignmentRow.status.in_(ACTIVE))
+        .correlate(TaskRow)
+        .scalar_subquery()
+    )
+    query = select(TaskRow).where(TaskRow.id.not_in(seen), taken < TaskRow.overlap)
+    if batch_id:
+        query = query.where(TaskRow.batch_id == batch_id)
+    return query
+
+
+def _known(session: Session, annotator_id: str) -> None:
     if session.get(AnnotatorRow, annotator_id) is None:
         raise NotFound("annotator", annotator_id, field="annotator_id")
+
+
+def next_task(session: Session, annotator_id: str, batch_id: str) -> TaskView | None:
+    _known(session, annotator_id)
     pending = select(AssignmentRow).where(
         AssignmentRow.annotator_id == annotator_id, AssignmentRow.status == "assigned"
     )
@@ -143,16 +177,7 @@ def next_task(session: Session, annotator_id: str, batch_id: str) -> TaskView | 
         task = session.get(TaskRow, current.task_id)
         assert task is not None
         return _view(session, task, annotator_id)
-    seen = select(AssignmentRow.task_id).where(AssignmentRow.annotator_id == annotator_id)
-    taken = (
-        select(func.count())
-        .where(AssignmentRow.task_id == TaskRow.id, AssignmentRow.status.in_(ACTIVE))
-        .correlate(TaskRow)
-        .scalar_subquery()
-    )
-    query = select(TaskRow).where(TaskRow.id.not_in(seen), taken < TaskRow.overlap)
-    if batch_id:
-        query = query.where(TaskRow.batch_id == batch_id)
+    query = _assignable(annotator_id, batch_id)
     task = session.scalars(query.order_by(TaskRow.created_at, TaskRow.id).limit(1)).first()
     if task is None:
         return None
@@ -192,9 +217,16 @@ def submit(
     ratings: Sequence[domain.RatingIn],
     annotations: Sequence[domain.ErrorAnnotationIn],
     redact: domain.Redactor,
+    presented: Sequence[str] = (),
 ) -> str:
     task, assignment = _assignment(session, task_id, annotator_id)
     members = set(task.response_ids)
+    if presented and sorted(presented) != sorted(task.response_ids):
+        raise InvalidArgument(
+            "presented_response_ids",
+            f"must list task {task_id}'s {len(members)} response ids, each once, in the order "
+            "shown; or be empty",
+        )
     if comparison is not None:
         if len(task.response_ids) != 2:
             raise InvalidArgument(
@@ -223,6 +255,8 @@ def submit(
     if annotations:
         store.add_annotations(session, annotations, redact)
     assignment.status, assignment.label_id, assignment.completed_at = "done", label_id, domain.now()
+    if presented:
+        assignment.presented_response_ids = list(presented)
     return label_id
 
 
@@ -240,18 +274,47 @@ def skip(
     audit.append(session, principal, "skip_task", f"{task_id} by {annotator_id}")
 
 
+def progress(session: Session, annotator_id: str, batch_id: str, since: datetime) -> Progress:
+    """The annotator's queue work in ``batch_id`` (every batch when empty); labels
+    completed at or after ``since`` count as today's."""
+    _known(session, annotator_id)
+    mine = select(
+        AssignmentRow.status,
+        func.count(),
+        func.sum(case((AssignmentRow.completed_at >= since, 1), else_=0)),
+    ).where(AssignmentRow.annotator_id == annotator_id)
+    if batch_id:
+        mine = mine.join(TaskRow, TaskRow.id == AssignmentRow.task_id).where(
+            TaskRow.batch_id == batch_id
+        )
+    counts = {
+        status: (int(n), int(recent or 0))
+        for status, n, recent in session.execute(mine.group_by(AssignmentRow.status))
+    }
+    open_ = select(func.count()).select_from(_assignable(annotator_id, batch_id).subquery())
+    return Progress(
+        annotator_id,
+        labelled_today=counts.get("done", (0, 0))[1],
+        labelled_total=counts.get("done", (0, 0))[0],
+        remaining=counts.get("assigned", (0, 0))[0] + int(session.scalar(open_) or 0),
+        skipped=counts.get("skipped", (0, 0))[0],
+    )
+
+
+def _batch_tasks(session: Session, batch_id: str) -> dict[str, TaskRow]:
+    query = select(TaskRow)
+    if batch_id:
+        query = query.where(TaskRow.batch_id == batch_id)
+    return {t.id: t for t in session.scalars(query)}
+
+
 def batch_labels(session: Session, batch_id: str) -> list[tuple[str, str, str]]:
     """(task id, annotator id, label value) for agreement. Values use the task's own,
     canonical response order, shared by every item: a comparison is "A" (the task's first
     response preferred), "B" or "tie"; a ranking is the position of its top response. So
     per-annotator display shuffling cannot make agreeing labels look different, and the
     categories mean the same thing across items, as kappa and alpha assume."""
-    from clinalign.preference.models import ComparisonRow, RankingRow
-
-    query = select(TaskRow)
-    if batch_id:
-        query = query.where(TaskRow.batch_id == batch_id)
-    tasks = {t.id: t for t in session.scalars(query)}
+    tasks = _batch_tasks(session, batch_id)
     out: list[tuple[str, str, str]] = []
     if not tasks:
         return out
@@ -263,4 +326,25 @@ def batch_labels(session: Session, batch_id: str) -> list[tuple[str, str, str]]:
     for r in session.scalars(select(RankingRow).where(RankingRow.task_id.in_(tasks))):
         order = tasks[r.task_id or ""].response_ids
         out.append((r.task_id or "", r.annotator_id, str(order.index(r.response_ids[0]))))
+    return out
+
+
+def first_shown_choices(session: Session, batch_id: str) -> list[bool]:
+    """For position bias: of each non-tie comparison given to a task of ``batch_id``
+    (every batch when empty) whose presented order was recorded, whether it chose the
+    response shown first."""
+    query = (
+        select(ComparisonRow, AssignmentRow.presented_response_ids)
+        .join(AssignmentRow, AssignmentRow.label_id == ComparisonRow.id)
+        .where(ComparisonRow.preference != "tie")
+    )
+    if batch_id:
+        query = query.join(TaskRow, TaskRow.id == AssignmentRow.task_id).where(
+            TaskRow.batch_id == batch_id
+        )
+    out = []
+    for c, presented in session.execute(query):
+        if presented:
+            chosen = c.response_a_id if c.preference == "a" else c.response_b_id
+            out.append(chosen == presented[0])
     return out

@@ -46,6 +46,8 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "NextTask": _LABEL,
     _SVC + "SubmitTask": _LABEL,
     _SVC + "SkipTask": _LABEL,
+    # A clinician reads their own progress, a clinical lead anyone's (``identity``).
+    _SVC + "GetProgress": _LABEL,
     _SVC + "GetAgreement": _AGREEMENT,
     _SVC + "CreateSnapshot": _DATA,
     _SVC + "GetSnapshot": _DATA,
@@ -73,6 +75,8 @@ SERVICE_CALLERS: ServiceCallers = {
     _SVC + "NextTask": frozenset(),
     _SVC + "SubmitTask": frozenset(),
     _SVC + "SkipTask": frozenset(),
+    # The console asks as the signed-in person (common.delegation), not as itself.
+    _SVC + "GetProgress": frozenset(),
     _SVC + "GetAgreement": frozenset(),
     _SVC + "CreateSnapshot": frozenset({"monitor"}),
     _SVC + "GetSnapshot": frozenset({"monitor", "trainer", "trainer-job"}),
@@ -253,6 +257,14 @@ class PreferenceServicer(preference_pb2_grpc.PreferenceServiceServicer):
             self.core, _caller(), request.task_id, request.annotator_id, request.reason
         )
         return pb.SkipTaskResponse()
+
+    async def GetProgress(
+        self, request: pb.GetProgressRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProgressResponse:
+        progress = await labelling.get_progress(
+            self.core, _caller(), request.annotator_id, request.batch_id
+        )
+        return convert.progress_out(progress)
 
     async def GetAgreement(
         self, request: pb.GetAgreementRequest, context: grpc.aio.ServicerContext

@@ -13,12 +13,13 @@ use cases (``usecases``) run the checks, then these functions in one transaction
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from clinalign.common.errors import InvalidArgument, NotFound
@@ -59,8 +60,28 @@ from clinalign.preference.validation import check_key, validate_annotator
 
 def request_digest(*parts: object) -> str:
     """A digest of a request's content (its domain records' reprs, which are
-    deterministic), so a replayed key with a different request is told apart."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
+    deterministic), so a replayed key with a different request is told apart. A field
+    marked ``domain.ADDED_LATER`` is left out while it holds its default: a request that
+    does not use it digests as it did before the field existed."""
+    return hashlib.sha256(_stable_repr(parts).encode()).hexdigest()
+
+
+def _stable_repr(value: object) -> str:
+    """``repr(value)``, less the fields added later that hold their defaults."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        shown = [
+            f"{f.name}={_stable_repr(getattr(value, f.name))}"
+            for f in dataclasses.fields(value)
+            if f.repr
+            and not (f.metadata.get("digest_when_set") and getattr(value, f.name) == f.default)
+        ]
+        return f"{type(value).__qualname__}({', '.join(shown)})"
+    if isinstance(value, list):
+        return "[" + ", ".join(_stable_repr(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        inner = ", ".join(_stable_repr(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
 
 
 def _scoped(principal: str, key: str) -> str:
@@ -378,6 +399,7 @@ def add_annotations(
     response_prompts(
         session, [(f"{f}.response_id", a.response_id) for f, a in zip(fields, items, strict=True)]
     )
+    _check_spans(session, fields, items)
     t = now()
     ids = []
     for a in items:
@@ -388,6 +410,8 @@ def add_annotations(
                 response_id=a.response_id,
                 category=a.category,
                 severity=a.severity,
+                span_start=a.span_start,
+                span_end=a.span_end,
                 comment=redact(a.comment) if a.comment else "",
                 annotator_id=a.meta.annotator_id,
                 guideline_version=a.meta.guideline_version,
@@ -397,6 +421,30 @@ def add_annotations(
         )
         ids.append(aid)
     return ids
+
+
+def _check_spans(
+    session: Session, fields: Sequence[str], items: Sequence[ErrorAnnotationIn]
+) -> None:
+    """Each span (already ordered, ``validation.check_span``) ends within its response's
+    stored text; the length is counted in the database, in characters as Python counts."""
+    spanned = [(f, a) for f, a in zip(fields, items, strict=True) if a.span_end is not None]
+    if not spanned:
+        return
+    wanted = {a.response_id for _, a in spanned}
+    length_of = {
+        rid: int(n)
+        for rid, n in session.execute(
+            select(ResponseRow.id, func.length(ResponseRow.text)).where(ResponseRow.id.in_(wanted))
+        )
+    }
+    for f, a in spanned:
+        n = length_of[a.response_id]
+        if a.span_end is not None and a.span_end > n:
+            raise InvalidArgument(
+                f"{f}.span_end",
+                f"is {a.span_end}, past the end of response {a.response_id} ({n} characters)",
+            )
 
 
 def get_prompt(session: Session, prompt_id: str) -> tuple[PromptRow, list[ResponseRow]]:

@@ -172,6 +172,28 @@ def check_annotation(f: str, a: ErrorAnnotationIn, limits: Limits) -> None:
             f"{f}.severity", "must be SEVERITY_LOW, _MODERATE, _HIGH or _CRITICAL, or unset"
         )
     check_text(f"{f}.comment", a.comment, limits, required=False)
+    check_span(f, a)
+
+
+def check_span(f: str, a: ErrorAnnotationIn) -> None:
+    """Both span offsets or neither, ordered; that the end lies within the response is
+    checked against its stored text when it is written (``store.add_annotations``)."""
+    if (a.span_start is None) != (a.span_end is None):
+        given, missing = (
+            ("span_start", "span_end") if a.span_end is None else ("span_end", "span_start")
+        )
+        raise InvalidArgument(
+            f"{f}.{missing}",
+            f"is required with {given}: give both, or neither for the whole response",
+        )
+    if a.span_start is None or a.span_end is None:
+        return
+    if a.span_start < 0:
+        raise InvalidArgument(f"{f}.span_start", f"must be at least 0, got {a.span_start}")
+    if a.span_end <= a.span_start:
+        raise InvalidArgument(
+            f"{f}.span_end", f"must be greater than span_start ({a.span_start}), got {a.span_end}"
+        )
 
 
 def check_guidelines(version: str, text: str) -> None:

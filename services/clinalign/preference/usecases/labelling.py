@@ -1,12 +1,13 @@
-"""Use cases of the labelling queue (CreateTasks, NextTask, SubmitTask, SkipTask) and of
-the agreement between the annotators of a batch (GetAgreement). The queue's rules (k
-distinct annotators a task, never one twice, unfinished work first) live in ``queue``."""
+"""Use cases of the labelling queue (CreateTasks, NextTask, SubmitTask, SkipTask,
+GetProgress) and of the agreement between the annotators of a batch (GetAgreement). The
+queue's rules (k distinct annotators a task, never one twice, unfinished work first) live
+in ``queue``."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.orm import Session
 
@@ -14,12 +15,14 @@ from clinalign.common.errors import InvalidArgument
 from clinalign.common.redaction import redact_fields, unchanged
 from clinalign.preference import agreement, identity, queue, store, validation
 from clinalign.preference.domain import (
+    ADDED_LATER,
     Batch,
     ComparisonIn,
     ErrorAnnotationIn,
     LabelMeta,
     RankingIn,
     RatingIn,
+    now,
 )
 from clinalign.preference.identity import Caller, L
 from clinalign.preference.usecases import Core
@@ -30,13 +33,15 @@ DEFAULT_ADJUDICATION_THRESHOLD = 0.67
 @dataclass(frozen=True)
 class TaskSubmission:
     """An annotator's answer to a task: one comparison or ranking (``None`` when the
-    request carried neither), with optional ratings and error annotations."""
+    request carried neither), with optional ratings and error annotations, and the order
+    the task's responses were shown in (empty when not recorded)."""
 
     task_id: str
     annotator_id: str
     label: ComparisonIn | RankingIn | None
     ratings: Sequence[RatingIn] = ()
     annotations: Sequence[ErrorAnnotationIn] = ()
+    presented_response_ids: tuple[str, ...] = field(default=(), metadata=ADDED_LATER)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ class Agreement:
     report: agreement.AgreementReport
     # Tasks labelled at least twice whose consensus is below the threshold.
     adjudication: list[agreement.ItemConsensus]
+    # Each annotator's labels and agreement with the others, by annotator id.
+    annotators: list[agreement.AnnotatorAgreement]
+    # How often two-response labels chose the response shown first.
+    position: agreement.PositionBias
 
 
 async def create_tasks(
@@ -147,6 +156,7 @@ async def submit_task(core: Core, caller: Caller, key: str, sub: TaskSubmission)
                     bound.ratings,
                     bound.annotations,
                     unchanged,
+                    bound.presented_response_ids,
                 )
             ],
             digest,
@@ -171,12 +181,35 @@ async def skip_task(
     await core.db.run_write(work)
 
 
+async def get_progress(
+    core: Core, caller: Caller, annotator_id: str, batch_id: str
+) -> queue.Progress:
+    """The annotator's labels today (UTC) and in all, what the queue still holds for them
+    and what they skipped; a clinician reads only their own, a clinical lead anyone's
+    (``identity.reading_as``)."""
+    midnight = now().replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def work(s: Session) -> queue.Progress:
+        who = identity.reading_as(s, caller, "annotator_id", annotator_id)
+        return queue.progress(s, who, batch_id, midnight)
+
+    return await core.db.run_sync(work)
+
+
 async def get_agreement(core: Core, batch_id: str, adjudication_threshold: float) -> Agreement:
     """Agreement statistics of a batch's labels (every batch's when ``batch_id`` is
-    empty), and the tasks whose consensus falls below ``adjudication_threshold``."""
+    empty), each annotator's share in them, position bias, and the tasks whose consensus
+    falls below ``adjudication_threshold``."""
     if not 0.0 < adjudication_threshold <= 1.0:
         raise InvalidArgument("adjudication_threshold", "must be in (0, 1]")
-    rows = await core.db.run_sync(lambda s: queue.batch_labels(s, batch_id))
+    rows, first_shown = await core.db.run_sync(
+        lambda s: (queue.batch_labels(s, batch_id), queue.first_shown_choices(s, batch_id))
+    )
     labels = [agreement.Label(t, a, v) for t, a, v in rows]
     low = agreement.low_consensus(labels, adjudication_threshold)
-    return Agreement(agreement.agreement_report(labels), [c for c in low if c.n_labels >= 2])
+    return Agreement(
+        agreement.agreement_report(labels),
+        [c for c in low if c.n_labels >= 2],
+        agreement.annotator_agreement(labels),
+        agreement.position_bias(first_shown),
+    )
