@@ -27,6 +27,9 @@ from tests.conftest import client, free_port, serving
 
 Token = Callable[[Role], str]
 QUESTION = "I have had a fever and a cough for three days. What should I do?"
+BUNDLE = (
+    Path(__file__).parents[2] / "services/clinalign/generation/examples/patient_bundle.json"
+).read_text()
 
 
 def _settings(model: Path, **kw: object) -> GenerationSettings:
@@ -107,6 +110,14 @@ async def test_outputs_reach_the_monitor(
                     (await stub.Generate(_request())).completion.provenance.output_id
                     for _ in range(3)
                 ]
+                summary = pb.FhirContext(bundle_json=BUNDLE, task=pb.CLINICAL_TASK_SUMMARY)
+                fhir = await stub.Generate(
+                    pb.GenerateRequest(
+                        input=pb.GenerationInput(fhir=summary),
+                        sampling=pb.SamplingParams(max_new_tokens=4, temperature=0.0),
+                    )
+                )
+                ids.append(fhir.completion.provenance.output_id)
             async with client(mon, common, token(Role.ML_ENGINEER)) as ch:
                 mstub = monitor_pb2_grpc.MonitorServiceStub(ch)
                 for _ in range(50):
@@ -114,9 +125,18 @@ async def test_outputs_reach_the_monitor(
                     if stats.versions and stats.versions[0].outputs == len(ids):
                         break
                     await asyncio.sleep(0.1)
+                listed = await mstub.ListOutputs(monitor_pb2.ListOutputsRequest())
     assert stats.versions[0].model_version == "foundation"
-    assert stats.versions[0].outputs == 3
-    assert stats.versions[0].latency_s.count == 3
+    assert stats.versions[0].outputs == 4
+    assert stats.versions[0].latency_s.count == 4
+    # Each output's task as generation reported it: the FHIR template's, or a raw prompt's.
+    tasks = {s.output.output_id: s.output.task for s in listed.outputs}
+    assert tasks == {
+        ids[0]: "free_text",
+        ids[1]: "free_text",
+        ids[2]: "free_text",
+        ids[3]: "summary",
+    }
 
 
 async def test_no_acknowledged_output_is_lost_to_a_monitor_outage_or_a_restart(

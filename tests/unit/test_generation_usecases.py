@@ -210,6 +210,7 @@ async def test_generate_applies_defaults_and_reports_the_draft(
     )
     assert (output.model_version, output.latency_s, output.completion_tokens) == ("v1", 0.25, 3)
     assert output.create_time.ToDatetime(UTC) == draft.created
+    assert output.task == "free_text"
 
 
 async def test_generate_records_the_template_version_of_a_fhir_prompt(
@@ -219,6 +220,15 @@ async def test_generate_records_the_template_version_of_a_fhir_prompt(
     assert draft.message.template_version.startswith("summary/")
     [output] = await _flush(reported)
     assert output.prompt_template_version == draft.message.template_version
+    assert output.task == "summary"
+
+
+@pytest.mark.parametrize("task", fhir.TASKS)
+def test_a_rendered_message_names_its_task_as_the_monitor_records_it(task: str) -> None:
+    question = QUESTION if task == "patient_question" else ""
+    message = user_message(FhirInput(BUNDLE, task, question), max_chars=16_000)
+    assert message.task == task
+    assert user_message(QUESTION, max_chars=100).task == "free_text"
 
 
 @pytest.mark.parametrize(

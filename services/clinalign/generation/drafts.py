@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from clinalign.generation.backend import Generated
 
+FREE_TEXT = "free_text"  # the task of a raw prompt, as the monitor records it
 NOTICE = (
     "AI-generated draft for review by a licensed clinician; not medical advice and not "
     "part of the record until a clinician approves it."
@@ -24,6 +25,12 @@ class UserMessage:
 
     text: str
     template_version: str = ""
+
+    @property
+    def task(self) -> str:
+        """The drafting task: a template's (its version reads "<task>/<version>",
+        ``fhir.RenderedPrompt``), such as "summary"; ``FREE_TEXT`` for a raw prompt."""
+        return self.template_version.partition("/")[0] if self.template_version else FREE_TEXT
 
 
 @dataclass(frozen=True)

@@ -19,4 +19,5 @@ def production_output(draft: Draft) -> monitor_pb2.ProductionOutput:
         latency_s=result.duration_s,
         completion_tokens=result.completion_tokens,
         create_time=timestamp(draft.created),
+        task=draft.message.task,
     )

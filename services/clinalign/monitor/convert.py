@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from clinalign.common.protos import datetime_from, enum_name, timestamp
 from clinalign.common.v1 import common_pb2
-from clinalign.monitor import drift, feedback, flags, store
+from clinalign.monitor import drift, feedback, flags, outputs, store
 from clinalign.monitor.retraining import RunView
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
@@ -37,6 +37,40 @@ def output_from_proto(out: pb.ProductionOutput, field: str) -> store.OutputRecor
         created_at=created,
         prompt=out.prompt,
         text=out.text,
+        task=out.task,
+    )
+
+
+def output_filter_from_proto(req: pb.ListOutputsRequest) -> outputs.Filter:
+    start = datetime_from(req.start_time, "start_time") if req.HasField("start_time") else None
+    end = datetime_from(req.end_time, "end_time") if req.HasField("end_time") else None
+    return outputs.Filter(req.model_version, req.task, start, end, req.flag_state)
+
+
+def output_to_proto(row: store.OutputRow) -> pb.ProductionOutput:
+    """An output as stored; prompt and text empty once retention has erased them."""
+    out = pb.ProductionOutput(
+        output_id=row.output_id,
+        prompt=row.prompt or "",
+        text=row.text or "",
+        model_version=row.model_version,
+        prompt_template_version=row.prompt_template_version,
+        latency_s=row.latency_s,
+        completion_tokens=row.completion_tokens,
+        create_time=timestamp(store.utc(row.created_at)),
+        task=row.task,
+    )
+    if row.reward_score is not None:
+        out.reward_score = row.reward_score
+    return out
+
+
+def output_summary_to_proto(s: outputs.Summary) -> pb.OutputSummary:
+    return pb.OutputSummary(
+        output=output_to_proto(s.output),
+        open_flags=s.open_flags,
+        confirmed_flags=s.confirmed_flags,
+        dismissed_flags=s.dismissed_flags,
     )
 
 

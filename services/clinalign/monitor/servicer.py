@@ -15,7 +15,9 @@ from clinalign.monitor import flags
 from clinalign.monitor.convert import (
     flag_from_proto,
     flag_to_proto,
+    output_filter_from_proto,
     output_from_proto,
+    output_summary_to_proto,
     replay_case_to_proto,
     run_to_proto,
     stats_to_proto,
@@ -35,6 +37,8 @@ ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "ResolveFlag": roles(*_CLINICAL),
     _SVC + "GetStats": roles(Role.CLINICAL_LEAD, Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "GetLineage": roles(*_CLINICAL, Role.ML_ENGINEER),
+    _SVC + "ListOutputs": roles(*_CLINICAL, Role.ML_ENGINEER),
+    _SVC + "GetOutput": roles(*_CLINICAL, Role.ML_ENGINEER),
     _SVC + "EvaluateRetraining": roles(Role.ML_ENGINEER, Role.SERVICE),
     _SVC + "ListRetrainingRuns": roles(Role.ML_ENGINEER),
     _SVC + "ListReplayCases": roles(Role.SERVICE),
@@ -117,6 +121,26 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         if model is not None:
             reply.model.CopyFrom(model)
         return reply
+
+    async def ListOutputs(
+        self, request: pb.ListOutputsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListOutputsResponse:
+        page = await self.monitor.list_outputs(
+            output_filter_from_proto(request), request.page_size, request.page_token
+        )
+        return pb.ListOutputsResponse(
+            outputs=[output_summary_to_proto(s) for s in page.outputs],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetOutput(
+        self, request: pb.GetOutputRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOutputResponse:
+        detail = await self.monitor.get_output(request.output_id)
+        return pb.GetOutputResponse(
+            output=output_summary_to_proto(detail.summary),
+            flags=[flag_to_proto(r, detail.feedback.get(r.id)) for r in detail.flags],
+        )
 
     async def EvaluateRetraining(
         self, request: pb.EvaluateRetrainingRequest, context: grpc.aio.ServicerContext

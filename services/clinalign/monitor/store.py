@@ -55,6 +55,8 @@ class OutputRow(Base):
     output_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(64), index=True)
     prompt_template_version: Mapped[str] = mapped_column(String(64), default="")
+    # The drafting task ("summary", "free_text", ...); "" from older reporters (0003).
+    task: Mapped[str] = mapped_column(String(64), default="", index=True)
     # De-identified text; NULL once retention has erased a baseline output's text.
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -197,6 +199,7 @@ class OutputRecord:
     created_at: datetime
     prompt: str = ""
     text: str = ""
+    task: str = ""
 
 
 def utc(when: datetime) -> datetime:
@@ -218,6 +221,7 @@ def record_outputs(
             "output_id": r.output_id,
             "model_version": r.model_version,
             "prompt_template_version": r.prompt_template_version,
+            "task": r.task,
             "prompt": redact(r.prompt),
             "text": redact(r.text),
             "latency_s": r.latency_s,

@@ -10,6 +10,7 @@ the preference store), ``retraining`` (the policy and its runs) and ``lineage``.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,12 +23,15 @@ from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.redaction import redact_fields, unchanged
 from clinalign.common.v1 import common_pb2
-from clinalign.monitor import feedback, flags, lineage, metrics, retraining, store
+from clinalign.monitor import feedback, flags, lineage, metrics, outputs, retraining, store
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.convert import category_name, severity_name
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
 ID_CHARS = 64  # output ids, model and template versions
+# A drafting task as ProductionOutput.task spells it ("summary", "free_text"); "" is unsaid.
+TASK = re.compile(r"[a-z0-9_-]{0,64}")
+TASK_RULE = "must be at most 64 characters of a-z, 0-9, '_' and '-', such as 'summary'"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,19 @@ class FlagPage:
 
 
 @dataclass(frozen=True)
+class OutputPage:
+    outputs: list[outputs.Summary]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class OutputDetail:
+    summary: outputs.Summary
+    flags: list[store.FlagRow]  # oldest first
+    feedback: dict[str, feedback.View]  # of its confirmed flags
+
+
+@dataclass(frozen=True)
 class ReplayPage:
     cases: list[flags.ReplayCase]
     next_page_token: str
@@ -78,6 +95,8 @@ def check_output(i: int, out: store.OutputRecord, limits: Limits) -> None:
         raise InvalidArgument(f"{field}.model_version", "is required, at most 64 characters")
     if len(out.prompt_template_version) > ID_CHARS:
         raise InvalidArgument(f"{field}.prompt_template_version", "is at most 64 characters")
+    if not TASK.fullmatch(out.task):
+        raise InvalidArgument(f"{field}.task", TASK_RULE)
     for name in ("prompt", "text"):
         if len(getattr(out, name)) > limits.max_text_chars:
             raise InvalidArgument(
@@ -115,6 +134,24 @@ def check_filter(f: flags.Filter) -> None:
         raise InvalidArgument("category", f"{f.category} is not an ErrorCategory value")
     if f.min_severity not in pb.Severity.values():
         raise InvalidArgument("min_severity", f"{f.min_severity} is not a Severity value")
+
+
+def check_output_filter(f: outputs.Filter) -> None:
+    if len(f.model_version) > ID_CHARS:
+        raise InvalidArgument("model_version", "is at most 64 characters")
+    if not TASK.fullmatch(f.task):
+        raise InvalidArgument("task", TASK_RULE)
+    if f.start is not None and f.end is not None and f.start >= f.end:
+        raise InvalidArgument("start_time", "must be before end_time")
+    if f.flag_state not in pb.FlagState.values():
+        raise InvalidArgument("flag_state", f"{f.flag_state} is not a FlagState value")
+
+
+def check_output_id(output_id: str) -> None:
+    if not output_id:
+        raise InvalidArgument("output_id", "is required: the output id from a provenance")
+    if len(output_id) > ID_CHARS:
+        raise InvalidArgument("output_id", "is at most 64 characters")
 
 
 # What a ResolveFlag resolution sets a flag to; anything else is refused.
@@ -180,6 +217,24 @@ class Monitor:
         rows, delivery = await self.db.run_sync(page)
         return FlagPage(rows, delivery, next_token(offset, limit, len(rows)))
 
+    async def list_outputs(self, f: outputs.Filter, page_size: int, page_token: str) -> OutputPage:
+        """Recent outputs for review, newest first, with their flag counts."""
+        check_output_filter(f)
+        limit, offset = page_bounds(page_size, page_token)
+        rows = await self.db.run_sync(lambda s: outputs.list_outputs(s, f, limit, offset))
+        return OutputPage(rows, next_token(offset, limit, len(rows)))
+
+    async def get_output(self, output_id: str) -> OutputDetail:
+        """One output with its flag counts, every flag on it and its confirmed flags'
+        feedback; NOT_FOUND for an unknown id."""
+        check_output_id(output_id)
+
+        def detail(s: Session) -> OutputDetail:
+            summary, rows = outputs.get_output(s, output_id)
+            return OutputDetail(summary, rows, feedback.views(s, [r.id for r in rows]))
+
+        return await self.db.run_sync(detail)
+
     async def replay_cases(self, min_severity: int, page_size: int, page_token: str) -> ReplayPage:
         """The confirmed flags at or above ``min_severity`` (unspecified: critical) that the
         promotion gate replays, with their de-identified text as stored. ``purged`` counts
@@ -242,10 +297,7 @@ class Monitor:
     async def lineage(
         self, output_id: str
     ) -> tuple[list[lineage.Step], common_pb2.ModelVersion | None]:
-        if not output_id:
-            raise InvalidArgument("output_id", "is required: the output id from a provenance")
-        if len(output_id) > ID_CHARS:
-            raise InvalidArgument("output_id", "is at most 64 characters")
+        check_output_id(output_id)
         if self.peers is None:
             raise FailedPrecondition("this monitor has no peers to follow the lineage through")
         return await lineage.walk(self.db, self.peers.trainer, self.peers.preference, output_id)
