@@ -235,6 +235,11 @@ async def test_bad_specs_name_their_field(
             grpc.StatusCode.INVALID_ARGUMENT,
             "spec.base_model: 'policy-v7' is neither a registered policy or reward version nor",
         ),
+        (  # a name the file system refuses (found by the fuzz test): never INTERNAL
+            _reward_spec("[" * 5000, "s1"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"spec.base_model: '\[\[\[.*' is neither a registered policy or reward version",
+        ),
         (
             tpb.JobSpec(kind=tpb.JOB_KIND_PPO, prompt_set="clinical-train", base_model="v7"),
             grpc.StatusCode.INVALID_ARGUMENT,

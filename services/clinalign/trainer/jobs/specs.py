@@ -187,7 +187,7 @@ def resolve_base_model(
             )
         return row.artifact_uri, row.version
     path = Path(base_model)
-    if not (path / "config.json").is_file():
+    if not _is_model_dir(path):
         raise InvalidArgument(
             "spec.base_model",
             f"{base_model!r} is neither a registered {kinds} version nor a Hugging Face "
@@ -313,3 +313,12 @@ def write_snapshot(
     if manifest_json:
         path.with_name(path.name + MANIFEST_SUFFIX).write_text(manifest_json)
     return path
+
+
+def _is_model_dir(path: Path) -> bool:
+    """A Hugging Face model directory; False for a name the file system refuses (too
+    long, a NUL byte): a caller's mistake, never INTERNAL."""
+    try:
+        return (path / "config.json").is_file()
+    except (OSError, ValueError):
+        return False
