@@ -24,6 +24,11 @@ $(VENV)/.stamp-promtool: $(VENV)/.stamp-install
 	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
 	touch $@
 
+# Chromium for the console's browser tests (Debian's package, driven by Playwright; root).
+$(VENV)/.stamp-chromium: $(VENV)/.stamp-install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+	touch $@
+
 node_modules/.stamp-npm: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
@@ -32,7 +37,7 @@ $(VENV)/.stamp-protos: $(VENV)/.stamp-install $(shell find protos -name '*.proto
 	PYTHON=$(PY) scripts/gen_protos.sh
 	touch $@
 
-install: $(VENV)/.stamp-install node_modules/.stamp-npm $(VENV)/.stamp-protos $(VENV)/.stamp-promtool ## venv, pinned deps, buf, stubs, promtool
+install: $(VENV)/.stamp-install node_modules/.stamp-npm $(VENV)/.stamp-protos $(VENV)/.stamp-promtool $(VENV)/.stamp-chromium ## venv, pinned deps, buf, stubs, promtool, chromium
 
 protos: $(VENV)/.stamp-install ## regenerate Python/gRPC/mypy stubs from protos/
 	PYTHON=$(PY) scripts/gen_protos.sh

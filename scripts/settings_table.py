@@ -16,7 +16,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode
 
-from clinalign.cli.stack import SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES
 from clinalign.common.config import CommonSettings
 from clinalign.common.deid import DeidSettings
 
@@ -67,6 +67,8 @@ def rows(cls: type[BaseSettings]) -> list[str]:
 def render() -> str:
     parts = [INTRO, *rows(CommonSettings)]
     for name, (_, cls) in SERVICES.items():
+        parts += ["", f"## {name}", "", *rows(cls)]
+    for name, cls in FRONT_DOORS.items():
         parts += ["", f"## {name}", "", *rows(cls)]
     parts += [
         "",

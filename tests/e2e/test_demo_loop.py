@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clinalign.cli.stack import SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES
 from clinalign.common.judging import SAFETY_CRITERIA
 from tests.conftest import free_ports
 
@@ -40,8 +40,8 @@ def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -
     data = tmp_path / "data"
     shutil.copytree(tiny_model_dir, data / "models" / "foundation")
     env = dict(os.environ)
-    chosen = iter(free_ports(2 * len(SERVICES)))
-    for name in SERVICES:
+    chosen = iter(free_ports(2 * (len(SERVICES) + len(FRONT_DOORS))))
+    for name in [*SERVICES, *FRONT_DOORS]:
         env[f"CLINALIGN_{name.upper()}_PORT"] = str(next(chosen))
         env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(next(chosen))
     # The tiny model's policies are noise: let the policy gate pass on the figures it can

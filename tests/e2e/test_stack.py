@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from clinalign.cli.stack import SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES
 from clinalign.common.auth import Role, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
@@ -41,12 +41,13 @@ def stack(tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     shutil.copytree(tiny_model_dir, data / "models" / "foundation")
     env = dict(os.environ)
     ports = {}
-    chosen = iter(free_ports(2 * len(SERVICES)))
-    for name in SERVICES:
+    chosen = iter(free_ports(2 * (len(SERVICES) + len(FRONT_DOORS))))
+    for name in [*SERVICES, *FRONT_DOORS]:
         ports[name] = next(chosen)
         env[f"CLINALIGN_{name.upper()}_PORT"] = str(ports[name])
         env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(next(chosen))
-        env[f"CLINALIGN_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
+        if name in SERVICES:
+            env[f"CLINALIGN_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
     env.update(
         CLINALIGN_DATA_DIR=str(data),
         CLINALIGN_OTEL_ENABLED="true",
@@ -76,6 +77,7 @@ def stack(tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
         proc.kill()
         logs = "".join(p.read_text() for p in (data / "logs").glob("*.log"))
         pytest.fail("stack did not come up:\n" + "".join(lines) + logs[-4000:])
+    ports = {name: port for name, port in ports.items() if name in SERVICES}
     info = {"proc": proc, "env": env, "data": data, "ports": ports, "startup": lines}
     try:
         yield info
@@ -183,6 +185,18 @@ def test_up_status_auth_metrics_trace_and_clean_stop(stack: dict[str, Any]) -> N
         port = env[f"CLINALIGN_{name.upper()}_METRICS_PORT"]
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         assert f'service="{name}"' in body.decode() and b"rpc_server_requests_total" in body
+
+    # The console: up, its development sign-in offered (no issuer here), its headers set,
+    # its requests counted.
+    console = f"http://127.0.0.1:{env['CLINALIGN_CONSOLE_PORT']}"
+    signin = urllib.request.urlopen(f"{console}/signin", timeout=5)
+    assert b"Development sign-in" in signin.read()
+    assert "script-src 'self'" in signin.headers["Content-Security-Policy"]
+    assert any(console in line for line in stack["startup"])
+    body = urllib.request.urlopen(
+        f"http://127.0.0.1:{env['CLINALIGN_CONSOLE_METRICS_PORT']}/metrics", timeout=5
+    ).read()
+    assert b'clinalign_console_requests_total{method="GET",route="/signin",status="200"}' in body
 
     gen_metrics = env["CLINALIGN_GENERATION_METRICS_PORT"]
     body = urllib.request.urlopen(f"http://127.0.0.1:{gen_metrics}/metrics", timeout=5).read()

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings
 from typer import Typer
 
 from clinalign.cli import app
-from clinalign.cli.stack import SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES
 from clinalign.common.config import CommonSettings
 from clinalign.common.deid import DeidSettings
 
@@ -59,7 +59,7 @@ def test_settings_page_is_generated_from_the_code() -> None:
 
 def test_every_setting_is_on_the_settings_page() -> None:
     classes: list[type[BaseSettings]] = [CommonSettings, DeidSettings]
-    for cls in [*classes, *(c for _, c in SERVICES.values())]:
+    for cls in [*classes, *(c for _, c in SERVICES.values()), *FRONT_DOORS.values()]:
         prefix = cls.model_config.get("env_prefix", "")
         for name in cls.model_fields:
             variable = f"`{prefix}{name.upper()}`"

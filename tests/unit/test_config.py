@@ -7,22 +7,24 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from clinalign.cli.stack import SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES
 from clinalign.common.config import CommonSettings
 from clinalign.generation.config import GenerationSettings
 
 
 def test_defaults_follow_the_design_port_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SERVICES:
+    for name in [*SERVICES, *FRONT_DOORS]:
         monkeypatch.delenv(f"CLINALIGN_{name.upper()}_PORT", raising=False)
         monkeypatch.delenv(f"CLINALIGN_{name.upper()}_METRICS_PORT", raising=False)
     ports = {name: (cls().port, cls().metrics_port) for name, (_, cls) in SERVICES.items()}
+    ports |= {name: (cls().port, cls().metrics_port) for name, cls in FRONT_DOORS.items()}
     assert ports == {
         "generation": (50051, 9101),
         "reward": (50052, 9102),
         "preference": (50053, 9103),
         "trainer": (50054, 9104),
         "monitor": (50055, 9105),
+        "console": (8080, 9106),
     }
 
 
@@ -44,6 +46,6 @@ def test_invalid_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_every_setting_is_documented() -> None:
-    for cls in [CommonSettings, *(c for _, c in SERVICES.values())]:
+    for cls in [CommonSettings, *(c for _, c in SERVICES.values()), *FRONT_DOORS.values()]:
         for name, field in cls.model_fields.items():
             assert field.description, f"{cls.__name__}.{name} has no description"

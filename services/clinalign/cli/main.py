@@ -144,6 +144,14 @@ def model_env(common: CommonSettings) -> dict[str, str]:
     return env
 
 
+def console_sign_in_hint() -> str:
+    """How to sign in to the embedded default's console (development-only sign-in)."""
+    from clinalign.console.config import DEV_USERS
+
+    users = ", ".join(f"{user} ({role})" for user, role in DEV_USERS.items())
+    return f"console sign-in (development only): {users}"
+
+
 def _print_endpoints(stack: Any, reports: list[Any]) -> None:
     by_name = {r.service: r for r in reports}
     typer.echo(f"{'service':<12}{'gRPC':<18}{'metrics':<28}{'status'}")
@@ -154,6 +162,9 @@ def _print_endpoints(stack: Any, reports: list[Any]) -> None:
             f"{'http://' + ep.host + ':' + str(ep.metrics_port) + '/metrics':<28}"
             f"{r.process} (service: {r.service_status})"
         )
+    for name, url in stack.front_doors.items():
+        typer.echo(f"{name:<12}{url}")
+    typer.echo(console_sign_in_hint())
     typer.echo(f"tokens: {stack.common.resolved_tokens_file} (mode 0600)")
     typer.echo(f"logs:   {stack.log_dir}/")
 

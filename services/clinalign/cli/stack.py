@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clinalign.common.auth import generate_tokens
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings, ServiceSettings
+from clinalign.console.config import ConsoleSettings
 from clinalign.generation.config import GenerationSettings
 from clinalign.monitor.config import MonitorSettings
 from clinalign.preference.config import PreferenceSettings
@@ -36,6 +37,9 @@ SERVICES: dict[str, tuple[str, type[ServiceSettings]]] = {
     "trainer": ("clinalign.trainer.v1.TrainerService", TrainerSettings),
     "monitor": ("clinalign.monitor.v1.MonitorService", MonitorSettings),
 }
+
+# The HTTP front doors `clinalign up` starts beside the services: name -> settings class.
+FRONT_DOORS: dict[str, type[ServiceSettings]] = {"console": ConsoleSettings}
 
 
 @dataclass
@@ -87,6 +91,23 @@ def endpoints(common: CommonSettings) -> list[Endpoint]:
     return result
 
 
+def front_door_urls(common: CommonSettings) -> dict[str, str]:
+    """Where each front door listens (HTTP), from its settings."""
+    return {name: f"http://{common.host}:{cls().port}" for name, cls in FRONT_DOORS.items()}
+
+
+def ensure_delegation_keys(common: CommonSettings) -> Path:
+    """The front doors' public keys, which the services trust for the assertions the
+    console signs for its development sign-in (each door's key made on first use)."""
+    from clinalign.console.server import signing_key_path
+    from clinalign.console.signin import load_signing_key, public_jwk
+
+    key = load_signing_key(signing_key_path(common, ConsoleSettings()))
+    path = common.data_dir / "delegation-keys.json"
+    path.write_text(json.dumps({"console": public_jwk(key)}, indent=2))
+    return path
+
+
 def ensure_tokens(common: CommonSettings) -> Path:
     path = common.resolved_tokens_file
     if not path.exists():
@@ -101,6 +122,7 @@ class Stack:
         self.common = common
         self.endpoints = endpoints(common)
         self.extra_env = extra_env or {}
+        self.front_doors = front_door_urls(common)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.log_dir = common.data_dir / "logs"
 
@@ -114,6 +136,10 @@ class Stack:
         # Replicas serve what the registry serves, as in a deployment.
         env.setdefault("CLINALIGN_GENERATION_FOLLOW_REGISTRY", "true")
         env.setdefault("CLINALIGN_REWARD_FOLLOW_REGISTRY", "true")
+        if self.common.delegation_keys_file is None:
+            env["CLINALIGN_DELEGATION_KEYS_FILE"] = str(
+                (self.common.data_dir / "delegation-keys.json").resolve()
+            )
         env.update(self.extra_env)
         return env
 
@@ -121,11 +147,13 @@ class Stack:
         self.common.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ensure_tokens(self.common)
+        if self.common.delegation_keys_file is None:
+            ensure_delegation_keys(self.common)
         env = self.env()
-        for ep in self.endpoints:
-            log = (self.log_dir / f"{ep.service}.log").open("ab")
-            self.procs[ep.service] = subprocess.Popen(
-                [sys.executable, "-m", f"clinalign.{ep.service}"],
+        for name in [*(ep.service for ep in self.endpoints), *self.front_doors]:
+            log = (self.log_dir / f"{name}.log").open("ab")
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"clinalign.{name}"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -134,8 +162,11 @@ class Stack:
         (self.common.data_dir / "endpoints.json").write_text(
             json.dumps(
                 {
-                    e.service: {"grpc": e.target, "metrics_port": e.metrics_port}
-                    for e in self.endpoints
+                    **{
+                        e.service: {"grpc": e.target, "metrics_port": e.metrics_port}
+                        for e in self.endpoints
+                    },
+                    **{name: {"http": url} for name, url in self.front_doors.items()},
                 },
                 indent=2,
             )
@@ -152,12 +183,25 @@ class Stack:
                         f"{self.log_dir / (name + '.log')}"
                     )
             reports = asyncio.run(check_health(self.endpoints, self.common, timeout_s=2.0))
-            if all(r.process == "SERVING" for r in reports):
+            doors_up = self._front_doors_up()
+            if all(r.process == "SERVING" for r in reports) and doors_up:
                 return reports
             if time.monotonic() > deadline:
                 waiting = [r.service for r in reports if r.process != "SERVING"]
+                waiting += [] if doors_up else list(self.front_doors)
                 raise TimeoutError(f"services not SERVING after {timeout_s:.0f}s: {waiting}")
             time.sleep(0.5)
+
+    def _front_doors_up(self) -> bool:
+        import httpx2
+
+        for url in self.front_doors.values():
+            try:
+                if httpx2.get(f"{url}/healthz", timeout=2).status_code != 200:
+                    return False
+            except httpx2.HTTPError:
+                return False
+        return True
 
     def stop(self, grace_s: float = 15.0) -> dict[str, int | None]:
         for proc in self.procs.values():

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -124,6 +125,20 @@ SERVICE_NAMES: tuple[str, ...] = (
     "console",
     "cds-hooks",
 )
+
+
+_ANNOTATOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")
+
+
+def annotator_id(principal: str) -> str:
+    """The preference store's annotator id of a person's principal, the one every service
+    registers them under (the console when they first label, the monitor when it files
+    their confirmed flag), so one clinician keeps one annotator: the principal's name when
+    that is a valid pseudonymous id (3-64 letters, digits, '.', '_' or '-'; never an
+    e-mail), else a deterministic pseudonym derived from it."""
+    if _ANNOTATOR_ID.match(principal) and "@" not in principal:
+        return principal
+    return "clin-" + hashlib.sha256(principal.encode()).hexdigest()[:16]
 
 
 def service_principal(service: str) -> str:

@@ -98,7 +98,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Runs the demonstration and returns the report's figures (also written to
     ``<data_dir>/demo/report.json``)."""
-    from clinalign.cli.main import bootstrap, foundation_dir, model_env
+    from clinalign.cli.main import bootstrap, console_sign_in_hint, foundation_dir, model_env
     from clinalign.cli.stack import Stack, ensure_tokens
     from clinalign.demo.report import summarise, write_report
     from clinalign.simulation import SimulatedPanel
@@ -125,6 +125,9 @@ def run_demo(
     try:
         for r in stack.wait_ready():
             echo(f"   {r.service:<11} {r.target:<17} {r.process}")
+        for name, url in stack.front_doors.items():
+            echo(f"   {name:<11} {url}")
+        echo(f"   {console_sign_in_hint()}")
         common = common.model_copy(
             update={f"{ep.service}_target": ep.target for ep in stack.endpoints}
         )

@@ -40,6 +40,7 @@ import grpc.aio
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from clinalign.common.auth import annotator_id
 from clinalign.common.channels import Clients
 from clinalign.common.db import Database
 from clinalign.monitor import metrics
@@ -51,7 +52,6 @@ log = logging.getLogger("clinalign.monitor.feedback")
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 # The preference store's rules for annotator ids and prompt tags.
-_ANNOTATOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")
 _TAG_UNSAFE = re.compile(r"[^a-z0-9_.:-]")
 RPC_TIMEOUT_S = 60.0
 
@@ -63,15 +63,6 @@ class FeedbackError(Exception):
     def __init__(self, message: str, *, final: bool = False) -> None:
         super().__init__(message)
         self.final = final
-
-
-def annotator_id(principal: str) -> str:
-    """The preference store's annotator id of a flagging principal: its name when that is
-    a valid pseudonymous id (3-64 letters, digits, '.', '_' or '-'; never an e-mail), else
-    a deterministic pseudonym derived from it, so one clinician keeps one id."""
-    if _ANNOTATOR_ID.match(principal) and "@" not in principal:
-        return principal
-    return "clin-" + hashlib.sha256(principal.encode()).hexdigest()[:16]
 
 
 def _tag(prefix: str, value: str) -> str:
