@@ -7,7 +7,8 @@ the issuer: each simulated clinician signs in through the authorization-code flo
 page's gRPC calls carry a person's JWT that the services verify, as in production.
 ``--clinicians`` clinicians (20) each loop: open the labelling page (the next task, the
 guidelines, their progress), think ``--think`` seconds (uniform, 2-5), submit a label,
-think again. Then the same with no think time, for the maximum throughput.
+think again; each starts after a think time of its own, as people do not all arrive at
+once. Then the same with no think time, for the maximum throughput.
 
 The figures are the server's own time (the console's ``Server-Timing`` header: the whole
 request, the services' calls included), p50 and p95 for the labelling page and for a
@@ -226,6 +227,8 @@ async def clinician_loop(
     c: Clinician, csrf: str, until: float, think: tuple[float, float], out: dict[str, list[float]]
 ) -> None:
     rng = random.Random(c.subject)
+    if think[1]:  # clinicians do not all open the page at the same instant
+        await asyncio.sleep(rng.uniform(0, think[1]))
     while time.monotonic() < until:
         page = await c.request("GET", "/label")
         out["page"].append(server_ms(page))

@@ -11,6 +11,7 @@ a different label for a task already labelled is refused by the store (shown as 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -62,13 +63,14 @@ async def label(request: Request) -> Response:
     if denied := require(request, *PEOPLE):
         return denied
     console, session = console_of(request), session_of(request)
+    # the task and the progress at once: two calls, one wait (_progress never raises)
+    task_call = console.backend.call(session, "preference", "NextTask", ppb.NextTaskRequest())
     try:
-        reply = await console.backend.call(session, "preference", "NextTask", ppb.NextTaskRequest())
+        reply, progress = await asyncio.gather(task_call, _progress(request))
     except grpc.aio.AioRpcError as err:
         if err.code() is grpc.StatusCode.FAILED_PRECONDITION:
             return console.render(request, "register.html", detail=err.details())
         raise
-    progress = await _progress(request)
     if not reply.HasField("task"):
         return console.render(
             request,
