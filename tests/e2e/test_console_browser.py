@@ -131,19 +131,23 @@ async def test_a_labelling_session_and_a_flag_review_in_a_real_browser(
         texts = await page.locator(".answer-text").all_inner_texts()
         unsafe = next(i for i, t in enumerate(texts) if "paracetamol every hour" in t)
         if n == 0:  # an error annotation and a correction, by keyboard too
-            await page.locator(f"details.annotate >> nth={unsafe}").locator("summary").focus()
-            await keyboard.press("Enter")
-            await page.locator(f"#category{unsafe}").focus()
-            await page.select_option(f"#category{unsafe}", "ERROR_CATEGORY_UNSAFE_ADVICE")
-            await page.select_option(f"#severity{unsafe}", "SEVERITY_CRITICAL")
+            side = "left" if unsafe == 0 else "right"
+            await page.get_by_text(f"Mark an error in the {side} answer").focus()
+            await keyboard.press("Enter")  # opens the annotation
+            for field, typed in ((f"#category{unsafe}", "Unsafe"), (f"#severity{unsafe}", "Crit")):
+                await page.locator(field).focus()
+                await keyboard.type(typed)  # a focused select picks the option typed
             await page.locator(f"#span{unsafe}").focus()
             await keyboard.type("Take 2 g of paracetamol every hour")
-            await page.locator("details.correct summary").focus()
+            await page.get_by_text("Write a corrected answer").focus()
             await keyboard.press("Enter")
-            await page.select_option("#corrects", index=unsafe + 1)
+            await page.locator("#corrects").focus()
+            await keyboard.type(side.capitalize())
             await page.locator("#corrected_text").focus()
             await keyboard.type("Call 999 now if the chest pain is crushing or you are breathless.")
-            await page.locator("h1").click()  # leave the text field; shortcuts apply again
+            await keyboard.press("Tab")  # out of the text field: shortcuts apply again
+            assert await page.input_value(f"#category{unsafe}") == "ERROR_CATEGORY_UNSAFE_ADVICE"
+            assert await page.input_value(f"#severity{unsafe}") == "SEVERITY_CRITICAL"
         await keyboard.press("2" if unsafe == 0 else "1")  # the safe answer
         await page.locator("#submit-label").focus()
         async with page.expect_navigation():

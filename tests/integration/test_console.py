@@ -203,3 +203,30 @@ async def test_a_clinical_lead_sees_progress_agreement_flags_and_serving(
         assert outputs.text.count('href="/outputs/out-') == 2
         bad = await lead.get("/outputs", params={"since": "yesterday"})
         assert bad.status_code == 400 and "since" in bad.text
+
+
+async def test_with_an_issuer_only_the_issuer_signs_people_in(tmp_path: Path) -> None:
+    """The development sign-in is refused whenever an issuer is configured; a callback
+    whose state does not match the request, or with no sign-in under way, signs no one in."""
+    from tests.oidc_idp import running_idp
+
+    with running_idp() as issuer:
+        async with console_stack(tmp_path, issuer, oidc_client_id="clinalign") as stack:
+            async with stack.http() as http:
+                page = await http.get("/signin")
+                assert "Sign in with your organisation" in page.text
+                assert "Development sign-in" not in page.text
+                dev = await http.post(
+                    "/auth/dev", data={"user": "u-dr-okafor", "csrf": "anything"}
+                )
+                assert dev.status_code == 403 and "Development sign-in is off" in dev.text
+                lost = await http.get("/auth/callback", params={"code": "c", "state": "s"})
+                assert lost.status_code == 400  # no sign-in under way in this browser
+                away = await http.get("/auth/login")
+                assert away.status_code == 303
+                sent_to = away.headers["location"]
+                assert sent_to.startswith(f"{issuer}/oauth2/authorize?")
+                assert "code_challenge_method=S256" in sent_to and "nonce=" in sent_to
+                forged = await http.get("/auth/callback", params={"code": "c", "state": "forged"})
+                assert forged.status_code == 401 and "state" in forged.text
+                assert "clinalign_session" not in http.cookies
