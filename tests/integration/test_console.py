@@ -114,6 +114,10 @@ async def test_label_annotate_correct_flag_and_review_each_attributed(stack: Con
             data={"csrf": csrf_b, "decision": "confirm", "reason": "Agreed: unsafe dose."},
         )
         assert done.status_code == 303
+    async with stack.http() as lead:
+        await sign_in(lead, "u-dr-haddad")
+        board = await lead.get("/dashboard")
+        assert "<td>factual error</td><td>0.333</td>" in board.text  # 1 of 3 outputs
     async with stack.admin("preference") as ch:
         stub = preference_pb2_grpc.PreferenceServiceStub(ch)
         audit = await stub.ListAuditEvents(ppb.ListAuditEventsRequest(page_size=100))
@@ -216,9 +220,7 @@ async def test_with_an_issuer_only_the_issuer_signs_people_in(tmp_path: Path) ->
                 page = await http.get("/signin")
                 assert "Sign in with your organisation" in page.text
                 assert "Development sign-in" not in page.text
-                dev = await http.post(
-                    "/auth/dev", data={"user": "u-dr-okafor", "csrf": "anything"}
-                )
+                dev = await http.post("/auth/dev", data={"user": "u-dr-okafor", "csrf": "anything"})
                 assert dev.status_code == 403 and "Development sign-in is off" in dev.text
                 lost = await http.get("/auth/callback", params={"code": "c", "state": "s"})
                 assert lost.status_code == 400  # no sign-in under way in this browser

@@ -93,11 +93,17 @@ async def dashboard(request: Request) -> Response:
             [(a.annotator_id, a.agreement) for a in annotators if a.HasField("agreement")],
             maximum=1.0,
         ),
+        by_category=[
+            (day, version, dict(v.confirmed_flag_rate_by_category))
+            for (day, version), v in sorted(rates.items())
+            if v.confirmed_flag_rate_by_category
+        ],
         flags_chart=charts.bars(
             "Flags per output by day and version",
             [(f"{day} {version}", v.flag_rate) for (day, version), v in sorted(rates.items())],
         ),
         today=today,
+        days=DAYS,
         states=states,
     )
 
