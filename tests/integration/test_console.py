@@ -163,6 +163,10 @@ async def test_what_is_refused_and_the_headers_every_page_carries(stack: Console
         assert missing.status_code == 403 and "expired" in missing.text  # no CSRF token
         wrong = await alice.post(f"/label/{task_id}", data={**data, "csrf": csrf[:-2] + "xx"})
         assert wrong.status_code == 403
+        huge = await alice.post(
+            f"/label/{task_id}", data={**data, "csrf": csrf, "corrected_text": "x" * 300_000}
+        )
+        assert huge.status_code == 413
         lead_only = await alice.get("/dashboard")
         assert lead_only.status_code == 403 and "clinical-lead" in lead_only.text
         csrf_b = await sign_in(bob, "u-dr-lindqvist")

@@ -54,6 +54,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+MAX_BODY_BYTES = 256 * 1024  # the largest form: a corrected answer of 20,000 characters
 PUBLIC = ("/signin", "/auth/", "/static/", "/healthz")
 PEOPLE = (Role.CLINICIAN.value, Role.CLINICAL_LEAD.value)
 LEADS = (Role.CLINICAL_LEAD.value, Role.ADMIN.value)
@@ -122,6 +123,8 @@ class Guard(BaseHTTPMiddleware):
             response: Response = RedirectResponse(
                 f"/signin?next={quote(path, safe='/')}", status_code=303
             )
+        elif int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+            response = console.error(request, 413, "That form is too large", "")
         elif request.method == "POST" and session is not None and not path.startswith("/auth/"):
             form = await request.form()
             request.state.form = form
