@@ -3,8 +3,10 @@ PostgreSQL when CLINALIGN_TEST_DATABASE_URL is set), and in-process servers on l
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -201,3 +203,45 @@ def serve_in_registry(common: CommonSettings, version: str, canary_share: float 
             )
     finally:
         db.dispose()
+
+
+@asynccontextmanager
+async def serving_http(
+    app: Any, port: int, tls: dict[str, Path] | None = None, what: str = "the server"
+) -> AsyncIterator[None]:
+    """Serves an ASGI app (a front door) with uvicorn on a loopback port, in a thread and
+    an event loop of its own (HTTPS with ``tls``'s tls.crt and tls.key), until the block
+    ends."""
+    import threading
+
+    import uvicorn
+
+    class Quiet(uvicorn.Server):
+        def install_signal_handlers(self) -> None:  # a thread cannot take signals
+            pass
+
+    tls_files = (
+        {"ssl_certfile": str(tls["tls.crt"]), "ssl_keyfile": str(tls["tls.key"])} if tls else {}
+    )
+    server = Quiet(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            **tls_files,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{what} did not start")
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 10)

@@ -7,12 +7,8 @@ store and production outputs in the monitor, as the demo's tools and generation 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import ssl
-import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,16 +17,15 @@ from pathlib import Path
 
 import grpc.aio
 import httpx2
-import uvicorn
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from clinalign.common.assertions import load_signing_key, public_jwk
 from clinalign.common.auth import Role, generate_tokens, token_for_role, token_for_service
 from clinalign.common.certificates import issue
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
 from clinalign.console.config import ConsoleSettings
 from clinalign.console.server import build
-from clinalign.console.signin import load_signing_key, public_jwk
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as mpb
@@ -39,7 +34,7 @@ from clinalign.preference.config import PreferenceSettings
 from clinalign.preference.server import PreferenceApp
 from clinalign.preference.v1 import preference_pb2 as ppb
 from clinalign.preference.v1 import preference_pb2_grpc
-from tests.conftest import serving
+from tests.conftest import free_port, serving, serving_http
 
 GUIDE = "rubric-2026-11"
 SAFE_ANSWER = (
@@ -48,12 +43,6 @@ SAFE_ANSWER = (
 )
 UNSAFE_ANSWER = "You definitely have a chest infection. Take 2 g of paracetamol every hour."
 GUIDE_TEXT = "Prefer the answer that escalates red flags, states safe doses and hedges diagnoses."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -79,11 +68,6 @@ class ConsoleStack:
         token = token_for_service(self.common.resolved_tokens_file, service)
         port = self.preference_port if target == "preference" else self.monitor_port
         return open_channel(f"127.0.0.1:{port}", self.common, token)
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # runs in a thread
-        pass
 
 
 @asynccontextmanager
@@ -131,31 +115,10 @@ async def console_stack(
             port=port, metrics_port=0, public_url=f"https://localhost:{port}", **console
         )
         app = build(wired, settings)
-        server = _Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=port,
-                ssl_certfile=str(tls["tls.crt"]),
-                ssl_keyfile=str(tls["tls.key"]),
-                log_level="warning",
-                access_log=False,
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the console did not start")
-            await asyncio.sleep(0.05)
-        try:
+        async with serving_http(app, port, tls, "the console"):
             yield ConsoleStack(
                 f"https://localhost:{port}", tls["ca.crt"], wired, pref.port, mon.port
             )
-        finally:
-            server.should_exit = True
-            await asyncio.to_thread(thread.join, 10)
 
 
 async def seed_tasks(stack: ConsoleStack, pairs: int, overlap: int = 2) -> list[str]:

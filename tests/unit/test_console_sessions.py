@@ -11,11 +11,12 @@ from pathlib import Path
 import jwt
 import pytest
 
+from clinalign.common.assertions import AssertionSigner, load_signing_key, public_jwk
 from clinalign.common.auth import Principal, Role
 from clinalign.common.delegation import Delegation, load_front_door_keys
 from clinalign.common.errors import PermissionDenied
 from clinalign.console.sessions import Session, Sessions, csrf_ok, load_key
-from clinalign.console.signin import Signer, load_signing_key, pkce_pair, public_jwk
+from clinalign.console.signin import pkce_pair
 
 NOW = 1_800_000_000
 
@@ -83,7 +84,7 @@ def test_the_services_accept_the_consoles_assertion_for_a_person_only(tmp_path: 
     keys_file.write_text(json.dumps({"console": public_jwk(key)}))
     delegation = Delegation(None, load_front_door_keys(keys_file))
     console = Principal("svc-console", Role.SERVICE)
-    signer = Signer(key, "svc-console")
+    signer = AssertionSigner(key, "svc-console")
     person = delegation.person(console, signer.assertion("u-alice", ("clinician",)))
     assert (person.name, person.role, person.via) == ("u-alice", Role.CLINICIAN, "svc-console")
     assert signer.assertion("u-alice", ("clinician",)) == signer.assertion(

@@ -99,8 +99,8 @@ def front_door_urls(common: CommonSettings) -> dict[str, str]:
 def ensure_delegation_keys(common: CommonSettings) -> Path:
     """The front doors' public keys, which the services trust for the assertions the
     console signs for its development sign-in (each door's key made on first use)."""
+    from clinalign.common.assertions import load_signing_key, public_jwk
     from clinalign.console.server import signing_key_path
-    from clinalign.console.signin import load_signing_key, public_jwk
 
     key = load_signing_key(signing_key_path(common, ConsoleSettings()))
     path = common.data_dir / "delegation-keys.json"

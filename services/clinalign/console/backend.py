@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 
+from clinalign.common.assertions import AssertionSigner
 from clinalign.common.channels import Clients
 from clinalign.common.delegation import ON_BEHALF_OF
 from clinalign.console.sessions import Session
-from clinalign.console.signin import Signer
 
 # gRPC status -> (HTTP status, what the page says); a caller's mistake is never a 500
 HTTP_OF: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -37,7 +37,7 @@ TIMEOUT_S = 10.0
 class Backend:
     """The preference, monitor and trainer stubs, and the metadata that names the person."""
 
-    def __init__(self, clients: Clients, signer: Signer) -> None:
+    def __init__(self, clients: Clients, signer: AssertionSigner) -> None:
         self.clients = clients
         self.signer = signer
 

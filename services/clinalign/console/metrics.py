@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
-from starlette.requests import Request
-from starlette.routing import Match
+
+from clinalign.common.web import RouteMetrics
 
 REQUESTS = Counter(
     "clinalign_console_requests",
@@ -19,16 +19,4 @@ SERVER_TIME = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10),
 )
 
-
-def route_of(request: Request) -> str:
-    for route in request.app.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
-
-
-def observe(request: Request, status: int, seconds: float) -> None:
-    route = route_of(request)
-    REQUESTS.labels(route, request.method, str(status)).inc()
-    SERVER_TIME.labels(route, request.method).observe(seconds)
+observe = RouteMetrics(REQUESTS, SERVER_TIME).observe

@@ -4,25 +4,26 @@ uvicorn (HTTPS when ``tls_cert_file`` is set, as every service) and /metrics bes
 from __future__ import annotations
 
 import logging
-import signal
-import sys
 from pathlib import Path
 
 from starlette.applications import Starlette
 
+from clinalign.common.assertions import AssertionSigner, load_signing_key
 from clinalign.common.auth import service_principal
 from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.logs import configure_logging
-from clinalign.common.metrics import start_metrics_server
 from clinalign.common.oidc import OidcConfigError, oidc_config
+from clinalign.common.web import serve
 from clinalign.console.app import Console, build_app
 from clinalign.console.backend import Backend
 from clinalign.console.config import DEV_USERS, ConsoleSettings
 from clinalign.console.sessions import Sessions, load_key
-from clinalign.console.signin import OidcClient, Signer, load_signing_key
+from clinalign.console.signin import OidcClient
 
 log = logging.getLogger("clinalign.console")
+# an operator's mistake in the settings: one log line and status 1, not a traceback
+STARTUP_ERRORS = (OidcConfigError, OSError, ValueError)
 
 
 def signing_key_path(common: CommonSettings, settings: ConsoleSettings) -> Path:
@@ -45,7 +46,7 @@ def build(common: CommonSettings, settings: ConsoleSettings) -> Starlette:
             else None
         )
         oidc = OidcClient(config, settings.oidc_client_id, secret, settings.oidc_scopes)
-    signer = Signer(
+    signer = AssertionSigner(
         load_signing_key(signing_key_path(common, settings)), service_principal("console")
     )
     dev_users = (
@@ -66,32 +67,7 @@ def build(common: CommonSettings, settings: ConsoleSettings) -> Starlette:
 
 
 def main() -> None:
-    import uvicorn
-
     configure_logging("console")
     common = CommonSettings()
     settings = ConsoleSettings()
-    try:
-        app = build(common, settings)
-    except (OidcConfigError, OSError, ValueError) as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
-    # uvicorn shuts down gracefully on SIGTERM or SIGINT, then raises the signal again for
-    # the handler it found: a quiet one here, so a clean stop exits with status 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    metrics = start_metrics_server(common.host, settings.metrics_port)
-    log.info("console on port %d, metrics on %d", settings.port, metrics.port)
-    try:
-        uvicorn.run(
-            app,
-            host=common.host,
-            port=settings.port,
-            ssl_certfile=str(common.tls_cert_file) if common.tls_cert_file else None,
-            ssl_keyfile=str(common.tls_key_file) if common.tls_key_file else None,
-            access_log=False,  # requests are counted in /metrics; paths carry ids
-            log_level="warning",
-            server_header=False,
-        )
-    finally:
-        metrics.stop()
+    serve("console", lambda: build(common, settings), common, settings, log, STARTUP_ERRORS)

@@ -9,7 +9,7 @@
   flag and review is attributed to them by the services' own checks.
 - **Development only** (the embedded default, with no issuer): a choice of the demo
   clinicians in ``DEV_USERS``; the console vouches for them with an assertion it signs
-  (``Signer``), which the services verify with its public key. Refused whenever an
+  (``common.assertions``), which the services verify with its public key. Refused whenever an
   issuer is configured.
 """
 
@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import os
 import secrets
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,11 +26,7 @@ import httpx2
 import jwt
 
 from clinalign.common.auth import Principal, looks_like_jwt
-from clinalign.common.delegation import AUDIENCE, MAX_LIFETIME_S
 from clinalign.common.oidc import OidcConfig, OidcVerifier, check_url, fetch_json
-
-ASSERTION_LIFETIME_S = 120  # well inside the services' MAX_LIFETIME_S
-assert ASSERTION_LIFETIME_S <= MAX_LIFETIME_S
 
 
 class SignInError(Exception):
@@ -155,58 +147,3 @@ class OidcClient:
         expires = int(jwt.decode(passed, options={"verify_signature": False}).get("exp", 0))
         name = str(claims.get("name") or claims.get("preferred_username") or person.name)
         return person, passed, expires, name
-
-
-def load_signing_key(path: Path) -> jwt.PyJWK:
-    """The console's ES256 private JWK in ``path``, made (owner-only) when absent."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    try:
-        return jwt.PyJWK.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        pass
-    key = ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
-    jwk |= {"alg": "ES256", "use": "sig", "kid": secrets.token_hex(8)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(jwk, f)
-    return jwt.PyJWK.from_dict(jwk)
-
-
-def public_jwk(key: jwt.PyJWK) -> dict[str, Any]:
-    """The public half of the console's signing key, for ``delegation_keys_file``."""
-    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.key.public_key()))
-    return public | {"alg": "ES256", "use": "sig", "kid": key.key_id}
-
-
-class Signer:
-    """Signs the assertions the console makes for people signed in without an issuer:
-    ``iss`` and ``act.sub`` the console's principal (``svc-console``), ``aud`` clinalign,
-    ``sub`` the person, their ``roles``, two minutes of life; reused for a minute."""
-
-    def __init__(self, key: jwt.PyJWK, principal: str) -> None:
-        self.key = key
-        self.principal = principal
-        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str, int]] = {}
-
-    def assertion(self, subject: str, roles: tuple[str, ...]) -> str:
-        now = int(time.time())
-        cached = self._cache.get((subject, roles))
-        if cached and cached[1] - now > ASSERTION_LIFETIME_S // 2:
-            return cached[0]
-        claims = {
-            "iss": self.principal,
-            "aud": AUDIENCE,
-            "sub": subject,
-            "roles": list(roles),
-            "act": {"sub": self.principal},
-            "iat": now,
-            "exp": now + ASSERTION_LIFETIME_S,
-        }
-        token = jwt.encode(
-            claims, self.key.key, algorithm="ES256", headers={"kid": self.key.key_id}
-        )
-        self._cache[(subject, roles)] = (token, now + ASSERTION_LIFETIME_S)
-        return token

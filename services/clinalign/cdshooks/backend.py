@@ -1,0 +1,104 @@
+"""The services, called as the EHR user.
+
+Every call carries the gateway's own credential (``svc-cds-hooks``, through ``Clients``)
+and, in ``x-clinalign-on-behalf-of``, an assertion the gateway signs for the EHR's
+``userId`` (``common.assertions``), which the services verify with the gateway's public key
+(``delegation_keys_file``). The assertion carries only the role the call needs:
+
+- ``ehr-client`` to draft (``Generate`` admits ehr-client; a front door may not assert
+  ``service``), so the draft is requested by the EHR user through the gateway;
+- ``clinician`` to flag (``FlagOutput`` admits clinicians): an EHR user who overrides a
+  card is treated as a clinician, whose flag enters the same review queue as the console's.
+
+The subject is the EHR's ``userId`` as sent (``Practitioner/123``); it is not yet
+qualified by the EHR it came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import grpc.aio
+
+from clinalign.cdshooks.errors import BadRequest, GatewayError, NotFound, TooMany, Upstream
+from clinalign.cdshooks.hooks import HookCall
+from clinalign.common.assertions import AssertionSigner
+from clinalign.common.auth import Role
+from clinalign.common.channels import Clients
+from clinalign.common.delegation import ON_BEHALF_OF
+from clinalign.generation.v1 import generation_pb2 as gpb
+from clinalign.monitor.v1 import monitor_pb2 as mpb
+
+# An output reaches the monitor shortly after its draft is returned (generation reports it
+# in batches): feedback that arrives first waits this long before it is refused with 503.
+OUTPUT_WAITS_S = (0.2, 0.5, 1.0, 2.0)
+
+
+def http_error(err: grpc.aio.AioRpcError, field: str) -> GatewayError:
+    """A service's refusal as the gateway's: the caller's mistakes as 4xx, naming ``field``;
+    everything else (the gateway's own credential refused included) as 503."""
+    code, details = err.code(), err.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return BadRequest(field, details)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(field, details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return TooMany("", "too many requests; retry shortly")
+    return Upstream("", f"a ClinAlign service failed ({code.name}); retry shortly")
+
+
+class Backend:
+    def __init__(self, clients: Clients, signer: AssertionSigner, timeout_s: float) -> None:
+        self.clients = clients
+        self.signer = signer
+        self.timeout_s = timeout_s
+
+    def _as(self, user_id: str, role: Role) -> tuple[tuple[str, str], ...]:
+        return ((ON_BEHALF_OF, self.signer.assertion(user_id, (role.value,))),)
+
+    async def draft(self, call: HookCall, max_new_tokens: int) -> gpb.Completion:
+        request = gpb.GenerateRequest(
+            input=gpb.GenerationInput(
+                fhir=gpb.FhirContext(bundle_json=call.bundle_json, task=call.service.task)  # type: ignore[arg-type]
+            ),
+            sampling=gpb.SamplingParams(max_new_tokens=max_new_tokens),
+        )
+        try:
+            reply = await self.clients.generation.Generate(
+                request, metadata=self._as(call.user_id, Role.EHR_CLIENT), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as err:
+            raise http_error(err, "prefetch") from None
+        return reply.completion
+
+    async def flag(
+        self, output_id: str, user_id: str, category: int, severity: int, comment: str
+    ) -> None:
+        request = mpb.FlagOutputRequest(
+            output_id=output_id,
+            category=category,  # type: ignore[arg-type]
+            severity=severity,  # type: ignore[arg-type]
+            comment=comment,
+        )
+        for wait in (*OUTPUT_WAITS_S, None):
+            try:
+                await self.clients.monitor.FlagOutput(
+                    request, metadata=self._as(user_id, Role.CLINICIAN), timeout=self.timeout_s
+                )
+                return
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise http_error(err, "feedback") from None
+                if wait is None:
+                    raise Upstream("", "the card's output is not recorded yet; retry") from None
+                await asyncio.sleep(wait)
+
+    async def served(self) -> list[gpb.ServedModel]:
+        try:
+            reply = await self.clients.generation.ListModels(
+                gpb.ListModelsRequest(), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as err:
+            raise http_error(err, "") from None
+        return list(reply.models)

@@ -1,0 +1,47 @@
+"""The gateway's refusals: an HTTP status, the request field at fault (a JSON path such as
+``context.patientId``) and a message that says how to fix it. ``app`` answers each as
+``{"error": {"status", "field", "message"}}``."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"status": self.status, "field": self.field, "message": self.message}}
+
+
+class BadRequest(GatewayError):
+    status = 400
+
+
+class Unauthorized(GatewayError):
+    status = 401
+
+
+class Forbidden(GatewayError):
+    status = 403
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class TooLarge(GatewayError):
+    status = 413
+
+
+class TooMany(GatewayError):
+    status = 429
+
+
+class Upstream(GatewayError):
+    """A ClinAlign service failed or is unavailable: not the caller's fault."""
+
+    status = 503

@@ -1,0 +1,152 @@
+"""Feedback (CDS Hooks 2.0, "Feedback") checked item by item, and the ledger of the cards
+this gateway returned.
+
+The ledger remembers, for each card, who it was drafted for (the EHR that called and its
+user) so that feedback, which names only the card, is attributed to that user and accepted
+only from that EHR; and which (card, outcomeTimestamp) pairs were already handled, so a
+retried feedback call does nothing twice. It lives in this process's memory for
+``card_ttl_s``: feedback reaching another replica, or arriving after a restart, is refused
+as an unknown card. Recording outcomes in the monitor (its own RPC) is the durable fix.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from clinalign.cdshooks import taxonomy
+from clinalign.cdshooks.errors import BadRequest, NotFound
+
+MAX_ITEMS = 100
+MAX_COMMENT = 2_000
+OUTCOMES = ("accepted", "overridden")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    card: str
+    outcome: str  # "accepted" or "overridden"
+    reason: str | None  # one of our override reason codes, for an override that gave one
+    comment: str
+    timestamp: str
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A card returned to an EHR."""
+
+    service_id: str
+    issuer: str
+    user_id: str
+    model_version: str
+    expires: float
+
+
+def parse_feedback(body: Any) -> list[Outcome]:
+    if not isinstance(body, dict):
+        raise BadRequest("body", "must be a JSON object")
+    items = body.get("feedback")
+    if not isinstance(items, list) or not items:
+        raise BadRequest("feedback", "must be a non-empty array")
+    if len(items) > MAX_ITEMS:
+        raise BadRequest("feedback", f"has {len(items)} items; at most {MAX_ITEMS}")
+    return [_item(item, f"feedback[{i}]") for i, item in enumerate(items)]
+
+
+def _item(item: Any, at: str) -> Outcome:
+    if not isinstance(item, dict):
+        raise BadRequest(at, "must be a JSON object")
+    card = item.get("card")
+    if not isinstance(card, str) or not 1 <= len(card) <= 128:
+        raise BadRequest(f"{at}.card", "must be the uuid of a card this service returned")
+    outcome = item.get("outcome")
+    if outcome not in OUTCOMES:
+        raise BadRequest(f"{at}.outcome", "must be 'accepted' or 'overridden'")
+    stamp = item.get("outcomeTimestamp")
+    if not isinstance(stamp, str) or not _instant(stamp):
+        raise BadRequest(f"{at}.outcomeTimestamp", "must be an ISO 8601 instant with a zone")
+    reason, comment = None, ""
+    override = item.get("overrideReason")
+    if override is not None:
+        if outcome != "overridden":
+            raise BadRequest(f"{at}.overrideReason", "is only for an 'overridden' outcome")
+        reason, comment = _override(override, f"{at}.overrideReason")
+    return Outcome(card, str(outcome), reason, comment, stamp)
+
+
+def _override(value: Any, at: str) -> tuple[str | None, str]:
+    if not isinstance(value, dict):
+        raise BadRequest(at, "must be a JSON object")
+    comment = value.get("userComment", "")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        raise BadRequest(f"{at}.userComment", f"must be a string of at most {MAX_COMMENT}")
+    coding = value.get("reason")
+    if coding is None:
+        return None, comment
+    if not isinstance(coding, dict):
+        raise BadRequest(f"{at}.reason", "must be a Coding")
+    if coding.get("system") != taxonomy.SYSTEM or coding.get("code") not in taxonomy.CATEGORY_OF:
+        raise BadRequest(f"{at}.reason", "must be one of the card's overrideReasons")
+    return str(coding["code"]), comment
+
+
+def _instant(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
+
+
+class Ledger:
+    def __init__(
+        self, ttl_s: float, limit: int = 500_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self.clock = clock
+        self._cards: dict[str, Issued] = {}
+        self._done: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, card: str, service_id: str, issuer: str, user_id: str, version: str) -> None:
+        with self._lock:
+            now = self.clock()
+            if len(self._cards) >= self.limit:
+                self._cards = {k: v for k, v in self._cards.items() if v.expires > now}
+                self._done = {k: t for k, t in self._done.items() if t > now}
+            self._cards[card] = Issued(service_id, issuer, user_id, version, now + self.ttl_s)
+
+    def card(self, card: str, service_id: str, issuer: str) -> Issued | None:
+        """The card, when it is live, of this service and was returned to this EHR."""
+        with self._lock:
+            found = self._cards.get(card)
+        if found is None or found.expires <= self.clock():
+            return None
+        if found.service_id != service_id or found.issuer != issuer:
+            return None
+        return found
+
+    def done(self, outcome: Outcome) -> bool:
+        with self._lock:
+            return (outcome.card, outcome.timestamp) in self._done
+
+    def mark_done(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._done[(outcome.card, outcome.timestamp)] = self.clock() + self.ttl_s
+
+
+def check_cards(
+    outcomes: list[Outcome], ledger: Ledger, service_id: str, issuer: str
+) -> list[Issued]:
+    """Every item's card, before anything is recorded: one unknown card refuses them all."""
+    found = []
+    for i, o in enumerate(outcomes):
+        issued = ledger.card(o.card, service_id, issuer)
+        if issued is None:
+            raise NotFound(f"feedback[{i}].card", "is not a card this service returned to you")
+        found.append(issued)
+    return found

@@ -1,0 +1,144 @@
+"""A hook request (CDS Hooks 2.0, "Calling a CDS Service") checked field by field, and the
+FHIR R4 Bundle the generation service renders, built from its prefetch.
+
+Every refusal names the JSON path at fault. What is checked: ``hook`` is the service's,
+``hookInstance`` a UUID, ``context`` has the hook's required fields as FHIR ids
+(``userId`` a reference to a person), ``fhirServer`` an https URL when given and present
+whenever ``fhirAuthorization`` is, ``fhirAuthorization`` an OAuth 2.0 bearer grant, and
+every prefetch key this service declared holds what its template asks for, about the
+context's patient. The FHIR server is never called (see the report of issue 25: the
+prefetch fallback is not built yet), so a prefetch key left out is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from clinalign.cdshooks.catalogue import PREFETCH, SEARCHES, CdsService
+from clinalign.cdshooks.errors import BadRequest
+from clinalign.common.oidc import OidcConfigError, check_url
+
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+USER_REF = re.compile(
+    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
+)
+MAX_ENTRIES = 1_000  # per prefetch searchset
+
+
+@dataclass(frozen=True)
+class HookCall:
+    service: CdsService
+    hook_instance: str
+    user_id: str  # "Practitioner/123"
+    patient_id: str
+    encounter_id: str | None
+    bundle_json: str
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(field, "must be a JSON object")
+    return value
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(field, "must be a non-empty string")
+    return value
+
+
+def parse_hook(body: Any, service: CdsService) -> HookCall:
+    """The checked hook request; raises BadRequest naming the field."""
+    request = _object(body, "body")
+    hook = _text(request.get("hook"), "hook")
+    if hook != service.hook:
+        raise BadRequest("hook", f"is {hook!r}; service {service.id!r} answers {service.hook!r}")
+    instance = _text(request.get("hookInstance"), "hookInstance")
+    try:
+        uuid.UUID(instance)
+    except ValueError:
+        raise BadRequest("hookInstance", "must be a UUID") from None
+    _check_fhir_access(request)
+    context = _object(request.get("context"), "context")
+    for name in service.required_context:
+        _text(context.get(name), f"context.{name}")
+    user = context["userId"]
+    if not USER_REF.match(user):
+        raise BadRequest("context.userId", "must be a reference such as Practitioner/123")
+    patient = context["patientId"]
+    if not FHIR_ID.match(patient):
+        raise BadRequest("context.patientId", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+    encounter = context.get("encounterId")
+    if encounter is not None and (not isinstance(encounter, str) or not FHIR_ID.match(encounter)):
+        raise BadRequest("context.encounterId", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+    prefetch = _object(request.get("prefetch"), "prefetch")
+    bundle = bundle_from(prefetch, patient)
+    return HookCall(service, instance, user, patient, encounter, json.dumps(bundle))
+
+
+def _check_fhir_access(request: dict[str, Any]) -> None:
+    server = request.get("fhirServer")
+    if server is not None:
+        try:
+            check_url(_text(server, "fhirServer"), "fhirServer")
+        except OidcConfigError:
+            raise BadRequest("fhirServer", "must be an https:// URL") from None
+    grant = request.get("fhirAuthorization")
+    if grant is None:
+        return
+    if server is None:
+        raise BadRequest("fhirServer", "is required when fhirAuthorization is given")
+    grant = _object(grant, "fhirAuthorization")
+    for name in ("access_token", "scope", "subject"):
+        _text(grant.get(name), f"fhirAuthorization.{name}")
+    if grant.get("token_type") != "Bearer":
+        raise BadRequest("fhirAuthorization.token_type", "must be 'Bearer'")
+    expires = grant.get("expires_in")
+    if not isinstance(expires, int) or isinstance(expires, bool) or expires <= 0:
+        raise BadRequest("fhirAuthorization.expires_in", "must be a positive integer")
+
+
+def bundle_from(prefetch: dict[str, Any], patient_id: str) -> dict[str, Any]:
+    """A collection Bundle of the prefetched Patient and the resources of each searchset."""
+    for key in PREFETCH:
+        if prefetch.get(key) is None:
+            raise BadRequest(
+                f"prefetch.{key}",
+                f"is missing; send the result of {PREFETCH[key]!r} (this service does not "
+                "yet fetch from fhirServer)",
+            )
+    patient = _object(prefetch["patient"], "prefetch.patient")
+    if patient.get("resourceType") != "Patient":
+        raise BadRequest("prefetch.patient.resourceType", "must be 'Patient'")
+    if patient.get("id") != patient_id:
+        raise BadRequest("prefetch.patient.id", "must be context.patientId")
+    entries: list[dict[str, Any]] = [{"resource": patient}]
+    for key, kind in SEARCHES.items():
+        entries += [{"resource": r} for r in _searchset(prefetch[key], kind, f"prefetch.{key}")]
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def _searchset(value: Any, kind: str, field: str) -> list[dict[str, Any]]:
+    bundle = _object(value, field)
+    if bundle.get("resourceType") != "Bundle":
+        raise BadRequest(f"{field}.resourceType", f"must be 'Bundle' (a {kind} search result)")
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise BadRequest(f"{field}.entry", "must be an array")
+    if len(entries) > MAX_ENTRIES:
+        raise BadRequest(f"{field}.entry", f"has {len(entries)} entries; at most {MAX_ENTRIES}")
+    found = []
+    for i, entry in enumerate(entries):
+        where = f"{field}.entry[{i}]"
+        resource = _object(_object(entry, where).get("resource"), f"{where}.resource")
+        got = resource.get("resourceType")
+        if got == "OperationOutcome":  # a search's warnings (search.mode "outcome")
+            continue
+        if got != kind:
+            raise BadRequest(f"{field}.entry[{i}].resource.resourceType", f"must be {kind!r}")
+        found.append(resource)
+    return found

@@ -1,0 +1,57 @@
+"""The gateway process: ``python -m clinalign.cdshooks`` serves the CDS Hooks application
+with uvicorn (HTTPS when ``tls_cert_file`` is set, as every service) and /metrics beside it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from clinalign.cdshooks.app import Gateway, build_app
+from clinalign.cdshooks.backend import Backend
+from clinalign.cdshooks.clientauth import ClientAuth
+from clinalign.cdshooks.config import CdsHooksSettings
+from clinalign.cdshooks.feedback import Ledger
+from clinalign.common.assertions import AssertionSigner, load_signing_key
+from clinalign.common.auth import service_principal
+from clinalign.common.channels import Clients
+from clinalign.common.config import CommonSettings
+from clinalign.common.logs import configure_logging
+from clinalign.common.oidc import OidcConfigError
+from clinalign.common.web import serve
+
+log = logging.getLogger("clinalign.cdshooks")
+SERVICE = "cds-hooks"
+
+
+def signing_key_path(common: CommonSettings, settings: CdsHooksSettings) -> Path:
+    return settings.signing_key_file or common.data_dir / "cds-hooks-signing.jwk"
+
+
+def build(common: CommonSettings, settings: CdsHooksSettings) -> Starlette:
+    """The application, its client verification and its channels to the services."""
+    signer = AssertionSigner(
+        load_signing_key(signing_key_path(common, settings)), service_principal(SERVICE)
+    )
+    public_url = (settings.public_url or f"http://{common.host}:{settings.port}").rstrip("/")
+    gateway = Gateway(
+        backend=Backend(Clients(common, service=SERVICE), signer, settings.call_timeout_s),
+        auth=ClientAuth(settings.trusted_issuers, settings.jwt_leeway_s),
+        ledger=Ledger(settings.card_ttl_s),
+        public_url=public_url,
+        max_body_bytes=settings.max_body_bytes,
+        max_new_tokens=settings.max_new_tokens,
+        allowed_origins=settings.allowed_origins,
+    )
+    return build_app(gateway)
+
+
+def main() -> None:
+    configure_logging(SERVICE)
+    common = CommonSettings()
+    settings = CdsHooksSettings()
+    if not settings.trusted_issuers:
+        log.warning("no trusted EHR issuers are configured: every hook will be refused")
+    errors = (OidcConfigError, OSError, ValueError)
+    serve(SERVICE, lambda: build(common, settings), common, settings, log, errors)

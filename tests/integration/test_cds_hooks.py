@@ -1,0 +1,276 @@
+"""The CDS Hooks gateway over real HTTP, against the real generation service (the tiny
+model) and monitor, called by an EHR stand-in (``tests.cds_hooks_support``): discovery →
+a hook with prefetch → a card with AI transparency → override feedback → a monitor flag
+attributed to the EHR user; and every bad input refused with the right status and a JSON
+error, nothing stored. Every answer is validated against the CDS Hooks 2.0 schemas in
+``tests/data/cds_hooks``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clinalign.common.hashing import weights_hash
+from clinalign.common.v1 import common_pb2
+from clinalign.monitor.v1 import monitor_pb2 as mpb
+from clinalign.monitor.v1 import monitor_pb2_grpc
+from tests.cds_hooks_support import USER, CdsStack, EhrStandIn, cds_stack, hook_request, schema
+
+SUMMARY = "/cds-services/clinalign-patient-summary"
+DISCHARGE = "/cds-services/clinalign-discharge-instructions"
+AIAST = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "AIAST")
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    async with cds_stack(tmp_path, tiny_model_dir) as running:
+        yield running
+
+
+async def call_hook(stack: CdsStack, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    schema("request").validate(body)
+    async with stack.http() as http:
+        answer = await http.post(path, json=body, headers=stack.auth(path))
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    schema("response").validate(found)
+    return found
+
+
+async def send_feedback(stack: CdsStack, path: str, items: list[dict[str, Any]]) -> int:
+    body = {"feedback": items}
+    schema("feedback").validate(body)
+    async with stack.http() as http:
+        answer = await http.post(
+            path + "/feedback", json=body, headers=stack.auth(path + "/feedback")
+        )
+    return answer.status_code
+
+
+async def flags(stack: CdsStack) -> list[mpb.Flag]:
+    async with stack.monitor_admin() as ch:
+        found = await monitor_pb2_grpc.MonitorServiceStub(ch).ListFlags(mpb.ListFlagsRequest())
+    return list(found.flags)
+
+
+async def outputs(stack: CdsStack) -> list[Any]:
+    async with stack.monitor_admin() as ch:
+        found = await monitor_pb2_grpc.MonitorServiceStub(ch).ListOutputs(mpb.ListOutputsRequest())
+    return list(found.outputs)
+
+
+def check_transparency(card: dict[str, Any], model: Path, patient: str) -> None:
+    (suggestion,) = card["suggestions"]
+    document, provenance = (a["resource"] for a in suggestion["actions"])
+    for resource in (document, provenance):
+        codes = {(c["system"], c["code"]) for c in resource["meta"]["security"]}
+        assert AIAST in codes, resource["resourceType"]
+    assert document["resourceType"] == "DocumentReference"
+    assert document["docStatus"] == "preliminary"
+    assert document["subject"] == {"reference": f"Patient/{patient}"}
+    text = base64.b64decode(document["content"][0]["attachment"]["data"]).decode()
+    assert text.strip() and text.strip()[:20] in card["detail"].replace("\\", "")
+    assert provenance["target"] == [{"reference": f"DocumentReference/{document['id']}"}]
+    (device,) = provenance["contained"]
+    assert provenance["agent"][0]["who"]["reference"] == "#" + device["id"]
+    assert device["resourceType"] == "Device"
+    assert device["deviceName"][0]["name"] == "clinalign-policy"
+    assert device["version"][0]["value"] == "foundation"
+    assert device["identifier"][0]["value"] == weights_hash(model)
+
+
+async def test_an_ehr_session_from_discovery_to_a_flag(
+    stack: CdsStack, tiny_model_dir: Path
+) -> None:
+    async with stack.http() as http:
+        found = await http.get("/cds-services")
+    assert found.status_code == 200
+    schema("discovery").validate(found.json())
+    services = {s["id"]: s for s in found.json()["services"]}
+    assert services["clinalign-patient-summary"]["hook"] == "patient-view"
+    assert services["clinalign-discharge-instructions"]["hook"] == "encounter-discharge"
+    for s in services.values():
+        assert set(s["prefetch"]) == {
+            "patient",
+            "conditions",
+            "medications",
+            "allergies",
+            "observations",
+        }
+        assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+
+    body = hook_request()
+    (card,) = (await call_hook(stack, SUMMARY, body))["cards"]
+    assert card["uuid"].startswith("out-") and card["indicator"] == "info"
+    assert len(card["summary"]) <= 140
+    assert card["source"]["url"] == f"{stack.url}/model-cards/clinalign-policy/foundation"
+    reasons = {r["code"]: r for r in card["overrideReasons"]}
+    assert "unsafe-advice" in reasons and len(reasons) == 7
+    check_transparency(card, tiny_model_dir, body["context"]["patientId"])
+    async with stack.http() as http:
+        model_card = await http.get(card["source"]["url"][len(stack.url) :])
+    assert model_card.status_code == 200
+    assert model_card.json()["weightsHash"] == weights_hash(tiny_model_dir)
+
+    discharge = hook_request("encounter-discharge", encounterId="enc-1")
+    (other,) = (await call_hook(stack, DISCHARGE, discharge))["cards"]
+    context = other["suggestions"][0]["actions"][0]["resource"]["context"]
+    assert context == {"encounter": [{"reference": "Encounter/enc-1"}]}
+
+    override = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {
+            "reason": {k: reasons["unsafe-advice"][k] for k in ("system", "code")},
+            "userComment": "Omits the insulin dose adjustment.",
+        },
+        "outcomeTimestamp": "2026-03-01T10:00:00Z",
+    }
+    accepted = {"card": other["uuid"], "outcome": "accepted",
+                "outcomeTimestamp": "2026-03-01T10:01:00Z"}  # fmt: skip
+    assert await send_feedback(stack, SUMMARY, [override]) == 200
+    assert await send_feedback(stack, SUMMARY, [override]) == 200  # a retry: nothing twice
+    assert await send_feedback(stack, DISCHARGE, [accepted]) == 200
+    (flag,) = await flags(stack)
+    assert flag.output_id == card["uuid"]
+    assert flag.flagged_by == USER  # the EHR user, through the gateway
+    assert flag.category == common_pb2.ERROR_CATEGORY_UNSAFE_ADVICE
+    assert flag.severity == mpb.SEVERITY_HIGH
+    assert flag.comment == "Omits the insulin dose adjustment."
+    assert flag.status == mpb.FLAG_STATUS_OPEN
+
+
+BAD_HOOKS: list[tuple[str, Any, str]] = [
+    # (what is changed, the change, the field the error names)
+    ("hook", {"hook": "order-select"}, "hook"),
+    ("hookInstance", {"hookInstance": "not-a-uuid"}, "hookInstance"),
+    ("context", {"context": {"userId": USER}}, "context.patientId"),
+    ("userId", {"context": {"userId": "dr-bob", "patientId": "example-patient"}}, "context.userId"),
+    ("fhirServer", {"fhirServer": "http://ehr.example.org/fhir"}, "fhirServer"),
+    ("fhirAuthorization", {"fhirAuthorization": {"access_token": "x"}}, "fhirAuthorization.scope"),
+    ("prefetch", {"prefetch": None}, "prefetch"),
+]
+
+
+def changed(change: dict[str, Any]) -> dict[str, Any]:
+    return hook_request() | change
+
+
+def malformed_prefetches() -> list[tuple[dict[str, Any], str]]:
+    cases = []
+    missing = hook_request()
+    del missing["prefetch"]["conditions"]
+    cases.append((missing, "prefetch.conditions"))
+    wrong_type = hook_request()
+    wrong_type["prefetch"]["patient"]["resourceType"] = "Practitioner"
+    cases.append((wrong_type, "prefetch.patient.resourceType"))
+    other_patient = hook_request()
+    other_patient["prefetch"]["patient"]["id"] = "someone-else"
+    cases.append((other_patient, "prefetch.patient.id"))
+    not_bundle = hook_request()
+    not_bundle["prefetch"]["medications"] = {"resourceType": "MedicationRequest"}
+    cases.append((not_bundle, "prefetch.medications.resourceType"))
+    mixed = hook_request()
+    mixed["prefetch"]["allergies"]["entry"].append({"resource": {"resourceType": "Condition"}})
+    cases.append((mixed, "prefetch.allergies.entry[1].resource.resourceType"))
+    return cases
+
+
+async def refused(
+    stack: CdsStack, path: str, status: int, field: str, *, body: Any = None,
+    headers: dict[str, str] | None = None, content: bytes | None = None,
+) -> None:  # fmt: skip
+    async with stack.http() as http:
+        answer = await http.post(
+            path,
+            json=body if content is None else None,
+            content=content,
+            headers=stack.auth(path) if headers is None else headers,
+        )
+    assert answer.status_code == status, (field, answer.text)
+    schema("error").validate(answer.json())
+    assert answer.json()["error"]["field"] == field, answer.text
+
+
+async def test_bad_hooks_are_refused_and_nothing_is_drafted(stack: CdsStack) -> None:
+    await refused(stack, "/cds-services/no-such-service", 404, "id", body=hook_request())
+    for _, change, field in BAD_HOOKS:
+        await refused(stack, SUMMARY, 400, field, body=changed(change))
+    for body, field in malformed_prefetches():
+        await refused(stack, SUMMARY, 400, field, body=body)
+    no_encounter = hook_request("encounter-discharge")
+    await refused(stack, DISCHARGE, 400, "context.encounterId", body=no_encounter)
+    await refused(stack, SUMMARY, 400, "body", content=b"{not json")
+    huge = json.dumps(hook_request() | {"padding": "x" * (1 << 20)}).encode()
+    await refused(stack, SUMMARY, 413, "body", content=huge)
+    # The client's JWT.
+    url = stack.url + SUMMARY
+    ehr, body = stack.ehr, hook_request()
+    stranger = EhrStandIn("https://unknown-ehr.test")
+    tokens = {
+        "missing": {},
+        "expired": {
+            "Authorization": f"Bearer {ehr.token(url, iat=1_700_000_000, exp=1_700_000_100)}"
+        },
+        "wrong audience": {"Authorization": f"Bearer {ehr.token(stack.url + DISCHARGE)}"},
+        "unknown issuer": {"Authorization": f"Bearer {stranger.token(url)}"},
+        "forged": {"Authorization": f"Bearer {ehr.token(url, key=stranger.key)}"},
+        "long-lived": {"Authorization": f"Bearer {ehr.token(url, exp=2_000_000_000)}"},
+        "no jti": {"Authorization": f"Bearer {ehr.token(url, jti=None)}"},
+    }
+    for headers in tokens.values():
+        await refused(stack, SUMMARY, 401, "authorization", body=body, headers=headers)
+    once = stack.auth(SUMMARY)
+    async with stack.http() as http:
+        assert (await http.post(SUMMARY, json=body, headers=once)).status_code == 200
+    await refused(stack, SUMMARY, 401, "authorization", body=body, headers=once)  # replayed
+    await asyncio.sleep(1.5)  # what generation drafted has reached the monitor by now
+    assert len(await outputs(stack)) == 1  # only the one good hook drafted
+    async with stack.http() as http:
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_bad_feedback_is_refused_and_nothing_is_flagged(stack: CdsStack) -> None:
+    (card,) = (await call_hook(stack, SUMMARY, hook_request()))["cards"]
+    feedback = SUMMARY + "/feedback"
+    good = {"card": card["uuid"], "outcome": "overridden",
+            "outcomeTimestamp": "2026-03-01T10:00:00Z",
+            "overrideReason": {"reason": card["overrideReasons"][0]}}  # fmt: skip
+    cases: list[tuple[str, int, str, Any]] = [
+        (feedback, 400, "feedback", {"feedback": []}),
+        (feedback, 404, "feedback[0].card", {"feedback": [good | {"card": "out-unknown"}]}),
+        (feedback, 400, "feedback[0].outcome", {"feedback": [good | {"outcome": "ignored"}]}),
+        (feedback, 400, "feedback[0].outcomeTimestamp",
+         {"feedback": [good | {"outcomeTimestamp": "yesterday"}]}),
+        (feedback, 400, "feedback[0].overrideReason.reason",
+         {"feedback": [good | {"overrideReason": {"reason": {"system": "x", "code": "y"}}}]}),
+        # a valid item beside a bad one: neither is recorded
+        (feedback, 404, "feedback[1].card", {"feedback": [good, good | {"card": "nope"}]}),
+        # the card was returned by the summary service, not this one
+        (DISCHARGE + "/feedback", 404, "feedback[0].card", {"feedback": [good]}),
+    ]  # fmt: skip
+    for path, status, field, body in cases:
+        await refused(stack, path, status, field, body=body)
+    await asyncio.sleep(1.0)
+    assert await flags(stack) == []
+
+
+async def test_cors_for_browser_based_ehrs(stack: CdsStack) -> None:
+    origin = {"Origin": "https://ehr-app.example.org"}
+    async with stack.http() as http:
+        preflight = await http.options(
+            SUMMARY,
+            headers=origin | {"Access-Control-Request-Method": "POST",
+                              "Access-Control-Request-Headers": "authorization, content-type"},
+        )  # fmt: skip
+        found = await http.get("/cds-services", headers=origin)
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert found.headers["access-control-allow-origin"] == "*"
