@@ -5,6 +5,7 @@ PyPI, for CPython 3.11 on x86_64 manylinux, the images' platform). The images in
 from these (install.sh: ``pip install --require-hashes --no-deps``).
 
     python scripts/lock_requirements.py          # rewrite the locks (needs PyPI)
+    python scripts/lock_requirements.py console  # rewrite only these images' locks
     python scripts/lock_requirements.py --check  # exit 1 if a lock disagrees with its
                                                  # requirements (offline; the tests run it)
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQ = ROOT / "deploy" / "docker" / "requirements"
-IMAGES = ("generation", "reward", "preference", "trainer", "monitor", "build")
+IMAGES = ("generation", "reward", "preference", "trainer", "monitor", "console", "build")
 UV = [sys.executable, "-m", "uv"]
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
@@ -107,11 +108,15 @@ def compile_lock(image: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("images", nargs="*", help=f"only these of {', '.join(IMAGES)}")
     args = parser.parse_args()
+    images = args.images or IMAGES
+    if unknown := sorted(set(images) - set(IMAGES)):
+        parser.error(f"unknown images {unknown}; the images are {', '.join(IMAGES)}")
     if not args.check:
-        for image in IMAGES:
+        for image in images:
             compile_lock(image)
-    found = [p for image in IMAGES for p in problems(image)]
+    found = [p for image in images for p in problems(image)]
     for problem in found:
         print(problem, file=sys.stderr)
     sys.exit(1 if found else 0)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -22,6 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from clinalign.common.config import ServiceSettings
+from clinalign.console.config import ConsoleSettings
 from clinalign.generation.config import GenerationSettings
 from clinalign.monitor.config import MonitorSettings
 from clinalign.preference.config import PreferenceSettings
@@ -38,6 +40,7 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "preference": PreferenceSettings,
     "trainer": TrainerSettings,
     "monitor": MonitorSettings,
+    "console": ConsoleSettings,  # the clinician console (HTTP), an image like the services'
 }
 TORCH_IMAGES = {"generation", "reward", "trainer"}
 # The modules each image runs: its service, and for the trainer the job pods' worker too.
@@ -248,8 +251,8 @@ def installed_by(service: str) -> frozenset[str]:
     return installed_from(image_requirements(service))
 
 
-@pytest.mark.parametrize("service", ["preference", "monitor"])
-def test_preference_and_monitor_images_hold_no_torch(service: str) -> None:
+@pytest.mark.parametrize("service", sorted(set(SETTINGS) - TORCH_IMAGES))
+def test_images_without_a_variant_hold_no_torch(service: str) -> None:
     assert {"torch", "transformers"} & installed_by(service) == set()
 
 
@@ -329,6 +332,38 @@ def test_the_smoke_check_runs_from_any_image() -> None:
         if top in providers and not {canonicalize_name(d) for d in providers[top]} & base
     }
     assert outside == set()
+
+
+def test_the_consoles_pages_and_assets_are_installed_with_the_package(tmp_path: Path) -> None:
+    """The images install the package (`pip install .`), not the source tree: the console's
+    templates and static files must be package data, or its image serves no page."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "services", source / "services", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    built = subprocess.run(
+        [*pip_wheel, "-q", str(source), "-w", str(tmp_path / "wheel")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("clinalign-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = set(archive.namelist())
+    console = ROOT / "services/clinalign/console"
+    needed = {
+        str(p.relative_to(ROOT / "services"))
+        for folder in ("templates", "static")
+        for p in (console / folder).rglob("*")
+        if p.is_file()
+    }
+    assert needed, "the console has templates and static files"
+    assert needed - packaged == set(), "add them to [tool.setuptools.package-data]"
 
 
 # Build context and tooling -----------------------------------------------------------

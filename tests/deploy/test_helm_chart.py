@@ -1,11 +1,13 @@
 """The Helm chart (helm/clinalign), rendered offline with the real Helm engine for the value
 combinations in tests.helm_support.COMBOS: Kubernetes schemas (strict, the two newest minor
 versions kubernetes-validate ships), lint, values schema, security, network topology against
-the calls the code makes, GPU scheduling, autoscaling, monitoring assets, TLS and storage."""
+the calls the code makes, GPU scheduling, autoscaling, monitoring assets, TLS and storage; and
+the clinician console (an HTTP front door beside the five services) in combinations of its own."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -17,9 +19,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 from helm_python.chart import lint
 from helm_python.errors import HelmError
 
+from clinalign.common.config import CommonSettings
+from clinalign.console.config import ConsoleSettings
 from tests.helm_support import (
     CHART,
     COMBOS,
@@ -45,7 +50,33 @@ from tests.helm_support import (
 )
 
 KUBE_VERSIONS = ("1.36.0", "1.37.0")
+# The console's own combinations, beside tests.helm_support.COMBOS (which other suites share).
+CONSOLE_COMBOS: dict[str, dict[str, Any]] = {
+    "console-ingress": {
+        "oidc": {"issuer": "https://idp.example.org/realms/hospital", "audience": "clinalign"},
+        "console": {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"},
+                "hosts": ["console.example.org", "clinalign.example.org"],
+                "tls": {"secretName": "console-example-org"},
+            }
+        },
+    },
+    "console-existing-secrets": {
+        "auth": {"existingSecret": "clinalign-tokens"},
+        "tls": {"existingSecret": "clinalign-tls"},
+        "console": {
+            "publicUrl": "https://console.hospital.example/clinalign",
+            "oidc": {"clientId": "ca-console", "existingSecret": "clinalign-console-oidc"},
+            "session": {"existingSecret": "clinalign-console-session"},
+        },
+    },
+    "console-disabled": {"console": {"enabled": False}},
+}
 ALL = sorted(COMBOS)
+EVERY = ALL + sorted(CONSOLE_COMBOS)
 # Combinations with the Kubernetes executor (it needs PostgreSQL; the default is local).
 KUBE_EXECUTOR = {
     c for c, v in COMBOS.items() if v.get("trainer", {}).get("executor") == "kubernetes"
@@ -55,6 +86,28 @@ GPU = "nvidia.com/gpu"
 
 def _full_name(service: str) -> str:
     return f"clinalign.{service}.v1.{service.title()}Service"
+
+
+def _parse(raw: dict[str, str]) -> list[dict[str, Any]]:
+    """The objects of a rendering, as tests.helm_support.render gives them."""
+    docs = []
+    for path, text in sorted(raw.items()):
+        if path.endswith(".yaml"):
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    doc.setdefault("metadata", {}).setdefault("annotations", {})
+                    docs.append(doc | {"_template": path})
+    return docs
+
+
+@functools.cache
+def _console_combo(combo: str) -> str:
+    return json.dumps(_parse(render_raw(CONSOLE_COMBOS[combo])))
+
+
+def docs_of(combo: str) -> list[dict[str, Any]]:
+    """The objects of a combination of COMBOS or CONSOLE_COMBOS (fresh copies)."""
+    return render(combo) if combo in COMBOS else json.loads(_console_combo(combo))
 
 
 # -- lint, metadata, values schema ----------------------------------------------------------
@@ -137,6 +190,10 @@ def test_schema_covers_every_value_and_every_value_is_commented() -> None:
         ({"trainer": {"jobs": {"gpusPerJob": -1}}}, "gpusPerJob"),  # below the minimum
         ({"config": {"logLevel": "TRACE"}}, "logLevel"),
         ({"generation": {"image": {"digest": "latest"}}}, "digest"),
+        ({"console": {"replicas": "two"}}, "replicas"),
+        ({"console": {"ingress": {"hosts": ["https://console.example.org"]}}}, "hosts"),
+        ({"console": {"publicUrl": "console.example.org"}}, "publicUrl"),
+        ({"console": {"session": {"key": "abc"}}}, "key"),  # secrets only from Secrets
     ],
 )
 def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], field: str) -> None:
@@ -166,6 +223,10 @@ def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], fiel
         ({"preference": {"replicas": 2}}, "preference.replicas must be 1: its SQLite store"),
         ({"trainer": {"replicas": 2}}, "trainer.replicas must be 1"),
         ({"generation": {"backend": {"mode": "external"}}}, "backend.external.url is required"),
+        (
+            {"console": {"ingress": {"enabled": True}}},
+            "console.ingress.hosts needs at least one host",
+        ),
     ],
 )
 def test_inconsistent_values_fail_with_a_reason(values: dict[str, Any], message: str) -> None:
@@ -176,9 +237,9 @@ def test_inconsistent_values_fail_with_a_reason(values: dict[str, Any], message:
 # -- Kubernetes schemas ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("combo", ALL)
+@pytest.mark.parametrize("combo", EVERY)
 def test_built_in_objects_validate_strictly(combo: str) -> None:
-    docs = render(combo)
+    docs = docs_of(combo)
     assert docs
     for doc in docs:
         if doc["kind"] in CRD_KINDS:
@@ -194,7 +255,7 @@ def test_built_in_objects_validate_strictly(combo: str) -> None:
 def test_custom_resources_have_their_essential_structure() -> None:
     docs = render("observability") + render("keda") + render("tls-cert-manager")
     monitors = of_kind(docs, "ServiceMonitor")
-    assert len(monitors) == len(SERVICES)
+    assert len(monitors) == len(SERVICES) + 1  # and the console's
     services = {s["metadata"]["name"]: s for s in of_kind(render("observability"), "Service")}
     for sm in monitors:
         assert sm["apiVersion"] == "monitoring.coreos.com/v1"
@@ -227,9 +288,9 @@ def test_custom_resources_have_their_essential_structure() -> None:
 # -- security -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("combo", ALL)
+@pytest.mark.parametrize("combo", EVERY)
 def test_every_workload_is_locked_down(combo: str) -> None:
-    docs = render(combo)
+    docs = docs_of(combo)
     seen = set()
     for workload in workloads(docs):
         spec = pod_spec(workload)
@@ -262,7 +323,7 @@ def test_every_workload_is_locked_down(combo: str) -> None:
 
 def test_each_service_has_its_own_service_account() -> None:
     docs = render("default")
-    for service in SERVICES:
+    for service in (*SERVICES, "console"):
         spec = pod_spec(component(docs, "Deployment", service))
         assert spec["serviceAccountName"] == f"{FULLNAME}-{service}"
         component(docs, "ServiceAccount", service)
@@ -316,7 +377,7 @@ def test_generated_tokens_every_role_and_one_credential_per_service() -> None:
         "admin",
     }
     services = {t["principal"]: t["token"] for t in tokens if t["role"] == "service"}
-    assert set(services) == {f"svc-{s}" for s in (*SERVICES, "trainer-job")}
+    assert set(services) == {f"svc-{s}" for s in (*SERVICES, "trainer-job", "console")}
     for principal, token in services.items():
         assert data[f"token-{principal.removeprefix('svc-')}"] == token
     # The verification file: every principal's digest, no token.
@@ -333,11 +394,14 @@ def test_generated_tokens_every_role_and_one_credential_per_service() -> None:
     assert "lookup" in source and "randAlphaNum" in source
 
 
-@pytest.mark.parametrize("combo", ["default", "dev-cpu-jobs", "tls-secret"])
+@pytest.mark.parametrize(
+    "combo", ["default", "dev-cpu-jobs", "tls-secret", "console-existing-secrets"]
+)
 def test_each_pod_mounts_only_its_own_credential(combo: str) -> None:
     """No pod holds a person's token (admin, ml-engineer, clinician) nor another service's:
-    it mounts the verification file and reads its own token."""
-    docs = render(combo)
+    it mounts the verification file and reads its own token. The console verifies no bearer
+    token, so it mounts no auth file at all."""
+    docs = docs_of(combo)
     for workload in workloads(docs):
         spec = pod_spec(workload)
         for volume in spec.get("volumes", []):
@@ -353,10 +417,14 @@ def test_each_pod_mounts_only_its_own_credential(combo: str) -> None:
             tokens = [r for r in refs if r.startswith("token-")]
             component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
             assert tokens in ([], [f"token-{component}"]), (component, tokens)
-    for service in SERVICES:
+    for service in (*SERVICES, "console"):
         env = main_container(docs, service)["env"]
         (ref,) = [e for e in env if e["name"] == "CLINALIGN_SERVICE_TOKEN"]
         assert ref["valueFrom"]["secretKeyRef"]["key"] == f"token-{service}"
+    console = pod_spec(named(docs, "Deployment", f"{FULLNAME}-console"))
+    secrets = {v["name"]: v["secret"]["secretName"] for v in console["volumes"] if "secret" in v}
+    assert "auth" not in secrets
+    assert "CLINALIGN_TOKENS_FILE" not in env_of(main_container(docs, "console"))
     (smoke,) = of_kind(docs, "Pod")
     (auth,) = [v for v in smoke["spec"]["volumes"] if v["name"] == "auth"]
     assert [i["key"] for i in auth["secret"]["items"]] == ["smoke-tokens.json"]
@@ -364,7 +432,11 @@ def test_each_pod_mounts_only_its_own_credential(combo: str) -> None:
 
 def test_existing_secrets_replace_generated_ones() -> None:
     docs = render("external-db")
-    assert of_kind(docs, "Secret") == []
+    # All but the console's session key, which console.session.existingSecret replaces.
+    assert [s["metadata"]["name"] for s in of_kind(docs, "Secret")] == [
+        f"{FULLNAME}-console-session"
+    ]
+    assert of_kind(docs_of("console-existing-secrets"), "Secret") == []
     env = env_of(main_container(docs, "preference"))
     assert env["CLINALIGN_SERVICE_TOKEN"]["secretKeyRef"]["name"] == "clinalign-tokens"
     assert env["CLINALIGN_PREFERENCE_DATABASE_URL"]["secretKeyRef"] == {
@@ -435,7 +507,8 @@ def test_trainer_job_settings_match_the_chart() -> None:
 # reward/server.py (resolve_version), trainer/jobs/worker.py (clients.preference) and
 # trainer/jobs/ppo_job.py (clients.reward, local jobs and job pods alike), trainer/server.py
 # (clients.monitor: the gate replays confirmed flags), the monitor's peers (preference,
-# trainer, reward, generation).
+# trainer, reward, generation); the console's pages (console.backend.call(session, "<peer>",
+# ...): labelling on preference, outputs and flags on monitor, the serving state on trainer).
 CALLS = {
     ("generation", "monitor"),
     ("generation", "trainer"),
@@ -450,6 +523,9 @@ CALLS = {
     ("monitor", "reward"),
     ("monitor", "generation"),
     ("smoke-test", "generation"),
+    ("console", "preference"),
+    ("console", "monitor"),
+    ("console", "trainer"),
 }
 
 
@@ -466,7 +542,15 @@ def test_the_call_table_matches_the_code() -> None:
                 peer = match.group(1) or match.group(2) or (match.group(3) and "trainer")
                 if peer != service:
                     found.add((service, peer))
-    assert found == {c for c in CALLS if c[0] in SERVICES}
+    # The console names its peer in each Backend.call; every call must, to be counted.
+    console_call = re.compile(r"\bcall\(\s*session\b")
+    console_peer = re.compile(r'\bcall\(\s*session\s*,\s*"(\w+)"')
+    for path in (ROOT / "services/clinalign/console").rglob("*.py"):
+        text = path.read_text()
+        peers = console_peer.findall(text)
+        assert len(peers) == len(console_call.findall(text)), f"{path.name}: a peer not named"
+        found |= {("console", peer) for peer in peers}
+    assert found == {c for c in CALLS if c[0] in (*SERVICES, "console")}
 
 
 def _groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -593,7 +677,7 @@ def test_network_policy_egress_to_outside_the_cluster() -> None:
 
 def test_metrics_ports_admit_prometheus() -> None:
     docs = render("default")
-    for service in SERVICES:
+    for service in (*SERVICES, "console"):
         port = main_container(docs, service)["ports"][1]["containerPort"]
         rules = _rules(component(docs, "NetworkPolicy", service), "ingress")
         assert any(
@@ -692,7 +776,7 @@ def test_autoscaling_hpa_or_keda_never_both() -> None:
 
 def test_disruption_budgets() -> None:
     docs = render("default")
-    for service in SERVICES:
+    for service in (*SERVICES, "console"):
         pdb = component(docs, "PodDisruptionBudget", service)
         labels = pod_labels(component(docs, "Deployment", service))
         assert selects(pdb["spec"]["selector"], labels)
@@ -859,7 +943,7 @@ def test_oidc_issuer_reaches_every_service_and_its_egress_is_allowed() -> None:
         for d in yaml.safe_load_all(text)
         if d
     ]
-    for service in SERVICES:
+    for service in (*SERVICES, "console"):
         env = env_of(main_container(docs, service))
         assert (env["CLINALIGN_OIDC_ISSUER"], env["CLINALIGN_OIDC_AUDIENCE"]) == (
             issuer,
@@ -870,7 +954,7 @@ def test_oidc_issuer_reaches_every_service_and_its_egress_is_allowed() -> None:
         assert any(p["port"] == 443 for rule in egress for p in rule.get("ports", []))
     # Without an issuer no service gets the settings (JWTs refused) nor the egress.
     default = render("default")
-    for service in SERVICES:
+    for service in (*SERVICES, "console"):
         assert "CLINALIGN_OIDC_ISSUER" not in env_of(main_container(default, service))
         egress = component(default, "NetworkPolicy", service)["spec"]["egress"]
         assert not any(p["port"] == 443 for rule in egress for p in rule.get("ports", []))
@@ -976,3 +1060,217 @@ def test_mutual_tls_by_default_and_plaintext_only_by_explicit_value_with_a_warni
     # Re-used from the cluster on upgrade, generated only on first install.
     source = (CHART / "templates/certificate.yaml").read_text()
     assert "lookup" in source and "genCA" in source
+
+
+# -- the clinician console ------------------------------------------------------------------
+
+
+def _console_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return env_of(main_container(docs, "console"))
+
+
+def _file_in(docs: list[dict[str, Any]], path: str) -> tuple[str, dict[str, Any]]:
+    """The console volume a file path lies on, and that volume (path under its mount)."""
+    spec = pod_spec(component(docs, "Deployment", "console"))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (mount,) = [
+        m
+        for m in main_container(docs, "console")["volumeMounts"]
+        if path.startswith(m["mountPath"])
+    ]
+    return path.removeprefix(mount["mountPath"]).lstrip("/"), volumes[mount["name"]]
+
+
+@pytest.mark.parametrize("combo", ["default", "plaintext", *CONSOLE_COMBOS])
+def test_every_console_setting_the_chart_sets_is_one_the_console_reads(combo: str) -> None:
+    """A misspelt CLINALIGN_CONSOLE_* (or CLINALIGN_*) variable would be ignored silently."""
+    docs = docs_of(combo)
+    if combo == "console-disabled":
+        assert [d for d in docs if d["metadata"]["name"] == f"{FULLNAME}-console"] == []
+        return
+    common = {f"CLINALIGN_{f.upper()}" for f in CommonSettings.model_fields}
+    console = {f"CLINALIGN_CONSOLE_{f.upper()}" for f in ConsoleSettings.model_fields}
+    for name in _console_env(docs):
+        if name.startswith("CLINALIGN_"):
+            assert name in common | console, name
+
+
+def test_console_by_default() -> None:
+    docs = render("default")
+    deployment = component(docs, "Deployment", "console")
+    assert deployment["spec"]["replicas"] == 2
+    container = main_container(docs, "console")
+    assert container["image"] == "docker.io/clinalign/console:0.1.0"  # never a -cuda image
+    fields = ConsoleSettings.model_fields
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": fields["port"].default, "metrics": fields["metrics_port"].default}
+    env = _console_env(docs)
+    assert env["CLINALIGN_CONSOLE_PORT"] == str(ports["http"])
+    assert env["CLINALIGN_CONSOLE_METRICS_PORT"] == str(ports["metrics"])
+    assert env["CLINALIGN_CONSOLE_DEV_SIGN_IN"] == "false"
+    assert env["CLINALIGN_CONSOLE_OIDC_CLIENT_ID"] == "clinalign-console"
+    assert "CLINALIGN_CONSOLE_OIDC_CLIENT_SECRET_FILE" not in env
+    assert "CLINALIGN_CONSOLE_PUBLIC_URL" not in env  # no publicUrl, no Ingress
+    # It calls preference, monitor and the trainer, over their headless Services.
+    targets = {k: v for k, v in env.items() if k.endswith("_TARGET")}
+    assert targets == {
+        f"CLINALIGN_{s.upper()}_TARGET": _target(
+            s, main_container(docs, s)["ports"][0]["containerPort"]
+        )
+        for s in ("preference", "monitor", "trainer")
+    }
+    # No data volume: the session key from its Secret, the signing key on /tmp.
+    spec = pod_spec(deployment)
+    assert "persistentVolumeClaim" not in json.dumps(spec["volumes"])
+    key, volume = _file_in(docs, env["CLINALIGN_CONSOLE_SESSION_KEY_FILE"])
+    assert volume["secret"]["secretName"] == f"{FULLNAME}-console-session"
+    assert volume["secret"]["items"] == [{"key": "session.key", "path": key}]
+    _, tmp = _file_in(docs, env["CLINALIGN_CONSOLE_SIGNING_KEY_FILE"])
+    assert "emptyDir" in tmp and env["CLINALIGN_CONSOLE_SIGNING_KEY_FILE"].startswith("/tmp/")
+    # Only the metrics and http ports, on its own ServiceAccount; no Ingress unless asked.
+    service = component(docs, "Service", "console")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", ports["http"], "http"),
+        ("metrics", ports["metrics"], "metrics"),
+    ]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(deployment))
+    assert of_kind(docs, "Ingress") == []
+
+
+def test_console_session_key_is_a_shared_fernet_key_kept_across_upgrades() -> None:
+    secret = named(render("default"), "Secret", f"{FULLNAME}-console-session")
+    key = base64.b64decode(secret["data"]["session.key"])
+    assert len(key) == 44 and not {b"+", b"/"} & {key[i : i + 1] for i in range(len(key))}
+    assert len(base64.urlsafe_b64decode(key)) == 32
+    Fernet(key).decrypt(Fernet(key).encrypt(b"session"))  # what sessions.load_key reads
+    # One Secret for every replica, generated once and read back with lookup on upgrade.
+    source = (CHART / "templates/secrets.yaml").read_text()
+    session = source[source.index("The console's session key") :]
+    assert "lookup" in session and "randBytes 32" in session
+
+
+def test_console_serves_https_with_the_services_certificate_and_is_probed_over_it() -> None:
+    for combo, secret in (("default", f"{FULLNAME}-tls"), ("tls-secret", "clinalign-tls")):
+        docs = render(combo)
+        container = main_container(docs, "console")
+        env = env_of(container)
+        for setting in (
+            "CLINALIGN_TLS_CERT_FILE",
+            "CLINALIGN_TLS_KEY_FILE",
+            "CLINALIGN_TLS_CA_FILE",
+        ):
+            _, volume = _file_in(docs, env[setting])
+            assert volume["secret"]["secretName"] == secret
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {
+                "path": "/healthz",
+                "port": "http",
+                "scheme": "HTTPS",
+            }
+        (http,) = [
+            p for p in component(docs, "Service", "console")["spec"]["ports"] if p["name"] == "http"
+        ]
+        assert http["appProtocol"] == "https"
+    (cert,) = of_kind(render("tls-cert-manager"), "Certificate")
+    assert f"{FULLNAME}-console.{NAMESPACE}.svc.cluster.local" in cert["spec"]["dnsNames"]
+    plain = render("plaintext")
+    container = main_container(plain, "console")
+    assert "CLINALIGN_TLS_CERT_FILE" not in env_of(container)
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert "tls" not in {
+        v["name"] for v in pod_spec(component(plain, "Deployment", "console"))["volumes"]
+    }
+
+
+def test_console_ingress() -> None:
+    docs = docs_of("console-ingress")
+    (ingress,) = of_kind(docs, "Ingress")
+    assert ingress["apiVersion"] == "networking.k8s.io/v1"
+    assert ingress["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"
+    }
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    hosts = ["console.example.org", "clinalign.example.org"]
+    assert spec["tls"] == [{"hosts": hosts, "secretName": "console-example-org"}]
+    assert [r["host"] for r in spec["rules"]] == hosts
+    service = component(docs, "Service", "console")
+    for rule in spec["rules"]:
+        (path,) = rule["http"]["paths"]
+        assert (path["path"], path["pathType"]) == ("/", "Prefix")
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    env = _console_env(docs)
+    assert env["CLINALIGN_CONSOLE_PUBLIC_URL"] == "https://console.example.org"  # the first host
+    assert "WARNING: console" not in "".join(render_raw(CONSOLE_COMBOS["console-ingress"]).values())
+    assert "https://console.example.org/auth/callback" in next(
+        v
+        for k, v in render_raw(CONSOLE_COMBOS["console-ingress"]).items()
+        if k.endswith("NOTES.txt")
+    )
+
+
+def test_console_existing_secrets() -> None:
+    docs = docs_of("console-existing-secrets")
+    env = _console_env(docs)
+    assert env["CLINALIGN_CONSOLE_PUBLIC_URL"] == "https://console.hospital.example/clinalign"
+    assert env["CLINALIGN_CONSOLE_OIDC_CLIENT_ID"] == "ca-console"
+    assert env["CLINALIGN_SERVICE_TOKEN"]["secretKeyRef"] == {
+        "name": "clinalign-tokens",
+        "key": "token-console",
+    }
+    key, volume = _file_in(docs, env["CLINALIGN_CONSOLE_SESSION_KEY_FILE"])
+    assert volume["secret"]["secretName"] == "clinalign-console-session"
+    assert volume["secret"]["items"] == [{"key": "session.key", "path": key}]
+    name, volume = _file_in(docs, env["CLINALIGN_CONSOLE_OIDC_CLIENT_SECRET_FILE"])
+    assert volume["secret"]["secretName"] == "clinalign-console-oidc"
+    assert volume["secret"]["items"] == [{"key": "client-secret", "path": name}]
+    assert of_kind(docs, "Secret") == []
+
+
+def test_console_disabled() -> None:
+    docs = docs_of("console-disabled")
+    assert not [
+        d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "console"
+    ]
+    assert "console" not in json.dumps([p["spec"] for p in of_kind(docs, "NetworkPolicy")])
+    assert "5. " not in next(
+        v
+        for k, v in render_raw(CONSOLE_COMBOS["console-disabled"]).items()
+        if k.endswith("NOTES.txt")
+    )
+
+
+@pytest.mark.parametrize("combo", ["default", "console-ingress"])
+def test_console_network_policy(combo: str) -> None:
+    """In: the Ingress controller (networkPolicy.clients.console) on http, Prometheus on
+    metrics. Out: DNS, preference, monitor and trainer, and the issuer when there is one."""
+    docs = docs_of(combo)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]
+    ports = {p["name"]: p["containerPort"] for p in main_container(docs, "console")["ports"]}
+    policy = component(docs, "NetworkPolicy", "console")
+    assert [(r["from"], r["ports"]) for r in _rules(policy, "ingress")] == [
+        (values["clients"]["console"], [{"port": ports["http"], "protocol": "TCP"}]),
+        (values["metricsFrom"], [{"port": ports["metrics"], "protocol": "TCP"}]),
+    ]
+    egress = {p["port"] for r in _rules(policy, "egress") for p in r["ports"]}
+    grpc = {
+        main_container(docs, s)["ports"][0]["containerPort"]
+        for s in ("preference", "monitor", "trainer")
+    }
+    issuer = {443} if combo == "console-ingress" else set()
+    assert egress == {53} | grpc | issuer
+    for service in ("preference", "monitor", "trainer"):
+        assert _allowed(
+            docs, "console", service, main_container(docs, service)["ports"][0]["containerPort"]
+        )
+
+
+def test_notes_warn_when_nobody_can_sign_in_to_the_console() -> None:
+    assert "WARNING: console.enabled but oidc.issuer is empty" in notes("default")
+    raw = render_raw({"oidc": {"issuer": "https://idp.example.org", "audience": "clinalign"}})
+    text = next(v for k, v in raw.items() if k.endswith("NOTES.txt"))
+    assert "oidc.issuer is empty" not in text
+    assert "WARNING: console.publicUrl is empty" in text

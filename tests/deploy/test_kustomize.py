@@ -110,7 +110,11 @@ def test_overlay_workloads_are_locked_down_and_carry_no_secrets(overlay: str) ->
     objs = _kustomize(overlay)
     assert not [o for o in objs if o["kind"] == "Secret"]
     deployments = [o for o in objs if o["kind"] == "Deployment"]
-    assert len(deployments) == 5
+    # The five services and the console.
+    assert {d["metadata"]["name"] for d in deployments} == {
+        f"clinalign-{c}"
+        for c in ("generation", "reward", "preference", "trainer", "monitor", "console")
+    }
     for d in deployments:
         spec = d["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True

@@ -130,7 +130,8 @@ calls are balanced over every ready pod (the channels use round_robin). */}}
 {{- end -}}
 {{- end -}}
 
-{{/* Every name a service is called by: its Service, in each DNS form, and the headless one. */}}
+{{/* Every name a service is called by: its Service, in each DNS form, and the headless one;
+the console's Service in each DNS form. */}}
 {{- define "clinalign.tlsDnsNames" -}}
 {{- $root := . -}}
 {{- $names := list -}}
@@ -139,6 +140,10 @@ calls are balanced over every ready pod (the channels use round_robin). */}}
 {{- $ns := $root.Release.Namespace -}}
 {{- $names = concat $names (list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.%s" $name $ns $root.Values.clusterDomain) (printf "%s-headless" $name)) -}}
 {{- end }}
+{{- /* The console serves HTTPS with the same certificate, behind the Ingress. */ -}}
+{{- $console := include "clinalign.componentName" (dict "root" $root "component" "console") -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- $names = concat $names (list $console (printf "%s.%s" $console $ns) (printf "%s.%s.svc" $console $ns) (printf "%s.%s.svc.%s" $console $ns $root.Values.clusterDomain)) -}}
 {{- $names = concat $names $root.Values.tls.certManager.extraDnsNames -}}
 {{- toJson $names -}}
 {{- end -}}
@@ -218,4 +223,20 @@ to:
 {{- else }}
 # No CIDRs configured: any address, on these ports only.
 {{- end }}
+{{- end -}}
+
+{{/* The console's session-key Secret: an existing one, or the one the chart generates. */}}
+{{- define "clinalign.consoleSessionSecretName" -}}
+{{- default (include "clinalign.componentName" (dict "root" . "component" "console-session")) .Values.console.session.existingSecret -}}
+{{- end -}}
+
+{{/* The URL clinicians open the console at: console.publicUrl, else https://<the first
+Ingress host>; empty when neither is set. */}}
+{{- define "clinalign.consolePublicUrl" -}}
+{{- $c := .Values.console -}}
+{{- if $c.publicUrl -}}
+{{- $c.publicUrl -}}
+{{- else if and $c.ingress.enabled $c.ingress.hosts -}}
+{{- printf "https://%s" (first $c.ingress.hosts) -}}
+{{- end -}}
 {{- end -}}

@@ -1,4 +1,4 @@
-{{/* Pieces of the five services' pod specs: (dict "root" $ "component" name). */}}
+{{/* Pieces of the five services' pod specs (and the console's): (dict "root" $ "component" name). */}}
 
 {{- define "clinalign.fullServiceName" -}}
 {{- printf "clinalign.%s.v1.%sService" .component (title .component) -}}
@@ -48,10 +48,23 @@ grpc:
   port: {{ .port }}
   service: {{ .service | quote }}
 {{- end }}
-initialDelaySeconds: {{ .timing.initialDelaySeconds }}
-periodSeconds: {{ .timing.periodSeconds }}
-timeoutSeconds: {{ .timing.timeoutSeconds }}
-failureThreshold: {{ .timing.failureThreshold }}
+{{ include "clinalign.probeTiming" .timing }}
+{{- end -}}
+
+{{/* An HTTP probe of the console: (dict "root" $ "path" P "timing" .probes.x), HTTPS with TLS. */}}
+{{- define "clinalign.httpProbe" -}}
+httpGet:
+  path: {{ .path }}
+  port: http
+  scheme: {{ ternary "HTTPS" "HTTP" .root.Values.tls.enabled }}
+{{ include "clinalign.probeTiming" .timing }}
+{{- end -}}
+
+{{- define "clinalign.probeTiming" -}}
+initialDelaySeconds: {{ .initialDelaySeconds }}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
 {{- end -}}
 
 {{- define "clinalign.tlsEnv" -}}
@@ -88,18 +101,24 @@ failureThreshold: {{ .timing.failureThreshold }}
 {{- end }}
 {{- end -}}
 
+{{/* CLINALIGN_<PEER>_TARGET of each peer a pod calls: (dict "root" $ "peers" list). */}}
 {{- define "clinalign.targetsEnv" -}}
-{{- $root := . -}}
-{{- range $peer := splitList " " (include "clinalign.services" $root) }}
+{{- $root := .root -}}
+{{- range $peer := .peers }}
 - name: CLINALIGN_{{ upper $peer }}_TARGET
   value: {{ include "clinalign.target" (dict "root" $root "component" $peer) | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* Environment every service has. */}}
+{{/*
+Environment every service has, and the console: (dict "root" $ "component" name "peers" list),
+peers being the services it calls (default: all five). The services verify their callers
+against the verification file; the console verifies no bearer token and does without it.
+*/}}
 {{- define "clinalign.commonEnv" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
+{{- $services := splitList " " (include "clinalign.services" $root) -}}
 - name: CLINALIGN_HOST
   value: 0.0.0.0
 - name: CLINALIGN_DATA_DIR
@@ -110,8 +129,10 @@ failureThreshold: {{ .timing.failureThreshold }}
   value: {{ $v.config.maxMessageMb | quote }}
 - name: CLINALIGN_GRACE_PERIOD_S
   value: {{ $v.config.gracePeriodSeconds | quote }}
+{{- if has .component $services }}
 - name: CLINALIGN_TOKENS_FILE
   value: /etc/clinalign/auth/tokens.json
+{{- end }}
 - name: CLINALIGN_SERVICE_TOKEN
   valueFrom:
     secretKeyRef:
@@ -130,7 +151,7 @@ failureThreshold: {{ .timing.failureThreshold }}
   value: "1"
 {{- end }}
 {{ include "clinalign.cacheEnv" $root }}
-{{- include "clinalign.targetsEnv" $root }}
+{{- include "clinalign.targetsEnv" (dict "root" $root "peers" (default $services .peers)) }}
 {{- include "clinalign.tlsEnv" $root }}
 {{- include "clinalign.oidcEnv" $root }}
 {{- end -}}

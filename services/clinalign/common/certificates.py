@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVICES = ("generation", "reward", "preference", "trainer", "monitor")
+FRONT_DOORS = ("console",)  # HTTPS behind the Ingress, with the same certificate
 
 
 def service_names(release: str, namespace: str, cluster_domain: str = "cluster.local") -> list[str]:
@@ -30,6 +31,10 @@ def service_names(release: str, namespace: str, cluster_domain: str = "cluster.l
             f"{base}.{namespace}.svc.{cluster_domain}",
             f"{base}-headless",
         ]
+    for door in FRONT_DOORS:
+        base = f"{release}-{door}"
+        names += [base, f"{base}.{namespace}", f"{base}.{namespace}.svc"]
+        names.append(f"{base}.{namespace}.svc.{cluster_domain}")
     return names
 
 
