@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clinalign.cli.stack import FRONT_DOORS, SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES, env_name
 from clinalign.common.judging import SAFETY_CRITERIA
 from tests.conftest import free_ports
 
@@ -42,8 +42,8 @@ def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -
     env = dict(os.environ)
     chosen = iter(free_ports(2 * (len(SERVICES) + len(FRONT_DOORS))))
     for name in [*SERVICES, *FRONT_DOORS]:
-        env[f"CLINALIGN_{name.upper()}_PORT"] = str(next(chosen))
-        env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(next(chosen))
+        env[f"CLINALIGN_{env_name(name)}_PORT"] = str(next(chosen))
+        env[f"CLINALIGN_{env_name(name)}_METRICS_PORT"] = str(next(chosen))
     # The tiny model's policies are noise: let the policy gate pass on the figures it can
     # reach so that the run exercises promotion and activation, the gate's refusals being
     # tested in tests/integration/test_policy_promotion.py and test_monitor_loop.py.

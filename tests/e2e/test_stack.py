@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from clinalign.cli.stack import FRONT_DOORS, SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES, env_name
 from clinalign.common.auth import Role, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
@@ -44,8 +44,8 @@ def stack(tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     chosen = iter(free_ports(2 * (len(SERVICES) + len(FRONT_DOORS))))
     for name in [*SERVICES, *FRONT_DOORS]:
         ports[name] = next(chosen)
-        env[f"CLINALIGN_{name.upper()}_PORT"] = str(ports[name])
-        env[f"CLINALIGN_{name.upper()}_METRICS_PORT"] = str(next(chosen))
+        env[f"CLINALIGN_{env_name(name)}_PORT"] = str(ports[name])
+        env[f"CLINALIGN_{env_name(name)}_METRICS_PORT"] = str(next(chosen))
         if name in SERVICES:
             env[f"CLINALIGN_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
     env.update(
@@ -182,7 +182,7 @@ def test_up_status_auth_metrics_trace_and_clean_stop(stack: dict[str, Any]) -> N
     assert results["monitor_outputs"] == 1
 
     for name in SERVICES:
-        port = env[f"CLINALIGN_{name.upper()}_METRICS_PORT"]
+        port = env[f"CLINALIGN_{env_name(name)}_METRICS_PORT"]
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         assert f'service="{name}"' in body.decode() and b"rpc_server_requests_total" in body
 
@@ -197,6 +197,12 @@ def test_up_status_auth_metrics_trace_and_clean_stop(stack: dict[str, Any]) -> N
         f"http://127.0.0.1:{env['CLINALIGN_CONSOLE_METRICS_PORT']}/metrics", timeout=5
     ).read()
     assert b'clinalign_console_requests_total{method="GET",route="/signin",status="200"}' in body
+
+    # The CDS Hooks gateway: up, its discovery answering (no EHR is trusted here, so a
+    # hook would be refused, which the gateway's own tests cover).
+    gateway = f"http://127.0.0.1:{env['CLINALIGN_CDS_HOOKS_PORT']}"
+    discovery = json.loads(urllib.request.urlopen(f"{gateway}/cds-services", timeout=5).read())
+    assert {s["hook"] for s in discovery["services"]} == {"patient-view", "encounter-discharge"}
 
     gen_metrics = env["CLINALIGN_GENERATION_METRICS_PORT"]
     body = urllib.request.urlopen(f"http://127.0.0.1:{gen_metrics}/metrics", timeout=5).read()

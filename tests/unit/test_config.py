@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from clinalign.cli.stack import FRONT_DOORS, SERVICES
+from clinalign.cli.stack import FRONT_DOORS, SERVICES, env_name
 from clinalign.common.config import CommonSettings
 from clinalign.generation.config import GenerationSettings
 
 
 def test_defaults_follow_the_design_port_table(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [*SERVICES, *FRONT_DOORS]:
-        monkeypatch.delenv(f"CLINALIGN_{name.upper()}_PORT", raising=False)
-        monkeypatch.delenv(f"CLINALIGN_{name.upper()}_METRICS_PORT", raising=False)
+        monkeypatch.delenv(f"CLINALIGN_{env_name(name)}_PORT", raising=False)
+        monkeypatch.delenv(f"CLINALIGN_{env_name(name)}_METRICS_PORT", raising=False)
     ports = {name: (cls().port, cls().metrics_port) for name, (_, cls) in SERVICES.items()}
     ports |= {name: (cls().port, cls().metrics_port) for name, cls in FRONT_DOORS.items()}
     assert ports == {
@@ -25,6 +25,7 @@ def test_defaults_follow_the_design_port_table(monkeypatch: pytest.MonkeyPatch) 
         "trainer": (50054, 9104),
         "monitor": (50055, 9105),
         "console": (8080, 9106),
+        "cds-hooks": (8081, 9107),
     }
 
 

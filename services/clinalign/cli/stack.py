@@ -20,6 +20,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clinalign.cdshooks.config import CdsHooksSettings
 from clinalign.common.auth import generate_tokens
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings, ServiceSettings
@@ -38,8 +39,17 @@ SERVICES: dict[str, tuple[str, type[ServiceSettings]]] = {
     "monitor": ("clinalign.monitor.v1.MonitorService", MonitorSettings),
 }
 
-# The HTTP front doors `clinalign up` starts beside the services: name -> settings class.
-FRONT_DOORS: dict[str, type[ServiceSettings]] = {"console": ConsoleSettings}
+# The HTTP front doors `clinalign up` starts beside the services: name -> settings class
+# (the package is the name without its hyphen: clinalign.cdshooks).
+FRONT_DOORS: dict[str, type[ServiceSettings]] = {
+    "console": ConsoleSettings,
+    "cds-hooks": CdsHooksSettings,
+}
+
+
+def env_name(name: str) -> str:
+    """A service's or front door's name as its settings' prefix spells it: CDS_HOOKS."""
+    return name.upper().replace("-", "_")
 
 
 @dataclass
@@ -97,14 +107,20 @@ def front_door_urls(common: CommonSettings) -> dict[str, str]:
 
 
 def ensure_delegation_keys(common: CommonSettings) -> Path:
-    """The front doors' public keys, which the services trust for the assertions the
-    console signs for its development sign-in (each door's key made on first use)."""
+    """The front doors' public keys, which the services trust for the assertions each
+    door signs (the console for its development sign-in, the CDS Hooks gateway for the EHR
+    users it verified); each door's key is made on first use."""
+    from clinalign.cdshooks.server import signing_key_path as gateway_key
     from clinalign.common.assertions import load_signing_key, public_jwk
-    from clinalign.console.server import signing_key_path
+    from clinalign.console.server import signing_key_path as console_key
 
-    key = load_signing_key(signing_key_path(common, ConsoleSettings()))
+    keys = {
+        "console": console_key(common, ConsoleSettings()),
+        "cds-hooks": gateway_key(common, CdsHooksSettings()),
+    }
     path = common.data_dir / "delegation-keys.json"
-    path.write_text(json.dumps({"console": public_jwk(key)}, indent=2))
+    public = {door: public_jwk(load_signing_key(key)) for door, key in keys.items()}
+    path.write_text(json.dumps(public, indent=2))
     return path
 
 
@@ -153,7 +169,7 @@ class Stack:
         for name in [*(ep.service for ep in self.endpoints), *self.front_doors]:
             log = (self.log_dir / f"{name}.log").open("ab")
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"clinalign.{name}"],
+                [sys.executable, "-m", f"clinalign.{name.replace('-', '')}"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
