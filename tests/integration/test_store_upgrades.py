@@ -233,6 +233,10 @@ def _check_monitor(session: Session) -> None:
     assert {o.task for o in rows} == {""}
     indexes = {i["name"] for i in inspect(session.get_bind()).get_indexes("outputs")}
     assert "ix_outputs_task" in indexes
+    # 0004: the outcomes table, empty, with its indexes.
+    assert session.scalar(select(func.count()).select_from(monitor_store.OutcomeRow)) == 0
+    outcome_indexes = {i["name"] for i in inspect(session.get_bind()).get_indexes("outcomes")}
+    assert {"ix_outcomes_output_id", "ix_outcomes_model_version"} <= outcome_indexes
     flag = session.get(monitor_store.FlagRow, "flag-1")
     assert flag is not None and flag.resolved_by == "reviewer"
     baseline = session.get(monitor_store.BaselineRow, "policy-v2")

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 from clinalign.common.protos import datetime_from, enum_name, timestamp
 from clinalign.common.v1 import common_pb2
-from clinalign.monitor import drift, feedback, flags, outputs, store
+from clinalign.monitor import drift, feedback, flags, outcomes, outputs, store
 from clinalign.monitor.retraining import RunView
+from clinalign.monitor.stats import WindowStats
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
 
@@ -78,6 +79,11 @@ def flag_from_proto(req: pb.FlagOutputRequest) -> flags.NewFlag:
     return flags.NewFlag(req.output_id, req.category, req.severity, req.comment, req.corrected_text)
 
 
+def outcome_from_proto(req: pb.RecordOutcomeRequest) -> outcomes.NewOutcome:
+    when = datetime_from(req.outcome_time, "outcome_time") if req.HasField("outcome_time") else None
+    return outcomes.NewOutcome(req.output_id, req.outcome, when, req.source)
+
+
 def flag_to_proto(row: store.FlagRow, fb: feedback.View | None = None) -> pb.Flag:
     flag = pb.Flag(
         id=row.id,
@@ -121,7 +127,7 @@ def _distribution(values: list[float]) -> pb.Distribution:
     return pb.Distribution(count=s.count, mean=s.mean, p50=s.p50, p90=s.p90, p99=s.p99)
 
 
-def stats_to_proto(v: store.WindowStats, bins: int) -> pb.VersionStats:
+def stats_to_proto(v: WindowStats, bins: int) -> pb.VersionStats:
     out = pb.VersionStats(
         model_version=v.model_version,
         outputs=v.outputs,
@@ -132,7 +138,11 @@ def stats_to_proto(v: store.WindowStats, bins: int) -> pb.VersionStats:
         reward_score=_distribution(v.reward_scores),
         latency_s=_distribution(v.latency),
         cost=_distribution(v.costs),
+        accepted=v.accepted,
+        overridden=v.overridden,
     )
+    if v.acceptance_rate is not None:
+        out.acceptance_rate = v.acceptance_rate
     if v.baseline_cost_mean is not None:
         out.baseline_cost_mean = v.baseline_cost_mean
     psi, ks = v.drift(bins)

@@ -3,7 +3,7 @@
 Counters move as outputs and flags arrive. The drift and flag-rate gauges are set by the
 server's refresh task every ``stats_interval_s`` over the trailing ``drift_window_minutes``
 (not by GetStats, whose window is the caller's), so an alert rule always reads the same
-window. Labels are model versions, categories, severities, feedback outcomes and run
+window. Labels are model versions, categories, severities, outcomes and run
 states, never text.
 """
 
@@ -20,6 +20,12 @@ FLAGS = Counter(
     "clinalign_monitor_flags",
     "Flags raised by clinicians, per error category and severity.",
     ["category", "severity"],
+)
+OUTCOMES = Counter(
+    "clinalign_monitor_outcomes",
+    "Outcomes of outputs reported from clinicians' workflows (replays excluded), per model "
+    "version and outcome (accepted, overridden).",
+    ["model_version", "outcome"],
 )
 RESOLUTIONS = Counter(
     "clinalign_monitor_flag_resolutions",

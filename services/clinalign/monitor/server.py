@@ -37,6 +37,7 @@ from clinalign.common.server import DatabaseApp, Readiness, run_main
 from clinalign.monitor import feedback, flags, metrics, retraining, scoring, store
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.servicer import ROLES, SERVICE_CALLERS, MonitorServicer
+from clinalign.monitor.stats import window_stats
 from clinalign.monitor.usecases import Limits, Monitor
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
@@ -134,9 +135,7 @@ class MonitorApp(DatabaseApp):
         """Sets the drift and flag-rate gauges over the trailing window."""
         end = datetime.now(UTC)
         start = end - timedelta(minutes=self.settings.drift_window_minutes)
-        stats = await self.db.run_sync(
-            lambda s: store.window_stats(s, None, start, end, flags.CONFIRMED)
-        )
+        stats = await self.db.run_sync(lambda s: window_stats(s, None, start, end, flags.CONFIRMED))
         for v in stats:
             metrics.FLAG_RATE.labels(v.model_version).set(v.flag_rate)
             if v.baseline_flag_rate is not None:

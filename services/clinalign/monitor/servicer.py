@@ -15,6 +15,7 @@ from clinalign.monitor import flags
 from clinalign.monitor.convert import (
     flag_from_proto,
     flag_to_proto,
+    outcome_from_proto,
     output_filter_from_proto,
     output_from_proto,
     output_summary_to_proto,
@@ -33,6 +34,8 @@ _CLINICAL = (Role.CLINICIAN, Role.CLINICAL_LEAD)
 ROLES: Mapping[str, frozenset[Role]] = {
     _SVC + "RecordOutputs": roles(Role.SERVICE),
     _SVC + "FlagOutput": roles(*_CLINICAL),
+    # Reported by the CDS Hooks gateway as the EHR user, with the role it asserts for flags.
+    _SVC + "RecordOutcome": roles(*_CLINICAL),
     _SVC + "ListFlags": roles(*_CLINICAL, Role.ML_ENGINEER),
     _SVC + "ResolveFlag": roles(*_CLINICAL),
     _SVC + "GetStats": roles(Role.CLINICAL_LEAD, Role.ML_ENGINEER, Role.SERVICE),
@@ -70,6 +73,12 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
     ) -> pb.FlagOutputResponse:
         row = await self.monitor.flag_output(flag_from_proto(request), principal_name())
         return pb.FlagOutputResponse(flag=flag_to_proto(row))
+
+    async def RecordOutcome(
+        self, request: pb.RecordOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordOutcomeResponse:
+        replayed = await self.monitor.record_outcome(outcome_from_proto(request), principal_name())
+        return pb.RecordOutcomeResponse(replayed=replayed)
 
     async def ListFlags(
         self, request: pb.ListFlagsRequest, context: grpc.aio.ServicerContext

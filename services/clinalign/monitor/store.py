@@ -1,6 +1,7 @@
-"""The monitor's store: production outputs (text de-identified), clinician flags, each
-version's drift baseline, the feedback state of confirmed flags, and retraining runs with
-their steps and trigger keys.
+"""The monitor's store: production outputs (text de-identified), clinician flags, the
+outcomes clinicians' workflows report (accepted, overridden), each version's drift
+baseline, the feedback state of confirmed flags, and retraining runs with their steps and
+trigger keys.
 
 Alembic migrations in ``clinalign/monitor/migrations`` create and upgrade the tables
 (``Base.metadata`` is their source); the baseline revision is the schema that releases
@@ -10,14 +11,15 @@ Baseline: a version's first ``baseline_outputs`` outputs by generation time are 
 ``in_baseline`` once the version has that many (``freeze_baselines``, run with every
 RecordOutputs batch), and stay marked: outputs arriving later with an earlier time do not
 join it. Retention (``purge_expired``) deletes outputs older than the cut-off with their
-flags, except baseline outputs, whose text it erases but whose scores and latency it keeps,
-so a version's drift reference outlives the retention period.
+flags and outcomes, except baseline outputs, whose text it erases but whose scores and
+latency it keeps, so a version's drift reference outlives the retention period. Statistics
+over a window are ``clinalign.monitor.stats``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +41,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-
-from clinalign.monitor import drift
 
 Redactor = Callable[[str], str]
 
@@ -95,6 +95,26 @@ class FlagRow(Base):
     resolution_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class OutcomeRow(Base):
+    """What a clinician did with an output in their workflow (RecordOutcome): ``outcome``
+    is an ``Outcome`` number. (output, outcome, outcome time) is unique, so a reported
+    outcome retried is stored once."""
+
+    __tablename__ = "outcomes"
+    __table_args__ = (UniqueConstraint("output_id", "outcome", "outcome_time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    output_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("outputs.output_id", ondelete="CASCADE"), index=True
+    )
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    outcome: Mapped[int] = mapped_column(Integer)
+    outcome_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(128))
+    recorded_by: Mapped[str] = mapped_column(String(128))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class BaselineRow(Base):
@@ -341,15 +361,18 @@ def get_output(session: Session, output_id: str) -> OutputRow | None:
 
 
 def purge_expired(session: Session, cutoff: datetime) -> tuple[int, int]:
-    """Retention: deletes outputs generated before ``cutoff`` and their flags; erases the
-    text of baseline outputs that old but keeps their figures. Returns (deleted, erased)."""
+    """Retention: deletes outputs generated before ``cutoff``, their flags and outcomes;
+    erases the text of baseline outputs that old but keeps their figures. Returns (deleted,
+    erased)."""
     old = select(OutputRow.output_id).where(
         OutputRow.created_at < cutoff, OutputRow.in_baseline.is_(False)
     )
-    # Flags first and explicitly: SQLite enforces ON DELETE CASCADE only with its pragma.
+    # Flags and outcomes first and explicitly: SQLite enforces ON DELETE CASCADE only with
+    # its pragma.
     old_flags = select(FlagRow.id).where(FlagRow.output_id.in_(old))
     session.execute(delete(FeedbackRow).where(FeedbackRow.flag_id.in_(old_flags)))
     session.execute(delete(FlagRow).where(FlagRow.output_id.in_(old)))
+    session.execute(delete(OutcomeRow).where(OutcomeRow.output_id.in_(old)))
     deleted = _rowcount(
         session.execute(
             delete(OutputRow).where(OutputRow.created_at < cutoff, OutputRow.in_baseline.is_(False))
@@ -372,128 +395,3 @@ def purge_expired(session: Session, cutoff: datetime) -> tuple[int, int]:
 def _rowcount(result: Result[Any]) -> int:
     """Rows a DELETE or UPDATE touched (its result is a ``CursorResult``)."""
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    """One version's figures for a window, and its baseline's where one is frozen."""
-
-    model_version: str
-    outputs: int
-    flags: int
-    confirmed_by_category: dict[int, int]
-    reward_scores: list[float]
-    latency: list[float]
-    baseline_outputs: int
-    baseline_flags: int
-    baseline_scores: list[float]
-    costs: list[float] = field(default_factory=list)
-    baseline_costs: list[float] = field(default_factory=list)
-
-    @property
-    def cost_mean(self) -> float | None:
-        return sum(self.costs) / len(self.costs) if self.costs else None
-
-    @property
-    def baseline_cost_mean(self) -> float | None:
-        return sum(self.baseline_costs) / len(self.baseline_costs) if self.baseline_costs else None
-
-    @property
-    def flag_rate(self) -> float:
-        return self.flags / self.outputs if self.outputs else 0.0
-
-    @property
-    def baseline_flag_rate(self) -> float | None:
-        return self.baseline_flags / self.baseline_outputs if self.baseline_outputs else None
-
-    def drift(self, bins: int) -> tuple[float | None, float | None]:
-        """(PSI, KS) of the window's reward scores against the baseline's, when both have
-        scores."""
-        if not self.reward_scores or not self.baseline_scores:
-            return None, None
-        return (
-            drift.psi(self.baseline_scores, self.reward_scores, bins),
-            drift.ks_statistic(self.baseline_scores, self.reward_scores),
-        )
-
-
-def window_stats(
-    session: Session,
-    model_version: str | None,
-    start: datetime,
-    end: datetime,
-    confirmed_status: int,
-) -> list[WindowStats]:
-    """Per version with outputs in [start, end): outputs, flags on those outputs, confirmed
-    flags by category, scores and latency; plus the version's baseline."""
-    in_window = (OutputRow.created_at >= start, OutputRow.created_at < end)
-    query = select(
-        OutputRow.model_version, OutputRow.latency_s, OutputRow.reward_score, OutputRow.cost
-    ).where(*in_window)
-    if model_version:
-        query = query.where(OutputRow.model_version == model_version)
-    by_version: dict[str, tuple[list[float], list[float], list[float]]] = {}
-    for version, latency, score, cost in session.execute(query):
-        lat, scores, costs = by_version.setdefault(version, ([], [], []))
-        lat.append(latency)
-        if score is not None:
-            scores.append(score)
-        if cost is not None:
-            costs.append(cost)
-
-    flags = (
-        select(FlagRow.model_version, FlagRow.category, FlagRow.status, func.count())
-        .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
-        .where(*in_window)
-        .group_by(FlagRow.model_version, FlagRow.category, FlagRow.status)
-    )
-    if model_version:
-        flags = flags.where(FlagRow.model_version == model_version)
-    flag_counts: dict[str, int] = {}
-    confirmed: dict[str, dict[int, int]] = {}
-    for version, category, status, n in session.execute(flags):
-        flag_counts[version] = flag_counts.get(version, 0) + n
-        if status == confirmed_status:
-            confirmed.setdefault(version, {})[category] = n
-
-    out = []
-    for version, (lat, scores, costs) in sorted(by_version.items()):
-        b_count, b_flags, b_scores, b_costs = _baseline(session, version)
-        out.append(
-            WindowStats(
-                model_version=version,
-                outputs=len(lat),
-                flags=flag_counts.get(version, 0),
-                confirmed_by_category=confirmed.get(version, {}),
-                reward_scores=scores,
-                latency=lat,
-                baseline_outputs=b_count,
-                baseline_flags=b_flags,
-                baseline_scores=b_scores,
-                costs=costs,
-                baseline_costs=b_costs,
-            )
-        )
-    return out
-
-
-def _baseline(session: Session, version: str) -> tuple[int, int, list[float], list[float]]:
-    """(outputs, flags, reward scores, costs) of a version's frozen baseline; zeros if
-    none."""
-    count = session.scalar(select(BaselineRow.outputs).where(BaselineRow.model_version == version))
-    if not count:
-        return 0, 0, [], []
-    members = (OutputRow.model_version == version, OutputRow.in_baseline.is_(True))
-    scored = session.execute(select(OutputRow.reward_score, OutputRow.cost).where(*members)).all()
-    scores = [s for s, _ in scored if s is not None]
-    costs = [c for _, c in scored if c is not None]
-    flags = session.scalar(
-        select(func.count())
-        .select_from(FlagRow)
-        .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
-        .where(*members)
-    )
-    return count, int(flags or 0), scores, costs

@@ -13,7 +13,7 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
@@ -23,9 +23,19 @@ from clinalign.common.errors import FailedPrecondition, InvalidArgument
 from clinalign.common.pagination import next_token, page_bounds
 from clinalign.common.redaction import redact_fields, unchanged
 from clinalign.common.v1 import common_pb2
-from clinalign.monitor import feedback, flags, lineage, metrics, outputs, retraining, store
+from clinalign.monitor import (
+    feedback,
+    flags,
+    lineage,
+    metrics,
+    outcomes,
+    outputs,
+    retraining,
+    store,
+)
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.convert import category_name, severity_name
+from clinalign.monitor.stats import WindowStats, window_stats
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
 ID_CHARS = 64  # output ids, model and template versions
@@ -206,6 +216,15 @@ class Monitor:
         metrics.FLAGS.labels(category_name(row.category), severity_name(row.severity)).inc()
         return row
 
+    async def record_outcome(self, new: outcomes.NewOutcome, who: str) -> bool:
+        """Stores what a clinician did with an output, once per (output, outcome, time);
+        True when it was a replay and nothing was written."""
+        when = outcomes.check(new, datetime.now(UTC))
+        version, replayed = await self.db.run_write(lambda s: outcomes.record(s, new, when, who))
+        if not replayed:
+            metrics.OUTCOMES.labels(version, outcomes.NAMES[new.outcome]).inc()
+        return replayed
+
     async def list_flags(self, f: flags.Filter, page_size: int, page_token: str) -> FlagPage:
         check_filter(f)
         limit, offset = page_bounds(page_size, page_token)
@@ -285,13 +304,11 @@ class Monitor:
         metrics.RESOLUTIONS.labels(category_name(row.category), outcome).inc()
         return row, delivery
 
-    async def stats(
-        self, model_version: str, start: datetime, end: datetime
-    ) -> list[store.WindowStats]:
+    async def stats(self, model_version: str, start: datetime, end: datetime) -> list[WindowStats]:
         if start >= end:
             raise InvalidArgument("start_time", "must be before end_time")
         return await self.db.run_sync(
-            lambda s: store.window_stats(s, model_version or None, start, end, flags.CONFIRMED)
+            lambda s: window_stats(s, model_version or None, start, end, flags.CONFIRMED)
         )
 
     async def lineage(

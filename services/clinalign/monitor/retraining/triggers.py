@@ -8,8 +8,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from clinalign.monitor import store
 from clinalign.monitor.config import MonitorSettings
+from clinalign.monitor.stats import window_stats
 
 # `reward_base_model` values. SERVED_REWARD_BASE: train the new reward model from the policy
 # the served reward model was first trained from, so that the gate, which compares the two
@@ -129,7 +129,7 @@ def window_signals(
     """(outputs, confirmed flags, reward PSI) of a version over [start, end)."""
     from clinalign.monitor.flags import CONFIRMED
 
-    for v in store.window_stats(session, version, start, end, CONFIRMED):
+    for v in window_stats(session, version, start, end, CONFIRMED):
         if v.model_version == version:
             psi, _ = v.drift(bins)
             return v.outputs, sum(v.confirmed_by_category.values()), psi
