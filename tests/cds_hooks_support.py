@@ -180,7 +180,7 @@ class CdsStack:
 
 
 @asynccontextmanager
-async def cds_stack(tmp_path: Path, model: Path) -> AsyncIterator[CdsStack]:
+async def cds_stack(tmp_path: Path, model: Path, **gateway: Any) -> AsyncIterator[CdsStack]:
     data = tmp_path / "data"
     signing = load_signing_key(data / "cds-hooks-signing.jwk")
     keys = tmp_path / "delegation.json"
@@ -215,6 +215,7 @@ async def cds_stack(tmp_path: Path, model: Path) -> AsyncIterator[CdsStack]:
                 public_url=f"http://127.0.0.1:{port}",
                 trusted_issuers={ISSUER: jwks_url},
                 max_new_tokens=8,
+                **gateway,
             )
             async with serving_http(build(common, settings), port, what="the gateway"):
                 yield CdsStack(f"http://127.0.0.1:{port}", common, monitor_port, ehr)

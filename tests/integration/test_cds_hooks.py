@@ -1,15 +1,16 @@
 """The CDS Hooks gateway over real HTTP, against the real generation service (the tiny
 model) and monitor, called by an EHR stand-in (``tests.cds_hooks_support``): discovery →
 a hook with prefetch → a card with AI transparency → override feedback → a monitor flag
-attributed to the EHR user; and every bad input refused with the right status and a JSON
-error, nothing stored. Every answer is validated against the CDS Hooks 2.0 schemas in
-``tests/data/cds_hooks``."""
+attributed to the EHR user, and every outcome counted in the monitor's statistics; and
+every bad input refused with the right status and a JSON error, nothing stored. Every
+answer is validated against the CDS Hooks 2.0 schemas in ``tests/data/cds_hooks``."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from clinalign.common.hashing import weights_hash
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor.v1 import monitor_pb2 as mpb
 from clinalign.monitor.v1 import monitor_pb2_grpc
-from tests.cds_hooks_support import USER, CdsStack, EhrStandIn, cds_stack, hook_request, schema
+from tests.cds_hooks_support import (
+    USER,
+    CdsStack,
+    EhrStandIn,
+    cds_stack,
+    hook_request,
+    prefetch,
+    schema,
+)
+from tests.conftest import free_port, serving_http
 
 SUMMARY = "/cds-services/clinalign-patient-summary"
 DISCHARGE = "/cds-services/clinalign-discharge-instructions"
@@ -28,7 +38,7 @@ AIAST = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "AIAST")
 
 @pytest.fixture
 async def stack(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    async with cds_stack(tmp_path, tiny_model_dir) as running:
+    async with cds_stack(tmp_path, tiny_model_dir, fhir_timeout_s=1.0) as running:
         yield running
 
 
@@ -56,6 +66,12 @@ async def flags(stack: CdsStack) -> list[mpb.Flag]:
     async with stack.monitor_admin() as ch:
         found = await monitor_pb2_grpc.MonitorServiceStub(ch).ListFlags(mpb.ListFlagsRequest())
     return list(found.flags)
+
+
+async def stats(stack: CdsStack) -> dict[str, mpb.VersionStats]:
+    async with stack.monitor_admin() as ch:
+        found = await monitor_pb2_grpc.MonitorServiceStub(ch).GetStats(mpb.GetStatsRequest())
+    return {v.model_version: v for v in found.versions}
 
 
 async def outputs(stack: CdsStack) -> list[Any]:
@@ -143,6 +159,10 @@ async def test_an_ehr_session_from_discovery_to_a_flag(
     assert flag.severity == mpb.SEVERITY_HIGH
     assert flag.comment == "Omits the insulin dose adjustment."
     assert flag.status == mpb.FLAG_STATUS_OPEN
+    # Both outcomes are recorded by the monitor, once each, against the drafting version.
+    served = (await stats(stack))["foundation"]
+    assert (served.outputs, served.accepted, served.overridden) == (2, 1, 1)
+    assert served.acceptance_rate == 0.5
 
 
 BAD_HOOKS: list[tuple[str, Any, str]] = [
@@ -163,8 +183,8 @@ def changed(change: dict[str, Any]) -> dict[str, Any]:
 
 def malformed_prefetches() -> list[tuple[dict[str, Any], str]]:
     cases = []
-    missing = hook_request()
-    del missing["prefetch"]["conditions"]
+    missing = hook_request()  # and no FHIR server to read it from
+    del missing["prefetch"]["conditions"], missing["fhirServer"], missing["fhirAuthorization"]
     cases.append((missing, "prefetch.conditions"))
     wrong_type = hook_request()
     wrong_type["prefetch"]["patient"]["resourceType"] = "Practitioner"
@@ -258,6 +278,8 @@ async def test_bad_feedback_is_refused_and_nothing_is_flagged(stack: CdsStack) -
         await refused(stack, path, status, field, body=body)
     await asyncio.sleep(1.0)
     assert await flags(stack) == []
+    served = (await stats(stack))["foundation"]
+    assert (served.accepted, served.overridden) == (0, 0)  # no outcome recorded either
 
 
 async def test_cors_for_browser_based_ehrs(stack: CdsStack) -> None:
@@ -274,3 +296,90 @@ async def test_cors_for_browser_based_ehrs(stack: CdsStack) -> None:
     assert "Authorization" in preflight.headers["access-control-allow-headers"]
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert found.headers["access-control-allow-origin"] == "*"
+
+
+class FhirStandIn:
+    """A stand-in for the EHR's FHIR server (real HTTP on loopback): answers the prefetch
+    templates' reads from the example record, or slowly, or with garbage, or an error; and
+    records every request it gets."""
+
+    def __init__(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        self.mode = "ok"
+        self.requests: list[tuple[str, str]] = []  # (path with query, authorization)
+        record = prefetch()
+        by_path = {
+            f"Patient/{record['patient']['id']}": record["patient"],
+            "Condition": record["conditions"],
+            "MedicationRequest": record["medications"],
+            "AllergyIntolerance": record["allergies"],
+            "Observation": record["observations"],
+        }
+
+        async def read(request: Any) -> Response:
+            path = request.path_params["path"]
+            query = f"?{request.url.query}" if request.url.query else ""
+            self.requests.append((path + query, request.headers.get("authorization", "")))
+            if self.mode == "slow":
+                await asyncio.sleep(3)
+            if self.mode == "garbage":
+                return Response("<html>maintenance</html>", media_type="text/html")
+            if self.mode == "error":
+                return JSONResponse({"resourceType": "OperationOutcome"}, status_code=500)
+            if self.mode == "wrong":
+                return JSONResponse({"resourceType": "Practitioner", "id": "x"})
+            return JSONResponse(by_path.get(path, {"resourceType": "Bundle", "entry": []}))
+
+        self.app = Starlette(routes=[Route("/fhir/{path:path}", read)])
+
+
+async def test_missing_prefetch_is_read_from_the_fhir_server(stack: CdsStack) -> None:
+    """Only what the templates name, with the EHR's bearer token; a slow server is 504, a
+    failing or garbage one 502, each naming the prefetch key; nothing is drafted then, and
+    the gateway stays healthy."""
+    fhir = FhirStandIn()
+    port = free_port()
+    async with serving_http(fhir.app, port, what="the FHIR stand-in"):
+        body = hook_request()
+        body["fhirServer"] = f"http://127.0.0.1:{port}/fhir"
+        body["prefetch"] = {"patient": body["prefetch"]["patient"]}  # the rest is read
+        (card,) = (await call_hook(stack, SUMMARY, body))["cards"]
+        schema("card").validate(card)
+        patient = body["context"]["patientId"]
+        assert sorted(path for path, _ in fhir.requests) == sorted(
+            [
+                f"Condition?patient={patient}",
+                f"MedicationRequest?patient={patient}",
+                f"AllergyIntolerance?patient={patient}",
+                f"Observation?patient={patient}&_sort=-date&_count=50",
+            ]
+        )
+        assert {auth for _, auth in fhir.requests} == {"Bearer stand-in-token"}
+        async with stack.monitor_admin() as ch:
+            for _ in range(100):  # the draft reaches the monitor through generation's outbox
+                if (before := await _outputs(ch)) == 1:
+                    break
+                await asyncio.sleep(0.1)
+        assert before == 1
+        for mode, status, field in (
+            ("slow", 504, "prefetch.conditions"),
+            ("garbage", 502, "prefetch.conditions"),
+            ("error", 502, "prefetch.conditions"),
+            ("wrong", 502, "prefetch.conditions.resourceType"),
+        ):
+            fhir.mode = mode
+            fresh = body | {"hookInstance": str(uuid.uuid4())}
+            await refused(stack, SUMMARY, status, field, body=fresh)
+        async with stack.monitor_admin() as ch:
+            assert await _outputs(ch) == before  # nothing drafted
+    async with stack.http() as http:
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def _outputs(ch: Any) -> int:
+    stub = monitor_pb2_grpc.MonitorServiceStub(ch)
+    reply = await stub.ListOutputs(mpb.ListOutputsRequest(page_size=100))
+    return len(reply.outputs)

@@ -34,6 +34,7 @@ from clinalign.cdshooks.catalogue import SERVICES, CdsService
 from clinalign.cdshooks.clientauth import ClientAuth, EhrClient
 from clinalign.cdshooks.errors import BadRequest, GatewayError, NotFound, TooLarge, Upstream
 from clinalign.cdshooks.feedback import Ledger
+from clinalign.cdshooks.fhir import FhirFetcher
 
 log = logging.getLogger("clinalign.cdshooks")
 
@@ -55,6 +56,7 @@ class Gateway:
     max_body_bytes: int
     max_new_tokens: int
     allowed_origins: list[str]
+    fhir: FhirFetcher
 
     def client(self, request: Request) -> EhrClient:
         return self.auth.verify(

@@ -7,8 +7,9 @@ and, in ``x-clinalign-on-behalf-of``, an assertion the gateway signs for the EHR
 
 - ``ehr-client`` to draft (``Generate`` admits ehr-client; a front door may not assert
   ``service``), so the draft is requested by the EHR user through the gateway;
-- ``clinician`` to flag (``FlagOutput`` admits clinicians): an EHR user who overrides a
-  card is treated as a clinician, whose flag enters the same review queue as the console's.
+- ``clinician`` to flag and to record an outcome (``FlagOutput`` and ``RecordOutcome``
+  admit clinicians, not ehr-client): an EHR user who accepts or overrides a card is treated
+  as a clinician, whose flag enters the same review queue as the console's.
 
 The subject is the EHR's ``userId`` as sent (``Practitioner/123``); it is not yet
 qualified by the EHR it came from.
@@ -17,6 +18,9 @@ qualified by the EHR it came from.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar
 
 import grpc
 import grpc.aio
@@ -27,12 +31,15 @@ from clinalign.common.assertions import AssertionSigner
 from clinalign.common.auth import Role
 from clinalign.common.channels import Clients
 from clinalign.common.delegation import ON_BEHALF_OF
+from clinalign.common.protos import timestamp
 from clinalign.generation.v1 import generation_pb2 as gpb
 from clinalign.monitor.v1 import monitor_pb2 as mpb
 
 # An output reaches the monitor shortly after its draft is returned (generation reports it
 # in batches): feedback that arrives first waits this long before it is refused with 503.
 OUTPUT_WAITS_S = (0.2, 0.5, 1.0, 2.0)
+T = TypeVar("T")
+OUTCOMES = {"accepted": mpb.OUTCOME_ACCEPTED, "overridden": mpb.OUTCOME_OVERRIDDEN}
 
 
 def http_error(err: grpc.aio.AioRpcError, field: str) -> GatewayError:
@@ -81,18 +88,43 @@ class Backend:
             severity=severity,  # type: ignore[arg-type]
             comment=comment,
         )
-        for wait in (*OUTPUT_WAITS_S, None):
+        await self._on_output(
+            lambda: self.clients.monitor.FlagOutput(
+                request, metadata=self._as(user_id, Role.CLINICIAN), timeout=self.timeout_s
+            )
+        )
+
+    async def outcome(
+        self, output_id: str, user_id: str, outcome: str, when: datetime, source: str
+    ) -> bool:
+        """Records the outcome in the monitor; True when the monitor had it already."""
+        request = mpb.RecordOutcomeRequest(
+            output_id=output_id,
+            outcome=OUTCOMES[outcome],
+            outcome_time=timestamp(when),
+            source=source,
+        )
+        reply: mpb.RecordOutcomeResponse = await self._on_output(
+            lambda: self.clients.monitor.RecordOutcome(
+                request, metadata=self._as(user_id, Role.CLINICIAN), timeout=self.timeout_s
+            )
+        )
+        return reply.replayed
+
+    async def _on_output(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A monitor call about an output, retried while the output has not reached the
+        monitor; a refusal as the gateway's error naming ``feedback``."""
+        waits = iter(OUTPUT_WAITS_S)
+        while True:
             try:
-                await self.clients.monitor.FlagOutput(
-                    request, metadata=self._as(user_id, Role.CLINICIAN), timeout=self.timeout_s
-                )
-                return
+                return await call()
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.NOT_FOUND:
                     raise http_error(err, "feedback") from None
-                if wait is None:
-                    raise Upstream("", "the card's output is not recorded yet; retry") from None
-                await asyncio.sleep(wait)
+            wait = next(waits, None)
+            if wait is None:
+                raise Upstream("", "the card's output is not recorded yet; retry")
+            await asyncio.sleep(wait)
 
     async def served(self) -> list[gpb.ServedModel]:
         try:

@@ -53,6 +53,19 @@ class CdsHooksSettings(ServiceSettings):
         le=604_800,
         description="How long feedback on a card is accepted after the card was returned.",
     )
+    fhir_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Deadline of each read of missing prefetch from the EHR's fhirServer; "
+        "past it the hook gets 504 naming the prefetch key.",
+    )
+    fhir_max_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="Largest answer the fhirServer may give to one prefetch read; larger gets 502.",
+    )
     call_timeout_s: float = Field(
         30.0, gt=0, le=300, description="Deadline of each call to a ClinAlign service."
     )

@@ -41,6 +41,18 @@ class TooMany(GatewayError):
     status = 429
 
 
+class BadGateway(GatewayError):
+    """The EHR's FHIR server failed or answered something that is not what was asked."""
+
+    status = 502
+
+
+class GatewayTimeout(GatewayError):
+    """The EHR's FHIR server did not answer in time."""
+
+    status = 504
+
+
 class Upstream(GatewayError):
     """A ClinAlign service failed or is unavailable: not the caller's fault."""
 

@@ -6,7 +6,9 @@ user) so that feedback, which names only the card, is attributed to that user an
 only from that EHR; and which (card, outcomeTimestamp) pairs were already handled, so a
 retried feedback call does nothing twice. It lives in this process's memory for
 ``card_ttl_s``: feedback reaching another replica, or arriving after a restart, is refused
-as an unknown card. Recording outcomes in the monitor (its own RPC) is the durable fix.
+as an unknown card. Every outcome is also recorded in the monitor (``RecordOutcome``),
+which is idempotent by (card, outcome, outcomeTimestamp) itself and durable; the flag an
+override files is not, so the ledger still guards it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class Outcome:
     reason: str | None  # one of our override reason codes, for an override that gave one
     comment: str
     timestamp: str
+
+    @property
+    def when(self) -> datetime:
+        """``timestamp`` as an aware datetime (``parse_feedback`` checked it is one)."""
+        return _parse_instant(self.timestamp)
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,13 @@ def _override(value: Any, at: str) -> tuple[str | None, str]:
     return str(coding["code"]), comment
 
 
+def _parse_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _instant(text: str) -> bool:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+        return _parse_instant(text).tzinfo is not None
     except ValueError:
         return False
 

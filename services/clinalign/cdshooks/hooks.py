@@ -6,8 +6,8 @@ Every refusal names the JSON path at fault. What is checked: ``hook`` is the ser
 (``userId`` a reference to a person), ``fhirServer`` an https URL when given and present
 whenever ``fhirAuthorization`` is, ``fhirAuthorization`` an OAuth 2.0 bearer grant, and
 every prefetch key this service declared holds what its template asks for, about the
-context's patient. The FHIR server is never called (see the report of issue 25: the
-prefetch fallback is not built yet), so a prefetch key left out is refused.
+context's patient. A key the EHR left out is read from ``fhirServer`` (``fhir``), and what
+that server answers is checked as strictly, its faults reported as the server's (502).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clinalign.cdshooks.catalogue import PREFETCH, SEARCHES, CdsService
-from clinalign.cdshooks.errors import BadRequest
+from clinalign.cdshooks.errors import BadGateway, BadRequest
 from clinalign.common.oidc import OidcConfigError, check_url
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -27,6 +27,20 @@ USER_REF = re.compile(
     r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
 )
 MAX_ENTRIES = 1_000  # per prefetch searchset
+
+
+@dataclass(frozen=True)
+class CheckedHook:
+    """A hook request whose fields are checked; its prefetch not yet."""
+
+    service: CdsService
+    hook_instance: str
+    user_id: str
+    patient_id: str
+    encounter_id: str | None
+    prefetch: dict[str, Any]
+    fhir_server: str | None
+    fhir_token: str | None
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,8 @@ def _text(value: Any, field: str) -> str:
     return value
 
 
-def parse_hook(body: Any, service: CdsService) -> HookCall:
-    """The checked hook request; raises BadRequest naming the field."""
+def check_hook(body: Any, service: CdsService) -> CheckedHook:
+    """The hook request with its fields checked; raises BadRequest naming the field."""
     request = _object(body, "body")
     hook = _text(request.get("hook"), "hook")
     if hook != service.hook:
@@ -75,9 +89,36 @@ def parse_hook(body: Any, service: CdsService) -> HookCall:
     encounter = context.get("encounterId")
     if encounter is not None and (not isinstance(encounter, str) or not FHIR_ID.match(encounter)):
         raise BadRequest("context.encounterId", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
-    prefetch = _object(request.get("prefetch"), "prefetch")
-    bundle = bundle_from(prefetch, patient)
-    return HookCall(service, instance, user, patient, encounter, json.dumps(bundle))
+    prefetch = _object(request.get("prefetch", {}), "prefetch")
+    grant = request.get("fhirAuthorization")
+    token = grant["access_token"] if isinstance(grant, dict) else None
+    server = request.get("fhirServer")
+    return CheckedHook(service, instance, user, patient, encounter, prefetch, server, token)
+
+
+def hook_call(checked: CheckedHook, fetched: dict[str, Any]) -> HookCall:
+    """The call to draft, its Bundle built from the prefetch and what was ``fetched`` from
+    the FHIR server in its place (whose faults are the server's: 502)."""
+    try:
+        bundle = bundle_from({**checked.prefetch, **fetched}, checked.patient_id)
+    except BadRequest as err:
+        key = err.field.split(".")[1] if err.field.startswith("prefetch.") else ""
+        if key in fetched:
+            raise BadGateway(err.field, f"fhirServer's answer: {err.message}") from None
+        raise
+    return HookCall(
+        checked.service,
+        checked.hook_instance,
+        checked.user_id,
+        checked.patient_id,
+        checked.encounter_id,
+        json.dumps(bundle),
+    )
+
+
+def parse_hook(body: Any, service: CdsService) -> HookCall:
+    """The checked hook request with all of its prefetch given."""
+    return hook_call(check_hook(body, service), {})
 
 
 def _check_fhir_access(request: dict[str, Any]) -> None:
@@ -108,8 +149,7 @@ def bundle_from(prefetch: dict[str, Any], patient_id: str) -> dict[str, Any]:
         if prefetch.get(key) is None:
             raise BadRequest(
                 f"prefetch.{key}",
-                f"is missing; send the result of {PREFETCH[key]!r} (this service does not "
-                "yet fetch from fhirServer)",
+                f"is missing; send the result of {PREFETCH[key]!r}",
             )
     patient = _object(prefetch["patient"], "prefetch.patient")
     if patient.get("resourceType") != "Patient":

@@ -14,7 +14,7 @@ from clinalign.cdshooks.cards import card
 from clinalign.cdshooks.catalogue import discovery
 from clinalign.cdshooks.errors import NotFound
 from clinalign.cdshooks.feedback import check_cards, parse_feedback
-from clinalign.cdshooks.hooks import parse_hook
+from clinalign.cdshooks.hooks import check_hook, hook_call
 
 log = logging.getLogger("clinalign.cdshooks")
 
@@ -28,7 +28,11 @@ async def hook(request: Request) -> Response:
     gateway = gateway_of(request)
     service = service_of(request)
     client = gateway.client(request)
-    call = parse_hook(await gateway.body(request), service)
+    checked = check_hook(await gateway.body(request), service)
+    fetched = await gateway.fhir.missing(
+        checked.prefetch, checked.fhir_server, checked.fhir_token, checked.patient_id
+    )
+    call = hook_call(checked, fetched)
     completion = await gateway.backend.draft(call, gateway.max_new_tokens)
     p = completion.provenance
     gateway.ledger.issue(p.output_id, service.id, client.issuer, call.user_id, p.model_version)
@@ -39,7 +43,9 @@ async def hook(request: Request) -> Response:
 
 async def feedback(request: Request) -> Response:
     """Every item is checked, and its card found, before any is recorded; an item already
-    recorded (same card and outcomeTimestamp) is skipped."""
+    recorded (same card and outcomeTimestamp) is skipped. Each outcome is recorded in the
+    monitor first (idempotent there), then an override's flag filed, so a retry after a
+    failed flag records nothing twice."""
     gateway = gateway_of(request)
     service = service_of(request)
     client = gateway.client(request)
@@ -48,6 +54,9 @@ async def feedback(request: Request) -> Response:
     for outcome, cardinfo in zip(outcomes, issued, strict=True):
         if gateway.ledger.done(outcome):
             continue
+        await gateway.backend.outcome(
+            outcome.card, cardinfo.user_id, outcome.outcome, outcome.when, f"cds-hooks:{service.id}"
+        )
         if outcome.outcome == "overridden" and outcome.reason is not None:
             category, severity = taxonomy.flag_of(outcome.reason)
             await gateway.backend.flag(

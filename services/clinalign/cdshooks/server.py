@@ -13,6 +13,7 @@ from clinalign.cdshooks.backend import Backend
 from clinalign.cdshooks.clientauth import ClientAuth
 from clinalign.cdshooks.config import CdsHooksSettings
 from clinalign.cdshooks.feedback import Ledger
+from clinalign.cdshooks.fhir import FhirFetcher
 from clinalign.common.assertions import AssertionSigner, load_signing_key
 from clinalign.common.auth import service_principal
 from clinalign.common.channels import Clients
@@ -43,6 +44,7 @@ def build(common: CommonSettings, settings: CdsHooksSettings) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
         max_new_tokens=settings.max_new_tokens,
         allowed_origins=settings.allowed_origins,
+        fhir=FhirFetcher(settings.fhir_timeout_s, settings.fhir_max_bytes),
     )
     return build_app(gateway)
 
