@@ -80,15 +80,15 @@ bench-ppo: install ## PPO iterations: ClinAlign against TRL 0.29.1 (bench/ppo.py
 
 # Images: clinalign/<service>:$(VERSION), built from deploy/docker/<service>.Dockerfile with the
 # repository root as context. VARIANT=cuda builds the torch images (generation, reward,
-# trainer) with CUDA torch, tagged $(VERSION)-cuda; preference, monitor and the console have
-# no variant.
+# trainer) with CUDA torch, tagged $(VERSION)-cuda; preference, monitor, the console and the
+# CDS Hooks gateway (clinalign/cds-hooks, module clinalign.cdshooks) have no variant.
 DOCKER ?= docker
 VARIANT ?= cpu
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE_SERVICES := generation reward preference trainer monitor console
+IMAGE_SERVICES := generation reward preference trainer monitor console cds-hooks
 TORCH_SERVICES := generation reward trainer
 
-images: ## build the service and console images (VARIANT=cuda: CUDA torch, tags $(VERSION)-cuda)
+images: ## build the service, console and CDS Hooks gateway images (VARIANT=cuda: CUDA torch, tags $(VERSION)-cuda)
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "make images: no Docker engine reachable ('$(DOCKER) info' failed); start one or point DOCKER_HOST at one" >&2; exit 1; }
 	@case "$(VARIANT)" in cpu|cuda) ;; *) echo "make images: VARIANT must be cpu or cuda, not '$(VARIANT)'" >&2; exit 1;; esac
 	@set -e; for s in $(IMAGE_SERVICES); do \

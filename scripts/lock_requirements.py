@@ -24,7 +24,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQ = ROOT / "deploy" / "docker" / "requirements"
-IMAGES = ("generation", "reward", "preference", "trainer", "monitor", "console", "build")
+IMAGES = (
+    "generation",
+    "reward",
+    "preference",
+    "trainer",
+    "monitor",
+    "console",
+    "cds-hooks",
+    "build",
+)
 UV = [sys.executable, "-m", "uv"]
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 

@@ -22,6 +22,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from clinalign.cdshooks.config import CdsHooksSettings
 from clinalign.common.config import ServiceSettings
 from clinalign.console.config import ConsoleSettings
 from clinalign.generation.config import GenerationSettings
@@ -41,10 +42,13 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "trainer": TrainerSettings,
     "monitor": MonitorSettings,
     "console": ConsoleSettings,  # the clinician console (HTTP), an image like the services'
+    "cds-hooks": CdsHooksSettings,  # the CDS Hooks gateway (HTTP), module clinalign.cdshooks
 }
 TORCH_IMAGES = {"generation", "reward", "trainer"}
+# The package each image runs (the image name without hyphens: cds-hooks runs clinalign.cdshooks).
+MODULES = {s: f"clinalign.{s.replace('-', '')}" for s in SETTINGS}
 # The modules each image runs: its service, and for the trainer the job pods' worker too.
-ENTRY_MODULES = {s: [f"clinalign.{s}.__main__"] for s in SETTINGS}
+ENTRY_MODULES = {s: [f"{MODULES[s]}.__main__"] for s in SETTINGS}
 ENTRY_MODULES["trainer"].append("clinalign.trainer.jobs.worker")
 # (importer, module) pairs that import only when the module is already loaded.
 GUARDED_IMPORTS = {("clinalign.common.logs", "transformers")}
@@ -112,7 +116,7 @@ def test_final_stage_runs_the_service_as_uid_10001(service: str) -> None:
     assert users and users[-1] == "10001:10001"
     assert [i.args for i in final if i.keyword == "WORKDIR"][-1] == "/app"
     (cmd,) = [i.args for i in final if i.keyword in ("CMD", "ENTRYPOINT")]
-    assert json.loads(cmd) == ["python", "-m", f"clinalign.{service}"]
+    assert json.loads(cmd) == ["python", "-m", MODULES[service]]
     assert not any(i.keyword == "HEALTHCHECK" for i in instructions(service))
 
 

@@ -2,7 +2,8 @@
 combinations in tests.helm_support.COMBOS: Kubernetes schemas (strict, the two newest minor
 versions kubernetes-validate ships), lint, values schema, security, network topology against
 the calls the code makes, GPU scheduling, autoscaling, monitoring assets, TLS and storage; and
-the clinician console (an HTTP front door beside the five services) in combinations of its own."""
+the clinician console and the CDS Hooks gateway (HTTP front doors beside the five services) in
+combinations of their own."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from cryptography.fernet import Fernet
 from helm_python.chart import lint
 from helm_python.errors import HelmError
 
+from clinalign.cdshooks.config import CdsHooksSettings
 from clinalign.common.config import CommonSettings
 from clinalign.console.config import ConsoleSettings
 from tests.helm_support import (
@@ -50,7 +52,7 @@ from tests.helm_support import (
 )
 
 KUBE_VERSIONS = ("1.36.0", "1.37.0")
-# The console's own combinations, beside tests.helm_support.COMBOS (which other suites share).
+# The front doors' own combinations, beside tests.helm_support.COMBOS (which other suites share).
 CONSOLE_COMBOS: dict[str, dict[str, Any]] = {
     "console-ingress": {
         "oidc": {"issuer": "https://idp.example.org/realms/hospital", "audience": "clinalign"},
@@ -74,6 +76,21 @@ CONSOLE_COMBOS: dict[str, dict[str, Any]] = {
         },
     },
     "console-disabled": {"console": {"enabled": False}},
+    # The CDS Hooks gateway (off by default), with cert-manager and ServiceMonitors to check
+    # that both name it.
+    "cds-hooks": {
+        "cdsHooks": {
+            "enabled": True,
+            "signingKey": {"existingSecret": "clinalign-cds-hooks-signing"},
+            "trustedIssuers": {"https://ehr.example.org": "https://ehr.example.org/jwks.json"},
+            "allowedOrigins": ["https://ehr.example.org"],
+            "settings": {"MAX_NEW_TOKENS": "512"},
+            "ingress": {"enabled": True, "className": "nginx", "hosts": ["cds.example.org"]},
+        },
+        "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}},
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "networkPolicy": {"ehr": {"cidrs": ["10.30.0.0/16"]}},
+    },
 }
 ALL = sorted(COMBOS)
 EVERY = ALL + sorted(CONSOLE_COMBOS)
@@ -194,6 +211,8 @@ def test_schema_covers_every_value_and_every_value_is_commented() -> None:
         ({"console": {"ingress": {"hosts": ["https://console.example.org"]}}}, "hosts"),
         ({"console": {"publicUrl": "console.example.org"}}, "publicUrl"),
         ({"console": {"session": {"key": "abc"}}}, "key"),  # secrets only from Secrets
+        ({"cdsHooks": {"signingKey": {"privateJwk": "{}"}}}, "privateJwk"),
+        ({"cdsHooks": {"trustedIssuers": {"https://ehr": "http://ehr/jwks"}}}, "trustedIssuers"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], field: str) -> None:
@@ -226,6 +245,20 @@ def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], fiel
         (
             {"console": {"ingress": {"enabled": True}}},
             "console.ingress.hosts needs at least one host",
+        ),
+        (
+            {"cdsHooks": {"enabled": True}},
+            "cdsHooks.enabled needs cdsHooks.signingKey.existingSecret",
+        ),
+        (
+            {
+                "cdsHooks": {
+                    "enabled": True,
+                    "signingKey": {"existingSecret": "k"},
+                    "ingress": {"enabled": True},
+                }
+            },
+            "cdsHooks.ingress.hosts needs at least one host",
         ),
     ],
 )
@@ -395,7 +428,7 @@ def test_generated_tokens_every_role_and_one_credential_per_service() -> None:
 
 
 @pytest.mark.parametrize(
-    "combo", ["default", "dev-cpu-jobs", "tls-secret", "console-existing-secrets"]
+    "combo", ["default", "dev-cpu-jobs", "tls-secret", "console-existing-secrets", "cds-hooks"]
 )
 def test_each_pod_mounts_only_its_own_credential(combo: str) -> None:
     """No pod holds a person's token (admin, ml-engineer, clinician) nor another service's:
@@ -526,6 +559,8 @@ CALLS = {
     ("console", "preference"),
     ("console", "monitor"),
     ("console", "trainer"),
+    ("cds-hooks", "generation"),
+    ("cds-hooks", "monitor"),
 }
 
 
@@ -550,7 +585,11 @@ def test_the_call_table_matches_the_code() -> None:
         peers = console_peer.findall(text)
         assert len(peers) == len(console_call.findall(text)), f"{path.name}: a peer not named"
         found |= {("console", peer) for peer in peers}
-    assert found == {c for c in CALLS if c[0] in (*SERVICES, "console")}
+    # The CDS Hooks gateway calls through its Clients (backend.py: self.clients.<peer>).
+    for path in (ROOT / "services/clinalign/cdshooks").rglob("*.py"):
+        for match in pattern.finditer(path.read_text()):
+            found.add(("cds-hooks", match.group(1) or match.group(2) or "trainer"))
+    assert found == {c for c in CALLS if c[0] in (*SERVICES, "console", "cds-hooks")}
 
 
 def _groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -606,9 +645,9 @@ def _allowed(docs: list[dict[str, Any]], src: str, dst: str, port: int) -> bool:
     )
 
 
-@pytest.mark.parametrize("combo", ["default", "tgi", "postgresql", "external-db"])
+@pytest.mark.parametrize("combo", ["default", "tgi", "postgresql", "external-db", "cds-hooks"])
 def test_network_policies_allow_exactly_the_calls_in_the_code(combo: str) -> None:
-    docs = render(combo)
+    docs = docs_of(combo)
     groups = _groups(docs)
     expected = set(CALLS)
     if combo == "tgi":
@@ -624,9 +663,9 @@ def test_network_policies_allow_exactly_the_calls_in_the_code(combo: str) -> Non
             assert allowed == ((src, dst) in expected), f"{src} -> {dst}: allowed={allowed}"
 
 
-@pytest.mark.parametrize("combo", ALL)
+@pytest.mark.parametrize("combo", [*ALL, "cds-hooks"])
 def test_every_opened_port_is_one_a_selected_pod_listens_on(combo: str) -> None:
-    docs = render(combo)
+    docs = docs_of(combo)
     groups = _groups(docs)
     policies = of_kind(docs, "NetworkPolicy")
     # A default deny covers every pod of the release.
@@ -1274,3 +1313,125 @@ def test_notes_warn_when_nobody_can_sign_in_to_the_console() -> None:
     text = next(v for k, v in raw.items() if k.endswith("NOTES.txt"))
     assert "oidc.issuer is empty" not in text
     assert "WARNING: console.publicUrl is empty" in text
+
+
+# -- the CDS Hooks gateway ------------------------------------------------------------------
+
+
+def test_cds_hooks_is_off_by_default_and_changes_nothing() -> None:
+    docs = render("default")
+    assert not [
+        d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "cds-hooks"
+    ]
+    assert "cds-hooks" not in json.dumps([p["spec"] for p in of_kind(docs, "NetworkPolicy")])
+    for service in SERVICES:
+        assert "CLINALIGN_DELEGATION_KEYS_FILE" not in env_of(main_container(docs, service))
+    secret = named(docs, "Secret", f"{FULLNAME}-credentials")
+    assert "token-cds-hooks" not in secret["data"]
+
+
+def test_cds_hooks_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its settings are ones CdsHooksSettings reads and parses; it calls generation and the
+    monitor as svc-cds-hooks; it alone mounts the private key, every service the public one."""
+    docs = docs_of("cds-hooks")
+    container = main_container(docs, "cds-hooks")
+    assert container["image"] == "docker.io/clinalign/cds-hooks:0.1.0"
+    fields = CdsHooksSettings.model_fields
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": fields["port"].default, "metrics": fields["metrics_port"].default}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {
+            "path": "/healthz",
+            "port": "http",
+            "scheme": "HTTPS",
+        }
+    env = env_of(container)
+    common = {f"CLINALIGN_{f.upper()}" for f in CommonSettings.model_fields}
+    own = {f"CLINALIGN_CDS_HOOKS_{f.upper()}" for f in fields}
+    for name, value in env.items():
+        if name.startswith("CLINALIGN_"):
+            assert name in common | own, name
+            if name in own:
+                monkeypatch.setenv(name, value)
+    settings = CdsHooksSettings()
+    assert settings.trusted_issuers == {
+        "https://ehr.example.org": "https://ehr.example.org/jwks.json"
+    }
+    assert settings.allowed_origins == ["https://ehr.example.org"]
+    assert settings.public_url == "https://cds.example.org"  # the first Ingress host
+    assert settings.max_new_tokens == 512
+    assert env["CLINALIGN_SERVICE_TOKEN"]["secretKeyRef"]["key"] == "token-cds-hooks"
+    assert "CLINALIGN_TOKENS_FILE" not in env
+    targets = {k for k in env if k.endswith("_TARGET")}
+    assert targets == {"CLINALIGN_GENERATION_TARGET", "CLINALIGN_MONITOR_TARGET"}
+    # The private key from the operator's Secret, in the gateway's pods only.
+    spec = pod_spec(component(docs, "Deployment", "cds-hooks"))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (mount,) = [
+        m
+        for m in container["volumeMounts"]
+        if env["CLINALIGN_CDS_HOOKS_SIGNING_KEY_FILE"].startswith(m["mountPath"] + "/")
+    ]
+    signing = volumes[mount["name"]]["secret"]
+    assert signing["secretName"] == "clinalign-cds-hooks-signing"
+    assert signing["items"] == [{"key": "signing.jwk", "path": "signing.jwk"}]
+    for service in SERVICES:
+        service_env = env_of(main_container(docs, service))
+        keys_file = service_env["CLINALIGN_DELEGATION_KEYS_FILE"]
+        (mount,) = [
+            m
+            for m in main_container(docs, service)["volumeMounts"]
+            if keys_file.startswith(m["mountPath"] + "/")
+        ]
+        spec = pod_spec(component(docs, "Deployment", service))
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "clinalign-cds-hooks-signing"
+        assert volume["secret"]["items"] == [
+            {"key": "delegation-keys.json", "path": keys_file.rsplit("/", 1)[1]}
+        ]
+    # Its own generated credential, the Ingress, the certificate and a ServiceMonitor.
+    tokens = named(docs, "Secret", f"{FULLNAME}-credentials")["data"]["tokens.json"]
+    assert "svc-cds-hooks" in {
+        t["principal"] for t in json.loads(base64.b64decode(tokens))["tokens"]
+    }
+    (ingress,) = [
+        i for i in of_kind(docs, "Ingress") if i["metadata"]["name"].endswith("cds-hooks")
+    ]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "cds.example.org"
+    assert rule["http"]["paths"][0]["backend"]["service"]["name"] == f"{FULLNAME}-cds-hooks"
+    (cert,) = of_kind(docs, "Certificate")
+    assert f"{FULLNAME}-cds-hooks.{NAMESPACE}.svc.cluster.local" in cert["spec"]["dnsNames"]
+    component(docs, "ServiceMonitor", "cds-hooks")
+    component(docs, "PodDisruptionBudget", "cds-hooks")
+    text = next(
+        v for k, v in render_raw(CONSOLE_COMBOS["cds-hooks"]).items() if k.endswith("NOTES.txt")
+    )
+    assert "https://cds.example.org/cds-services" in text
+    assert "WARNING: cdsHooks" not in text
+
+
+def test_cds_hooks_network_policy() -> None:
+    """In: the Ingress controller (networkPolicy.clients.cdsHooks) on http, Prometheus on
+    metrics. Out: DNS, generation and the monitor (which admit it), and the EHRs' HTTPS."""
+    docs = docs_of("cds-hooks")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]
+    ports = {p["name"]: p["containerPort"] for p in main_container(docs, "cds-hooks")["ports"]}
+    policy = component(docs, "NetworkPolicy", "cds-hooks")
+    assert [(r["from"], r["ports"]) for r in _rules(policy, "ingress")] == [
+        (values["clients"]["cdsHooks"], [{"port": ports["http"], "protocol": "TCP"}]),
+        (values["metricsFrom"], [{"port": ports["metrics"], "protocol": "TCP"}]),
+    ]
+    egress = _rules(policy, "egress")
+    grpc = {s: main_container(docs, s)["ports"][0]["containerPort"] for s in SERVICES}
+    assert {p["port"] for r in egress for p in r["ports"]} == {
+        53,
+        grpc["generation"],
+        grpc["monitor"],
+        443,
+    }
+    (ehr,) = [r for r in egress if r["ports"][0]["port"] == 443]
+    assert ehr["to"] == [{"ipBlock": {"cidr": "10.30.0.0/16"}}]
+    for service in SERVICES:
+        allowed = _allowed(docs, "cds-hooks", service, grpc[service])
+        assert allowed == (service in ("generation", "monitor")), service

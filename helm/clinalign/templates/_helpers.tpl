@@ -131,7 +131,7 @@ calls are balanced over every ready pod (the channels use round_robin). */}}
 {{- end -}}
 
 {{/* Every name a service is called by: its Service, in each DNS form, and the headless one;
-the console's Service in each DNS form. */}}
+the console's Service (and the CDS Hooks gateway's) in each DNS form. */}}
 {{- define "clinalign.tlsDnsNames" -}}
 {{- $root := . -}}
 {{- $names := list -}}
@@ -140,10 +140,15 @@ the console's Service in each DNS form. */}}
 {{- $ns := $root.Release.Namespace -}}
 {{- $names = concat $names (list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.%s" $name $ns $root.Values.clusterDomain) (printf "%s-headless" $name)) -}}
 {{- end }}
-{{- /* The console serves HTTPS with the same certificate, behind the Ingress. */ -}}
-{{- $console := include "clinalign.componentName" (dict "root" $root "component" "console") -}}
+{{- /* The console (and the CDS Hooks gateway, when enabled) serve HTTPS with the same
+certificate, behind the Ingress. */ -}}
+{{- $doors := list "console" -}}
+{{- if $root.Values.cdsHooks.enabled }}{{ $doors = append $doors "cds-hooks" }}{{ end -}}
+{{- range $door := $doors }}
+{{- $name := include "clinalign.componentName" (dict "root" $root "component" $door) -}}
 {{- $ns := $root.Release.Namespace -}}
-{{- $names = concat $names (list $console (printf "%s.%s" $console $ns) (printf "%s.%s.svc" $console $ns) (printf "%s.%s.svc.%s" $console $ns $root.Values.clusterDomain)) -}}
+{{- $names = concat $names (list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.%s" $name $ns $root.Values.clusterDomain)) -}}
+{{- end }}
 {{- $names = concat $names $root.Values.tls.certManager.extraDnsNames -}}
 {{- toJson $names -}}
 {{- end -}}
@@ -230,13 +235,42 @@ to:
 {{- default (include "clinalign.componentName" (dict "root" . "component" "console-session")) .Values.console.session.existingSecret -}}
 {{- end -}}
 
-{{/* The URL clinicians open the console at: console.publicUrl, else https://<the first
-Ingress host>; empty when neither is set. */}}
-{{- define "clinalign.consolePublicUrl" -}}
-{{- $c := .Values.console -}}
-{{- if $c.publicUrl -}}
-{{- $c.publicUrl -}}
-{{- else if and $c.ingress.enabled $c.ingress.hosts -}}
-{{- printf "https://%s" (first $c.ingress.hosts) -}}
+{{/* A front door's public URL from its values (console, cdsHooks): its publicUrl, else
+https://<the first Ingress host>; empty when neither is set. */}}
+{{- define "clinalign.frontDoorPublicUrl" -}}
+{{- if .publicUrl -}}
+{{- .publicUrl -}}
+{{- else if and .ingress.enabled .ingress.hosts -}}
+{{- printf "https://%s" (first .ingress.hosts) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The URL clinicians open the console at. */}}
+{{- define "clinalign.consolePublicUrl" -}}
+{{- include "clinalign.frontDoorPublicUrl" .Values.console -}}
+{{- end -}}
+
+{{/* The base URL EHRs call the CDS Hooks gateway at. */}}
+{{- define "clinalign.cdsHooksPublicUrl" -}}
+{{- include "clinalign.frontDoorPublicUrl" .Values.cdsHooks -}}
+{{- end -}}
+
+{{/* A component's key in values.yaml: cds-hooks is cdsHooks, the others their own name. */}}
+{{- define "clinalign.valuesKey" -}}
+{{- ternary "cdsHooks" . (eq . "cds-hooks") -}}
+{{- end -}}
+
+{{/* The CDS Hooks gateway's signing-key Secret (signing.jwk, delegation-keys.json); rendering
+fails without one, since Helm cannot derive the public JWK from a key it generates. */}}
+{{- define "clinalign.cdsHooksSigningSecretName" -}}
+{{- $name := .Values.cdsHooks.signingKey.existingSecret -}}
+{{- if not $name -}}
+{{- fail (printf "cdsHooks.enabled needs cdsHooks.signingKey.existingSecret: a Secret with keys signing.jwk (the gateway's private ES256 JWK) and delegation-keys.json ({\"cds-hooks\": <its public JWK>}, which every service mounts). Make the pair where the clinalign package is installed and store it, then set the value (docs/platform.md, \"The CDS Hooks gateway\"):  python -c 'import json,pathlib; from clinalign.common.assertions import load_signing_key, public_jwk; k = load_signing_key(pathlib.Path(\"signing.jwk\")); pathlib.Path(\"delegation-keys.json\").write_text(json.dumps({\"cds-hooks\": public_jwk(k)}))' && kubectl -n %s create secret generic %s --from-file=signing.jwk --from-file=delegation-keys.json && rm signing.jwk" .Release.Namespace (include "clinalign.componentName" (dict "root" . "component" "cds-hooks-signing"))) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{/* Where every service reads the front doors' public keys (with cdsHooks.enabled). */}}
+{{- define "clinalign.delegationKeysFile" -}}
+/etc/clinalign/delegation/delegation-keys.json
 {{- end -}}

@@ -1,4 +1,4 @@
-{{/* Pieces of the five services' pod specs (and the console's): (dict "root" $ "component" name). */}}
+{{/* Pieces of the five services' pod specs (and the front doors'): (dict "root" $ "component" name). */}}
 
 {{- define "clinalign.fullServiceName" -}}
 {{- printf "clinalign.%s.v1.%sService" .component (title .component) -}}
@@ -51,7 +51,7 @@ grpc:
 {{ include "clinalign.probeTiming" .timing }}
 {{- end -}}
 
-{{/* An HTTP probe of the console: (dict "root" $ "path" P "timing" .probes.x), HTTPS with TLS. */}}
+{{/* An HTTP probe of a front door: (dict "root" $ "path" P "timing" .probes.x), HTTPS with TLS. */}}
 {{- define "clinalign.httpProbe" -}}
 httpGet:
   path: {{ .path }}
@@ -111,9 +111,10 @@ failureThreshold: {{ .failureThreshold }}
 {{- end -}}
 
 {{/*
-Environment every service has, and the console: (dict "root" $ "component" name "peers" list),
-peers being the services it calls (default: all five). The services verify their callers
-against the verification file; the console verifies no bearer token and does without it.
+Environment every service has, and the front doors (console, cds-hooks): (dict "root" $
+"component" name "peers" list), peers being the services it calls (default: all five). The
+services verify their callers against the verification file (and, with cdsHooks.enabled, the
+gateway's assertions against its public key); the front doors verify no bearer token.
 */}}
 {{- define "clinalign.commonEnv" -}}
 {{- $root := .root -}}
@@ -132,6 +133,11 @@ against the verification file; the console verifies no bearer token and does wit
 {{- if has .component $services }}
 - name: CLINALIGN_TOKENS_FILE
   value: /etc/clinalign/auth/tokens.json
+{{- if $v.cdsHooks.enabled }}
+# The CDS Hooks gateway's public key, which verifies the assertions it signs for EHR users.
+- name: CLINALIGN_DELEGATION_KEYS_FILE
+  value: {{ include "clinalign.delegationKeysFile" $root }}
+{{- end }}
 {{- end }}
 - name: CLINALIGN_SERVICE_TOKEN
   valueFrom:
