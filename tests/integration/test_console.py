@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from clinalign.monitor.v1 import monitor_pb2 as mpb
 from clinalign.monitor.v1 import monitor_pb2_grpc
@@ -185,7 +186,16 @@ async def test_a_clinical_lead_sees_progress_agreement_flags_and_serving(
     stack: ConsoleStack,
 ) -> None:
     await seed_tasks(stack, pairs=2, overlap=2)
-    await seed_outputs(stack, 4)
+    first, *_ = await seed_outputs(stack, 4)
+    async with stack.admin("monitor") as ch:  # a clinician accepted one draft in the EHR
+        stamp = Timestamp()
+        stamp.GetCurrentTime()
+        await monitor_pb2_grpc.MonitorServiceStub(ch).RecordOutcome(
+            mpb.RecordOutcomeRequest(
+                output_id=first, outcome=mpb.OUTCOME_ACCEPTED, outcome_time=stamp,
+                source="cds-hooks:clinalign-patient-summary",
+            )
+        )  # fmt: skip
     for user in ("u-dr-okafor", "u-dr-lindqvist"):
         async with stack.http() as http:
             csrf = await sign_in(http, user)
@@ -205,6 +215,7 @@ async def test_a_clinical_lead_sees_progress_agreement_flags_and_serving(
         page = await lead.get("/dashboard")
         assert page.status_code == 200, page.text
         assert "raw agreement 1.000" in page.text and "policy-v2" in page.text
+        assert "1 / 0 (100 % accepted)" in page.text
         assert page.text.count('<svg role="img"') >= 2  # labels and agreement plotted
         assert "Unavailable." in page.text  # no trainer in this test: the page says so
         outputs = await lead.get("/outputs", params={"task": "patient_question"})
