@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.cds_hooks_support import ISSUER, EhrStandIn, hook_request
+from tests.conftest import free_port
 
 from clinalign.cdshooks.catalogue import SERVICES
 from clinalign.cdshooks.hooks import parse_hook
@@ -51,12 +51,6 @@ from clinalign.generation.v1 import generation_pb2 as gpb
 from clinalign.generation.v1 import generation_pb2_grpc
 
 SERVICE = "clinalign-patient-summary"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
+
+from tests.conftest import free_port
+from tests.oidc_idp import running_idp
+
 from clinalign.common.auth import Role, generate_tokens, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
@@ -52,12 +56,6 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 TASK = re.compile(r'action="/label/([^"/]+)" id="label-form"')
 SHOWN = re.compile(r'name="shown" value="([^"]+)"')
 GUIDE = "rubric-2026-11"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -291,8 +289,6 @@ async def one_round(
 
 
 def main() -> None:
-    from tests.oidc_idp import running_idp
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clinicians", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -331,5 +327,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     main()

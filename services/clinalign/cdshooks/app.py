@@ -35,6 +35,7 @@ from clinalign.cdshooks.clientauth import ClientAuth, EhrClient
 from clinalign.cdshooks.errors import BadRequest, GatewayError, NotFound, TooLarge, Upstream
 from clinalign.cdshooks.feedback import Ledger
 from clinalign.cdshooks.fhir import FhirFetcher
+from clinalign.common.web import healthz
 
 log = logging.getLogger("clinalign.cdshooks")
 
@@ -129,10 +130,6 @@ class Guard(BaseHTTPMiddleware):
             response.headers.setdefault(name, value)
         metrics.observe(request, response.status_code, time.perf_counter() - started)
         return response
-
-
-async def healthz(request: Request) -> Response:
-    return Response("ok", media_type="text/plain")
 
 
 def build_app(gateway: Gateway) -> Starlette:

@@ -9,7 +9,6 @@ EHR users it verified.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import jwt
 
 from clinalign.common.delegation import AUDIENCE, MAX_LIFETIME_S
+from clinalign.common.keyfiles import read_or_create
 
 ASSERTION_LIFETIME_S = 120  # well inside the services' MAX_LIFETIME_S
 assert ASSERTION_LIFETIME_S <= MAX_LIFETIME_S
@@ -25,20 +25,16 @@ assert ASSERTION_LIFETIME_S <= MAX_LIFETIME_S
 
 def load_signing_key(path: Path) -> jwt.PyJWK:
     """The ES256 private JWK in ``path``, made (owner-only) when absent."""
+    return jwt.PyJWK.from_dict(json.loads(read_or_create(path, _new_signing_key)))
+
+
+def _new_signing_key() -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    try:
-        return jwt.PyJWK.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        pass
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
     jwk |= {"alg": "ES256", "use": "sig", "kid": secrets.token_hex(8)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(jwk, f)
-    return jwt.PyJWK.from_dict(jwk)
+    return json.dumps(jwk).encode()
 
 
 def public_jwk(key: jwt.PyJWK) -> dict[str, Any]:

@@ -13,10 +13,16 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Match
 
 from clinalign.common.config import CommonSettings, ServiceSettings
 from clinalign.common.metrics import start_metrics_server
+
+
+async def healthz(request: Request) -> Response:
+    """The process answers: the probes' endpoint."""
+    return Response("ok", media_type="text/plain")
 
 
 def route_of(request: Request) -> str:

@@ -34,6 +34,7 @@ from starlette.templating import Jinja2Templates
 
 from clinalign.common.auth import Role
 from clinalign.common.errors import ClinAlignError
+from clinalign.common.web import healthz
 from clinalign.console import metrics
 from clinalign.console.backend import HTTP_OF, Backend
 from clinalign.console.sessions import COOKIE, Session, Sessions, csrf_ok
@@ -175,10 +176,6 @@ def require(request: Request, *roles: str) -> Response | None:
     return console_of(request).error(
         request, 403, "Your role may not open this page", f"It needs: {', '.join(roles)}."
     )
-
-
-async def healthz(request: Request) -> Response:
-    return Response("ok", media_type="text/plain")
 
 
 async def home(request: Request) -> Response:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from clinalign.common.keyfiles import read_or_create
 
 COOKIE = "clinalign_session"
 PENDING_COOKIE = "clinalign_signin"  # the OIDC round trip's state, nonce and verifier
@@ -49,15 +50,7 @@ class Session:
 
 def load_key(path: Path) -> bytes:
     """The Fernet key in ``path``, made (owner-only) when the file does not exist."""
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        key = Fernet.generate_key()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
+    return read_or_create(path, Fernet.generate_key).strip()
 
 
 class Sessions:

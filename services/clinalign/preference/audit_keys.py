@@ -29,6 +29,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from clinalign.common.keyfiles import read_or_create
+
 log = logging.getLogger("clinalign.preference.audit")
 
 SESSION_KEY = "clinalign_audit_keyring"
@@ -68,14 +70,13 @@ def load_keyring(path: Path) -> Keyring:
 
 def ensure_keyring(path: Path) -> Keyring:
     """The keys in ``path``, first writing one fresh key there (mode 0600) if it is absent."""
-    if not path.exists():
-        key_id = datetime.now(UTC).strftime("k%Y%m%d%H%M%S")
-        payload = {"current": key_id, "keys": {key_id: _b64(secrets.token_bytes(32))}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh)
+    read_or_create(path, _new_keyring)
     return load_keyring(path)
+
+
+def _new_keyring() -> bytes:
+    key_id = datetime.now(UTC).strftime("k%Y%m%d%H%M%S")
+    return json.dumps({"current": key_id, "keys": {key_id: _b64(secrets.token_bytes(32))}}).encode()
 
 
 def rotate(path: Path) -> str:
