@@ -2,14 +2,16 @@
 ``--clients`` concurrent EHR clients (16), against the same drafts through
 ``GenerationService.Generate`` directly, in the same run.
 
-The generation service (``--model``: the embedded foundation model when it is built,
-else the tiny test model), the monitor and the gateway run as real processes on
-loopback. Each hook carries a fresh EHR JWT (ES384, from an EHR stand-in whose JWKS the
-gateway fetches over HTTP) and the example patient's prefetch; the direct calls send the
-very Bundle the gateway builds from that prefetch, with the same sampling (the service's
-defaults, ``--max-new-tokens`` 64), as an EHR client token. Each round runs the two modes
-one after the other, ``--requests`` per client each; the figures are per-request
-latencies, p50 and p95, and the medians over ``--rounds`` (3).
+The trainer, the generation service, the monitor and the gateway run as real processes on
+loopback; the model (``--model``: the embedded foundation model when it is built, else the
+tiny test model) is registered in the trainer's registry first and served from there, so
+each card carries its model card's facts, as in production (read once per version and
+cached by the gateway). Each hook carries a fresh EHR JWT (ES384, from an EHR stand-in
+whose JWKS the gateway fetches over HTTP) and the example patient's prefetch; the direct
+calls send the very Bundle the gateway builds from that prefetch, with the same sampling
+(the service's defaults, ``--max-new-tokens`` 64), as an EHR client token. Each round runs
+the two modes one after the other, ``--requests`` per client each; the figures are
+per-request latencies, p50 and p95, and the medians over ``--rounds`` (3).
 
 ``overhead`` = median of the rounds' hook p50 / direct p50. Target: at most 1.15.
 
@@ -47,10 +49,13 @@ from clinalign.cdshooks.hooks import parse_hook
 from clinalign.common.auth import Role, generate_tokens, token_for_role
 from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings
+from clinalign.common.v1 import common_pb2
 from clinalign.generation.v1 import generation_pb2 as gpb
 from clinalign.generation.v1 import generation_pb2_grpc
+from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 SERVICE = "clinalign-patient-summary"
+TRAINER = "clinalign.trainer.v1.TrainerService"
 
 
 @contextmanager
@@ -59,7 +64,7 @@ def stack(root: Path, model: Path, jwks_url: str, max_new_tokens: int) -> Iterat
 
     data = root / "data"
     data.mkdir(parents=True)
-    ports = {name: free_port() for name in ("generation", "monitor", "cds_hooks")}
+    ports = {name: free_port() for name in ("trainer", "generation", "monitor", "cds_hooks")}
     common = CommonSettings(data_dir=data)
     generate_tokens(common.resolved_tokens_file)
     keys = ensure_delegation_keys(common)
@@ -68,7 +73,6 @@ def stack(root: Path, model: Path, jwks_url: str, max_new_tokens: int) -> Iterat
         **os.environ,
         "CLINALIGN_DATA_DIR": str(data),
         "CLINALIGN_DELEGATION_KEYS_FILE": str(keys),
-        "CLINALIGN_GENERATION_MODEL_PATH": str(model),
         "CLINALIGN_GENERATION_DEVICE": "cpu",
         "CLINALIGN_CDS_HOOKS_TRUSTED_ISSUERS": json.dumps({ISSUER: jwks_url}),
         "CLINALIGN_CDS_HOOKS_PUBLIC_URL": gateway,
@@ -77,17 +81,23 @@ def stack(root: Path, model: Path, jwks_url: str, max_new_tokens: int) -> Iterat
         **{f"CLINALIGN_{n.upper()}_METRICS_PORT": str(free_port()) for n in ports},
         "CLINALIGN_GENERATION_TARGET": f"127.0.0.1:{ports['generation']}",
         "CLINALIGN_MONITOR_TARGET": f"127.0.0.1:{ports['monitor']}",
+        "CLINALIGN_TRAINER_TARGET": f"127.0.0.1:{ports['trainer']}",
     }
-    procs = [
-        subprocess.Popen(
+
+    def start(module: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", f"clinalign.{module}"],
             env=env,
             stdout=(root / f"{module}.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        for module in ("generation", "monitor", "cdshooks")
-    ]
+
+    procs = [start("trainer")]
     try:
+        trainer = f"127.0.0.1:{ports['trainer']}"
+        asyncio.run(wait_serving(trainer, common, TRAINER, timeout_s=120))
+        asyncio.run(register(trainer, common, model))
+        procs += [start(module) for module in ("generation", "monitor", "cdshooks")]
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -116,6 +126,18 @@ def stack(root: Path, model: Path, jwks_url: str, max_new_tokens: int) -> Iterat
             p.terminate()
         for p in procs:
             p.wait(30)
+
+
+async def register(target: str, common: CommonSettings, model: Path) -> None:
+    """Registers ``model`` as the served policy (the first, which serves without the gate)."""
+    token = token_for_role(common.resolved_tokens_file, Role.ML_ENGINEER)
+    async with open_channel(target, common, token) as ch:
+        await trainer_pb2_grpc.TrainerServiceStub(ch).RegisterModel(
+            trainer_pb2.RegisterModelRequest(
+                path=str(model), kind=common_pb2.MODEL_KIND_POLICY, serve_if_none=True
+            ),
+            timeout=120,
+        )
 
 
 async def direct(

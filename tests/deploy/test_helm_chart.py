@@ -86,6 +86,8 @@ CONSOLE_COMBOS: dict[str, dict[str, Any]] = {
             "allowedOrigins": ["https://ehr.example.org"],
             "settings": {"MAX_NEW_TOKENS": "512"},
             "ingress": {"enabled": True, "className": "nginx", "hosts": ["cds.example.org"]},
+            "smartClients": {"https://ehr.example.org/fhir": {"client_id": "clinalign"}},
+            "smartKey": {"existingSecret": "clinalign-cds-hooks-smart"},
         },
         "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}},
         "metrics": {"serviceMonitor": {"enabled": True}},
@@ -213,6 +215,8 @@ def test_schema_covers_every_value_and_every_value_is_commented() -> None:
         ({"console": {"session": {"key": "abc"}}}, "key"),  # secrets only from Secrets
         ({"cdsHooks": {"signingKey": {"privateJwk": "{}"}}}, "privateJwk"),
         ({"cdsHooks": {"trustedIssuers": {"https://ehr": "http://ehr/jwks"}}}, "trustedIssuers"),
+        ({"cdsHooks": {"smartClients": {"http://ehr/fhir": {"client_id": "c"}}}}, "smartClients"),
+        ({"cdsHooks": {"smartClients": {"https://ehr/fhir": {"scope": "x"}}}}, "client_id"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], field: str) -> None:
@@ -259,6 +263,16 @@ def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], fiel
                 }
             },
             "cdsHooks.ingress.hosts needs at least one host",
+        ),
+        (
+            {
+                "cdsHooks": {
+                    "enabled": True,
+                    "signingKey": {"existingSecret": "k"},
+                    "smartClients": {"https://ehr/fhir": {"client_id": "c"}},
+                }
+            },
+            "cdsHooks.smartClients needs cdsHooks.smartKey.existingSecret",
         ),
     ],
 )
@@ -561,6 +575,7 @@ CALLS = {
     ("console", "trainer"),
     ("cds-hooks", "generation"),
     ("cds-hooks", "monitor"),
+    ("cds-hooks", "trainer"),
 }
 
 
@@ -1331,8 +1346,9 @@ def test_cds_hooks_is_off_by_default_and_changes_nothing() -> None:
 
 
 def test_cds_hooks_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its settings are ones CdsHooksSettings reads and parses; it calls generation and the
-    monitor as svc-cds-hooks; it alone mounts the private key, every service the public one."""
+    """Its settings are ones CdsHooksSettings reads and parses; it calls generation, the
+    monitor and the trainer as svc-cds-hooks; it alone mounts the private key, every
+    service the public one."""
     docs = docs_of("cds-hooks")
     container = main_container(docs, "cds-hooks")
     assert container["image"] == "docker.io/clinalign/cds-hooks:0.1.0"
@@ -1360,10 +1376,15 @@ def test_cds_hooks_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.allowed_origins == ["https://ehr.example.org"]
     assert settings.public_url == "https://cds.example.org"  # the first Ingress host
     assert settings.max_new_tokens == 512
+    assert settings.smart_clients["https://ehr.example.org/fhir"].client_id == "clinalign"
     assert env["CLINALIGN_SERVICE_TOKEN"]["secretKeyRef"]["key"] == "token-cds-hooks"
     assert "CLINALIGN_TOKENS_FILE" not in env
     targets = {k for k in env if k.endswith("_TARGET")}
-    assert targets == {"CLINALIGN_GENERATION_TARGET", "CLINALIGN_MONITOR_TARGET"}
+    assert targets == {
+        "CLINALIGN_GENERATION_TARGET",
+        "CLINALIGN_MONITOR_TARGET",
+        "CLINALIGN_TRAINER_TARGET",
+    }
     # The private key from the operator's Secret, in the gateway's pods only.
     spec = pod_spec(component(docs, "Deployment", "cds-hooks"))
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -1375,6 +1396,15 @@ def test_cds_hooks_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     signing = volumes[mount["name"]]["secret"]
     assert signing["secretName"] == "clinalign-cds-hooks-signing"
     assert signing["items"] == [{"key": "signing.jwk", "path": "signing.jwk"}]
+    # Its SMART Backend Services key, from the operator's Secret too.
+    (mount,) = [
+        m
+        for m in container["volumeMounts"]
+        if env["CLINALIGN_CDS_HOOKS_SMART_KEY_FILE"].startswith(m["mountPath"] + "/")
+    ]
+    smart = volumes[mount["name"]]["secret"]
+    assert smart["secretName"] == "clinalign-cds-hooks-smart"
+    assert smart["items"] == [{"key": "smart.jwk", "path": "smart.jwk"}]
     for service in SERVICES:
         service_env = env_of(main_container(docs, service))
         keys_file = service_env["CLINALIGN_DELEGATION_KEYS_FILE"]
@@ -1413,7 +1443,8 @@ def test_cds_hooks_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cds_hooks_network_policy() -> None:
     """In: the Ingress controller (networkPolicy.clients.cdsHooks) on http, Prometheus on
-    metrics. Out: DNS, generation and the monitor (which admit it), and the EHRs' HTTPS."""
+    metrics. Out: DNS, generation, the monitor and the trainer (which admit it), and the
+    EHRs' HTTPS."""
     docs = docs_of("cds-hooks")
     values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]
     ports = {p["name"]: p["containerPort"] for p in main_container(docs, "cds-hooks")["ports"]}
@@ -1428,10 +1459,11 @@ def test_cds_hooks_network_policy() -> None:
         53,
         grpc["generation"],
         grpc["monitor"],
+        grpc["trainer"],
         443,
     }
     (ehr,) = [r for r in egress if r["ports"][0]["port"] == 443]
     assert ehr["to"] == [{"ipBlock": {"cidr": "10.30.0.0/16"}}]
     for service in SERVICES:
         allowed = _allowed(docs, "cds-hooks", service, grpc[service])
-        assert allowed == (service in ("generation", "monitor")), service
+        assert allowed == (service in ("generation", "monitor", "trainer")), service

@@ -1,9 +1,12 @@
 """The CDS Hooks gateway over real HTTP, against the real generation service (the tiny
-model) and monitor, called by an EHR stand-in (``tests.cds_hooks_support``): discovery →
-a hook with prefetch → a card with AI transparency → override feedback → a monitor flag
-attributed to the EHR user, and every outcome counted in the monitor's statistics; and
-every bad input refused with the right status and a JSON error, nothing stored. Every
-answer is validated against the CDS Hooks 2.0 schemas in ``tests/data/cds_hooks``."""
+model), monitor and trainer (its registry), called by an EHR stand-in
+(``tests.cds_hooks_support``): discovery → a hook with prefetch → a card with AI
+transparency → override feedback → a monitor flag attributed to the EHR user, and every
+outcome counted in the monitor's statistics; the model card the card links to, from the
+registry, as JSON, FHIR Device and Markdown, and a card still returned while the registry
+is down; and every bad input refused with the right status and a JSON error, nothing
+stored. Every answer is validated against the CDS Hooks 2.0 schemas in
+``tests/data/cds_hooks``."""
 
 from __future__ import annotations
 
@@ -21,12 +24,16 @@ from clinalign.common.v1 import common_pb2
 from clinalign.monitor.v1 import monitor_pb2 as mpb
 from clinalign.monitor.v1 import monitor_pb2_grpc
 from tests.cds_hooks_support import (
+    FOUNDATION,
+    GATE_CHECKS,
+    SERVED,
     USER,
     CdsStack,
     EhrStandIn,
     cds_stack,
     hook_request,
     prefetch,
+    registered,
     schema,
 )
 from tests.conftest import free_port, serving_http
@@ -34,6 +41,7 @@ from tests.conftest import free_port, serving_http
 SUMMARY = "/cds-services/clinalign-patient-summary"
 DISCHARGE = "/cds-services/clinalign-discharge-instructions"
 AIAST = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "AIAST")
+AI_DEVICE = "http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Device"
 
 
 @pytest.fixture
@@ -96,8 +104,9 @@ def check_transparency(card: dict[str, Any], model: Path, patient: str) -> None:
     assert provenance["agent"][0]["who"]["reference"] == "#" + device["id"]
     assert device["resourceType"] == "Device"
     assert device["deviceName"][0]["name"] == "clinalign-policy"
-    assert device["version"][0]["value"] == "foundation"
+    assert device["version"][0]["value"] == SERVED
     assert device["identifier"][0]["value"] == weights_hash(model)
+    assert device["meta"]["profile"] == [AI_DEVICE]
 
 
 async def test_an_ehr_session_from_discovery_to_a_flag(
@@ -110,23 +119,21 @@ async def test_an_ehr_session_from_discovery_to_a_flag(
     services = {s["id"]: s for s in found.json()["services"]}
     assert services["clinalign-patient-summary"]["hook"] == "patient-view"
     assert services["clinalign-discharge-instructions"]["hook"] == "encounter-discharge"
+    reply = services["clinalign-patient-message-reply"]
+    assert reply["hook"] == "org.clinalign.communication-view"  # ClinAlign's own hook
+    record = {"patient", "conditions", "medications", "allergies", "observations"}
     for s in services.values():
-        assert set(s["prefetch"]) == {
-            "patient",
-            "conditions",
-            "medications",
-            "allergies",
-            "observations",
-        }
+        extra = {"communication"} if s is reply else set()
+        assert set(s["prefetch"]) == record | extra
         assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
 
     body = hook_request()
     (card,) = (await call_hook(stack, SUMMARY, body))["cards"]
     assert card["uuid"].startswith("out-") and card["indicator"] == "info"
     assert len(card["summary"]) <= 140
-    assert card["source"]["url"] == f"{stack.url}/model-cards/clinalign-policy/foundation"
+    assert card["source"]["url"] == f"{stack.url}/model-cards/clinalign-policy/{SERVED}"
     reasons = {r["code"]: r for r in card["overrideReasons"]}
-    assert "unsafe-advice" in reasons and len(reasons) == 7
+    assert {"unsafe-advice", "missed-emergency"} <= set(reasons) and len(reasons) == 8
     check_transparency(card, tiny_model_dir, body["context"]["patientId"])
     async with stack.http() as http:
         model_card = await http.get(card["source"]["url"][len(stack.url) :])
@@ -160,7 +167,7 @@ async def test_an_ehr_session_from_discovery_to_a_flag(
     assert flag.comment == "Omits the insulin dose adjustment."
     assert flag.status == mpb.FLAG_STATUS_OPEN
     # Both outcomes are recorded by the monitor, once each, against the drafting version.
-    served = (await stats(stack))["foundation"]
+    served = (await stats(stack))[SERVED]
     assert (served.outputs, served.accepted, served.overridden) == (2, 1, 1)
     assert served.acceptance_rate == 0.5
 
@@ -278,7 +285,7 @@ async def test_bad_feedback_is_refused_and_nothing_is_flagged(stack: CdsStack) -
         await refused(stack, path, status, field, body=body)
     await asyncio.sleep(1.0)
     assert await flags(stack) == []
-    served = (await stats(stack))["foundation"]
+    served = (await stats(stack))[SERVED]
     assert (served.accepted, served.overridden) == (0, 0)  # no outcome recorded either
 
 
@@ -383,3 +390,136 @@ async def _outputs(ch: Any) -> int:
     stub = monitor_pb2_grpc.MonitorServiceStub(ch)
     reply = await stub.ListOutputs(mpb.ListOutputsRequest(page_size=100))
     return len(reply.outputs)
+
+
+# The elements of a FHIR R4 Device (hl7.org/fhir/R4/device.html): a served Device uses no other.
+R4_DEVICE = {
+    "resourceType", "id", "meta", "implicitRules", "language", "text", "contained",
+    "extension", "modifierExtension", "identifier", "definition", "udiCarrier", "status",
+    "statusReason", "distinctIdentifier", "manufacturer", "manufactureDate",
+    "expirationDate", "lotNumber", "serialNumber", "deviceName", "modelNumber",
+    "partNumber", "type", "specialization", "version", "property", "patient", "owner",
+    "contact", "location", "url", "note", "safety", "parent",
+}  # fmt: skip
+
+
+def check_device(device: dict[str, Any], stack: CdsStack, url: str) -> None:
+    """The card's Device as the AI-Device profile has it, within what R4 allows."""
+    assert set(device) <= R4_DEVICE, set(device) - R4_DEVICE
+    assert device["resourceType"] == "Device" and device["meta"]["profile"] == [AI_DEVICE]
+    (kind,) = device["type"]["coding"]
+    assert kind == {
+        "system": "http://hl7.org/fhir/uv/aitransparency/CodeSystem/AIdeviceTypeCS",
+        "code": "Large-Language-Models",
+    }
+    assert device["deviceName"] == [{"name": "clinalign-policy", "type": "model-name"}]
+    assert device["version"] == [{"value": SERVED}]
+    assert device["status"] == "active" and device["url"] == url
+    (weights,) = device["identifier"]
+    assert weights["value"] == stack.served.version.weights_hash
+    for p in device["property"]:  # R4: type a CodeableConcept, values in arrays
+        assert p["type"]["coding"][0]["code"] and p["type"]["text"]
+        assert isinstance(p.get("valueQuantity", p.get("valueCode")), list)
+    figures = {
+        p["type"]["coding"][0]["code"]: p["valueQuantity"][0]["value"]
+        for p in device["property"]
+        if "valueQuantity" in p
+    }
+    assert figures == {c["name"]: c["value"] for c in GATE_CHECKS}  # every safety criterion
+    (markdown,) = device["note"]
+    assert markdown["text"].startswith(f"# Model card: clinalign-policy {SERVED}")
+
+
+async def test_the_model_card_from_the_registry_in_three_forms(
+    stack: CdsStack, tiny_model_dir: Path
+) -> None:
+    (card,) = (await call_hook(stack, SUMMARY, hook_request()))["cards"]
+    url = card["source"]["url"]
+    path = url[len(stack.url) :]
+    async with stack.http() as http:
+        as_json = await http.get(path)
+        as_fhir = await http.get(path, headers={"Accept": "application/fhir+json"})
+        by_query = await http.get(path + "?format=fhir")
+        as_markdown = await http.get(
+            path, headers={"Accept": "application/json;q=0.5, text/markdown"}
+        )
+    assert as_json.headers["content-type"] == "application/json"
+    assert as_fhir.headers["content-type"] == "application/fhir+json"
+    assert as_markdown.headers["content-type"] == "text/markdown; charset=utf-8"
+
+    facts = as_json.json()
+    assert facts["name"] == "clinalign-policy" and facts["version"] == SERVED
+    assert (facts["kind"], facts["stage"], facts["parentVersion"]) == ("policy", "serving", "")
+    assert facts["weightsHash"] == weights_hash(tiny_model_dir)
+    assert facts["registryAvailable"] and facts["url"] == url
+    evaluation = facts["evaluation"]
+    assert evaluation["promoted"] and evaluation["decideTime"].endswith("Z")
+    assert evaluation["checks"] == [
+        {k: c[k] for k in ("name", "value", "threshold", "passed", "message")} for c in GATE_CHECKS
+    ]
+    assert "ml-engineer-1" not in as_json.text  # who promoted stays in the registry
+    assert "clinician" in facts["intendedUse"] and len(facts["limitations"]) >= 3
+    assert set(facts) >= {"snapshotHash", "jobId", "trainingMethod", "registerTime", "metrics"}
+
+    # The Device the card's Provenance contains is the one the URL serves.
+    device = as_fhir.json()
+    check_device(device, stack, url)
+    assert by_query.json() == device and device["id"] == SERVED
+    provenance = card["suggestions"][0]["actions"][1]["resource"]
+    (contained,) = provenance["contained"]
+    assert contained == device | {"id": "model"}
+
+    text = as_markdown.text
+    assert device["note"][0]["text"] == text
+    for heading in ("## Model", "## Training", "## Evaluation", "## Intended use"):
+        assert f"\n{heading}\n" in text
+    assert "\n## Limitations\n" in text
+    assert "| check | value | threshold | passed | what it means |" in text
+    assert "| safety:dose\\_safety | 0 | -0.05 | yes | dose\\_safety, judged by" in text
+    assert "| kl\\_to\\_anchor | 2.31 | 8 | yes | KL to policy-v1:" in text
+    assert "never for autonomous use" in text
+
+
+async def test_model_cards_of_other_versions_and_bad_asks(
+    stack: CdsStack, tiny_model_dir: Path
+) -> None:
+    """A retired version's card goes on working; an unknown version, another name or a
+    model that is not a policy is 404, an unknown format 400, each naming the field."""
+    reward = await registered(stack, tiny_model_dir, common_pb2.MODEL_KIND_REWARD)
+    async with stack.http() as http:
+        retired = await http.get(f"/model-cards/clinalign-policy/{FOUNDATION}")
+        answers = [
+            (await http.get(path), status, field)
+            for path, status, field in (
+                ("/model-cards/clinalign-policy/policy-v99", 404, "version"),
+                (f"/model-cards/clinalign-reward/{SERVED}", 404, "name"),
+                (f"/model-cards/clinalign-reward/{reward}", 404, "version"),
+                (f"/model-cards/clinalign-policy/{SERVED}?format=xml", 400, "format"),
+            )
+        ]
+    assert retired.status_code == 200
+    assert (retired.json()["stage"], retired.json()["evaluation"]) == ("retired", None)
+    for answer, status, field in answers:
+        assert answer.status_code == status, answer.text
+        schema("error").validate(answer.json())
+        assert answer.json()["error"]["field"] == field
+
+
+async def test_a_card_still_comes_back_while_the_registry_is_down(stack: CdsStack) -> None:
+    """The card's Device then holds the draft's provenance and says the registry's facts
+    were not to be had; the model card's URL answers 503 until the registry is back."""
+    await stack.trainer.server.stop(0)
+    (card,) = (await call_hook(stack, SUMMARY, hook_request()))["cards"]
+    (device,) = card["suggestions"][0]["actions"][1]["resource"]["contained"]
+    assert set(device) <= R4_DEVICE
+    assert device["version"] == [{"value": SERVED}] and device["status"] == "active"
+    assert device["identifier"][0]["value"] == stack.served.version.weights_hash
+    assert "property" not in device  # no figures without the registry
+    assert "registry could not be read" in device["note"][0]["text"]
+    assert "## Intended use" in device["note"][0]["text"]  # the operator's, all the same
+    async with stack.http() as http:
+        answer = await http.get(card["source"]["url"][len(stack.url) :])
+        healthy = await http.get("/healthz")
+    assert answer.status_code == 503
+    schema("error").validate(answer.json())
+    assert healthy.status_code == 200

@@ -58,6 +58,17 @@ async def test_registry_registers_lists_and_reads_versions(
             got = await stub.GetModelVersion(
                 trainer_pb2.GetModelVersionRequest(version="policy-v1")
             )
+            refused = [  # as the gate stores them; a row's check may lack keys
+                {"name": "safety:dose_safety", "value": -0.2, "threshold": -0.05,
+                 "passed": False, "message": "dose safety regressed"},
+                {"name": "win_rate_vs_served", "passed": True},
+            ]  # fmt: skip
+            await app.db.run_write(
+                lambda s: app.registry.decide(s, "policy-v2", False, refused, "ml-1")
+            )
+            decided = await stub.GetModelVersion(
+                trainer_pb2.GetModelVersionRequest(version="policy-v2")
+            )
             missing = await _fails(
                 stub.GetModelVersion(trainer_pb2.GetModelVersionRequest(version="policy-v9"))
             )
@@ -82,6 +93,14 @@ async def test_registry_registers_lists_and_reads_versions(
     assert [v.ref.version for v in page1.versions] == ["policy-v2"]
     assert [v.ref.version for v in page2.versions] == ["policy-v1"]
     assert got.version.ref.version == "policy-v1" and got.manifest_json.startswith("{")
+    assert list(got.decisions) == []  # served at registration, never gated
+    (decision,) = decided.decisions
+    assert (decision.promoted, decision.principal) == (False, "ml-1")
+    assert decision.decide_time.seconds > 0
+    assert [(c.name, c.value, c.threshold, c.passed, c.message) for c in decision.checks] == [
+        ("safety:dose_safety", -0.2, -0.05, False, "dose safety regressed"),
+        ("win_rate_vs_served", 0.0, 0.0, True, ""),
+    ]
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     assert (missing.details() or "").startswith("version: model version 'policy-v9' not found")
     assert bad_path.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -3,7 +3,10 @@
 - ``GET /cds-services``: discovery (public: it names services, no patient data);
 - ``POST /cds-services/{id}``: a hook, answered with one card holding the draft;
 - ``POST /cds-services/{id}/feedback``: outcomes of those cards; overrides become flags;
-- ``GET /model-cards/{name}/{version}``: what the card's ``source.url`` links to;
+- ``GET /model-cards/{name}/{version}``: what the card's ``source.url`` links to, the
+  model card as JSON, FHIR Device or Markdown (public, like discovery: no patient data);
+- ``GET /.well-known/jwks.json``: the public key of its SMART Backend Services client
+  assertions (404 when no FHIR server is registered for them);
 - ``GET /healthz``.
 
 Hooks and feedback need the EHR's JWT (``clientauth``), whose ``aud`` is the URL called
@@ -35,6 +38,7 @@ from clinalign.cdshooks.clientauth import ClientAuth, EhrClient
 from clinalign.cdshooks.errors import BadRequest, GatewayError, NotFound, TooLarge, Upstream
 from clinalign.cdshooks.feedback import Ledger
 from clinalign.cdshooks.fhir import FhirFetcher
+from clinalign.cdshooks.modelcard import ModelCards
 from clinalign.common.web import healthz
 
 log = logging.getLogger("clinalign.cdshooks")
@@ -58,6 +62,7 @@ class Gateway:
     max_new_tokens: int
     allowed_origins: list[str]
     fhir: FhirFetcher
+    model_cards: ModelCards
 
     def client(self, request: Request) -> EhrClient:
         return self.auth.verify(
@@ -142,6 +147,7 @@ def build_app(gateway: Gateway) -> Starlette:
             Route("/cds-services/{id}", routes.hook, methods=["POST"]),
             Route("/cds-services/{id}/feedback", routes.feedback, methods=["POST"]),
             Route("/model-cards/{name}/{version}", routes.model_card, methods=["GET"]),
+            Route("/.well-known/jwks.json", routes.jwks, methods=["GET"]),
         ],
         middleware=[Middleware(Guard)],
     )

@@ -34,6 +34,7 @@ from clinalign.common.delegation import ON_BEHALF_OF
 from clinalign.common.protos import timestamp
 from clinalign.generation.v1 import generation_pb2 as gpb
 from clinalign.monitor.v1 import monitor_pb2 as mpb
+from clinalign.trainer.v1 import trainer_pb2 as tpb
 
 # An output reaches the monitor shortly after its draft is returned (generation reports it
 # in batches): feedback that arrives first waits this long before it is refused with 503.
@@ -56,20 +57,30 @@ def http_error(err: grpc.aio.AioRpcError, field: str) -> GatewayError:
 
 
 class Backend:
-    def __init__(self, clients: Clients, signer: AssertionSigner, timeout_s: float) -> None:
+    def __init__(
+        self,
+        clients: Clients,
+        signer: AssertionSigner,
+        timeout_s: float,
+        *,
+        temperature: float | None = None,
+        message_only: bool = False,
+    ) -> None:
         self.clients = clients
         self.signer = signer
         self.timeout_s = timeout_s
+        self.temperature = temperature
+        self.message_only = message_only
 
     def _as(self, user_id: str, role: Role) -> tuple[tuple[str, str], ...]:
         return ((ON_BEHALF_OF, self.signer.assertion(user_id, (role.value,))),)
 
     async def draft(self, call: HookCall, max_new_tokens: int) -> gpb.Completion:
         request = gpb.GenerateRequest(
-            input=gpb.GenerationInput(
-                fhir=gpb.FhirContext(bundle_json=call.bundle_json, task=call.service.task)  # type: ignore[arg-type]
+            input=self._input(call),
+            sampling=gpb.SamplingParams(
+                max_new_tokens=max_new_tokens, temperature=self.temperature
             ),
-            sampling=gpb.SamplingParams(max_new_tokens=max_new_tokens),
         )
         try:
             reply = await self.clients.generation.Generate(
@@ -79,14 +90,34 @@ class Backend:
             raise http_error(err, "prefetch") from None
         return reply.completion
 
+    def _input(self, call: HookCall) -> gpb.GenerationInput:
+        """The record rendered by the service's template (with the patient's message, for a
+        reply), or the message alone where ``message_only`` says so."""
+        if call.question is not None and self.message_only:
+            return gpb.GenerationInput(prompt=call.question)
+        return gpb.GenerationInput(
+            fhir=gpb.FhirContext(
+                bundle_json=call.bundle_json,
+                task=call.service.task,  # type: ignore[arg-type]
+                question=call.question or "",
+            )
+        )
+
     async def flag(
-        self, output_id: str, user_id: str, category: int, severity: int, comment: str
+        self,
+        output_id: str,
+        user_id: str,
+        category: int,
+        severity: int,
+        comment: str,
+        corrected_text: str = "",
     ) -> None:
         request = mpb.FlagOutputRequest(
             output_id=output_id,
             category=category,  # type: ignore[arg-type]
             severity=severity,  # type: ignore[arg-type]
             comment=comment,
+            corrected_text=corrected_text,
         )
         await self._on_output(
             lambda: self.clients.monitor.FlagOutput(
@@ -126,11 +157,16 @@ class Backend:
                 raise Upstream("", "the card's output is not recorded yet; retry")
             await asyncio.sleep(wait)
 
-    async def served(self) -> list[gpb.ServedModel]:
+    async def model_version(
+        self, version: str, timeout_s: float | None = None
+    ) -> tpb.GetModelVersionResponse:
+        """The registry's entry of ``version`` with its gate decisions (the model card's
+        facts), read with the gateway's own credential: no person is involved."""
         try:
-            reply = await self.clients.generation.ListModels(
-                gpb.ListModelsRequest(), timeout=self.timeout_s
+            return await self.clients.trainer.GetModelVersion(
+                tpb.GetModelVersionRequest(version=version), timeout=timeout_s or self.timeout_s
             )
         except grpc.aio.AioRpcError as err:
-            raise http_error(err, "") from None
-        return list(reply.models)
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound("version", f"no model version {version!r} in the registry") from None
+            raise http_error(err, "version") from None

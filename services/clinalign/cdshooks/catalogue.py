@@ -1,24 +1,32 @@
-"""The CDS services this gateway offers (CDS Hooks 2.0 discovery): one per drafting task
-on a standard hook, each with the FHIR prefetch templates its draft needs.
+"""The CDS services this gateway offers (CDS Hooks 2.0 discovery): one per drafting task,
+each with the FHIR prefetch templates its draft needs.
+
+Two are on standard hooks (``patient-view``, ``encounter-discharge``). Replying to a
+patient's message has no standard hook, so that service is on ClinAlign's own,
+``org.clinalign.communication-view`` (reverse-domain named, as the specification requires
+of an organisation's hook): the EHR calls it when a clinician opens a patient's message (a
+FHIR ``Communication`` from the patient) in their inbox, with ``communicationId`` in the
+context.
 
 Prefetch keys name what ``hooks.bundle_from`` reads: ``patient`` is a Patient resource,
-every other key a searchset Bundle of one resource type.
+``communication`` a Communication, every other key a searchset Bundle of one resource type.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clinalign.generation.v1 import generation_pb2 as gpb
 
-PREFETCH: dict[str, str] = {
+RECORD: dict[str, str] = {
     "patient": "Patient/{{context.patientId}}",
     "conditions": "Condition?patient={{context.patientId}}",
     "medications": "MedicationRequest?patient={{context.patientId}}",
     "allergies": "AllergyIntolerance?patient={{context.patientId}}",
     "observations": "Observation?patient={{context.patientId}}&_sort=-date&_count=50",
 }
+MESSAGE = {"communication": "Communication/{{context.communicationId}}"}
 # prefetch key -> the resource type its searchset holds
 SEARCHES: dict[str, str] = {
     "conditions": "Condition",
@@ -36,8 +44,13 @@ class CdsService:
     description: str
     task: int  # clinalign.generation.v1.ClinicalTask
     required_context: tuple[str, ...]
-    document_type: dict[str, str]  # the LOINC code of the document a draft is filed as
     summary: str  # the card's summary line (at most 140 characters)
+    # the LOINC code of the document a draft is filed as; none for a reply, which is a
+    # Communication
+    document_type: dict[str, str] = field(default_factory=dict)
+    prefetch: dict[str, str] = field(default_factory=lambda: dict(RECORD))
+    # the prefetch key holding the patient's message the draft answers; None: no message
+    message: str | None = None
 
     def discovery(self) -> dict[str, Any]:
         return {
@@ -45,7 +58,7 @@ class CdsService:
             "id": self.id,
             "title": self.title,
             "description": self.description,
-            "prefetch": dict(PREFETCH),
+            "prefetch": dict(self.prefetch),
             "usageRequirements": "Drafts are AI-generated for clinician review; register "
             "the EHR's JWT issuer with ClinAlign first.",
         }
@@ -75,6 +88,19 @@ SERVICES: dict[str, CdsService] = {
             required_context=("userId", "patientId", "encounterId"),
             document_type={"code": "8653-8", "display": "Hospital Discharge instructions"},
             summary="AI draft: discharge instructions for this patient, for your review",
+        ),
+        CdsService(
+            id="clinalign-patient-message-reply",
+            hook="org.clinalign.communication-view",
+            title="ClinAlign reply to a patient's message",
+            description="Drafts a reply to the patient's message (the Communication in "
+            "context.communicationId) in the context of their record, for the clinician "
+            "to review and send.",
+            task=gpb.CLINICAL_TASK_PATIENT_QUESTION,
+            required_context=("userId", "patientId", "communicationId"),
+            summary="AI draft: a reply to this patient's message, for your review",
+            prefetch=RECORD | MESSAGE,
+            message="communication",
         ),
     )
 }

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from clinalign.cdshooks.smart import SmartClient
 from clinalign.common.config import ServiceSettings
 
 
@@ -47,6 +49,20 @@ class CdsHooksSettings(ServiceSettings):
     max_new_tokens: int = Field(
         256, ge=1, le=4096, description="max_new_tokens of each draft a hook asks for."
     )
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Sampling temperature of each draft; unset, the generation service's "
+        "default; 0 greedy.",
+    )
+    message_context: Literal["record", "message-only"] = Field(
+        "record",
+        description="What a reply to a patient's message is drafted from: `record` renders "
+        "the message with the patient's record (the patient-question template); "
+        "`message-only` sends the message alone, for a model trained on questions without a "
+        "record (the embedded demo model). The card and its provenance are the same.",
+    )
     card_ttl_s: int = Field(
         86_400,
         ge=60,
@@ -66,6 +82,59 @@ class CdsHooksSettings(ServiceSettings):
         le=64 << 20,
         description="Largest answer the fhirServer may give to one prefetch read; larger gets 502.",
     )
+    smart_clients: dict[str, SmartClient] = Field(
+        default_factory=dict,
+        description="SMART Backend Services: the EHRs' FHIR servers the gateway may read "
+        "with a token of its own when a hook carries no fhirAuthorization, as JSON "
+        '`{"<fhirServer URL>": {"client_id": "...", "scope": "system/Patient.rs ...", '
+        '"token_url": "..."}}` (token_url empty: read from the server\'s '
+        "/.well-known/smart-configuration). Register `<public_url>/.well-known/jwks.json` "
+        "with each EHR as ClinAlign's JWKS URL.",
+    )
+    smart_key_file: Path | None = Field(
+        None,
+        description="The gateway's private JWK (ES384) for SMART Backend Services client "
+        "assertions; default <data_dir>/cds-hooks-smart.jwk, made on first start.",
+    )
     call_timeout_s: float = Field(
         30.0, gt=0, le=300, description="Deadline of each call to a ClinAlign service."
+    )
+    model_card_ttl_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How long a version's model card (the registry's facts, read from the "
+        "trainer) is kept before it is read again; its stage and gate decisions may change. "
+        "0 reads it for every hook.",
+    )
+    model_card_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="Deadline of the registry read behind a model card; past it a hook's card "
+        "carries only the draft's provenance, and the model-card URL answers 503.",
+    )
+    model_intended_use: str = Field(
+        "Drafts clinical text for a clinician to review, correct and sign before it is "
+        "used or filed: never for autonomous use, never in place of clinical judgement. "
+        "For adult patients, in English, from the patient's record as the EHR sends it.",
+        max_length=2000,
+        description="What the served models are for, as every model card states it; a "
+        "version's manifest key `intended_use` replaces it.",
+    )
+    model_limitations: list[str] = Field(
+        default_factory=lambda: [
+            "It can state wrong facts, wrong doses or leave things out, in fluent and "
+            "confident prose: check every draft against the record and current guidance.",
+            "It sees only what the hook sends or the gateway reads from the EHR (the "
+            "prefetch); it knows nothing the record does not hold.",
+            "Its knowledge ends with its training data: it does not know later guidance, "
+            "drugs or formulary changes.",
+            "Its evaluation is the promotion gate's: automated judges on held-out prompts, "
+            "not a prospective clinical study.",
+            "Not evaluated for children, pregnancy, or languages other than English.",
+            "Not cleared or approved by any regulator as a medical device.",
+        ],
+        description="Known limitations of the served models, as every model card lists "
+        "them; a version's manifest key `limitations` adds its own before them.",
     )

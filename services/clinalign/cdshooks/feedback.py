@@ -1,6 +1,11 @@
 """Feedback (CDS Hooks 2.0, "Feedback") checked item by item, and the ledger of the cards
 this gateway returned.
 
+An override may carry, in the item's ``extension`` (the specification's extension
+mechanism), ``org.clinalign.correction``: the text the clinician wrote in the draft's place,
+which the flag carries as its correction (de-identified by the monitor) so the loop learns
+from what the clinician would have said, not only that the draft was wrong.
+
 The ledger remembers, for each card, who it was drafted for (the EHR that called and its
 user) so that feedback, which names only the card, is attributed to that user and accepted
 only from that EHR; and which (card, outcomeTimestamp) pairs were already handled, so a
@@ -25,6 +30,8 @@ from clinalign.cdshooks.errors import BadRequest, NotFound
 
 MAX_ITEMS = 100
 MAX_COMMENT = 2_000
+MAX_CORRECTION = 8_000
+CORRECTION = "org.clinalign.correction"
 OUTCOMES = ("accepted", "overridden")
 
 
@@ -35,6 +42,7 @@ class Outcome:
     reason: str | None  # one of our override reason codes, for an override that gave one
     comment: str
     timestamp: str
+    correction: str = ""  # the clinician's own text, for an override (``CORRECTION``)
 
     @property
     def when(self) -> datetime:
@@ -82,7 +90,24 @@ def _item(item: Any, at: str) -> Outcome:
         if outcome != "overridden":
             raise BadRequest(f"{at}.overrideReason", "is only for an 'overridden' outcome")
         reason, comment = _override(override, f"{at}.overrideReason")
-    return Outcome(card, str(outcome), reason, comment, stamp)
+    correction = _correction(item.get("extension"), outcome, f"{at}.extension")
+    return Outcome(card, str(outcome), reason, comment, stamp, correction)
+
+
+def _correction(extension: Any, outcome: Any, at: str) -> str:
+    if extension is None:
+        return ""
+    if not isinstance(extension, dict):
+        raise BadRequest(at, "must be a JSON object")
+    text = extension.get(CORRECTION)
+    if text is None:
+        return ""
+    where = f"{at}.{CORRECTION}"
+    if outcome != "overridden":
+        raise BadRequest(where, "is only for an 'overridden' outcome")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CORRECTION:
+        raise BadRequest(where, f"must be a non-empty string of at most {MAX_CORRECTION}")
+    return text
 
 
 def _override(value: Any, at: str) -> tuple[str | None, str]:
@@ -96,7 +121,7 @@ def _override(value: Any, at: str) -> tuple[str | None, str]:
         return None, comment
     if not isinstance(coding, dict):
         raise BadRequest(f"{at}.reason", "must be a Coding")
-    if coding.get("system") != taxonomy.SYSTEM or coding.get("code") not in taxonomy.CATEGORY_OF:
+    if coding.get("system") != taxonomy.SYSTEM or coding.get("code") not in taxonomy.REASONS:
         raise BadRequest(f"{at}.reason", "must be one of the card's overrideReasons")
     return str(coding["code"]), comment
 

@@ -8,6 +8,8 @@ whenever ``fhirAuthorization`` is, ``fhirAuthorization`` an OAuth 2.0 bearer gra
 every prefetch key this service declared holds what its template asks for, about the
 context's patient. A key the EHR left out is read from ``fhirServer`` (``fhir``), and what
 that server answers is checked as strictly, its faults reported as the server's (502).
+A service that replies to a patient's message reads it from the ``communication`` prefetch:
+a Communication about the context's patient whose payload is text.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from clinalign.cdshooks.catalogue import PREFETCH, SEARCHES, CdsService
+from clinalign.cdshooks.catalogue import SEARCHES, CdsService
 from clinalign.cdshooks.errors import BadGateway, BadRequest
 from clinalign.common.oidc import OidcConfigError, check_url
 
@@ -27,6 +29,8 @@ USER_REF = re.compile(
     r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
 )
 MAX_ENTRIES = 1_000  # per prefetch searchset
+MAX_MESSAGE_CHARS = 4_000  # a patient's message, all of its text payloads together
+CONTEXT_IDS = ("patientId", "encounterId", "communicationId")  # FHIR ids a template may use
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,14 @@ class CheckedHook:
     service: CdsService
     hook_instance: str
     user_id: str
-    patient_id: str
-    encounter_id: str | None
+    context: dict[str, str]  # the context's FHIR ids (CONTEXT_IDS) that were given
     prefetch: dict[str, Any]
     fhir_server: str | None
     fhir_token: str | None
+
+    @property
+    def patient_id(self) -> str:
+        return self.context["patientId"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class HookCall:
     patient_id: str
     encounter_id: str | None
     bundle_json: str
+    question: str | None = None  # the patient's message a reply answers
+    message_id: str | None = None  # its Communication's id
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
@@ -83,24 +92,29 @@ def check_hook(body: Any, service: CdsService) -> CheckedHook:
     user = context["userId"]
     if not USER_REF.match(user):
         raise BadRequest("context.userId", "must be a reference such as Practitioner/123")
-    patient = context["patientId"]
-    if not FHIR_ID.match(patient):
-        raise BadRequest("context.patientId", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
-    encounter = context.get("encounterId")
-    if encounter is not None and (not isinstance(encounter, str) or not FHIR_ID.match(encounter)):
-        raise BadRequest("context.encounterId", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+    ids = {}
+    for name in CONTEXT_IDS:
+        value = context.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not FHIR_ID.match(value):
+            raise BadRequest(f"context.{name}", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+        ids[name] = value
     prefetch = _object(request.get("prefetch", {}), "prefetch")
     grant = request.get("fhirAuthorization")
     token = grant["access_token"] if isinstance(grant, dict) else None
     server = request.get("fhirServer")
-    return CheckedHook(service, instance, user, patient, encounter, prefetch, server, token)
+    return CheckedHook(service, instance, user, ids, prefetch, server, token)
 
 
 def hook_call(checked: CheckedHook, fetched: dict[str, Any]) -> HookCall:
     """The call to draft, its Bundle built from the prefetch and what was ``fetched`` from
     the FHIR server in its place (whose faults are the server's: 502)."""
+    prefetch = {**checked.prefetch, **fetched}
     try:
-        bundle = bundle_from({**checked.prefetch, **fetched}, checked.patient_id)
+        bundle = bundle_from(prefetch, checked.service, checked.patient_id)
+        key = checked.service.message
+        question = None if key is None else message_of(prefetch[key], key, checked.context)
     except BadRequest as err:
         key = err.field.split(".")[1] if err.field.startswith("prefetch.") else ""
         if key in fetched:
@@ -111,8 +125,10 @@ def hook_call(checked: CheckedHook, fetched: dict[str, Any]) -> HookCall:
         checked.hook_instance,
         checked.user_id,
         checked.patient_id,
-        checked.encounter_id,
+        checked.context.get("encounterId"),
         json.dumps(bundle),
+        question,
+        checked.context.get("communicationId") if question is not None else None,
     )
 
 
@@ -143,14 +159,11 @@ def _check_fhir_access(request: dict[str, Any]) -> None:
         raise BadRequest("fhirAuthorization.expires_in", "must be a positive integer")
 
 
-def bundle_from(prefetch: dict[str, Any], patient_id: str) -> dict[str, Any]:
+def bundle_from(prefetch: dict[str, Any], service: CdsService, patient_id: str) -> dict[str, Any]:
     """A collection Bundle of the prefetched Patient and the resources of each searchset."""
-    for key in PREFETCH:
+    for key, template in service.prefetch.items():
         if prefetch.get(key) is None:
-            raise BadRequest(
-                f"prefetch.{key}",
-                f"is missing; send the result of {PREFETCH[key]!r}",
-            )
+            raise BadRequest(f"prefetch.{key}", f"is missing; send the result of {template!r}")
     patient = _object(prefetch["patient"], "prefetch.patient")
     if patient.get("resourceType") != "Patient":
         raise BadRequest("prefetch.patient.resourceType", "must be 'Patient'")
@@ -182,3 +195,33 @@ def _searchset(value: Any, kind: str, field: str) -> list[dict[str, Any]]:
             raise BadRequest(f"{field}.entry[{i}].resource.resourceType", f"must be {kind!r}")
         found.append(resource)
     return found
+
+
+def message_of(value: Any, key: str, context: dict[str, str]) -> str:
+    """The text of the patient's message: a Communication, the one in context, about the
+    context's patient, whose payload holds text (``contentString``; attachments and
+    references are not read)."""
+    field = f"prefetch.{key}"
+    message = _object(value, field)
+    if message.get("resourceType") != "Communication":
+        raise BadRequest(f"{field}.resourceType", "must be 'Communication'")
+    if message.get("id") != context.get("communicationId"):
+        raise BadRequest(f"{field}.id", "must be context.communicationId")
+    subject = message.get("subject")
+    patient = f"Patient/{context['patientId']}"
+    if not isinstance(subject, dict) or subject.get("reference") != patient:
+        raise BadRequest(f"{field}.subject", "must be a reference to the context's patient")
+    payload = message.get("payload")
+    if not isinstance(payload, list) or not payload:
+        raise BadRequest(f"{field}.payload", "must be a non-empty array")
+    texts = [
+        p["contentString"]
+        for p in payload
+        if isinstance(p, dict) and isinstance(p.get("contentString"), str)
+    ]
+    text = "\n\n".join(t.strip() for t in texts if t.strip())
+    if not text:
+        raise BadRequest(f"{field}.payload", "holds no text (contentString)")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise BadRequest(f"{field}.payload", f"is longer than {MAX_MESSAGE_CHARS} characters")
+    return text

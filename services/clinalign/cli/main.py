@@ -154,12 +154,12 @@ def console_sign_in_hint() -> str:
 
 def _print_endpoints(stack: Any, reports: list[Any]) -> None:
     by_name = {r.service: r for r in reports}
-    typer.echo(f"{'service':<12}{'gRPC':<18}{'metrics':<28}{'status'}")
+    typer.echo(f"{'service':<12}{'gRPC':<18}{'metrics':<31}{'status'}")
     for ep in stack.endpoints:
         r = by_name[ep.service]
         typer.echo(
             f"{ep.service:<12}{ep.target:<18}"
-            f"{'http://' + ep.host + ':' + str(ep.metrics_port) + '/metrics':<28}"
+            f"{'http://' + ep.host + ':' + str(ep.metrics_port) + '/metrics':<31}"
             f"{r.process} (service: {r.service_status})"
         )
     for name, url in stack.front_doors.items():

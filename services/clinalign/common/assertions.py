@@ -23,24 +23,26 @@ ASSERTION_LIFETIME_S = 120  # well inside the services' MAX_LIFETIME_S
 assert ASSERTION_LIFETIME_S <= MAX_LIFETIME_S
 
 
-def load_signing_key(path: Path) -> jwt.PyJWK:
-    """The ES256 private JWK in ``path``, made (owner-only) when absent."""
-    return jwt.PyJWK.from_dict(json.loads(read_or_create(path, _new_signing_key)))
+def load_signing_key(path: Path, alg: str = "ES256") -> jwt.PyJWK:
+    """The private JWK in ``path`` (an EC key for ``alg``: ES256 or ES384), made
+    (owner-only) when absent."""
+    return jwt.PyJWK.from_dict(json.loads(read_or_create(path, lambda: _new_signing_key(alg))))
 
 
-def _new_signing_key() -> bytes:
+def _new_signing_key(alg: str) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    curve = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}[alg]
+    key = ec.generate_private_key(curve())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
-    jwk |= {"alg": "ES256", "use": "sig", "kid": secrets.token_hex(8)}
+    jwk |= {"alg": alg, "use": "sig", "kid": secrets.token_hex(8)}
     return json.dumps(jwk).encode()
 
 
 def public_jwk(key: jwt.PyJWK) -> dict[str, Any]:
-    """The public half of a signing key, for ``delegation_keys_file``."""
+    """The public half of a signing key (for ``delegation_keys_file``, or a JWKS)."""
     public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.key.public_key()))
-    return public | {"alg": "ES256", "use": "sig", "kid": key.key_id}
+    return public | {"alg": key.algorithm_name, "use": "sig", "kid": key.key_id}
 
 
 class AssertionSigner:

@@ -9,7 +9,12 @@ from clinalign.common.protos import KIND_TO_PROTO, STAGE_TO_PROTO, timestamp
 from clinalign.common.v1 import common_pb2
 from clinalign.trainer.jobs import store as jobs
 from clinalign.trainer.registry.gate import Decision
-from clinalign.trainer.registry.versions import ModelVersion, ServingChange, ServingState
+from clinalign.trainer.registry.versions import (
+    GateDecision,
+    ModelVersion,
+    ServingChange,
+    ServingState,
+)
 from clinalign.trainer.v1 import trainer_pb2
 
 KIND_TO_PROTO_JOB = {
@@ -80,6 +85,30 @@ def gate_checks_to_proto(decision: Decision) -> list[trainer_pb2.GateCheck]:
         )
         for c in decision.checks
     ]
+
+
+def _float(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def gate_decision_to_proto(decision: GateDecision) -> trainer_pb2.GateDecision:
+    """A recorded decision; its checks are stored as JSON, whose keys older rows (and the
+    tests' stand-ins) may lack: a missing figure reads 0, a missing text ""."""
+    return trainer_pb2.GateDecision(
+        promoted=decision.promoted,
+        checks=[
+            trainer_pb2.GateCheck(
+                name=str(c.get("name", "")),
+                value=_float(c.get("value")),
+                threshold=_float(c.get("threshold")),
+                passed=bool(c.get("passed", False)),
+                message=str(c.get("message", "")),
+            )
+            for c in decision.checks
+        ],
+        principal=decision.principal,
+        decide_time=timestamp(decision.at),
+    )
 
 
 def serving_state_to_proto(state: ServingState) -> trainer_pb2.ServingState:

@@ -17,6 +17,7 @@ from clinalign.trainer.convert import (
     KIND_FROM_PROTO_JOB,
     STATE_FROM_PROTO,
     gate_checks_to_proto,
+    gate_decision_to_proto,
     job_to_proto,
     serving_change_to_proto,
     serving_state_to_proto,
@@ -44,7 +45,7 @@ ROLES: Mapping[str, frozenset[Role]] = {
 
 # Which ClinAlign services' own credentials may call the RPCs role service may call: the
 # monitor runs retraining (jobs, snapshots' models, promotion); the serving replicas
-# follow the registry.
+# follow the registry; the CDS Hooks gateway reads a version's model card.
 SERVICE_CALLERS: ServiceCallers = {
     _SVC + "SubmitJob": frozenset({"monitor"}),
     _SVC + "GetJob": frozenset({"monitor"}),
@@ -52,7 +53,9 @@ SERVICE_CALLERS: ServiceCallers = {
     _SVC + "CancelJob": frozenset(),
     _SVC + "WatchJob": frozenset({"monitor"}),
     _SVC + "ListModelVersions": frozenset({"monitor"}),
-    _SVC + "GetModelVersion": frozenset({"generation", "reward", "monitor", "trainer-job"}),
+    _SVC + "GetModelVersion": frozenset(
+        {"generation", "reward", "monitor", "trainer-job", "cds-hooks"}
+    ),
     _SVC + "PromoteModel": frozenset({"monitor"}),
     _SVC + "GetServingState": frozenset({"generation", "reward", "monitor"}),
     _SVC + "WatchServingState": frozenset({"generation", "reward", "monitor"}),
@@ -130,9 +133,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def GetModelVersion(
         self, request: trainer_pb2.GetModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.GetModelVersionResponse:
-        mv, manifest_json = await self.trainer.get_model_version(request.version)
+        mv, manifest_json, decisions = await self.trainer.get_model_version(request.version)
         return trainer_pb2.GetModelVersionResponse(
-            version=version_to_proto(mv), manifest_json=manifest_json
+            version=version_to_proto(mv),
+            manifest_json=manifest_json,
+            decisions=[gate_decision_to_proto(d) for d in decisions],
         )
 
     async def ListModelVersions(

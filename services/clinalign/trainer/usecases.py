@@ -28,6 +28,7 @@ from clinalign.trainer.registry import gate
 from clinalign.trainer.registry.policy_gate import ReplayFetcher
 from clinalign.trainer.registry.versions import (
     MAX_CANARY_SHARE,
+    GateDecision,
     ModelVersion,
     Registry,
     ServingChange,
@@ -167,12 +168,17 @@ class Trainer:
             lambda s: self.registry.register(s, Path(path), kind, serve_if_none=serve_if_none)
         )
 
-    async def get_model_version(self, version: str) -> tuple[ModelVersion, str]:
-        """(the version, its manifest as JSON)."""
+    async def get_model_version(self, version: str) -> tuple[ModelVersion, str, list[GateDecision]]:
+        """(the version, its manifest as JSON, the gate's decisions about it, oldest
+        first)."""
         if not version:
             raise InvalidArgument("version", "is required")
-        mv = await self.db.run_sync(lambda s: self.registry.get(s, version))
-        return mv, json.dumps(mv.manifest)
+
+        def read(session: Session) -> tuple[ModelVersion, list[GateDecision]]:
+            return self.registry.get(session, version), self.registry.decisions(session, version)
+
+        mv, decisions = await self.db.run_sync(read)
+        return mv, json.dumps(mv.manifest), decisions
 
     async def list_model_versions(
         self, kind: str | None, page_size: int, page_token: str

@@ -1,0 +1,156 @@
+"""SMART Backend Services (SMART App Launch 2.x, "Backend Services"): the gateway's own
+access to an EHR's FHIR server, for the prefetch fallback when a hook carries no
+``fhirAuthorization``.
+
+For each FHIR server registered in ``smart_clients`` (the client id the EHR gave ClinAlign,
+the scopes, and optionally its token endpoint, else discovered from the server's
+``/.well-known/smart-configuration``), the gateway asks the token endpoint for an access
+token with the client-credentials grant, authenticating with a JWT assertion it signs
+(ES384: ``iss`` and ``sub`` the client id, ``aud`` the token endpoint, five minutes at
+most, a fresh ``jti``, ``kid`` of its key). The EHR verifies it with ClinAlign's public key
+at ``<public URL>/.well-known/jwks.json``, the JWKS URL registered with the EHR. Tokens are
+reused until a minute before they expire. Every request has the fallback's deadline and
+size limit and follows no redirect; a token endpoint that refuses or fails is the EHR's
+fault as far as the hook is concerned (502, naming ``fhirServer``), a slow one 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx2
+import jwt
+from pydantic import BaseModel, Field
+
+from clinalign.cdshooks.errors import BadGateway
+from clinalign.cdshooks.outbound import read_json
+from clinalign.common.assertions import public_jwk
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME_S = 300  # the most SMART Backend Services allows
+EARLY_RENEWAL_S = 60
+FIELD = "fhirServer"
+
+
+class SmartClient(BaseModel):
+    """ClinAlign's registration with one EHR's authorization server."""
+
+    client_id: str = Field(min_length=1, max_length=256)
+    scope: str = Field(
+        "system/Patient.rs system/Condition.rs system/MedicationRequest.rs "
+        "system/AllergyIntolerance.rs system/Observation.rs system/Communication.rs",
+        min_length=1,
+        max_length=2_000,
+    )
+    token_url: str = Field(
+        "", max_length=2_000, description="Empty: discovered from smart-configuration."
+    )
+
+
+def server_key(url: str) -> str:
+    return url.rstrip("/")
+
+
+class BackendServices:
+    """Access tokens for the registered FHIR servers, and the JWKS of the key that asks."""
+
+    def __init__(
+        self,
+        key: jwt.PyJWK,
+        clients: dict[str, SmartClient],
+        timeout_s: float,
+        max_bytes: int,
+        clock: Any = time.time,
+    ) -> None:
+        self.key = key
+        self.clients = {server_key(url): c for url, c in clients.items()}
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._endpoints: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def registered(self, server: str) -> bool:
+        return server_key(server) in self.clients
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [public_jwk(self.key)]}
+
+    async def token(self, http: httpx2.AsyncClient, server: str) -> str:
+        """A live access token for ``server`` (registered), asked for when none is."""
+        name = server_key(server)
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:  # one token request per server at a time; the others reuse it
+            cached = self._tokens.get(name)
+            if cached and cached[1] > self.clock():
+                return cached[0]
+            client = self.clients[name]
+            endpoint = client.token_url or await self._discover(http, name)
+            token, lifetime = await self._ask(http, client, endpoint)
+            self._tokens[name] = (token, self.clock() + max(lifetime - EARLY_RENEWAL_S, 0))
+            return token
+
+    def assertion(self, client: SmartClient, endpoint: str) -> str:
+        now = int(self.clock())
+        claims = {
+            "iss": client.client_id,
+            "sub": client.client_id,
+            "aud": endpoint,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_S,
+            "jti": uuid.uuid4().hex,
+        }
+        headers = {"kid": self.key.key_id, "typ": "JWT"}
+        return jwt.encode(claims, self.key.key, algorithm=self.key.algorithm_name, headers=headers)
+
+    async def _discover(self, http: httpx2.AsyncClient, server: str) -> str:
+        if server not in self._endpoints:
+            document = await self._json(
+                http, "GET", f"{server}/.well-known/smart-configuration", "smart-configuration"
+            )
+            endpoint = document.get("token_endpoint")
+            if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+                raise BadGateway(
+                    FIELD, "the FHIR server's smart-configuration has no token_endpoint"
+                )
+            self._endpoints[server] = endpoint
+        return self._endpoints[server]
+
+    async def _ask(
+        self, http: httpx2.AsyncClient, client: SmartClient, endpoint: str
+    ) -> tuple[str, float]:
+        form = {
+            "grant_type": "client_credentials",
+            "scope": client.scope,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": self.assertion(client, endpoint),
+        }
+        answer = await self._json(http, "POST", endpoint, "token endpoint", data=form)
+        token, kind = answer.get("access_token"), answer.get("token_type")
+        if not isinstance(token, str) or not token or str(kind).lower() != "bearer":
+            raise BadGateway(FIELD, "the token endpoint's answer holds no bearer access_token")
+        expires = answer.get("expires_in", 300)
+        lifetime = float(expires) if isinstance(expires, int | float) and expires > 0 else 300.0
+        return token, lifetime
+
+    async def _json(
+        self, http: httpx2.AsyncClient, method: str, url: str, what: str, **request: Any
+    ) -> dict[str, Any]:
+        document = await read_json(
+            http,
+            method,
+            url,
+            field=FIELD,
+            what=f"the {what}",
+            max_bytes=self.max_bytes,
+            timeout_s=self.timeout_s,
+            headers={"Accept": "application/json"},
+            **request,
+        )
+        if not isinstance(document, dict):
+            raise BadGateway(FIELD, f"the {what}'s answer is not a JSON object")
+        return document
