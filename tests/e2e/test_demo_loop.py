@@ -90,6 +90,11 @@ def test_quick_demo_runs_the_closed_loop(tmp_path: Path, tiny_model_dir: Path) -
     # The loop: flags were raised, confirmed, fed back; the monitor ran one retraining run
     # to an end state, and only what the gate promoted was promoted.
     assert figures["flags"]["flagged"] > 0
+    # The EHR's traffic went through the CDS Hooks gateway: every draft was a card the
+    # simulated clinicians accepted or overrode, and every override became a flag.
+    flags = figures["flags"]
+    assert flags["accepted"] + flags["overridden"] == flags["outputs"] > 0
+    assert flags["flagged"] == flags["overridden"] == flags["confirmed"] + flags["dismissed"]
     # Every confirmed flag is delivered, except one whose output is empty (nothing to
     # compare), which the monitor marks failed.
     fed, failed = figures["flags_fed_back"], figures["flags"]["feedback_failed"]

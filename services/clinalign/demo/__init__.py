@@ -8,8 +8,10 @@ gRPC, on two CPU cores.
    labels them through the preference store's labelling queue;
 3. train the reward model on a snapshot, promote it through the gate; promote SFT over the
    foundation model; PPO the SFT policy against the served reward model; promote it;
-4. serve it; simulated EHR traffic calls Generate; simulated clinicians flag bad outputs
-   with the same rubric and a second one reviews each flag; the monitor turns confirmed
+4. serve it; a SIMULATED EHR (`clinalign.demo.ehr`) sends patients' messages through the
+   CDS Hooks gateway, and simulated clinicians accept each card or override it with a
+   reason (feedback the gateway turns into a flag) by the same rubric; a second one
+   reviews each flag; the monitor turns confirmed
    flags into preference data, and its retraining policy retrains (reward model, then PPO)
    and promotes again through the gate;
 5. evaluate the foundation, SFT and RLHF policies on held-out prompts and write the report
@@ -32,6 +34,7 @@ from typing import Any
 
 from clinalign.common.auth import Role, ensure_principals
 from clinalign.common.config import CommonSettings
+from clinalign.demo.ehr import EhrCalls, SimulatedEhr
 from clinalign.demo.peers import LABELLING_TOOL
 from clinalign.demo.pipeline import FLAGGED_BATCH, GUIDELINE_VERSION, Figures, Pipeline, Plan
 
@@ -74,6 +77,12 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
         "CLINALIGN_REWARD_TORCH_THREADS": str(threads),
         "CLINALIGN_GENERATION_DEVICE": "cpu",
         "CLINALIGN_REWARD_DEVICE": "cpu",
+        # the EHR's traffic comes through the CDS Hooks gateway: patients' questions as
+        # messages, drafted as the traffic was before (sampled, the demo's budget) and from
+        # the message alone, as the embedded model was trained to answer questions
+        "CLINALIGN_CDS_HOOKS_MESSAGE_CONTEXT": "message-only",
+        "CLINALIGN_CDS_HOOKS_TEMPERATURE": "1.0",
+        "CLINALIGN_CDS_HOOKS_MAX_NEW_TOKENS": str(plan.max_new_tokens),
     }
 
 
@@ -120,21 +129,27 @@ def run_demo(
         {a.annotator_id: Role.CLINICIAN for a in panel.annotators} | {LABELLING_TOOL: Role.SERVICE},
     )
     echo("== 2. starting the five services")
-    stack = Stack(common, extra_env={**model_env(common), **stack_env(plan, threads)})
-    stack.start()
-    try:
-        for r in stack.wait_ready():
-            echo(f"   {r.service:<11} {r.target:<17} {r.process}")
-        for name, url in stack.front_doors.items():
-            echo(f"   {name:<11} {url}")
-        echo(f"   {console_sign_in_hint()}")
-        common = common.model_copy(
-            update={f"{ep.service}_target": ep.target for ep in stack.endpoints}
-        )
-        figures = asyncio.run(_pipeline(common, plan, panel, clinician_tokens, model_dir, echo))
-    finally:
-        echo("== stopping services")
-        stack.stop()
+    ehr = SimulatedEhr()
+    with ehr.serving_jwks():
+        env = {**model_env(common), **stack_env(plan, threads), **ehr.trust()}
+        stack = Stack(common, extra_env=env)
+        stack.start()
+        try:
+            for r in stack.wait_ready():
+                echo(f"   {r.service:<11} {r.target:<17} {r.process}")
+            for name, url in stack.front_doors.items():
+                echo(f"   {name:<11} {url}")
+            echo(f"   {console_sign_in_hint()}")
+            common = common.model_copy(
+                update={f"{ep.service}_target": ep.target for ep in stack.endpoints}
+            )
+            gateway = stack.front_doors["cds-hooks"]
+            figures = asyncio.run(
+                _pipeline(common, plan, panel, clinician_tokens, model_dir, echo, (ehr, gateway))
+            )
+        finally:
+            echo("== stopping services")
+            stack.stop()
     echo("== 10. held-out evaluation (foundation, SFT, RLHF) judged by the simulated panel")
     summary = summarise(figures, plan, common, model_dir, echo)
     summary["wall_s"] = round(time.monotonic() - started, 1)
@@ -150,10 +165,11 @@ async def _pipeline(
     clinician_tokens: dict[str, str],
     foundation: Path,
     echo: Callable[[str], Any],
+    ehr: tuple[SimulatedEhr, str],
 ) -> Figures:
     from clinalign.demo.peers import Peers
 
-    peers = Peers(common, clinician_tokens)
+    peers = Peers(common, clinician_tokens, cds=EhrCalls(*ehr))
     p = Pipeline(peers, plan, panel, echo)
     try:
         await p.setup(foundation)

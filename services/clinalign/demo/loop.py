@@ -1,20 +1,22 @@
-"""The demonstration's closed loop: simulated EHR traffic through the served policy,
-simulated clinicians flagging its outputs and a second one reviewing each flag, the
+"""The demonstration's closed loop: simulated EHR traffic through the CDS Hooks gateway to
+the served policy, simulated clinicians accepting or overriding each draft there (an
+override becomes a flag) and a second one reviewing each flag, the
 monitor feeding confirmed flags back as preference data, and the retraining run its policy
 starts (reward model, then PPO, each through the gate)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from clinalign.common.v1 import common_pb2
+from clinalign.demo.ehr import EhrCalls, draft_text, message_hook, reason_code, verdict
 from clinalign.demo.labelling import LabellingSteps
 from clinalign.demo.peers import DemoError
 from clinalign.demo.plan import FLAGGED_BATCH
 from clinalign.demo.steps import bounded
 from clinalign.foundation.corpus import QAExample, iter_qa_examples
-from clinalign.generation.v1 import generation_pb2
 from clinalign.monitor.v1 import monitor_pb2
+from clinalign.simulation.panel import FlagDecision
 from clinalign.trainer.v1 import trainer_pb2
 
 TRAFFIC_SEED = 23  # EHR questions: train phrasings, a stream apart from every other set
@@ -23,37 +25,49 @@ TRAFFIC_SEED = 23  # EHR questions: train phrasings, a stream apart from every o
 class LoopSteps(LabellingSteps):
     """Steps 8 and 9, and what the report needs afterwards (model paths, a lineage)."""
 
+    @property
+    def ehr(self) -> EhrCalls:
+        if self.peers.cds is None:
+            raise DemoError("the demo's EHR has no CDS Hooks gateway to call")
+        return self.peers.cds
+
     async def traffic_and_flags(self) -> None:
-        self.echo("== 8. simulated EHR traffic → Generate; simulated clinicians flag outputs")
+        self.echo(
+            "== 8. simulated EHR traffic → the CDS Hooks gateway; simulated clinicians "
+            "accept or override each draft"
+        )
         examples = self._traffic_examples()
-        outputs = await bounded([self._ask(e) for e in examples], limit=32)
-        self.figures.traffic = len(outputs)
-        await self._wait_recorded(len(outputs))
-        flagged = confirmed = dismissed = corrected = 0
-        for i, (example, text, output_id) in enumerate(outputs):
-            decision = self.panel.flag(example.question, text, example)
+        clinicians = [a.annotator_id for a in self.panel.annotators]
+        # Each patient's message is opened by one clinician, who judges the draft.
+        opened = [(e, clinicians[i % len(clinicians)]) for i, e in enumerate(examples)]
+        cards = await bounded(
+            [self._open_message(i, e, who) for i, (e, who) in enumerate(opened)], limit=16
+        )
+        self.figures.traffic = len(cards)
+        verdicts: list[dict[str, Any]] = []
+        overridden: dict[str, tuple[str, FlagDecision]] = {}  # output id -> (who, decision)
+        corrected = 0
+        for i, ((example, who), card) in enumerate(zip(opened, cards, strict=True)):
+            decision = self.panel.flag(example.question, draft_text(card), example)
             if decision is None:
+                verdicts.append(verdict(card["uuid"]))
                 continue
             with_correction = (i % 100) < self.plan.correction_share * 100
-            flag = (
-                await self.peers.clinicians[decision.annotator_id].FlagOutput(
-                    monitor_pb2.FlagOutputRequest(
-                        output_id=output_id,
-                        category=common_pb2.ErrorCategory.Value(decision.category),
-                        severity=monitor_pb2.Severity.Value(decision.severity),
-                        comment=decision.comment,
-                        corrected_text=(decision.corrected_text or "") if with_correction else "",
-                    )
-                )
-            ).flag
-            flagged += 1
-            corrected += bool(flag.corrected_text)
+            correction = (decision.corrected_text or "") if with_correction else ""
+            reason = reason_code(card, decision.category, decision.severity)
+            verdicts.append(verdict(card["uuid"], reason, decision.comment, correction))
+            overridden[card["uuid"]] = (who, decision)
+            corrected += bool(correction)
+        # Each verdict reaches the gateway as the clinician gives it: one feedback call each.
+        await bounded([self.ehr.feedback([v]) for v in verdicts], limit=16)
+        flags = await self._open_flags(set(overridden))
+        confirmed = dismissed = 0
+        for output_id, (who, decision) in overridden.items():
             # A second simulated clinician reviews: cosmetic flags are dismissed.
-            reviewer = self._reviewer(decision.annotator_id)
             low = decision.severity == "SEVERITY_LOW"
-            await self.peers.clinicians[reviewer].ResolveFlag(
+            await self.peers.clinicians[self._reviewer(who)].ResolveFlag(
                 monitor_pb2.ResolveFlagRequest(
-                    flag_id=flag.id,
+                    flag_id=flags[output_id],
                     resolution=(
                         monitor_pb2.RESOLUTION_DISMISS if low else monitor_pb2.RESOLUTION_CONFIRM
                     ),
@@ -63,16 +77,44 @@ class LoopSteps(LabellingSteps):
             dismissed += low
             confirmed += not low
         self.figures.flags = {
-            "outputs": len(outputs),
-            "flagged": flagged,
+            "outputs": len(cards),
+            "accepted": len(cards) - len(overridden),
+            "overridden": len(overridden),
+            "flagged": len(flags),
             "confirmed": confirmed,
             "dismissed": dismissed,
             "with_correction": corrected,
         }
         self.echo(
-            f"   {len(outputs)} outputs; {flagged} flagged ({corrected} with a correction), "
-            f"{confirmed} confirmed, {dismissed} dismissed on review"
+            f"   {len(cards)} drafts (cards); {len(cards) - len(overridden)} accepted, "
+            f"{len(overridden)} overridden → {len(flags)} flags ({corrected} with a "
+            f"correction), {confirmed} confirmed, {dismissed} dismissed on review"
         )
+
+    async def _open_message(self, i: int, e: QAExample, who: str) -> dict[str, Any]:
+        """The card the gateway returns when clinician ``who`` opens patient ``i``'s
+        message (``e``'s question) in the simulated EHR."""
+        hook = message_hook(f"demo-{i:05d}", f"msg-{i:05d}", e.question, f"Practitioner/{who}")
+        return await self.ehr.reply_card(hook)
+
+    async def _open_flags(self, output_ids: set[str]) -> dict[str, str]:
+        """The open flags on ``output_ids``, by output id: the overrides' flags, which the
+        gateway filed before it answered the feedback."""
+        found: dict[str, str] = {}
+        token = ""
+        while True:
+            page = await self.peers.monitor.ListFlags(
+                monitor_pb2.ListFlagsRequest(
+                    status=monitor_pb2.FLAG_STATUS_OPEN, page_size=100, page_token=token
+                )
+            )
+            found |= {f.output_id: f.id for f in page.flags if f.output_id in output_ids}
+            token = page.next_page_token
+            if not token:
+                break
+        if len(found) != len(output_ids):
+            raise DemoError(f"{len(output_ids)} overrides filed {len(found)} flags")
+        return found
 
     def _traffic_examples(self) -> list[QAExample]:
         """The EHR's questions: the first `plan.traffic` distinct ones of their stream."""
@@ -86,30 +128,9 @@ class LoopSteps(LabellingSteps):
                 break
         return examples
 
-    async def _ask(self, e: QAExample) -> tuple[QAExample, str, str]:
-        """The served policy's answer to `e` as the EHR asks it, with its output id."""
-        resp = await self.peers.ehr.Generate(
-            generation_pb2.GenerateRequest(
-                input=generation_pb2.GenerationInput(prompt=e.question),
-                sampling=generation_pb2.SamplingParams(
-                    temperature=1.0, max_new_tokens=self.plan.max_new_tokens
-                ),
-            ),
-            timeout=600,
-        )
-        return e, resp.completion.text, resp.completion.provenance.output_id
-
     def _reviewer(self, flagger: str) -> str:
         names = [a.annotator_id for a in self.panel.annotators]
         return names[(names.index(flagger) + 1) % len(names)]
-
-    async def _wait_recorded(self, n: int) -> None:
-        for _ in range(240):
-            stats = await self.peers.monitor.GetStats(monitor_pb2.GetStatsRequest(), timeout=10)
-            if sum(v.outputs for v in stats.versions) >= n:
-                return
-            await asyncio.sleep(0.25)
-        raise DemoError(f"the monitor did not record the {n} outputs within a minute")
 
     async def feedback_and_retrain(self) -> None:
         self.echo("== 9. confirmed flags become preference data; the loop retrains")

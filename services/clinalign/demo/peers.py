@@ -16,6 +16,7 @@ from clinalign.common.auth import Role
 from clinalign.common.channels import Clients
 from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
+from clinalign.demo.ehr import EhrCalls
 from clinalign.generation.v1 import generation_pb2
 from clinalign.reward.v1 import reward_pb2
 from clinalign.trainer.v1 import trainer_pb2
@@ -41,10 +42,13 @@ class Peers:
     """Stubs for the five services, each through ``Clients`` authenticated as the role a
     real caller of that RPC has: the ML engineer trains and promotes, the EHR system
     generates, the labelling tool (role ``service``) stores prompts and answers, each
-    simulated clinician labels and flags with a token of their own (as themselves)."""
+    simulated clinician labels and flags with a token of their own (as themselves); and
+    the simulated EHR's calls to the CDS Hooks gateway (``cds``)."""
 
     common: CommonSettings
     clinician_tokens: dict[str, str]
+    # the simulated EHR's CDS Hooks calls to the gateway (HTTP, its own JWTs)
+    cds: EhrCalls | None = None
     _clients: list[Clients] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -71,6 +75,8 @@ class Peers:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._clients))
+        if self.cds is not None:
+            await self.cds.close()
 
     # -- trainer ---------------------------------------------------------------------------
 

@@ -422,8 +422,7 @@ def _loop_lines(summary: dict[str, Any]) -> list[str]:
         f"- Reward-model held-out pair accuracy: {summary['rm_accuracy']} (agreement ceiling "
         f"{_fmt(summary['rm_accuracy_ceiling'])}).",
         *cost_lines(summary),
-        f"- EHR traffic and flags: {summary['flags']}; confirmed flags fed back: "
-        f"{summary['flags_fed_back']}.",
+        _ehr_line(summary["flags"], summary["flags_fed_back"]),
         f"- Versions promoted: {', '.join(summary['promoted_versions']) or 'none'}.",
         "",
         "| job | kind | version | wall s |",
@@ -465,3 +464,17 @@ def _verdict_cell(v: NonInferiority | None) -> str:
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+def _ehr_line(flags: dict[str, int], fed_back: int) -> str:
+    """The EHR traffic through the CDS Hooks gateway and what became of its drafts."""
+    if "overridden" not in flags:  # a report written before the traffic went through CDS Hooks
+        return f"- EHR traffic and flags: {flags}; confirmed flags fed back: {fed_back}."
+    return (
+        f"- EHR traffic through the CDS Hooks gateway: {flags['outputs']} drafts (cards); "
+        f"the simulated clinicians accepted {flags['accepted']} and overrode "
+        f"{flags['overridden']}, which became {flags['flagged']} flags "
+        f"({flags['with_correction']} with the clinician's correction); on review "
+        f"{flags['confirmed']} confirmed, {flags['dismissed']} dismissed; confirmed flags fed "
+        f"back to the preference store: {fed_back}."
+    )
