@@ -202,7 +202,11 @@ def test_up_status_auth_metrics_trace_and_clean_stop(stack: dict[str, Any]) -> N
     # hook would be refused, which the gateway's own tests cover).
     gateway = f"http://127.0.0.1:{env['CLINALIGN_CDS_HOOKS_PORT']}"
     discovery = json.loads(urllib.request.urlopen(f"{gateway}/cds-services", timeout=5).read())
-    assert {s["hook"] for s in discovery["services"]} == {"patient-view", "encounter-discharge"}
+    assert {s["hook"] for s in discovery["services"]} == {
+        "patient-view",
+        "encounter-discharge",
+        "org.clinalign.communication-view",
+    }
 
     gen_metrics = env["CLINALIGN_GENERATION_METRICS_PORT"]
     body = urllib.request.urlopen(f"http://127.0.0.1:{gen_metrics}/metrics", timeout=5).read()
