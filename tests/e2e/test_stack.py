@@ -71,10 +71,8 @@ def stack(tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
         lines.append(line)
         if "all services up" in line:
             break
-    else:
-        proc.kill()
     if not any("all services up" in line for line in lines):
-        proc.kill()
+        stop(proc)
         logs = "".join(p.read_text() for p in (data / "logs").glob("*.log"))
         pytest.fail("stack did not come up:\n" + "".join(lines) + logs[-4000:])
     ports = {name: port for name, port in ports.items() if name in SERVICES}
@@ -82,7 +80,18 @@ def stack(tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     try:
         yield info
     finally:
-        if proc.poll() is None:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, so that the supervisor stops the services it started (each in a session of
+    its own: a SIGKILL to it alone would leave them running, holding their ports); SIGKILL
+    only if it has not ended within a minute."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
 
