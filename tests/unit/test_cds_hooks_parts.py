@@ -9,6 +9,7 @@ import math
 import re
 
 import pytest
+from prometheus_client import REGISTRY
 from starlette.requests import Request
 
 from clinalign.cdshooks import taxonomy
@@ -181,7 +182,9 @@ async def test_cards_are_kept_a_while_and_a_registry_outage_gives_the_draft_s_ow
     assert (await cards.for_draft(draft)).available
     assert (await cards.get("policy-v3")).version == "policy-v3" and len(calls) == 1
     reply[0], now[0] = Upstream("", "trainer down"), 61.0
+    before = {r: degraded_cards(r) for r in ("unavailable", "weights_mismatch")}
     degraded = await cards.for_draft(draft)
+    assert degraded_cards("unavailable") == before["unavailable"] + 1  # counted for operators
     assert not degraded.available and degraded.weights_hash == "ab" * 32
     assert "could not be read" in degraded.as_device("")["note"][0]["text"]
     with pytest.raises(Upstream):  # the failure is kept a few seconds: no second call
@@ -190,6 +193,14 @@ async def test_cards_are_kept_a_while_and_a_registry_outage_gives_the_draft_s_ow
     reply[0], now[0] = _registry_reply(), 67.0
     other_weights = common_pb2.Provenance(model_version="policy-v3", weights_hash="ef" * 32)
     assert "not the registry's weights" in (await cards.for_draft(other_weights)).caveat
+    assert degraded_cards("weights_mismatch") == before["weights_mismatch"] + 1
+
+
+def degraded_cards(reason: str) -> float:
+    found = REGISTRY.get_sample_value(
+        "clinalign_cds_hooks_cards_without_registry_facts_total", {"reason": reason}
+    )
+    return found or 0.0
 
 
 def _accept(header: str, query: bytes = b"") -> str:

@@ -1,5 +1,6 @@
 """The gateway's Prometheus metrics: requests by route template (never a path with ids,
-never request content), cards returned, and feedback outcomes by service and model version."""
+never request content), cards returned, feedback outcomes by service and model version,
+and cards whose model card lacked the registry's facts."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ OUTCOMES = Counter(
     "Feedback outcomes (accepted, overridden) by CDS service and model version; repeats of "
     "the same feedback are not counted again.",
     ["service", "model_version", "outcome"],
+)
+
+DEGRADED_CARDS = Counter(
+    "clinalign_cds_hooks_cards_without_registry_facts",
+    "Cards whose model Device holds only the draft's provenance: the registry could not "
+    "be read (unavailable) or holds other weights under that version (weights_mismatch).",
+    ["reason"],
 )
 
 observe = RouteMetrics(REQUESTS, SERVER_TIME).observe

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from clinalign.cdshooks import metrics
 from clinalign.cdshooks.cards import WEIGHTS_SYSTEM, escape_markdown
 from clinalign.cdshooks.errors import GatewayError
 from clinalign.common.protos import KIND_FROM_PROTO, STAGE_TO_PROTO
@@ -447,6 +448,7 @@ class ModelCards:
         try:
             card = await self.get(provenance.model_version)
         except GatewayError as err:
+            metrics.DEGRADED_CARDS.labels("unavailable").inc()
             log.warning(
                 "model card of %s unavailable (%s): the card carries the draft's provenance",
                 provenance.model_version,
@@ -459,6 +461,7 @@ class ModelCards:
                 "card holds only what the draft's provenance records.",
             )
         if provenance.weights_hash and card.weights_hash != provenance.weights_hash:
+            metrics.DEGRADED_CARDS.labels("weights_mismatch").inc()
             log.warning("weights of %s differ from its registry entry", provenance.model_version)
             return ModelCard.unavailable(
                 provenance,
