@@ -86,7 +86,12 @@ CONSOLE_COMBOS: dict[str, dict[str, Any]] = {
             "allowedOrigins": ["https://ehr.example.org"],
             "settings": {"MAX_NEW_TOKENS": "512"},
             "ingress": {"enabled": True, "className": "nginx", "hosts": ["cds.example.org"]},
-            "smartClients": {"https://ehr.example.org/fhir": {"client_id": "clinalign"}},
+            "smartClients": {
+                "https://ehr.example.org/fhir": {
+                    "issuer": "https://ehr.example.org",
+                    "client_id": "clinalign",
+                }
+            },
             "smartKey": {"existingSecret": "clinalign-cds-hooks-smart"},
         },
         "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}},
@@ -215,8 +220,12 @@ def test_schema_covers_every_value_and_every_value_is_commented() -> None:
         ({"console": {"session": {"key": "abc"}}}, "key"),  # secrets only from Secrets
         ({"cdsHooks": {"signingKey": {"privateJwk": "{}"}}}, "privateJwk"),
         ({"cdsHooks": {"trustedIssuers": {"https://ehr": "http://ehr/jwks"}}}, "trustedIssuers"),
-        ({"cdsHooks": {"smartClients": {"http://ehr/fhir": {"client_id": "c"}}}}, "smartClients"),
-        ({"cdsHooks": {"smartClients": {"https://ehr/fhir": {"scope": "x"}}}}, "client_id"),
+        (
+            {"cdsHooks": {"smartClients": {"http://ehr/fhir": {"issuer": "i", "client_id": "c"}}}},
+            "smartClients",
+        ),
+        ({"cdsHooks": {"smartClients": {"https://ehr/fhir": {"issuer": "i"}}}}, "client_id"),
+        ({"cdsHooks": {"smartClients": {"https://ehr/fhir": {"client_id": "c"}}}}, "issuer"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], field: str) -> None:
@@ -269,7 +278,7 @@ def test_schema_rejects_bad_values_naming_the_field(values: dict[str, Any], fiel
                 "cdsHooks": {
                     "enabled": True,
                     "signingKey": {"existingSecret": "k"},
-                    "smartClients": {"https://ehr/fhir": {"client_id": "c"}},
+                    "smartClients": {"https://ehr/fhir": {"issuer": "i", "client_id": "c"}},
                 }
             },
             "cdsHooks.smartClients needs cdsHooks.smartKey.existingSecret",

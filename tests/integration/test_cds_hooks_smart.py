@@ -25,7 +25,7 @@ import pytest
 
 from clinalign.cdshooks.smart import ASSERTION_TYPE
 from clinalign.demo.ehr import message_hook
-from tests.cds_hooks_support import USER, CdsStack, cds_stack, schema
+from tests.cds_hooks_support import ISSUER, USER, CdsStack, cds_stack, schema
 
 REPLY = "/cds-services/clinalign-patient-message-reply"
 CLIENT_ID = "clinalign-at-hospital"
@@ -37,6 +37,7 @@ class SmartEhrStandIn:
         self.gateway_url = ""
         self.url = ""
         self.tokens: list[str] = []
+        self.revoked: set[str] = set()
         self.jtis: set[str] = set()
         self.reads: list[tuple[str, str]] = []  # (path, bearer token)
         hook = message_hook("p-7", "msg-7", QUESTION, USER)
@@ -75,7 +76,7 @@ class SmartEhrStandIn:
     def read(self, path: str, authorization: str) -> tuple[int, dict[str, Any]]:
         token = authorization.removeprefix("Bearer ")
         self.reads.append((path.split("?")[0], token))
-        if token not in self.tokens:
+        if token not in self.tokens or token in self.revoked:
             return 401, {"resourceType": "OperationOutcome"}
         return 200, self.resources.get(path.split("?")[0], self.empty)
 
@@ -129,8 +130,9 @@ def smart_ehr() -> Iterator[SmartEhrStandIn]:
 @pytest.fixture
 async def stack(tmp_path: Path, tiny_model_dir: Path, smart_ehr: SmartEhrStandIn):  # type: ignore[no-untyped-def]
     clients = {
-        smart_ehr.url + "/fhir": {"client_id": CLIENT_ID},  # its endpoint discovered
+        smart_ehr.url + "/fhir": {"issuer": ISSUER, "client_id": CLIENT_ID},  # discovered
         smart_ehr.url + "/fhir-refusing": {
+            "issuer": ISSUER,
             "client_id": CLIENT_ID,
             "token_url": smart_ehr.url + "/auth/refuse",
         },
@@ -171,6 +173,13 @@ async def test_missing_prefetch_is_read_with_the_gateways_own_token(
     paths = {p for p, _ in smart_ehr.reads}
     assert {"/fhir/Patient/p-7", "/fhir/Communication/msg-7", "/fhir/Condition"} <= paths
     assert {t for _, t in smart_ehr.reads} == {"smart-token-1"}
+
+    # the EHR revokes it: the gateway's read is refused, it asks for a new token once and
+    # reads again
+    smart_ehr.revoked.add("smart-token-1")
+    answer = await post(stack, unfetched(smart_ehr.url + "/fhir"))
+    assert answer.status_code == 200, answer.text
+    assert smart_ehr.tokens == ["smart-token-1", "smart-token-2"]
 
 
 async def test_a_refused_token_or_an_unregistered_server_is_the_right_error(

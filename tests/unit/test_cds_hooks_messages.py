@@ -6,9 +6,12 @@ feedback are validated against the CDS Hooks 2.0 schemas."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -17,10 +20,13 @@ import pytest
 from clinalign.cdshooks import taxonomy
 from clinalign.cdshooks.backend import Backend
 from clinalign.cdshooks.catalogue import SERVICES
-from clinalign.cdshooks.errors import BadGateway, BadRequest
+from clinalign.cdshooks.errors import BadGateway, BadRequest, GatewayTimeout
 from clinalign.cdshooks.feedback import CORRECTION, MAX_CORRECTION, parse_feedback
 from clinalign.cdshooks.fhir import FhirFetcher, query
 from clinalign.cdshooks.hooks import MAX_MESSAGE_CHARS, check_hook, hook_call, parse_hook
+from clinalign.cdshooks.outbound import read_json
+from clinalign.cdshooks.smart import BackendServices, SmartClient
+from clinalign.common.oidc import OidcConfigError
 from clinalign.common.v1 import common_pb2
 from clinalign.demo.ehr import draft_text, message_hook, reason_code, verdict
 from clinalign.generation.v1 import generation_pb2 as gpb
@@ -119,7 +125,7 @@ async def test_a_message_not_prefetched_is_read_from_the_fhir_server() -> None:
         return httpx2.Response(200, json=message)
 
     checked = check_hook(body, REPLY)
-    fetched = await FhirFetcher(1.0, 1 << 20, httpx2.MockTransport(answer)).missing(checked)
+    fetched = await FhirFetcher(1.0, 1 << 20, httpx2.MockTransport(answer)).missing(checked, "ehr")
     assert asked == ["https://ehr.example/fhir/Communication/msg-1"]
     assert hook_call(checked, fetched).question == QUESTION
     # what the server answers is the server's fault when it is wrong: 502
@@ -211,3 +217,104 @@ def test_the_simulated_ehr_picks_reasons_the_card_offers() -> None:
     )
     assert reason_code(card, "ERROR_CATEGORY_UNSAFE_ADVICE", "SEVERITY_HIGH") == "unsafe-advice"
     assert reason_code(card, "ERROR_CATEGORY_OMISSION", "SEVERITY_LOW") == "omission"
+
+
+def test_ids_are_whole_strings_and_users_are_the_hooks_kinds() -> None:
+    body = request()
+    body["context"]["patientId"] = "p-1\n"
+    assert refusal(body).field == "context.patientId"
+    body = request()
+    body["context"]["userId"] = "Practitioner/dr-1\n"
+    assert refusal(body).field == "context.userId"
+    body = request()
+    body["context"]["userId"] = "Patient/p-1"  # a reply is drafted for a clinician
+    err = refusal(body)
+    assert err.field == "context.userId" and "Practitioner" in err.message
+    summary = SERVICES["clinalign-patient-summary"]  # patient-view: a portal user too
+    body["hook"] = summary.hook
+    assert parse_hook(body, summary).user_id == "Patient/p-1"
+
+
+def smart_services(**clients: Any) -> BackendServices:
+    from clinalign.common.assertions import load_signing_key
+
+    key = load_signing_key(Path(tempfile.mkdtemp()) / "smart.jwk", "ES384")
+    found = {url: SmartClient(**c) for url, c in clients.items()}
+    return BackendServices(key, found, timeout_s=1.0, max_bytes=1 << 20)
+
+
+async def test_the_gateways_own_token_serves_only_the_ehr_registered_for_it() -> None:
+    smart = smart_services(
+        **{"https://ehr-a.example/fhir/": {"issuer": "https://ehr-a", "client_id": "c"}}
+    )
+    assert smart.serves("https://ehr-a.example/fhir", "https://ehr-a")
+    assert not smart.serves("https://ehr-a.example/fhir", "https://ehr-b")
+    body = request()
+    del body["prefetch"]["communication"]
+    body["fhirServer"] = "https://ehr-a.example/fhir"
+    checked = check_hook(body, REPLY)
+
+    def never(req: httpx2.Request) -> httpx2.Response:
+        raise AssertionError(f"EHR B's hook made the gateway read {req.url}")
+
+    fetcher = FhirFetcher(1.0, 1 << 20, httpx2.MockTransport(never), smart=smart)
+    with pytest.raises(BadRequest) as caught:  # EHR B names EHR A's server
+        await fetcher.missing(checked, "https://ehr-b")
+    assert caught.value.field == "prefetch.communication"
+    with pytest.raises(OidcConfigError):  # tokens travel over https only
+        smart_services(**{"http://ehr.example/fhir": {"issuer": "i", "client_id": "c"}})
+
+
+async def test_a_failing_token_endpoint_is_asked_once_a_while() -> None:
+    asked: list[str] = []
+
+    def refuse(req: httpx2.Request) -> httpx2.Response:
+        asked.append(str(req.url))
+        return httpx2.Response(401, json={"error": "invalid_client"})
+
+    smart = smart_services(
+        **{
+            "https://ehr.example/fhir": {
+                "issuer": "i",
+                "client_id": "c",
+                "token_url": "https://ehr.example/token",
+            }
+        }
+    )
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(refuse)) as http:
+        for _ in range(3):
+            with pytest.raises(BadGateway) as caught:
+                await smart.token(http, "https://ehr.example/fhir")
+            assert caught.value.field == "fhirServer"
+    assert asked == ["https://ehr.example/token"]
+
+
+async def test_an_ehr_server_that_trickles_or_answers_garbage_is_its_fault() -> None:
+    async def trickle() -> Any:
+        for _ in range(50):
+            yield b" "
+            await asyncio.sleep(0.05)
+
+    def slow(req: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=trickle())
+
+    def nested(req: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=b"[" * 100_000 + b"]" * 100_000)
+
+    async def read(handler: Any) -> Any:
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) as http:
+            return await read_json(
+                http,
+                "GET",
+                "https://ehr.example/fhir/Patient/p-1",
+                field="prefetch.patient",
+                what="fhirServer",
+                max_bytes=1 << 20,
+                timeout_s=0.5,
+                headers={},
+            )
+
+    with pytest.raises(GatewayTimeout):  # 2.5 s of trickle, cut at 0.5 s in all
+        await read(slow)
+    with pytest.raises(BadGateway, match="not JSON"):
+        await read(nested)

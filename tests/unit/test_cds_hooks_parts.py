@@ -4,6 +4,7 @@ renderings, cache and content negotiation."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -63,9 +64,16 @@ def test_feedback_finds_only_live_cards_of_the_same_service_and_ehr() -> None:
     for service, issuer in (("svc-b", "ehr-1"), ("svc-a", "ehr-2")):
         with pytest.raises(NotFound, match="not a card this service returned"):
             check_cards([item], ledger, service, issuer)
-    assert not ledger.done(item)
-    ledger.mark_done(item)
-    assert ledger.done(item)
+    # one claim at a time: a retry racing the original records nothing; a failed attempt
+    # may be retried; a recorded one is not recorded again, however its time is written
+    assert ledger.claim(item) and not ledger.claim(item)
+    ledger.release(item, recorded=False)
+    assert ledger.claim(item)
+    ledger.release(item, recorded=True)
+    same_instant = Outcome("out-1", "accepted", None, "", "2026-03-01T10:00:00+00:00")
+    assert not ledger.claim(item) and not ledger.claim(same_instant)
+    overridden = Outcome("out-1", "overridden", "omission", "", "2026-03-01T10:00:00Z")
+    assert ledger.claim(overridden)  # another outcome of the card, at the same time
     now[0] = 61.0
     with pytest.raises(NotFound):
         check_cards([item], ledger, "svc-a", "ehr-1")
@@ -217,3 +225,26 @@ def test_the_model_card_form_from_the_query_or_the_accept_header() -> None:
     with pytest.raises(BadRequest) as info:
         _accept("", b"format=xml")
     assert info.value.field == "format"
+
+
+async def test_a_slow_registry_read_holds_up_only_its_own_version() -> None:
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def fetch(version: str) -> tpb.GetModelVersionResponse:
+        calls.append(version)
+        if version == "policy-v9":  # an unknown version asked at the public URL, slowly
+            await release.wait()
+            raise NotFound("version", "no such version")
+        return _registry_reply()
+
+    cards = ModelCards(fetch, USAGE, ttl_s=60)
+    slow = asyncio.ensure_future(cards.get("policy-v9"))
+    await asyncio.sleep(0)
+    shared = await asyncio.gather(cards.get("policy-v3"), cards.get("policy-v3"))
+    assert [c.version for c in shared] == ["policy-v3", "policy-v3"] and not slow.done()
+    assert calls.count("policy-v3") == 1  # concurrent asks for one version share a read
+    release.set()
+    with pytest.raises(NotFound):
+        await slow
+    assert not cards._locks  # nothing kept per version once nobody asks

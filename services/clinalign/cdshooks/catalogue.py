@@ -51,6 +51,8 @@ class CdsService:
     prefetch: dict[str, str] = field(default_factory=lambda: dict(RECORD))
     # the prefetch key holding the patient's message the draft answers; None: no message
     message: str | None = None
+    # who may be the context's userId (the hook's definition): the resource types
+    user_types: tuple[str, ...] = ("Practitioner", "PractitionerRole")
 
     def discovery(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,9 @@ SERVICES: dict[str, CdsService] = {
             required_context=("userId", "patientId"),
             document_type={"code": "60591-5", "display": "Patient summary Document"},
             summary="AI draft: clinician summary of this patient, for your review",
+            # patient-view: "the id of the current user": a practitioner, or a patient or
+            # a related person in a patient portal
+            user_types=("Practitioner", "PractitionerRole", "Patient", "RelatedPerson"),
         ),
         CdsService(
             id="clinalign-discharge-instructions",

@@ -86,10 +86,11 @@ class CdsHooksSettings(ServiceSettings):
         default_factory=dict,
         description="SMART Backend Services: the EHRs' FHIR servers the gateway may read "
         "with a token of its own when a hook carries no fhirAuthorization, as JSON "
-        '`{"<fhirServer URL>": {"client_id": "...", "scope": "system/Patient.rs ...", '
-        '"token_url": "..."}}` (token_url empty: read from the server\'s '
-        "/.well-known/smart-configuration). Register `<public_url>/.well-known/jwks.json` "
-        "with each EHR as ClinAlign's JWKS URL.",
+        '`{"<fhirServer URL>": {"issuer": "<the EHR\'s JWT issuer>", "client_id": "...", '
+        '"scope": "system/Patient.rs ...", "token_url": "..."}}`: only hooks from that '
+        "issuer (one of trusted_issuers) get the gateway's token for that server; token_url "
+        "empty: read from the server's /.well-known/smart-configuration. Register "
+        "`<public_url>/.well-known/jwks.json` with each EHR as ClinAlign's JWKS URL.",
     )
     smart_key_file: Path | None = Field(
         None,

@@ -145,7 +145,8 @@ class Ledger:
         self.limit = limit
         self.clock = clock
         self._cards: dict[str, Issued] = {}
-        self._done: dict[tuple[str, str], float] = {}
+        self._done: dict[tuple[str, str, str], float] = {}
+        self._claimed: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
 
     def issue(self, card: str, service_id: str, issuer: str, user_id: str, version: str) -> None:
@@ -166,13 +167,31 @@ class Ledger:
             return None
         return found
 
-    def done(self, outcome: Outcome) -> bool:
+    def claim(self, outcome: Outcome) -> bool:
+        """Whether to record ``outcome`` now: False when it was recorded already or is
+        being recorded by a call at this moment (a retry racing the original); True claims
+        it, and ``release`` must follow if recording it fails."""
+        key = _key(outcome)
         with self._lock:
-            return (outcome.card, outcome.timestamp) in self._done
+            if key in self._done or key in self._claimed:
+                return False
+            self._claimed.add(key)
+            return True
 
-    def mark_done(self, outcome: Outcome) -> None:
+    def release(self, outcome: Outcome, recorded: bool) -> None:
+        """Ends a claim: recorded (kept ``ttl_s``, so a retry records nothing twice), or
+        not (a retry may record it)."""
+        key = _key(outcome)
         with self._lock:
-            self._done[(outcome.card, outcome.timestamp)] = self.clock() + self.ttl_s
+            self._claimed.discard(key)
+            if recorded:
+                self._done[key] = self.clock() + self.ttl_s
+
+
+def _key(outcome: Outcome) -> tuple[str, str, str]:
+    """An outcome's identity: its card, what it was, and when as an instant (``Z`` and
+    ``+00:00`` are the same time)."""
+    return outcome.card, outcome.outcome, outcome.when.isoformat()
 
 
 def check_cards(

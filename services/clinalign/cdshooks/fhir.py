@@ -19,7 +19,7 @@ import httpx2
 
 from clinalign.cdshooks.errors import BadRequest
 from clinalign.cdshooks.hooks import CheckedHook
-from clinalign.cdshooks.outbound import read_json
+from clinalign.cdshooks.outbound import TokenRefused, read_json
 from clinalign.cdshooks.smart import BackendServices
 
 TOKEN = re.compile(r"\{\{context\.([A-Za-z]+)\}\}")
@@ -47,15 +47,16 @@ class FhirFetcher:
         self.transport = transport  # tests only
         self.smart = smart  # the gateway's own access to the FHIR servers registered there
 
-    async def missing(self, hook: CheckedHook) -> dict[str, Any]:
+    async def missing(self, hook: CheckedHook, issuer: str) -> dict[str, Any]:
         """The results of the service's templates whose keys the hook's prefetch lacks;
-        {} when none do."""
+        {} when none do. ``issuer`` is the verified EHR that sent the hook: the gateway's
+        own token is used only for a FHIR server registered for that EHR."""
         templates = hook.service.prefetch
         keys = [k for k in templates if hook.prefetch.get(k) is None]
         if not keys:
             return {}
         server, token = hook.fhir_server, hook.fhir_token
-        smart = self.smart if server and self.smart and self.smart.registered(server) else None
+        smart = self.smart if server and self.smart and self.smart.serves(server, issuer) else None
         if server is None or (token is None and smart is None):
             raise BadRequest(
                 f"prefetch.{keys[0]}",
@@ -66,14 +67,19 @@ class FhirFetcher:
         async with httpx2.AsyncClient(
             timeout=self.timeout_s, follow_redirects=False, transport=self.transport
         ) as http:
-            if token is None:  # SMART Backend Services (``smart`` is set: checked above)
-                assert smart is not None
-                token = await smart.token(http, server)
-            bearer = token
-            found = await asyncio.gather(
-                *(self._read(http, server, bearer, k, urls[k]) for k in keys),
-                return_exceptions=True,
-            )
+            for attempt in (1, 2):
+                bearer = token
+                if bearer is None:  # SMART Backend Services (``smart`` is set: checked above)
+                    assert smart is not None
+                    bearer = await smart.token(http, server)
+                found = await asyncio.gather(
+                    *(self._read(http, server, bearer, k, urls[k]) for k in keys),
+                    return_exceptions=True,
+                )
+                refused = any(isinstance(r, TokenRefused) for r in found)
+                if not (refused and token is None and smart is not None and attempt == 1):
+                    break
+                smart.forget(server)  # revoked or expired early: one new token, one retry
         for result in found:  # the first key's fault, in template order, whichever came first
             if isinstance(result, BaseException):
                 raise result

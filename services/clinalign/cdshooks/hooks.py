@@ -24,10 +24,8 @@ from clinalign.cdshooks.catalogue import SEARCHES, CdsService
 from clinalign.cdshooks.errors import BadGateway, BadRequest
 from clinalign.common.oidc import OidcConfigError, check_url
 
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-USER_REF = re.compile(
-    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
-)
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # whole strings only (fullmatch)
+USER_REF = re.compile(r"([A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
 MAX_ENTRIES = 1_000  # per prefetch searchset
 MAX_MESSAGE_CHARS = 4_000  # a patient's message, all of its text payloads together
 CONTEXT_IDS = ("patientId", "encounterId", "communicationId")  # FHIR ids a template may use
@@ -90,14 +88,19 @@ def check_hook(body: Any, service: CdsService) -> CheckedHook:
     for name in service.required_context:
         _text(context.get(name), f"context.{name}")
     user = context["userId"]
-    if not USER_REF.match(user):
-        raise BadRequest("context.userId", "must be a reference such as Practitioner/123")
+    found = USER_REF.fullmatch(user)
+    if found is None or found.group(1) not in service.user_types:
+        kinds = ", ".join(service.user_types)
+        raise BadRequest(
+            "context.userId",
+            f"must be a reference to one of {kinds}, such as {service.user_types[0]}/123",
+        )
     ids = {}
     for name in CONTEXT_IDS:
         value = context.get(name)
         if value is None:
             continue
-        if not isinstance(value, str) or not FHIR_ID.match(value):
+        if not isinstance(value, str) or not FHIR_ID.fullmatch(value):
             raise BadRequest(f"context.{name}", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
         ids[name] = value
     prefetch = _object(request.get("prefetch", {}), "prefetch")

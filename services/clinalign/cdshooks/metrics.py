@@ -34,7 +34,8 @@ OUTCOMES = Counter(
 DEGRADED_CARDS = Counter(
     "clinalign_cds_hooks_cards_without_registry_facts",
     "Cards whose model Device holds only the draft's provenance: the registry could not "
-    "be read (unavailable) or holds other weights under that version (weights_mismatch).",
+    "be read (unavailable), has no such version (not_found) or holds other weights under "
+    "that version (weights_mismatch).",
     ["reason"],
 )
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from clinalign.cdshooks import metrics
 from clinalign.cdshooks.cards import WEIGHTS_SYSTEM, escape_markdown
-from clinalign.cdshooks.errors import GatewayError
+from clinalign.cdshooks.errors import GatewayError, NotFound
 from clinalign.common.protos import KIND_FROM_PROTO, STAGE_TO_PROTO
 from clinalign.common.v1 import common_pb2
 from clinalign.trainer.v1 import trainer_pb2 as tpb
@@ -409,15 +409,26 @@ class ModelCards:
         self.ttl_s = ttl_s
         self.clock = clock
         self._cards: dict[str, tuple[float, ModelCard | GatewayError]] = {}
-        self._lock = asyncio.Lock()  # one registry read at a time: concurrent hooks share it
+        # one registry read per version at a time (concurrent hooks share it); asks for
+        # other versions, such as unknown ones at the public URL, do not wait behind it
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # version -> (lock, users)
 
     async def get(self, version: str) -> ModelCard:
         """The card of ``version``; ``NotFound`` when the registry has no such version,
         ``Upstream`` when it cannot answer."""
         found = self._fresh(version)
         if found is None:
-            async with self._lock:
-                found = self._fresh(version) or await self._read(version)
+            lock, users = self._locks.get(version, (asyncio.Lock(), 0))
+            self._locks[version] = (lock, users + 1)
+            try:
+                async with lock:
+                    found = self._fresh(version) or await self._read(version)
+            finally:
+                lock, users = self._locks[version]
+                if users == 1:  # the last one asking: the lock goes (no growth by version)
+                    del self._locks[version]
+                else:
+                    self._locks[version] = (lock, users - 1)
         if isinstance(found, GatewayError):
             raise found
         return found
@@ -436,7 +447,11 @@ class ModelCards:
         now = self.clock()
         if len(self._cards) >= MAX_CARDS:
             self._cards = {v: e for v, e in self._cards.items() if e[0] > now}
-            while len(self._cards) >= MAX_CARDS:  # the oldest read goes first
+            # refusals go first (unknown versions asked at the public URL), then the oldest
+            failed = [v for v, e in self._cards.items() if isinstance(e[1], GatewayError)]
+            for v in failed[: len(self._cards) - MAX_CARDS + 1]:
+                del self._cards[v]
+            while len(self._cards) >= MAX_CARDS:
                 del self._cards[next(iter(self._cards))]
         self._cards[version] = (now + ttl, found)
         return found
@@ -448,7 +463,8 @@ class ModelCards:
         try:
             card = await self.get(provenance.model_version)
         except GatewayError as err:
-            metrics.DEGRADED_CARDS.labels("unavailable").inc()
+            unknown = isinstance(err, NotFound)
+            metrics.DEGRADED_CARDS.labels("not_found" if unknown else "unavailable").inc()
             log.warning(
                 "model card of %s unavailable (%s): the card carries the draft's provenance",
                 provenance.model_version,
@@ -457,8 +473,13 @@ class ModelCards:
             return ModelCard.unavailable(
                 provenance,
                 self.usage,
-                "The model registry could not be read when this draft was written: this "
-                "card holds only what the draft's provenance records.",
+                (
+                    "The model registry holds no such version (a model served from outside "
+                    "the registry): this card holds only what the draft's provenance records."
+                    if unknown
+                    else "The model registry could not be read when this draft was written: "
+                    "this card holds only what the draft's provenance records."
+                ),
             )
         if provenance.weights_hash and card.weights_hash != provenance.weights_hash:
             metrics.DEGRADED_CARDS.labels("weights_mismatch").inc()

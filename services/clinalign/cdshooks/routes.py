@@ -38,7 +38,7 @@ async def hook(request: Request) -> Response:
     service = service_of(request)
     client = gateway.client(request)
     checked = check_hook(await gateway.body(request), service)
-    fetched = await gateway.fhir.missing(checked)
+    fetched = await gateway.fhir.missing(checked, client.issuer)
     call = hook_call(checked, fetched)
     completion = await gateway.backend.draft(call, gateway.max_new_tokens)
     p = completion.provenance
@@ -60,22 +60,30 @@ async def feedback(request: Request) -> Response:
     outcomes = parse_feedback(await gateway.body(request))
     issued = check_cards(outcomes, gateway.ledger, service.id, client.issuer)
     for outcome, cardinfo in zip(outcomes, issued, strict=True):
-        if gateway.ledger.done(outcome):
+        if not gateway.ledger.claim(outcome):  # recorded already, or by a racing retry
             continue
-        await gateway.backend.outcome(
-            outcome.card, cardinfo.user_id, outcome.outcome, outcome.when, f"cds-hooks:{service.id}"
-        )
-        if outcome.outcome == "overridden" and outcome.reason is not None:
-            category, severity = taxonomy.flag_of(outcome.reason)
-            await gateway.backend.flag(
+        recorded = False
+        try:
+            await gateway.backend.outcome(
                 outcome.card,
                 cardinfo.user_id,
-                category,
-                severity,
-                outcome.comment,
-                outcome.correction,
+                outcome.outcome,
+                outcome.when,
+                f"cds-hooks:{service.id}",
             )
-        gateway.ledger.mark_done(outcome)
+            if outcome.outcome == "overridden" and outcome.reason is not None:
+                category, severity = taxonomy.flag_of(outcome.reason)
+                await gateway.backend.flag(
+                    outcome.card,
+                    cardinfo.user_id,
+                    category,
+                    severity,
+                    outcome.comment,
+                    outcome.correction,
+                )
+            recorded = True
+        finally:
+            gateway.ledger.release(outcome, recorded)
         metrics.OUTCOMES.labels(service.id, cardinfo.model_version, outcome.outcome).inc()
         log.info("feedback on card %s: %s (%s)", outcome.card, outcome.outcome, outcome.reason)
     return JSONResponse({})

@@ -38,6 +38,11 @@ def smart(common: CommonSettings, settings: CdsHooksSettings) -> BackendServices
     """SMART Backend Services for the FHIR servers registered; None when none is."""
     if not settings.smart_clients:
         return None
+    for server, client in settings.smart_clients.items():
+        if client.issuer not in settings.trusted_issuers:
+            raise ValueError(
+                f"smart_clients[{server!r}].issuer {client.issuer!r} is not in trusted_issuers"
+            )
     path = settings.smart_key_file or common.data_dir / "cds-hooks-smart.jwk"
     return BackendServices(
         load_signing_key(path, "ES384"),

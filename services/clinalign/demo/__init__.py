@@ -83,6 +83,8 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
         "CLINALIGN_CDS_HOOKS_MESSAGE_CONTEXT": "message-only",
         "CLINALIGN_CDS_HOOKS_TEMPERATURE": "1.0",
         "CLINALIGN_CDS_HOOKS_MAX_NEW_TOKENS": str(plan.max_new_tokens),
+        # as long a deadline for each draft as the traffic had when it called Generate
+        "CLINALIGN_CDS_HOOKS_CALL_TIMEOUT_S": "300",
     }
 
 
