@@ -73,6 +73,8 @@ def stack(root: Path, model: Path, jwks_url: str, max_new_tokens: int) -> Iterat
         **os.environ,
         "CLINALIGN_DATA_DIR": str(data),
         "CLINALIGN_DELEGATION_KEYS_FILE": str(keys),
+        # its start-up model; it then serves what the registry serves (the same weights)
+        "CLINALIGN_GENERATION_MODEL_PATH": str(model),
         "CLINALIGN_GENERATION_DEVICE": "cpu",
         "CLINALIGN_CDS_HOOKS_TRUSTED_ISSUERS": json.dumps({ISSUER: jwks_url}),
         "CLINALIGN_CDS_HOOKS_PUBLIC_URL": gateway,
@@ -94,28 +96,33 @@ def stack(root: Path, model: Path, jwks_url: str, max_new_tokens: int) -> Iterat
 
     procs = [start("trainer")]
     try:
-        trainer = f"127.0.0.1:{ports['trainer']}"
-        asyncio.run(wait_serving(trainer, common, TRAINER, timeout_s=120))
-        asyncio.run(register(trainer, common, model))
-        procs += [start(module) for module in ("generation", "monitor", "cdshooks")]
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx2.get(f"{gateway}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"the stack did not start; see the logs in {root}")
-            time.sleep(0.5)
-        asyncio.run(  # and the model loaded
-            wait_serving(
-                f"127.0.0.1:{ports['generation']}",
-                common,
-                "clinalign.generation.v1.GenerationService",
-                timeout_s=180,
+        try:
+            trainer = f"127.0.0.1:{ports['trainer']}"
+            asyncio.run(wait_serving(trainer, common, TRAINER, timeout_s=120))
+            asyncio.run(register(trainer, common, model))
+            procs += [start(module) for module in ("generation", "monitor", "cdshooks")]
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    if httpx2.get(f"{gateway}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx2.HTTPError:
+                    pass
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError("the stack did not start")
+                time.sleep(0.5)
+            asyncio.run(  # and the model loaded
+                wait_serving(
+                    f"127.0.0.1:{ports['generation']}",
+                    common,
+                    "clinalign.generation.v1.GenerationService",
+                    timeout_s=180,
+                )
             )
-        )
+        except BaseException:
+            for log in sorted(root.glob("*.log")):  # the temporary directory goes with it
+                print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
+            raise
         yield {
             "gateway": gateway,
             "generation": f"127.0.0.1:{ports['generation']}",
