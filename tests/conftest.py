@@ -42,6 +42,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_default_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test gets an empty default data directory, not the checkout's ``.clinalign``:
+    a demo run there leaves audit keys, anchors and tokens that the commands under test
+    would otherwise pick up."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLINALIGN_DATA_DIR", str(tmp_path_factory.mktemp("default-data")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama causal LM with the project's tokenizer and chat template (seconds)."""

@@ -212,10 +212,10 @@ def demo(
         ),
     ] = 0,
 ) -> None:
-    """The whole closed loop from nothing through the five services (about 37 minutes on
-    2 CPU cores on 2026-12-07, a slow day; 15 is the target): bootstrap, SFT, simulated
-    panel labels, reward model, PPO, promotion, EHR traffic, flags, retraining; report
-    under <data-dir>/demo/."""
+    """The whole closed loop from nothing through the five services (25 to 37 minutes on
+    2 CPU cores on 2026-12-07; 15 is the target): bootstrap, SFT, simulated panel labels,
+    reward model, PPO, promotion, EHR traffic through the CDS Hooks gateway, overrides as
+    flags, retraining; report under <data-dir>/demo/."""
     from clinalign.demo import Plan, run_demo
 
     plan = (Plan.quick() if quick else Plan.full()).seeded(seed)
