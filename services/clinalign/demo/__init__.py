@@ -19,8 +19,8 @@ gRPC, on two CPU cores.
 
 `Plan.full()` is meant to run in 15 minutes on two cores (on 2026-12-07 it took 21 with
 issue 20's gate, then 37 on a slower afternoon once it trained at 192 tokens, and 25 that
-evening with its traffic through the CDS Hooks gateway: docs/experiments.md); `Plan.quick()` is the shortened loop the end-to-end test runs on a
-tiny model.
+evening with its traffic through the CDS Hooks gateway: docs/experiments.md);
+`Plan.quick()` is the shortened loop the end-to-end test runs on a tiny model.
 """
 
 from __future__ import annotations
