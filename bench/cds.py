@@ -42,7 +42,7 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.cds_hooks_support import ISSUER, EhrStandIn, hook_request
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_http_ok
 
 from clinalign.cdshooks.catalogue import SERVICES
 from clinalign.cdshooks.hooks import parse_hook
@@ -101,16 +101,7 @@ def stack(root: Path, model: Path, jwks_url: str, max_new_tokens: int) -> Iterat
             asyncio.run(wait_serving(trainer, common, TRAINER, timeout_s=120))
             asyncio.run(register(trainer, common, model))
             procs += [start(module) for module in ("generation", "monitor", "cdshooks")]
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx2.get(f"{gateway}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx2.HTTPError:
-                    pass
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise RuntimeError("the stack did not start")
-                time.sleep(0.5)
+            wait_http_ok(f"{gateway}/healthz", 180, procs)
             asyncio.run(  # and the model loaded
                 wait_serving(
                     f"127.0.0.1:{ports['generation']}",

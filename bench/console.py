@@ -43,7 +43,7 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_http_ok
 from tests.oidc_idp import running_idp
 
 from clinalign.common.auth import Role, generate_tokens, token_for_role
@@ -103,16 +103,7 @@ def stack(root: Path, issuer: str) -> Iterator[tuple[str, CommonSettings]]:
     ]
     url = f"http://127.0.0.1:{ports['console']}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the console did not start; see " + str(root))
-            time.sleep(0.5)
+        wait_http_ok(f"{url}/healthz", 120, procs)
         yield url, common
     finally:
         for p in procs:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,23 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def wait_http_ok(url: str, timeout_s: float, procs: Sequence[Any] = ()) -> None:
+    """Waits until ``url`` answers 200 (a front door's /healthz); raises RuntimeError when
+    ``timeout_s`` passes or one of ``procs`` (subprocesses serving it) has exited."""
+    import httpx2
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx2.get(url, timeout=2).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 @pytest.fixture(autouse=True)
