@@ -13,7 +13,10 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
+import grpc
+import grpc.aio
 import httpx2
 import pytest
 
@@ -28,7 +31,14 @@ from clinalign.cdshooks.outbound import read_json
 from clinalign.cdshooks.smart import BackendServices, SmartClient
 from clinalign.common.oidc import OidcConfigError
 from clinalign.common.v1 import common_pb2
-from clinalign.demo.ehr import draft_text, message_hook, reason_code, verdict
+from clinalign.demo.ehr import (
+    EhrCalls,
+    SimulatedEhr,
+    draft_text,
+    message_hook,
+    reason_code,
+    verdict,
+)
 from clinalign.generation.v1 import generation_pb2 as gpb
 from clinalign.monitor.v1 import monitor_pb2 as mpb
 from tests.cds_hooks_support import schema
@@ -318,3 +328,40 @@ async def test_an_ehr_server_that_trickles_or_answers_garbage_is_its_fault() -> 
         await read(slow)
     with pytest.raises(BadGateway, match="not JSON"):
         await read(nested)
+
+
+def test_a_services_pushback_becomes_retry_after() -> None:
+    from clinalign.cdshooks.backend import http_error
+    from clinalign.cdshooks.errors import TooMany
+
+    def refused(*trailer: tuple[str, str]) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(*trailer),
+            "clinician over its rate",
+        )
+
+    err = http_error(refused(("grpc-retry-pushback-ms", "2500")), "feedback")
+    assert isinstance(err, TooMany) and err.status == 429
+    assert err.headers() == {"Retry-After": "3"}
+    assert http_error(refused(), "feedback").headers() == {"Retry-After": "1"}
+
+
+async def test_the_simulated_ehr_retries_what_the_gateway_refused_for_load() -> None:
+    answers = [
+        httpx2.Response(429, headers={"Retry-After": "0"}, json={"error": {}}),
+        httpx2.Response(503, json={"error": {}}),
+        httpx2.Response(200, json={}),
+    ]
+    tokens: list[str] = []
+
+    def gateway(req: httpx2.Request) -> httpx2.Response:
+        tokens.append(req.headers["authorization"])
+        return answers.pop(0)
+
+    calls = EhrCalls(SimulatedEhr(), "http://gateway.test", transport=httpx2.MockTransport(gateway))
+    with patch("clinalign.demo.ehr._retry_after", lambda value: 0.0):
+        await calls.feedback([verdict("out-1")])
+    await calls.close()
+    assert calls.retries == 2 and len(set(tokens)) == 3  # a fresh JWT each attempt

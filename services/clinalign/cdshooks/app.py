@@ -35,7 +35,14 @@ from clinalign.cdshooks import metrics
 from clinalign.cdshooks.backend import Backend
 from clinalign.cdshooks.catalogue import SERVICES, CdsService
 from clinalign.cdshooks.clientauth import ClientAuth, EhrClient
-from clinalign.cdshooks.errors import BadRequest, GatewayError, NotFound, TooLarge, Upstream
+from clinalign.cdshooks.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    TooLarge,
+    TooMany,
+    Upstream,
+)
 from clinalign.cdshooks.feedback import Ledger
 from clinalign.cdshooks.fhir import FhirFetcher
 from clinalign.cdshooks.modelcard import ModelCards
@@ -123,7 +130,8 @@ class Guard(BaseHTTPMiddleware):
             try:
                 response = await call_next(request)
             except GatewayError as err:
-                response = JSONResponse(err.body(), err.status)
+                headers = err.headers() if isinstance(err, TooMany) else None
+                response = JSONResponse(err.body(), err.status, headers=headers)
             except grpc.aio.AioRpcError as err:  # a call no use case mapped: not the caller's
                 log.warning("service call failed: %s", err.code().name)
                 failed = Upstream("", "a ClinAlign service failed; retry shortly")

@@ -32,6 +32,7 @@ from clinalign.common.auth import Role
 from clinalign.common.channels import Clients
 from clinalign.common.delegation import ON_BEHALF_OF
 from clinalign.common.protos import timestamp
+from clinalign.common.quotas import PUSHBACK_TRAILER
 from clinalign.generation.v1 import generation_pb2 as gpb
 from clinalign.monitor.v1 import monitor_pb2 as mpb
 from clinalign.trainer.v1 import trainer_pb2 as tpb
@@ -52,8 +53,20 @@ def http_error(err: grpc.aio.AioRpcError, field: str) -> GatewayError:
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(field, details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return TooMany("", "too many requests; retry shortly")
+        return TooMany("", "too many requests; retry shortly", _pushback_s(err))
     return Upstream("", f"a ClinAlign service failed ({code.name}); retry shortly")
+
+
+def _pushback_s(err: grpc.aio.AioRpcError) -> float:
+    """The wait a service's refusal suggests (its ``grpc-retry-pushback-ms`` trailer, as
+    ``common.quotas`` sets it); one second when it gives none."""
+    for key, value in err.trailing_metadata() or ():
+        if key == PUSHBACK_TRAILER:
+            try:
+                return max(int(value), 0) / 1000
+            except (TypeError, ValueError):
+                break
+    return 1.0
 
 
 class Backend:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class GatewayError(Exception):
     status = 400
@@ -38,7 +40,17 @@ class TooLarge(GatewayError):
 
 
 class TooMany(GatewayError):
+    """Over a ClinAlign service's capacity or the EHR user's rate: answered with a
+    ``Retry-After`` of ``retry_after_s`` (rounded up to whole seconds)."""
+
     status = 429
+
+    def __init__(self, field: str, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(field, message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class BadGateway(GatewayError):

@@ -16,6 +16,7 @@ The patients, messages and clinicians are synthetic; nothing here is patient dat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -38,6 +39,14 @@ REPLY_HOOK = "org.clinalign.communication-view"
 CORRECTION = "org.clinalign.correction"
 REASONS = "https://fhir.clinalign.org/CodeSystem/error-category"
 SEARCHES = ("conditions", "medications", "allergies", "observations")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds); one when absent or a date."""
+    try:
+        return min(max(float(value or 1), 0.0), 60.0)
+    except ValueError:
+        return 1.0
 
 
 class EhrError(RuntimeError):
@@ -150,19 +159,38 @@ def verdict(
     return item
 
 
-class EhrCalls:
-    """The simulated EHR's calls to one gateway over HTTP."""
+RETRIED = (429, 503)  # what a CDS client retries, after the answer's Retry-After
+MAX_ATTEMPTS = 10
 
-    def __init__(self, ehr: SimulatedEhr, gateway_url: str, timeout_s: float = 600) -> None:
+
+class EhrCalls:
+    """The simulated EHR's calls to one gateway over HTTP. Like a well-behaved CDS client
+    it retries a call the gateway refused for load (429) or a service outage (503) after
+    the answer's ``Retry-After``, each attempt with a fresh JWT."""
+
+    def __init__(
+        self,
+        ehr: SimulatedEhr,
+        gateway_url: str,
+        timeout_s: float = 600,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
         self.ehr = ehr
         self.base = gateway_url.rstrip("/")
-        self.http = httpx2.AsyncClient(base_url=self.base, timeout=timeout_s)
+        self.http = httpx2.AsyncClient(base_url=self.base, timeout=timeout_s, transport=transport)
+        self.retries = 0  # calls retried, for the report
 
     async def close(self) -> None:
         await self.http.aclose()
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer = await self.http.post(path, json=body, headers=self.ehr.headers(self.base + path))
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            headers = self.ehr.headers(self.base + path)
+            answer = await self.http.post(path, json=body, headers=headers)
+            if answer.status_code not in RETRIED or attempt == MAX_ATTEMPTS:
+                break
+            self.retries += 1
+            await asyncio.sleep(_retry_after(answer.headers.get("retry-after")))
         if answer.status_code != 200:
             raise EhrError(f"POST {path}: HTTP {answer.status_code} {answer.text[:300]}")
         found: dict[str, Any] = answer.json()

@@ -84,6 +84,7 @@ class LoopSteps(LabellingSteps):
             "confirmed": confirmed,
             "dismissed": dismissed,
             "with_correction": corrected,
+            "retried": self.ehr.retries,  # calls the gateway refused for load, then took
         }
         self.echo(
             f"   {len(cards)} drafts (cards); {len(cards) - len(overridden)} accepted, "

@@ -476,5 +476,6 @@ def _ehr_line(flags: dict[str, int], fed_back: int) -> str:
         f"{flags['overridden']}, which became {flags['flagged']} flags "
         f"({flags['with_correction']} with the clinician's correction); on review "
         f"{flags['confirmed']} confirmed, {flags['dismissed']} dismissed; confirmed flags fed "
-        f"back to the preference store: {fed_back}."
+        f"back to the preference store: {fed_back}; calls retried after a 429 or 503: "
+        f"{flags.get('retried', 0)}."
     )
