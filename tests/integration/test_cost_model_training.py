@@ -23,7 +23,8 @@ CONDITIONS = ["flu", "asthma", "migraine", "eczema", "gout", "shingles", "angina
 
 def _records() -> list[dict[str, Any]]:
     """An answer that asserts the diagnosis with certainty is a harmful, annotated one
-    (inappropriate certainty, moderate); a hedged one is clean. Two answers a prompt."""
+    (inappropriate certainty, moderate); a hedged one is clean. Two answers a prompt; every
+    eighth prompt's harmful answer came from a clinician's flag (source ``flagged``)."""
     out = []
     for i in range(48):
         condition = CONDITIONS[i % len(CONDITIONS)]
@@ -43,6 +44,7 @@ def _records() -> list[dict[str, Any]]:
                     "categories": ["inappropriate_certainty"] if certain else [],
                     "severity": "moderate" if certain else "",
                     "prompt_id": f"p{i}",
+                    "source": "flagged" if certain and i % 8 == 0 else "synthetic",
                 }
             )
     return out
@@ -77,6 +79,9 @@ def test_a_cost_model_learns_to_rank_harmful_answers_above_clean_ones(
     assert metrics["eval_auroc"] >= 0.9, metrics
     assert 0.0 <= metrics["eval_auroc_low"] <= metrics["eval_auroc"] <= metrics["eval_auroc_high"]
     assert 0.0 <= metrics["eval_ece"] <= 1.0
+    # held-out flags (6) against every held-out clean answer (12)
+    assert metrics["eval_flags"] == 6 and metrics["eval_flags_auroc"] >= 0.9, metrics
+    assert metrics["eval_flags_auroc_low"] <= metrics["eval_flags_auroc"]
     cert = manifest["categories"]["inappropriate_certainty"]
     assert cert["positives"] == 12 and cert["auroc"] >= 0.9
     assert manifest["categories"]["bias"] == {"positives": 0, "auroc": None}  # one class

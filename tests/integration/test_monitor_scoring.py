@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import REGISTRY
+from sklearn.metrics import roc_auc_score
 from sqlalchemy import create_engine, text
 
 from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
+from clinalign.common.v1 import common_pb2
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as pb
@@ -143,3 +145,97 @@ async def test_an_output_the_reward_service_refuses_does_not_block_the_others(
     rows = _rows(common)
     assert rows["good-1"][0] is not None and rows["good-2"][0] is not None
     assert rows["bad"][0] is None and rows["bad"][-1] == 2  # charged, then left alone
+
+
+def _flag(oid: str, severity: int, category: int) -> pb.FlagOutputRequest:
+    return pb.FlagOutputRequest(output_id=oid, category=category, severity=severity)
+
+
+def _accepted(oid: str) -> pb.RecordOutcomeRequest:
+    at = Timestamp()
+    at.FromDatetime(datetime.now(UTC))
+    return pb.RecordOutcomeRequest(
+        output_id=oid, outcome=pb.OUTCOME_ACCEPTED, outcome_time=at, source="cds-hooks:test"
+    )
+
+
+async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
+    common: CommonSettings, token: Token, tiny_reward_dir: Path, tiny_cost_dir: Path
+) -> None:
+    """GetStats' cost_models: the cost model's AUROC on outputs confirmed harmful (a
+    confirmed flag, moderate or worse) against outputs accepted without a flag; an output
+    flagged before the cost model first scored is not held out, and is left out, as are
+    outputs only flagged low, dismissed-and-overridden or still open."""
+    reward = RewardApp(
+        common,
+        RewardSettings(
+            port=0,
+            device="cpu",
+            model_path=tiny_reward_dir,
+            model_version="reward-v1",
+            cost_model_path=tiny_cost_dir,
+            cost_model_version="cost-v1",
+        ),
+    )
+    harmful = {  # output -> (severity, category) of its confirmed flag
+        "h1": (pb.SEVERITY_CRITICAL, common_pb2.ERROR_CATEGORY_UNSAFE_ADVICE),
+        "h2": (pb.SEVERITY_MODERATE, common_pb2.ERROR_CATEGORY_OMISSION),
+        "h3": (pb.SEVERITY_HIGH, common_pb2.ERROR_CATEGORY_UNSAFE_ADVICE),
+    }
+    clean = ["c1", "c2", "c3", "c4"]
+    texts = {
+        oid: f"Synthetic answer {oid}: " + ("take double" if oid.startswith("h") else "see your GP")
+        for oid in [*harmful, *clean, "early", "low", "open"]
+    }
+    async with serving(reward, common) as rw:
+        wired = common.model_copy(update={"reward_target": f"127.0.0.1:{rw.port}"})
+        monitor = MonitorApp(wired, MonitorSettings(port=0, score_interval_s=3600))
+        async with serving(monitor, wired) as mon:
+            async with client(mon, common, token(Role.SERVICE)) as ch:
+                service = monitor_pb2_grpc.MonitorServiceStub(ch)
+                await service.RecordOutputs(
+                    pb.RecordOutputsRequest(outputs=[_out(o, t) for o, t in texts.items()])
+                )
+            async with client(mon, common, token(Role.CLINICIAN)) as ch:
+                clinician = monitor_pb2_grpc.MonitorServiceStub(ch)
+                # flagged (and confirmed) before the cost model scored anything
+                early = await clinician.FlagOutput(
+                    _flag("early", pb.SEVERITY_HIGH, common_pb2.ERROR_CATEGORY_UNSAFE_ADVICE)
+                )
+                await monitor.score_outputs()
+                ids = [early.flag.id]
+                for oid, (severity, category) in {
+                    **harmful,
+                    "low": (pb.SEVERITY_LOW, common_pb2.ERROR_CATEGORY_OMISSION),
+                }.items():
+                    ids.append((await clinician.FlagOutput(_flag(oid, severity, category))).flag.id)
+                await clinician.FlagOutput(
+                    _flag("open", pb.SEVERITY_HIGH, common_pb2.ERROR_CATEGORY_OMISSION)
+                )
+                for oid in clean:
+                    await clinician.RecordOutcome(_accepted(oid))
+                for flag_id in ids:
+                    await clinician.ResolveFlag(
+                        pb.ResolveFlagRequest(
+                            flag_id=flag_id, resolution=pb.RESOLUTION_CONFIRM, reason="seen"
+                        )
+                    )
+            async with client(mon, common, token(Role.ML_ENGINEER)) as ch:
+                stats = await monitor_pb2_grpc.MonitorServiceStub(ch).GetStats(pb.GetStatsRequest())
+    costs = {oid: row[1] for oid, row in _rows(common).items()}
+    (found,) = stats.cost_models
+    assert (found.cost_model_version, found.harmful, found.clean) == ("cost-v1", 3, 4)
+    y = [1] * len(harmful) + [0] * len(clean)
+    p = [costs[o] for o in [*harmful, *clean]]
+    assert found.auroc == pytest.approx(roc_auc_score(y, p))
+    assert found.auroc_low <= found.auroc <= found.auroc_high
+    assert 0.0 <= found.calibration_error <= 1.0
+    unsafe = roc_auc_score(
+        [1, 1, 0, 0, 0, 0], [costs["h1"], costs["h3"], *(costs[c] for c in clean)]
+    )
+    assert dict(found.auroc_by_category) == pytest.approx(
+        {
+            "unsafe_advice": unsafe,
+            "omission": roc_auc_score([1, 0, 0, 0, 0], [costs["h2"], *(costs[c] for c in clean)]),
+        }
+    )

@@ -62,7 +62,9 @@ def stack_env(plan: Plan, threads: int) -> dict[str, str]:
         "CLINALIGN_MONITOR_RETRAIN_REWARD_HYPERPARAMETERS": json.dumps(plan.loop_reward),
         "CLINALIGN_MONITOR_RETRAIN_PPO_HYPERPARAMETERS": json.dumps(plan.loop_ppo),
         # the loop retrains the cost model on the confirmed flags too (issue 21)
-        "CLINALIGN_MONITOR_RETRAIN_COST_MODEL": "true" if plan.cost else "false",
+        "CLINALIGN_MONITOR_RETRAIN_COST_MODEL": "true"
+        if plan.cost and plan.retrain_cost
+        else "false",
         "CLINALIGN_MONITOR_RETRAIN_COST_HYPERPARAMETERS": json.dumps(plan.cost),
         # the gate's judges: the formulary's rule checks, the SIMULATED panel, seeded
         # apart from the panels that label and that judge the reported evaluation, and the

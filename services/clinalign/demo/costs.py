@@ -1,4 +1,5 @@
 """The demo's cost-model figures (issue 21): the cost model's held-out figures by version,
+the served cost model on the EHR traffic's held-out flags (the monitor's GetStats),
 the PPO constraint's budget (SFT's expected cost on its labelled answers), and each
 policy's expected cost on the final held-out answers, RLHF rounds also paired against SFT
 (``evaluation.expected_costs``), for ``clinalign demo --json`` and the report."""
@@ -20,6 +21,7 @@ def cost_figures(
     run trained no cost model)."""
     return {
         "cost_model": {v: dict(m) for v, m in figures.cost_model.items()},
+        "cost_on_flags": {v: dict(m) for v, m in figures.cost_on_flags.items()},
         "cost_budget": figures.cost_budget,
         "expected_cost": _expected(result, figures, echo),
     }
@@ -52,7 +54,15 @@ def cost_lines(summary: dict[str, Any]) -> list[str]:
         )
         for name, c in summary.get("expected_cost", {}).items()
     )
+    on_flags = "; ".join(
+        f"{v} {m['auroc']:.3f} [{m['auroc_low']:.3f}, {m['auroc_high']:.3f}] ({m['harmful']} "
+        f"flagged harmful, {m['clean']} accepted)"
+        for v, m in summary.get("cost_on_flags", {}).items()
+        if "auroc" in m
+    )
     return [
+        "- Cost model on held-out flags (the EHR traffic's confirmed flags against its "
+        f"accepted drafts; AUROC, 95 % interval): {on_flags or 'not measured'}.",
         f"- Cost model, held-out figures: {summary.get('cost_model') or 'none trained'}; the "
         f"PPO constraint's budget (SFT's expected cost): "
         f"{'—' if budget is None else f'{budget:.3f}'}.",

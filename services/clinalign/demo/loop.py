@@ -91,6 +91,37 @@ class LoopSteps(LabellingSteps):
             f"{len(overridden)} overridden → {len(flags)} flags ({corrected} with a "
             f"correction), {confirmed} confirmed, {dismissed} dismissed on review"
         )
+        await self._cost_on_flags(len(cards))
+
+    async def _cost_on_flags(self, outputs: int) -> None:
+        """The served cost model on held-out flags: once the monitor has scored every
+        output (or after two minutes), its AUROC on the outputs the clinicians
+        flagged (confirmed, moderate or worse) against those they accepted, as GetStats
+        measures it. The cost model was trained before any of this traffic."""
+        if not self.figures.versions.get("cm-1"):
+            return  # no cost model serves: the monitor charges no cost
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while True:
+            stats = await self.peers.monitor.GetStats(monitor_pb2.GetStatsRequest())
+            # reward and cost come in one scoring call: every output scored, all are charged
+            scored = sum(v.reward_score.count for v in stats.versions)
+            if scored >= outputs or loop.time() > deadline:
+                break
+            await asyncio.sleep(2.0)
+        for c in stats.cost_models:
+            found: dict[str, Any] = {"harmful": c.harmful, "clean": c.clean}
+            for name in ("auroc", "auroc_low", "auroc_high", "calibration_error"):
+                if c.HasField(name):
+                    found[name] = round(getattr(c, name), 4)
+            found["auroc_by_category"] = {k: round(v, 4) for k, v in c.auroc_by_category.items()}
+            self.figures.cost_on_flags[c.cost_model_version] = found
+            if "auroc" in found:
+                self.echo(
+                    f"   {c.cost_model_version} on held-out flags: AUROC {found['auroc']:.3f} "
+                    f"[{found['auroc_low']:.3f}, {found['auroc_high']:.3f}], {c.harmful} "
+                    f"flagged harmful against {c.clean} accepted"
+                )
 
     async def _open_message(self, i: int, e: QAExample, who: str) -> dict[str, Any]:
         """The card the gateway returns when clinician ``who`` opens patient ``i``'s
@@ -209,6 +240,13 @@ class LoopSteps(LabellingSteps):
             promoted = step.outcome.startswith("promoted")
             if step.name in ("promote_reward_model", "promote_policy") and promoted:
                 self.figures.promoted_versions.append(step.ref)
+            if step.name == "cost_model_job":
+                job = (await self.peers.trainer.GetJob(trainer_pb2.GetJobRequest(id=step.ref))).job
+                if job.model_version:
+                    self._record_job("cm-2", job)
+                    self.figures.cost_model[job.model_version] = {
+                        k: v for k, v in job.metrics.items() if k.startswith(("eval_", "train_h"))
+                    }
             if step.name in ("reward_model_job", "ppo_job"):
                 job = (await self.peers.trainer.GetJob(trainer_pb2.GetJobRequest(id=step.ref))).job
                 label = "rm-2" if step.name == "reward_model_job" else "rlhf-2"

@@ -57,6 +57,10 @@ class Plan:
     # PPO's settings once a cost model serves: the constraint, its budget the SFT policy's
     # own expected cost (measured on its labelled answers) unless this sets cost_budget
     cost_constraint: dict[str, str] = field(default_factory=dict)
+    # the loop's retraining run trains a new cost model on the confirmed flags (and gates
+    # it) before its PPO job; False keeps the first cost model, which saw no flag
+    # (bench/flags_ablation.py)
+    retrain_cost: bool = True
     # seeds the foundation model, every training job and the labelling panel (the panels
     # that judge the gate and the reported evaluation keep theirs, so seeds are compared
     # by the same judges); 0 is `clinalign demo`
@@ -153,7 +157,9 @@ class Plan:
             retrain_ppo={"iterations": "10"},
             cost=COST,
             cost_constraint=COST_CONSTRAINT,
-            traffic=128,
+            # Enough EHR messages that the cost model has flags to learn from and to be
+            # judged on (issue 21: at least 500): at 512, about 380 overrides, 380 flags.
+            traffic=512,
             correction_share=0.2,
             eval_prompts=384,
             # Two answers a prompt and policy: with one, two draws of the same policy's
@@ -227,6 +233,9 @@ class Figures:
     # cost version -> its held-out figures (eval_auroc with its interval, eval_ece, ...)
     cost_model: dict[str, dict[str, float]] = field(default_factory=dict)
     cost_budget: float | None = None  # the constraint's budget: SFT's expected cost
+    # cost version -> how its costs told the EHR traffic's flagged outputs from the
+    # accepted ones (the monitor's GetStats: harmful, clean, auroc with its interval, ...)
+    cost_on_flags: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: list[dict[str, Any]] = field(default_factory=list)
     gate: list[dict[str, Any]] = field(default_factory=list)
     promoted_versions: list[str] = field(default_factory=list)

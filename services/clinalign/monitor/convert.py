@@ -9,7 +9,7 @@ from clinalign.common.protos import datetime_from, enum_name, timestamp
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import drift, feedback, flags, outcomes, outputs, store
 from clinalign.monitor.retraining import RunView
-from clinalign.monitor.stats import WindowStats
+from clinalign.monitor.stats import CostVerdicts, WindowStats
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
 
@@ -150,6 +150,18 @@ def stats_to_proto(v: WindowStats, bins: int) -> pb.VersionStats:
         out.reward_psi, out.reward_ks = psi, ks
     if v.baseline_flag_rate is not None:
         out.baseline_flag_rate = v.baseline_flag_rate
+    return out
+
+
+def cost_model_stats_to_proto(v: CostVerdicts) -> pb.CostModelStats:
+    out = pb.CostModelStats(
+        cost_model_version=v.cost_model_version,
+        harmful=len(v.harmful),
+        clean=len(v.clean),
+        auroc_by_category={category_name(c): a for c, a in v.auroc_by_category().items()},
+    )
+    for name, value in v.figures().items():
+        setattr(out, name, value)
     return out
 
 

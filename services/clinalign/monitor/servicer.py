@@ -13,6 +13,7 @@ from clinalign.common.context import principal_name
 from clinalign.common.protos import datetime_from
 from clinalign.monitor import flags
 from clinalign.monitor.convert import (
+    cost_model_stats_to_proto,
     flag_from_proto,
     flag_to_proto,
     outcome_from_proto,
@@ -113,9 +114,12 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
             if request.HasField("start_time")
             else end - timedelta(hours=24)
         )
-        stats = await self.monitor.stats(request.model_version, start, end)
+        stats, costs = await self.monitor.stats(request.model_version, start, end)
         bins = self.monitor.limits.psi_bins
-        return pb.GetStatsResponse(versions=[stats_to_proto(v, bins) for v in stats])
+        return pb.GetStatsResponse(
+            versions=[stats_to_proto(v, bins) for v in stats],
+            cost_models=[cost_model_stats_to_proto(c) for c in costs],
+        )
 
     async def GetLineage(
         self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext

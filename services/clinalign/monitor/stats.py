@@ -1,15 +1,19 @@
 """Per-version statistics for a window (GetStats, the gauges and the retraining policy):
 outputs generated in the window, the flags and outcomes on them, their scores, latency and
-costs, and the version's frozen baseline (``store``) for drift."""
+costs, and the version's frozen baseline (``store``) for drift; and, per cost model, how
+well its costs told apart the outputs clinicians flagged from those they accepted
+(``cost_verdicts``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from clinalign.common import discrimination
 from clinalign.monitor import drift
 from clinalign.monitor.store import BaselineRow, FlagRow, OutcomeRow, OutputRow
 from clinalign.monitor.v1 import monitor_pb2 as pb
@@ -167,3 +171,133 @@ def _baseline(session: Session, version: str) -> tuple[int, int, list[float], li
         .where(*members)
     )
     return count, int(flags or 0), scores, costs
+
+
+# flag severities that make an output harmful, as for the cost model's own label
+# (clinalign.common.cost_format.HARMFUL_SEVERITIES): moderate or worse
+_HARMFUL = frozenset({pb.SEVERITY_MODERATE, pb.SEVERITY_HIGH, pb.SEVERITY_CRITICAL})
+
+
+@dataclass(frozen=True)
+class CostVerdicts:
+    """One cost model's costs of the production outputs clinicians judged after it first
+    scored: the harmful ones (a confirmed flag of moderate severity or worse; with the
+    categories confirmed) and the clean ones (accepted, with no flag but dismissed ones)."""
+
+    cost_model_version: str
+    harmful: list[tuple[float, frozenset[int]]]  # (cost, confirmed categories)
+    clean: list[float]
+
+    def figures(self, seed: int = 0) -> dict[str, float]:
+        """``auroc`` with its 95 % interval over outputs (``auroc_low``, ``auroc_high``)
+        and ``calibration_error``, where both classes are present."""
+        y = np.asarray([1] * len(self.harmful) + [0] * len(self.clean))
+        p = np.asarray([c for c, _ in self.harmful] + self.clean)
+        auroc = discrimination.auroc(y, p)
+        if auroc is None:
+            return {}
+        low, high = discrimination.auroc_interval(
+            y, p, list(map(str, range(y.size))), seed=seed
+        ) or (
+            auroc,
+            auroc,
+        )
+        return {
+            "auroc": auroc,
+            "auroc_low": low,
+            "auroc_high": high,
+            "calibration_error": discrimination.expected_calibration_error(y, p),
+        }
+
+    def auroc_by_category(self) -> dict[int, float]:
+        """Category number -> AUROC of the cost, that category's harmful outputs against
+        the clean ones."""
+        out: dict[int, float] = {}
+        for category in sorted({c for _, cs in self.harmful for c in cs}):
+            positives = [cost for cost, cs in self.harmful if category in cs]
+            y = np.asarray([1] * len(positives) + [0] * len(self.clean))
+            auroc = discrimination.auroc(y, np.asarray(positives + self.clean))
+            if auroc is not None:
+                out[category] = auroc
+        return out
+
+
+def cost_verdicts(
+    session: Session,
+    model_version: str | None,
+    start: datetime,
+    end: datetime,
+    confirmed_status: int,
+    dismissed_status: int,
+) -> list[CostVerdicts]:
+    """Per cost model that scored outputs generated in [start, end) (of ``model_version``,
+    when given): its costs of the outputs judged harmful or clean. An output counts only if
+    every verdict on it (flag, outcome) was recorded after that cost model first scored any
+    output: a cost model trains on the flags fed back before it was built, so these are
+    flags it cannot have seen. Open flags and overrides without a confirmed flag decide
+    nothing; such outputs are left out."""
+    first_scored = dict(
+        session.execute(
+            select(OutputRow.cost_model_version, func.min(OutputRow.scored_at))
+            .where(OutputRow.cost_model_version != "", OutputRow.scored_at.is_not(None))
+            .group_by(OutputRow.cost_model_version)
+        ).all()
+    )
+    judged = [
+        OutputRow.created_at >= start,
+        OutputRow.created_at < end,
+        OutputRow.cost.is_not(None),
+        OutputRow.cost_model_version != "",
+    ]
+    if model_version:
+        judged.append(OutputRow.model_version == model_version)
+    outputs: dict[str, tuple[str, float]] = {
+        oid: (version, cost)
+        for oid, version, cost in session.execute(
+            select(OutputRow.output_id, OutputRow.cost_model_version, OutputRow.cost).where(*judged)
+        )
+        if cost is not None  # judged holds only charged outputs
+    }
+    flags: dict[str, list[tuple[int, int, int, datetime]]] = {}
+    for oid, category, severity, status, at in session.execute(
+        select(
+            FlagRow.output_id,
+            FlagRow.category,
+            FlagRow.severity,
+            FlagRow.status,
+            FlagRow.created_at,
+        )
+        .join(OutputRow, OutputRow.output_id == FlagRow.output_id)
+        .where(*judged)
+    ):
+        flags.setdefault(oid, []).append((category, severity, status, at))
+    accepted: dict[str, datetime] = dict(
+        session.execute(
+            select(OutcomeRow.output_id, func.min(OutcomeRow.recorded_at))
+            .join(OutputRow, OutputRow.output_id == OutcomeRow.output_id)
+            .where(*judged, OutcomeRow.outcome == pb.OUTCOME_ACCEPTED)
+            .group_by(OutcomeRow.output_id)
+        ).all()
+    )
+
+    by_model: dict[str, CostVerdicts] = {}
+    for oid, (version, cost) in sorted(outputs.items()):
+        since = first_scored.get(version)
+        mine = flags.get(oid, [])
+        if since is None or any(at <= since for *_, at in mine):
+            continue
+        found = by_model.setdefault(version, CostVerdicts(version, [], []))
+        harmful = frozenset(
+            c
+            for c, severity, status, _ in mine
+            if status == confirmed_status and severity in _HARMFUL
+        )
+        if harmful:
+            found.harmful.append((cost, harmful))
+        elif (
+            oid in accepted
+            and accepted[oid] > since
+            and all(status == dismissed_status for _, _, status, _ in mine)
+        ):
+            found.clean.append(cost)
+    return [by_model[v] for v in sorted(by_model)]

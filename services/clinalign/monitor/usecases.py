@@ -35,7 +35,7 @@ from clinalign.monitor import (
 )
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.convert import category_name, severity_name
-from clinalign.monitor.stats import WindowStats, window_stats
+from clinalign.monitor.stats import CostVerdicts, WindowStats, cost_verdicts, window_stats
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
 ID_CHARS = 64  # output ids, model and template versions
@@ -304,12 +304,22 @@ class Monitor:
         metrics.RESOLUTIONS.labels(category_name(row.category), outcome).inc()
         return row, delivery
 
-    async def stats(self, model_version: str, start: datetime, end: datetime) -> list[WindowStats]:
+    async def stats(
+        self, model_version: str, start: datetime, end: datetime
+    ) -> tuple[list[WindowStats], list[CostVerdicts]]:
+        """Per policy version, and per cost model: how its costs told apart the outputs
+        clinicians flagged from those they accepted (``stats.cost_verdicts``)."""
         if start >= end:
             raise InvalidArgument("start_time", "must be before end_time")
-        return await self.db.run_sync(
-            lambda s: window_stats(s, model_version or None, start, end, flags.CONFIRMED)
-        )
+
+        def read(s: Session) -> tuple[list[WindowStats], list[CostVerdicts]]:
+            version = model_version or None
+            return (
+                window_stats(s, version, start, end, flags.CONFIRMED),
+                cost_verdicts(s, version, start, end, flags.CONFIRMED, flags.DISMISSED),
+            )
+
+        return await self.db.run_sync(read)
 
     async def lineage(
         self, output_id: str

@@ -45,8 +45,8 @@ def cost_checks(
 ) -> list[Check]:
     """The gate's checks of a cost model on a snapshot's harm records (both splits; the
     ``eval`` split is read)."""
+    from clinalign.common import discrimination
     from clinalign.common.cost_format import targets
-    from clinalign.trainer.methods.cost_model import evaluation
     from clinalign.trainer.methods.cost_model.training import harm_records
 
     held_out = harm_records(records, "eval")
@@ -65,8 +65,8 @@ def cost_checks(
             )
         ]
     p = _probabilities(candidate_dir, held_out)
-    estimate = evaluation.auroc(y, p) or 0.0
-    low, high = evaluation.auroc_interval(y, p, groups, rounds=n_resamples) or (0.0, 0.0)
+    estimate = discrimination.auroc(y, p) or 0.0
+    low, high = discrimination.auroc_interval(y, p, groups, rounds=n_resamples) or (0.0, 0.0)
     checks = [
         Check(
             AUROC_CI_LOW,
@@ -80,7 +80,7 @@ def cost_checks(
     ]
     if baseline_dir is not None:
         served = _probabilities(baseline_dir, held_out)
-        paired = evaluation.paired_auroc_difference(y, p, served, groups, rounds=n_resamples)
+        paired = discrimination.paired_auroc_difference(y, p, served, groups, rounds=n_resamples)
         diff, d_low, d_high = paired or (0.0, 0.0, 0.0)
         passed = d_low > -margin
         checks.append(

@@ -12,7 +12,7 @@ are left out and counted.
 
 The directory it writes is what the reward service loads beside the reward model: full
 weights, the tokenizer, ``clinalign_cost.json`` (the labels in output order) and
-``clinalign_manifest.json`` (lineage, and the held-out figures of ``evaluation``: AUROC
+``clinalign_manifest.json`` (lineage, and the held-out figures of ``common.discrimination``: AUROC
 of the cost and of each category with a bootstrap interval over prompts, the cost's
 expected calibration error).
 """
@@ -41,6 +41,7 @@ from transformers import (
     set_seed,
 )
 
+from clinalign.common import discrimination
 from clinalign.common.artefacts import COST, MANIFEST_NAME, LoraSettings
 from clinalign.common.cost_format import COST_FILE, HARM, LABELS, probabilities, targets
 from clinalign.common.errors import InvalidArgument
@@ -57,9 +58,12 @@ from clinalign.common.training import (
     trainer_output_dir,
     write_model_dir,
 )
-from clinalign.trainer.methods.cost_model import evaluation
 
 log = logging.getLogger(__name__)
+
+# the preference store's prompt source of a flagged production output (its harm records'
+# ``source``)
+FLAGGED_SOURCE = "flagged"
 
 FORMAT_VERSION = 1
 
@@ -249,8 +253,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Held-out figures of a cost model on harm records: ``eval_records``,
     ``eval_harmful``, the cost's ``eval_auroc`` with its 95 % interval over prompts
-    (``eval_auroc_low``, ``eval_auroc_high``) and ``eval_ece``, and under ``categories``
-    each category's positives and AUROC (None where the records hold one class only)."""
+    (``eval_auroc_low``, ``eval_auroc_high``) and ``eval_ece``; ``eval_flags``, the harmful
+    records that came from clinicians' flags (prompt source ``flagged``), and the cost's
+    AUROC on them against the clean records (``eval_flags_auroc`` with ``_low`` and
+    ``_high``); and under ``categories`` each category's positives and AUROC (None where
+    the records hold one class only)."""
     if not records:
         return {"eval_records": 0.0, "categories": {}}
     y = np.asarray([targets(r) for r in records])  # [N, L]
@@ -265,18 +272,42 @@ def evaluate(
     out: dict[str, Any] = {
         "eval_records": float(len(records)),
         "eval_harmful": float(y[:, 0].sum()),
-        "eval_ece": evaluation.expected_calibration_error(y[:, 0], p[:, 0]),
+        "eval_ece": discrimination.expected_calibration_error(y[:, 0], p[:, 0]),
     }
-    overall = evaluation.auroc(y[:, 0], p[:, 0])
-    interval = evaluation.auroc_interval(y[:, 0], p[:, 0], groups, seed=seed)
-    if overall is not None and interval is not None:
-        out.update(eval_auroc=overall, eval_auroc_low=interval[0], eval_auroc_high=interval[1])
+    out.update(_auroc_figures("eval_auroc", y[:, 0], p[:, 0], groups, seed))
+    # Held-out flags: the harmful production outputs clinicians flagged (and confirmed),
+    # against every held-out clean answer.
+    flagged = np.asarray([r.get("source") == FLAGGED_SOURCE for r in records]) & (y[:, 0] == 1)
+    subset = flagged | (y[:, 0] == 0)
+    out["eval_flags"] = float(flagged.sum())
+    if flagged.any():
+        out.update(
+            _auroc_figures(
+                "eval_flags_auroc",
+                y[subset, 0],
+                p[subset, 0],
+                [g for g, keep in zip(groups, subset, strict=True) if keep],
+                seed,
+            )
+        )
     out["categories"] = {
-        label: {"positives": int(y[:, i].sum()), "auroc": evaluation.auroc(y[:, i], p[:, i])}
+        label: {"positives": int(y[:, i].sum()), "auroc": discrimination.auroc(y[:, i], p[:, i])}
         for i, label in enumerate(LABELS)
         if i > 0
     }
     return out
+
+
+def _auroc_figures(
+    name: str, y: np.ndarray, p: np.ndarray, groups: Sequence[str], seed: int
+) -> dict[str, float]:
+    """``name``, ``name_low`` and ``name_high``: the AUROC and its 95 % interval over
+    ``groups``; nothing where ``y`` holds one class only."""
+    overall = discrimination.auroc(y, p)
+    interval = discrimination.auroc_interval(y, p, groups, seed=seed)
+    if overall is None or interval is None:
+        return {}
+    return {name: overall, f"{name}_low": interval[0], f"{name}_high": interval[1]}
 
 
 def _fit(

@@ -1,7 +1,9 @@
-"""How well a cost model tells harmful answers from clean ones, on held-out harm records
-(issue 21): AUROC per label (scikit-learn's ``roc_auc_score``), the expected calibration
-error of the cost, and bootstrap intervals that resample prompts, as a prompt's answers
-move together. The gate's paired test compares two cost models on the same records.
+"""How well a cost model tells harmful answers from clean ones (issue 21): AUROC per label,
+the expected calibration error of the cost, and bootstrap intervals that resample groups
+(prompts, as a prompt's answers move together).
+The trainer measures a cost model on a snapshot's held-out harm records with these, its
+gate's paired test compares two cost models on the same records, and the monitor measures
+the served cost model against clinicians' verdicts on production outputs.
 
 Pure functions of arrays: ``y`` holds 0/1 targets, ``p`` probabilities, ``groups`` one
 prompt id per record (shape [N] each).
@@ -19,13 +21,20 @@ ECE_BINS = 10
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
     """The area under the ROC curve (the probability that a random positive scores above a
-    random negative, ties counting half); None when ``y`` holds one class only."""
-    from sklearn.metrics import roc_auc_score
+    random negative, ties counting half); None when ``y`` holds one class only. Computed
+    as the Mann-Whitney U statistic over n_pos * n_neg (Hanley and McNeil 1982, "The
+    meaning and use of the area under a ROC curve"), with scipy's average ranks for ties:
+    scikit-learn's ``roc_auc_score`` to rounding, without its per-call input checks, which
+    dominate a bootstrap's thousand calls."""
+    from scipy.stats import rankdata
 
-    y = np.asarray(y)
-    if y.size == 0 or y.min() == y.max():
+    y = np.asarray(y).astype(bool)
+    if y.size == 0 or y.all() or not y.any():
         return None
-    return float(roc_auc_score(y, p))
+    positives = int(y.sum())
+    negatives = y.size - positives
+    rank_sum = float(rankdata(np.asarray(p, dtype=float))[y].sum())
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
