@@ -222,6 +222,7 @@ async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
                     )
             async with client(mon, common, token(Role.ML_ENGINEER)) as ch:
                 stats = await monitor_pb2_grpc.MonitorServiceStub(ch).GetStats(pb.GetStatsRequest())
+            await monitor.refresh_gauges()
     costs = {oid: row[1] for oid, row in _rows(common).items()}
     (found,) = stats.cost_models
     assert (found.cost_model_version, found.harmful, found.clean) == ("cost-v1", 3, 4)
@@ -239,3 +240,15 @@ async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
             "omission": roc_auc_score([1, 0, 0, 0, 0], [costs["h2"], *(costs[c] for c in clean)]),
         }
     )
+    # the same figure on /metrics, for the ClinAlignCostModelMissesFlags alert
+    gauge = REGISTRY.get_sample_value(
+        "clinalign_monitor_cost_model_auroc", {"cost_model_version": "cost-v1"}
+    )
+    assert gauge == pytest.approx(found.auroc)
+    verdicts = {
+        v: REGISTRY.get_sample_value(
+            "clinalign_monitor_cost_model_verdicts", {"cost_model_version": "cost-v1", "verdict": v}
+        )
+        for v in ("harmful", "clean")
+    }
+    assert verdicts == {"harmful": 3.0, "clean": 4.0}

@@ -53,6 +53,14 @@ class MonitorSettings(ServiceSettings):
     stats_interval_s: float = Field(
         60.0, gt=0, description="Seconds between refreshes of the drift and flag-rate gauges."
     )
+    cost_verdict_window_hours: float = Field(
+        168.0,
+        gt=0,
+        description="Trailing window (by the outputs' generation time) of the cost-model "
+        "gauges on /metrics: each served cost model's AUROC on the outputs clinicians "
+        "flagged against those they accepted. Verdicts come days after outputs, so it is "
+        "longer than the drift window.",
+    )
     retention_days: float = Field(
         90.0,
         ge=0,

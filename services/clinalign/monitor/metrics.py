@@ -56,6 +56,19 @@ BASELINE_COST_MEAN = Gauge(
     "Mean cost of the version's baseline outputs.",
     ["model_version"],
 )
+COST_MODEL_AUROC = Gauge(
+    "clinalign_monitor_cost_model_auroc",
+    "AUROC of a cost model's costs on recent production outputs clinicians judged: "
+    "confirmed flags (moderate or worse) against accepted outputs, verdicts after it "
+    "first scored (held out).",
+    ["cost_model_version"],
+)
+COST_MODEL_VERDICTS = Gauge(
+    "clinalign_monitor_cost_model_verdicts",
+    "Recent production outputs a cost model scored that clinicians judged, per verdict "
+    "(harmful, clean): the AUROC gauge's sample.",
+    ["cost_model_version", "verdict"],
+)
 FLAG_RATE = Gauge(
     "clinalign_monitor_flag_rate",
     "Flags per output over the recent window, per model version.",

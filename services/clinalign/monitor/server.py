@@ -37,7 +37,7 @@ from clinalign.common.server import DatabaseApp, Readiness, run_main
 from clinalign.monitor import feedback, flags, metrics, retraining, scoring, store
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.servicer import ROLES, SERVICE_CALLERS, MonitorServicer
-from clinalign.monitor.stats import window_stats
+from clinalign.monitor.stats import cost_verdicts, window_stats
 from clinalign.monitor.usecases import Limits, Monitor
 from clinalign.monitor.v1 import monitor_pb2_grpc
 
@@ -132,7 +132,8 @@ class MonitorApp(DatabaseApp):
         await self.retraining.evaluate(dry_run=False)
 
     async def refresh_gauges(self) -> None:
-        """Sets the drift and flag-rate gauges over the trailing window."""
+        """Sets the drift, flag-rate and cost gauges over the trailing window, and the
+        cost-model gauges over ``cost_verdict_window_hours``."""
         end = datetime.now(UTC)
         start = end - timedelta(minutes=self.settings.drift_window_minutes)
         stats = await self.db.run_sync(lambda s: window_stats(s, None, start, end, flags.CONFIRMED))
@@ -148,6 +149,16 @@ class MonitorApp(DatabaseApp):
             if psi is not None and ks is not None:
                 metrics.REWARD_PSI.labels(v.model_version).set(psi)
                 metrics.REWARD_KS.labels(v.model_version).set(ks)
+        since = end - timedelta(hours=self.settings.cost_verdict_window_hours)
+        judged = await self.db.run_sync(
+            lambda s: cost_verdicts(s, None, since, end, flags.CONFIRMED, flags.DISMISSED)
+        )
+        for c in judged:
+            metrics.COST_MODEL_VERDICTS.labels(c.cost_model_version, "harmful").set(len(c.harmful))
+            metrics.COST_MODEL_VERDICTS.labels(c.cost_model_version, "clean").set(len(c.clean))
+            auroc = c.auroc()
+            if auroc is not None:
+                metrics.COST_MODEL_AUROC.labels(c.cost_model_version).set(auroc)
 
     async def purge_expired(self) -> None:
         """One retention sweep."""

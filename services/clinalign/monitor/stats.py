@@ -188,20 +188,24 @@ class CostVerdicts:
     harmful: list[tuple[float, frozenset[int]]]  # (cost, confirmed categories)
     clean: list[float]
 
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(1 harmful / 0 clean, cost) per output."""
+        y = np.asarray([1] * len(self.harmful) + [0] * len(self.clean))
+        return y, np.asarray([c for c, _ in self.harmful] + self.clean, dtype=float)
+
+    def auroc(self) -> float | None:
+        """The AUROC of the cost, harmful against clean; None without both."""
+        return discrimination.auroc(*self._arrays())
+
     def figures(self, seed: int = 0) -> dict[str, float]:
         """``auroc`` with its 95 % interval over outputs (``auroc_low``, ``auroc_high``)
         and ``calibration_error``, where both classes are present."""
-        y = np.asarray([1] * len(self.harmful) + [0] * len(self.clean))
-        p = np.asarray([c for c, _ in self.harmful] + self.clean)
+        y, p = self._arrays()
         auroc = discrimination.auroc(y, p)
         if auroc is None:
             return {}
-        low, high = discrimination.auroc_interval(
-            y, p, list(map(str, range(y.size))), seed=seed
-        ) or (
-            auroc,
-            auroc,
-        )
+        each_output = [str(i) for i in range(y.size)]  # outputs are independent
+        low, high = discrimination.auroc_interval(y, p, each_output, seed=seed) or (auroc, auroc)
         return {
             "auroc": auroc,
             "auroc_low": low,
