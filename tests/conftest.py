@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ from clinalign.common.channels import open_channel
 from clinalign.common.config import CommonSettings, ServiceSettings
 from clinalign.common.oidc import authenticator_from
 from clinalign.common.server import RunningServer, ServiceApp, create_server
+from clinalign.monitor import store as monitor_store
+from clinalign.monitor.config import MonitorSettings
+from clinalign.monitor.server import MonitorApp
 
 PG_URL = os.environ.get("CLINALIGN_TEST_DATABASE_URL")
 
@@ -168,6 +171,19 @@ def reset_tables(url: str, base: type[DeclarativeBase]) -> None:
     with engine.begin() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS alembic_version_{service}"))
     engine.dispose()
+
+
+def monitor_app(common: CommonSettings, url: str, **settings: Any) -> MonitorApp:
+    """A monitor on a fresh ``url`` database (a PostgreSQL one emptied first)."""
+    reset_tables(url, monitor_store.Base)
+    return MonitorApp(common, MonitorSettings(port=0, database_url=url, **settings))
+
+
+async def rpc_fails(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error a gRPC call ends with; the test fails if the call succeeds."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
 
 
 @asynccontextmanager

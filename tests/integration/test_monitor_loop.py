@@ -49,7 +49,7 @@ from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
-from tests.conftest import client, reset_tables, serve_in_registry, serving
+from tests.conftest import client, reset_tables, rpc_fails, serve_in_registry, serving
 from tests.e2e.test_reward_pipeline import _populate
 
 Token = Callable[[Role], str]
@@ -101,12 +101,6 @@ async def _until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -
             return got
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
 
 
 def _output(oid: str, version: str = "policy-v1", text: str = ORIGINAL) -> pb.ProductionOutput:
@@ -365,24 +359,24 @@ async def test_lineage_and_retraining_validate_their_input_and_roles(
     async with serving(monitor, common) as mon:
         async with client(mon, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            empty = await _fails(stub.GetLineage(pb.GetLineageRequest()))
-            unknown = await _fails(stub.GetLineage(pb.GetLineageRequest(output_id="nope")))
-            denied = await _fails(stub.EvaluateRetraining(pb.EvaluateRetrainingRequest()))
-            denied_list = await _fails(stub.ListRetrainingRuns(pb.ListRetrainingRunsRequest()))
+            empty = await rpc_fails(stub.GetLineage(pb.GetLineageRequest()))
+            unknown = await rpc_fails(stub.GetLineage(pb.GetLineageRequest(output_id="nope")))
+            denied = await rpc_fails(stub.EvaluateRetraining(pb.EvaluateRetrainingRequest()))
+            denied_list = await rpc_fails(stub.ListRetrainingRuns(pb.ListRetrainingRunsRequest()))
         async with client(mon, common, token(Role.EHR_CLIENT)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            ehr = await _fails(stub.GetLineage(pb.GetLineageRequest(output_id="x")))
+            ehr = await rpc_fails(stub.GetLineage(pb.GetLineageRequest(output_id="x")))
         async with client(mon, common, token(Role.ML_ENGINEER)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            bad_page = await _fails(
+            bad_page = await rpc_fails(
                 stub.ListRetrainingRuns(pb.ListRetrainingRunsRequest(page_size=101))
             )
-            bad_token = await _fails(
+            bad_token = await rpc_fails(
                 stub.ListRetrainingRuns(pb.ListRetrainingRunsRequest(page_token="zz"))
             )
             no_runs = await stub.ListRetrainingRuns(pb.ListRetrainingRunsRequest())
             # nothing listens at the peers' default targets: a precondition, not INTERNAL
-            no_peers = await _fails(stub.EvaluateRetraining(pb.EvaluateRetrainingRequest()))
+            no_peers = await rpc_fails(stub.EvaluateRetraining(pb.EvaluateRetrainingRequest()))
         env = {"CLINALIGN_MONITOR_TARGET": f"127.0.0.1:{mon.port}"}
         cli_missing = await _cli(common, env, "lineage", "nope")
         cli_list = await _cli(common, env, "retraining", "list", "--json")

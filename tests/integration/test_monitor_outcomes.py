@@ -19,11 +19,9 @@ from sqlalchemy import func, select
 from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.monitor import store
-from clinalign.monitor.config import MonitorSettings
-from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
-from tests.conftest import client, reset_tables, serving
+from tests.conftest import client, monitor_app, rpc_fails, serving
 
 Token = Callable[[Role], str]
 SOURCE = "cds-hooks:clinalign-patient-summary"
@@ -59,17 +57,6 @@ def _req(oid: str, outcome: int = pb.OUTCOME_ACCEPTED, **kw: object) -> pb.Recor
     return pb.RecordOutcomeRequest(**fields)  # type: ignore[arg-type]
 
 
-def _app(common: CommonSettings, url: str, **settings: object) -> MonitorApp:
-    reset_tables(url, store.Base)
-    return MonitorApp(common, MonitorSettings(port=0, database_url=url, **settings))  # type: ignore[arg-type]
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
-
-
 def _counted(version: str, outcome: str) -> float:
     labels = {"model_version": version, "outcome": outcome}
     return REGISTRY.get_sample_value("clinalign_monitor_outcomes_total", labels) or 0.0
@@ -80,12 +67,12 @@ async def test_an_outcome_is_stored_once_and_a_repeat_is_a_replay(
 ) -> None:
     # unique per run: the PostgreSQL database and the metrics registry outlive a test
     version = f"oc-{uuid.uuid4().hex[:12]}"
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
             await stub.RecordOutputs(pb.RecordOutputsRequest(outputs=[_out("o1", version)]))
-            denied_service = await _fails(stub.RecordOutcome(_req("o1")))
+            denied_service = await rpc_fails(stub.RecordOutcome(_req("o1")))
         async with client(running, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
             first = await stub.RecordOutcome(_req("o1"))
@@ -97,7 +84,7 @@ async def test_an_outcome_is_stored_once_and_a_repeat_is_a_replay(
             lead = await stub.RecordOutcome(_req("o1", pb.OUTCOME_OVERRIDDEN))
         async with client(running, common, token(Role.EHR_CLIENT)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            denied_ehr = await _fails(stub.RecordOutcome(_req("o1")))
+            denied_ehr = await rpc_fails(stub.RecordOutcome(_req("o1")))
         rows = await app.db.run_sync(
             lambda s: list(s.scalars(select(store.OutcomeRow).order_by(store.OutcomeRow.id)))
         )
@@ -120,7 +107,7 @@ async def test_an_outcome_is_stored_once_and_a_repeat_is_a_replay(
 async def test_unknown_outputs_and_bad_inputs_are_refused_naming_the_field(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     future = datetime.now(UTC) + timedelta(hours=1)
     untimed = pb.RecordOutcomeRequest(output_id="o1", outcome=pb.OUTCOME_ACCEPTED, source=SOURCE)
     cases: list[tuple[pb.RecordOutcomeRequest, str]] = [
@@ -141,8 +128,8 @@ async def test_unknown_outputs_and_bad_inputs_are_refused_naming_the_field(
             await stub.RecordOutputs(pb.RecordOutputsRequest(outputs=[_out("o1", "v1")]))
         async with client(running, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            missing = await _fails(stub.RecordOutcome(_req("nope")))
-            refused = [(await _fails(stub.RecordOutcome(r)), match) for r, match in cases]
+            missing = await rpc_fails(stub.RecordOutcome(_req("nope")))
+            refused = [(await rpc_fails(stub.RecordOutcome(r)), match) for r, match in cases]
         stored = await app.db.run_sync(
             lambda s: s.scalar(select(func.count()).select_from(store.OutcomeRow))
         )
@@ -157,7 +144,7 @@ async def test_unknown_outputs_and_bad_inputs_are_refused_naming_the_field(
 async def test_stats_count_outcomes_per_version_and_window(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     now = datetime.now(UTC)
     old = now - timedelta(days=3)
     outputs = [
@@ -214,7 +201,7 @@ async def test_stats_count_outcomes_per_version_and_window(
 async def test_retention_deletes_outcomes_with_their_outputs(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     old = datetime.now(UTC) - timedelta(days=40)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import grpc.aio
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -19,11 +18,9 @@ from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import store
-from clinalign.monitor.config import MonitorSettings
-from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
-from tests.conftest import RunningServer, client, reset_tables, serving
+from tests.conftest import RunningServer, client, monitor_app, rpc_fails, serving
 
 Token = Callable[[Role], str]
 
@@ -59,17 +56,6 @@ OUTPUTS = [
     _out("o3", "v2", "summary", 2),
     _out("o4", "v2", "patient_question", 3),
 ]
-
-
-def _app(common: CommonSettings, url: str) -> MonitorApp:
-    reset_tables(url, store.Base)
-    return MonitorApp(common, MonitorSettings(port=0, database_url=url))
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
 
 
 async def _seed(running: RunningServer, common: CommonSettings, token: Token) -> list[str]:
@@ -111,7 +97,7 @@ def _ids(reply: pb.ListOutputsResponse) -> list[str]:
 async def test_list_outputs_filters_pages_and_counts_flags(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         await _seed(running, common, token)
         async with client(running, common, token(Role.CLINICIAN)) as ch:
@@ -151,8 +137,8 @@ async def test_list_outputs_filters_pages_and_counts_flags(
         for role in (Role.EHR_CLIENT, Role.SERVICE):
             async with client(running, common, token(role)) as ch:
                 stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-                denied.append(await _fails(stub.ListOutputs(pb.ListOutputsRequest())))
-                denied.append(await _fails(stub.GetOutput(pb.GetOutputRequest(output_id="o1"))))
+                denied.append(await rpc_fails(stub.ListOutputs(pb.ListOutputsRequest())))
+                denied.append(await rpc_fails(stub.GetOutput(pb.GetOutputRequest(output_id="o1"))))
     assert _ids(everything) == ["o4", "o3", "o2", "o1"]  # newest first
     assert found == {
         "v1": ["o2", "o1"],
@@ -188,16 +174,16 @@ async def test_list_outputs_filters_pages_and_counts_flags(
 async def test_get_output_returns_the_output_with_every_flag_oldest_first(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         raised = await _seed(running, common, token)
         async with client(running, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
             o3 = await stub.GetOutput(pb.GetOutputRequest(output_id="o3"))
             o1 = await stub.GetOutput(pb.GetOutputRequest(output_id="o1"))
-            missing = await _fails(stub.GetOutput(pb.GetOutputRequest(output_id="nope")))
-            empty = await _fails(stub.GetOutput(pb.GetOutputRequest()))
-            long = await _fails(stub.GetOutput(pb.GetOutputRequest(output_id="x" * 65)))
+            missing = await rpc_fails(stub.GetOutput(pb.GetOutputRequest(output_id="nope")))
+            empty = await rpc_fails(stub.GetOutput(pb.GetOutputRequest()))
+            long = await rpc_fails(stub.GetOutput(pb.GetOutputRequest(output_id="x" * 65)))
     summary = o3.output
     assert summary.output.output_id == "o3" and summary.output.task == "summary"
     assert (summary.open_flags, summary.confirmed_flags, summary.dismissed_flags) == (0, 1, 1)
@@ -217,7 +203,7 @@ async def test_get_output_returns_the_output_with_every_flag_oldest_first(
 async def test_outputs_whose_text_retention_erased_come_back_empty(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         await _seed(running, common, token)
 
@@ -259,18 +245,18 @@ BAD_LISTINGS = [
 async def test_bad_requests_are_invalid_argument_naming_the_field_and_write_nothing(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     bad_task = _out("o9", "v1", "summary", 9)
     bad_task.task = "Summary!"
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            refused = await _fails(
+            refused = await rpc_fails(
                 stub.RecordOutputs(pb.RecordOutputsRequest(outputs=[OUTPUTS[0], bad_task]))
             )
         async with client(running, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            errors = [await _fails(stub.ListOutputs(request)) for request, _ in BAD_LISTINGS]
+            errors = [await rpc_fails(stub.ListOutputs(request)) for request, _ in BAD_LISTINGS]
             stored = await stub.ListOutputs(pb.ListOutputsRequest())
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (refused.details() or "").startswith("outputs[1].task: must be at most 64 characters")

@@ -19,11 +19,9 @@ from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import store
-from clinalign.monitor.config import MonitorSettings
-from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
-from tests.conftest import RunningServer, client, reset_tables, serving
+from tests.conftest import RunningServer, client, monitor_app, rpc_fails, serving
 
 Token = Callable[[Role], str]
 
@@ -46,17 +44,6 @@ def _out(oid: str, version: str = "v1", *, at: datetime | None = None) -> pb.Pro
         text=f"answer {oid}",
         create_time=ts,
     )
-
-
-def _app(common: CommonSettings, url: str, **settings: object) -> MonitorApp:
-    reset_tables(url, store.Base)
-    return MonitorApp(common, MonitorSettings(port=0, database_url=url, **settings))  # type: ignore[arg-type]
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
 
 
 async def _flag(
@@ -125,7 +112,7 @@ async def test_replay_cases_are_the_confirmed_flags_with_their_deidentified_prom
     common: CommonSettings, token: Token, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
@@ -186,7 +173,7 @@ async def test_replay_cases_count_the_flags_whose_prompt_retention_erased(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
     # Retention keeps a baseline output's row (and so its flags) but erases its text.
-    app = _app(
+    app = monitor_app(
         common, database_url, baseline_outputs=2, retention_days=30, retention_interval_s=0.05
     )
     old = datetime.now(UTC) - timedelta(days=40)
@@ -221,19 +208,19 @@ async def test_replay_cases_count_the_flags_whose_prompt_retention_erased(
 async def test_replay_cases_are_for_services_and_refuse_bad_requests_naming_the_field(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            clinician = await _fails(stub.ListReplayCases(pb.ListReplayCasesRequest()))
+            clinician = await rpc_fails(stub.ListReplayCases(pb.ListReplayCasesRequest()))
         async with client(running, common, token(Role.ML_ENGINEER)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            engineer = await _fails(stub.ListReplayCases(pb.ListReplayCasesRequest()))
+            engineer = await rpc_fails(stub.ListReplayCases(pb.ListReplayCasesRequest()))
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
             empty = await stub.ListReplayCases(pb.ListReplayCasesRequest(page_size=500))
             bad = {
-                name: await _fails(stub.ListReplayCases(request))
+                name: await rpc_fails(stub.ListReplayCases(request))
                 for name, request in {
                     "big": pb.ListReplayCasesRequest(page_size=501),
                     "negative": pb.ListReplayCasesRequest(page_size=-1),

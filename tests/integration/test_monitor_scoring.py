@@ -59,6 +59,19 @@ def _rows(common: CommonSettings) -> dict[str, tuple[object, ...]]:
     return out
 
 
+def _reward(common: CommonSettings, reward_dir: Path, cost_dir: Path | None) -> RewardApp:
+    """A reward service on the tiny reward model, serving ``cost_dir`` as cost-v1."""
+    settings = RewardSettings(
+        port=0,
+        device="cpu",
+        model_path=reward_dir,
+        model_version="reward-v1",
+        cost_model_path=cost_dir,
+        cost_model_version="cost-v1",
+    )
+    return RewardApp(common, settings)
+
+
 @pytest.mark.parametrize("with_cost", [True, False])
 async def test_every_output_is_scored_with_reward_and_cost(
     common: CommonSettings,
@@ -67,17 +80,7 @@ async def test_every_output_is_scored_with_reward_and_cost(
     tiny_cost_dir: Path,
     with_cost: bool,
 ) -> None:
-    reward = RewardApp(
-        common,
-        RewardSettings(
-            port=0,
-            device="cpu",
-            model_path=tiny_reward_dir,
-            model_version="reward-v1",
-            cost_model_path=tiny_cost_dir if with_cost else None,
-            cost_model_version="cost-v1",
-        ),
-    )
+    reward = _reward(common, tiny_reward_dir, tiny_cost_dir if with_cost else None)
     async with serving(reward, common) as rw:
         wired = common.model_copy(update={"reward_target": f"127.0.0.1:{rw.port}"})
         monitor = MonitorApp(wired, MonitorSettings(port=0, score_interval_s=3600))
@@ -166,17 +169,7 @@ async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
     confirmed flag, moderate or worse) against outputs accepted without a flag; an output
     flagged before the cost model first scored is not held out, and is left out, as are
     outputs only flagged low, dismissed-and-overridden or still open."""
-    reward = RewardApp(
-        common,
-        RewardSettings(
-            port=0,
-            device="cpu",
-            model_path=tiny_reward_dir,
-            model_version="reward-v1",
-            cost_model_path=tiny_cost_dir,
-            cost_model_version="cost-v1",
-        ),
-    )
+    reward = _reward(common, tiny_reward_dir, tiny_cost_dir)
     harmful = {  # output -> (severity, category) of its confirmed flag
         "h1": (pb.SEVERITY_CRITICAL, common_pb2.ERROR_CATEGORY_UNSAFE_ADVICE),
         "h2": (pb.SEVERITY_MODERATE, common_pb2.ERROR_CATEGORY_OMISSION),

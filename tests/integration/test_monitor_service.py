@@ -23,11 +23,9 @@ from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import drift, flags, store
-from clinalign.monitor.config import MonitorSettings
-from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
-from tests.conftest import client, reset_tables, serving
+from tests.conftest import client, monitor_app, rpc_fails, serving
 
 Token = Callable[[Role], str]
 
@@ -66,17 +64,6 @@ def _out(
     return out
 
 
-def _app(common: CommonSettings, url: str, **settings: object) -> MonitorApp:
-    reset_tables(url, store.Base)
-    return MonitorApp(common, MonitorSettings(port=0, database_url=url, **settings))  # type: ignore[arg-type]
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
-
-
 def _flag_req(oid: str, **kw: object) -> pb.FlagOutputRequest:
     fields: dict[str, object] = {
         "output_id": oid,
@@ -91,7 +78,7 @@ async def test_outputs_and_flags_are_stored_deidentified_never_logged_or_exporte
     common: CommonSettings, token: Token, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
@@ -122,19 +109,19 @@ async def test_outputs_and_flags_are_stored_deidentified_never_logged_or_exporte
 async def test_record_outputs_is_all_or_nothing_and_idempotent(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url, max_text_chars=50)
+    app = monitor_app(common, database_url, max_text_chars=50)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            long = await _fails(
+            long = await rpc_fails(
                 stub.RecordOutputs(
                     pb.RecordOutputsRequest(outputs=[_out("a"), _out("b", text="x" * 51)])
                 )
             )
             far = _out("b")
             far.create_time.seconds = 10**12  # past year 9999
-            bad_time = await _fails(stub.RecordOutputs(pb.RecordOutputsRequest(outputs=[far])))
-            bad_window = await _fails(
+            bad_time = await rpc_fails(stub.RecordOutputs(pb.RecordOutputsRequest(outputs=[far])))
+            bad_window = await rpc_fails(
                 stub.GetStats(pb.GetStatsRequest(end_time=Timestamp(seconds=-(10**12))))
             )
             first = await stub.RecordOutputs(
@@ -157,21 +144,21 @@ async def test_record_outputs_is_all_or_nothing_and_idempotent(
 async def test_flag_output_validates_and_names_the_caller(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url, max_comment_chars=10)
+    app = monitor_app(common, database_url, max_comment_chars=10)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
             await stub.RecordOutputs(pb.RecordOutputsRequest(outputs=[_out("o1", "v7")]))
         async with client(running, common, token(Role.CLINICIAN)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            missing = await _fails(stub.FlagOutput(_flag_req("nope")))
-            nocat = await _fails(stub.FlagOutput(_flag_req("o1", category=0)))
-            nosev = await _fails(stub.FlagOutput(_flag_req("o1", severity=0)))
-            long = await _fails(stub.FlagOutput(_flag_req("o1", comment="x" * 11)))
+            missing = await rpc_fails(stub.FlagOutput(_flag_req("nope")))
+            nocat = await rpc_fails(stub.FlagOutput(_flag_req("o1", category=0)))
+            nosev = await rpc_fails(stub.FlagOutput(_flag_req("o1", severity=0)))
+            long = await rpc_fails(stub.FlagOutput(_flag_req("o1", comment="x" * 11)))
             ok = (await stub.FlagOutput(_flag_req("o1", comment="wrong dose"))).flag
         async with client(running, common, token(Role.EHR_CLIENT)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
-            denied = await _fails(stub.FlagOutput(_flag_req("o1")))
+            denied = await rpc_fails(stub.FlagOutput(_flag_req("o1")))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     assert (missing.details() or "").startswith("output_id: output 'nope' not found")
     assert nocat.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -188,7 +175,7 @@ async def test_flag_output_validates_and_names_the_caller(
 async def test_resolve_flag_confirms_or_dismisses_an_open_flag_once(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
@@ -197,13 +184,13 @@ async def test_resolve_flag_confirms_or_dismisses_an_open_flag_once(
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
             a = (await stub.FlagOutput(_flag_req("o1"))).flag
             b = (await stub.FlagOutput(_flag_req("o1"))).flag
-            noreason = await _fails(
+            noreason = await rpc_fails(
                 stub.ResolveFlag(
                     pb.ResolveFlagRequest(flag_id=a.id, resolution=pb.RESOLUTION_DISMISS)
                 )
             )
-            nores = await _fails(stub.ResolveFlag(pb.ResolveFlagRequest(flag_id=a.id)))
-            unknown = await _fails(
+            nores = await rpc_fails(stub.ResolveFlag(pb.ResolveFlagRequest(flag_id=a.id)))
+            unknown = await rpc_fails(
                 stub.ResolveFlag(
                     pb.ResolveFlagRequest(flag_id="flag_x", resolution=pb.RESOLUTION_CONFIRM)
                 )
@@ -213,7 +200,7 @@ async def test_resolve_flag_confirms_or_dismisses_an_open_flag_once(
                     pb.ResolveFlagRequest(flag_id=a.id, resolution=pb.RESOLUTION_CONFIRM)
                 )
             ).flag
-            twice = await _fails(
+            twice = await rpc_fails(
                 stub.ResolveFlag(
                     pb.ResolveFlagRequest(flag_id=a.id, resolution=pb.RESOLUTION_CONFIRM)
                 )
@@ -240,7 +227,7 @@ async def test_resolve_flag_confirms_or_dismisses_an_open_flag_once(
 async def test_list_flags_filters_orders_and_pages(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url)
+    app = monitor_app(common, database_url)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
@@ -277,7 +264,7 @@ async def test_list_flags_filters_orders_and_pages(
             severe = (
                 await stub.ListFlags(pb.ListFlagsRequest(min_severity=pb.SEVERITY_HIGH))
             ).flags
-            bad = await _fails(stub.ListFlags(pb.ListFlagsRequest(page_size=101)))
+            bad = await rpc_fails(stub.ListFlags(pb.ListFlagsRequest(page_size=101)))
     # Highest severity first, then oldest: the two CRITICAL in creation order.
     assert [f.id for f in everything] == [made[1], made[3], made[2], made[0]]
     assert [f.id for f in page1.flags] + [f.id for f in page2.flags] == [f.id for f in everything]
@@ -291,7 +278,7 @@ async def test_list_flags_filters_orders_and_pages(
 async def test_get_stats_reports_rates_distributions_and_drift_against_the_baseline(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url, baseline_outputs=4, psi_bins=2)
+    app = monitor_app(common, database_url, baseline_outputs=4, psi_bins=2)
     now = datetime.now(UTC)
     day_ago = now - timedelta(days=1)
     baseline_scores = [0.0, 1.0, 2.0, 3.0]
@@ -331,7 +318,7 @@ async def test_get_stats_reports_rates_distributions_and_drift_against_the_basel
                 model_version="v1", start_time=_ts(now - timedelta(hours=1)), end_time=_ts(now)
             )
             (v1,) = (await stub.GetStats(window)).versions
-            inverted = await _fails(
+            inverted = await rpc_fails(
                 stub.GetStats(pb.GetStatsRequest(start_time=_ts(now), end_time=_ts(day_ago)))
             )
     assert v1.outputs == 5
@@ -353,7 +340,7 @@ async def test_get_stats_reports_rates_distributions_and_drift_against_the_basel
 async def test_stats_without_a_full_baseline_leave_drift_unset(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(common, database_url, baseline_outputs=10)
+    app = monitor_app(common, database_url, baseline_outputs=10)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)
@@ -369,7 +356,7 @@ async def test_stats_without_a_full_baseline_leave_drift_unset(
 async def test_retention_deletes_old_outputs_and_flags_but_keeps_baseline_figures(
     common: CommonSettings, token: Token, database_url: str
 ) -> None:
-    app = _app(
+    app = monitor_app(
         common, database_url, baseline_outputs=2, retention_days=30, retention_interval_s=0.05
     )
     old = datetime.now(UTC) - timedelta(days=40)
@@ -413,7 +400,7 @@ async def test_gauges_refresh_over_the_trailing_window(
 ) -> None:
     # unique per run: the PostgreSQL database outlives a run, and id() values repeat across runs
     version = f"gauge-{uuid.uuid4().hex[:12]}"
-    app = _app(common, database_url, baseline_outputs=4, psi_bins=2, stats_interval_s=0.05)
+    app = monitor_app(common, database_url, baseline_outputs=4, psi_bins=2, stats_interval_s=0.05)
     async with serving(app, common) as running:
         async with client(running, common, token(Role.SERVICE)) as ch:
             stub = monitor_pb2_grpc.MonitorServiceStub(ch)

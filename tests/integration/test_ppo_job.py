@@ -30,7 +30,7 @@ from clinalign.trainer.jobs.executor import is_worker
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
-from tests.conftest import client, serve_in_registry, serving
+from tests.conftest import client, rpc_fails, serve_in_registry, serving
 
 Token = Callable[[Role], str]
 # Settings under which the tiny model learns in a few seconds (see test_ppo_training).
@@ -158,7 +158,7 @@ async def test_ppo_jobs_through_the_reward_service(
                 third_version = await stub.GetModelVersion(
                     tpb.GetModelVersionRequest(version=third_done.model_version)
                 )
-                resume_succeeded = await _fails(
+                resume_succeeded = await rpc_fails(
                     stub.SubmitJob(
                         tpb.SubmitJobRequest(
                             spec=tpb.JobSpec(kind=tpb.JOB_KIND_PPO, resume_job_id=third)
@@ -212,12 +212,6 @@ async def test_ppo_jobs_through_the_reward_service(
     assert "only a failed or cancelled job can be resumed" in (resume_succeeded.details() or "")
 
 
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
-
-
 async def _register(
     stub: trainer_pb2_grpc.TrainerServiceStub, common: CommonSettings, path: Path, kind: int
 ) -> str:
@@ -253,7 +247,7 @@ async def test_bad_ppo_specs_name_their_field(
                     path=str(tiny_model_dir), kind=common_pb2.MODEL_KIND_POLICY, serve_if_none=True
                 )
             )
-            no_reward = await _fails(
+            no_reward = await rpc_fails(
                 stub.SubmitJob(tpb.SubmitJobRequest(spec=_spec(prompt_set="clinical-train")))
             )
             await _register(stub, common, tiny_reward_dir, common_pb2.MODEL_KIND_REWARD)
@@ -277,10 +271,10 @@ async def test_bad_ppo_specs_name_their_field(
                 ),
             }
             errors = {
-                expected: await _fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=spec)))
+                expected: await rpc_fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=spec)))
                 for expected, spec in cases.items()
             }
-            unknown_resume = await _fails(
+            unknown_resume = await rpc_fails(
                 stub.SubmitJob(
                     tpb.SubmitJobRequest(
                         spec=tpb.JobSpec(kind=tpb.JOB_KIND_PPO, resume_job_id="job-x")

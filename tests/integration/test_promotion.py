@@ -37,7 +37,7 @@ from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 from clinalign.trainer.server import TrainerApp, snapshot_fetcher
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
-from tests.conftest import client, reset_tables, serving
+from tests.conftest import client, reset_tables, rpc_fails, serving
 from tests.e2e.test_reward_pipeline import _populate
 
 Token = Callable[[Role], str]
@@ -47,12 +47,6 @@ REWARD = common_pb2.MODEL_KIND_REWARD
 HYPER = RewardHyperparameters(
     epochs=2.0, learning_rate=1e-3, batch_size=8, norm_prompts=4, norm_max_new_tokens=8
 )
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
 
 
 def _register(path: Path, kind: int = REWARD) -> tpb.RegisterModelRequest:
@@ -87,16 +81,20 @@ async def test_promotion_gate_and_rollback_through_grpc(
         async with serving(trainer, wired) as running:
             async with client(running, wired, token(Role.ML_ENGINEER)) as ch:
                 stub = trainer_pb2_grpc.TrainerServiceStub(ch)
-                no_served = await _fails(stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD)))
-                no_version = await _fails(stub.PromoteModel(_promote("")))
-                unknown = await _fails(stub.PromoteModel(_promote("reward-v9")))
+                no_served = await rpc_fails(
+                    stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD))
+                )
+                no_version = await rpc_fails(stub.PromoteModel(_promote("")))
+                unknown = await rpc_fails(stub.PromoteModel(_promote("reward-v9")))
                 untrained = (await stub.RegisterModel(_register(tiny_reward_dir))).version
-                no_snapshot = await _fails(stub.PromoteModel(_promote(untrained.ref.version)))
+                no_snapshot = await rpc_fails(stub.PromoteModel(_promote(untrained.ref.version)))
 
                 good = (await stub.RegisterModel(_register(trained))).version
                 passed = await stub.PromoteModel(_promote(good.ref.version))
-                again = await _fails(stub.PromoteModel(_promote(good.ref.version)))
-                first_only = await _fails(stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD)))
+                again = await rpc_fails(stub.PromoteModel(_promote(good.ref.version)))
+                first_only = await rpc_fails(
+                    stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD))
+                )
                 # No lineage of its own: judged on the served model's snapshot, against it.
                 refused = await stub.PromoteModel(_promote(untrained.ref.version))
 
@@ -105,23 +103,25 @@ async def test_promotion_gate_and_rollback_through_grpc(
                 replaced = await stub.PromoteModel(_promote(same.ref.version))
                 rolled = (await stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD))).version
                 after = await stub.ListModelVersions(tpb.ListModelVersionsRequest(kind=REWARD))
-                exhausted = await _fails(stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD)))
-                bad_kind = await _fails(stub.RollbackModel(tpb.RollbackModelRequest()))
+                exhausted = await rpc_fails(
+                    stub.RollbackModel(tpb.RollbackModelRequest(kind=REWARD))
+                )
+                bad_kind = await rpc_fails(stub.RollbackModel(tpb.RollbackModelRequest()))
 
                 policy = (
                     await stub.RegisterModel(
                         _register(tiny_model_dir, common_pb2.MODEL_KIND_POLICY)
                     )
                 ).version
-                policy_gate = await _fails(stub.PromoteModel(_promote(policy.ref.version)))
+                policy_gate = await rpc_fails(stub.PromoteModel(_promote(policy.ref.version)))
                 # Lineage naming a snapshot the preference service does not hold.
                 lost = tmp_path / "lost"
                 shutil.copytree(tiny_reward_dir, lost)
                 (lost / artefacts.MANIFEST_NAME).write_text(json.dumps({"snapshot_hash": "f" * 64}))
                 orphan = (await stub.RegisterModel(_register(lost))).version
-                no_store = await _fails(stub.PromoteModel(_promote(orphan.ref.version)))
+                no_store = await rpc_fails(stub.PromoteModel(_promote(orphan.ref.version)))
             async with client(running, wired, token(Role.CLINICIAN)) as ch:
-                denied = await _fails(
+                denied = await rpc_fails(
                     trainer_pb2_grpc.TrainerServiceStub(ch).PromoteModel(_promote("reward-v1"))
                 )
             decisions = await trainer.db.run_sync(lambda s: trainer.registry.decisions(s))

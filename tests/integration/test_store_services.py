@@ -27,15 +27,9 @@ from clinalign.trainer.config import TrainerSettings
 from clinalign.trainer.registry import versions as registry
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from tests.conftest import client, reset_tables, serving
+from tests.conftest import client, reset_tables, rpc_fails, serving
 
 Token = Callable[[Role], str]
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
 
 
 async def test_registry_registers_lists_and_reads_versions(
@@ -69,17 +63,17 @@ async def test_registry_registers_lists_and_reads_versions(
             decided = await stub.GetModelVersion(
                 trainer_pb2.GetModelVersionRequest(version="policy-v2")
             )
-            missing = await _fails(
+            missing = await rpc_fails(
                 stub.GetModelVersion(trainer_pb2.GetModelVersionRequest(version="policy-v9"))
             )
-            bad_path = await _fails(
+            bad_path = await rpc_fails(
                 stub.RegisterModel(
                     trainer_pb2.RegisterModelRequest(
                         path=str(tiny_model_dir / "nope"), kind=common_pb2.MODEL_KIND_POLICY
                     )
                 )
             )
-            bad_kind = await _fails(
+            bad_kind = await rpc_fails(
                 stub.RegisterModel(trainer_pb2.RegisterModelRequest(path=str(tiny_model_dir)))
             )
     assert (first.ref.version, second.ref.version) == ("policy-v1", "policy-v2")
@@ -126,14 +120,14 @@ async def test_annotators_are_pseudonymous_and_validated(
             # Re-registering updates in place.
             ok.specialty = "emergency-medicine"
             await stub.RegisterAnnotator(preference_pb2.RegisterAnnotatorRequest(annotator=ok))
-            email = await _fails(
+            email = await rpc_fails(
                 stub.RegisterAnnotator(
                     preference_pb2.RegisterAnnotatorRequest(
                         annotator=preference_pb2.Annotator(id="jane.doe@hospital.org", role="nurse")
                     )
                 )
             )
-            norole = await _fails(
+            norole = await rpc_fails(
                 stub.RegisterAnnotator(
                     preference_pb2.RegisterAnnotatorRequest(
                         annotator=preference_pb2.Annotator(id="ann-008")

@@ -39,7 +39,7 @@ from clinalign.trainer.server import MIGRATIONS as TRAINER_MIGRATIONS
 from clinalign.trainer.server import TrainerApp
 from clinalign.trainer.v1 import trainer_pb2 as tpb
 from clinalign.trainer.v1 import trainer_pb2_grpc
-from tests.conftest import client, free_ports, reset_tables, serving
+from tests.conftest import client, free_ports, reset_tables, rpc_fails, serving
 from tests.e2e.test_reward_pipeline import _populate
 
 Token = Callable[[Role], str]
@@ -63,12 +63,6 @@ def _reward_spec(base_model: str, snapshot_id: str, **extra: object) -> tpb.JobS
         hyperparameters=HYPER,
         **extra,  # type: ignore[arg-type]
     )
-
-
-async def _fails(coro: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await coro  # type: ignore[misc]
-    return info.value
 
 
 async def _until(
@@ -107,14 +101,14 @@ async def test_reward_model_job_trains_registers_and_cancels(
                 changed = tpb.JobSpec()
                 changed.CopyFrom(spec)
                 changed.hyperparameters["epochs"] = "3"
-                reused = await _fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=changed)))
+                reused = await rpc_fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=changed)))
                 job_id = first.job.id
                 updates = [u async for u in stub.WatchJob(tpb.WatchJobRequest(id=job_id))]
                 done = (await stub.GetJob(tpb.GetJobRequest(id=job_id))).job
                 versions = await stub.ListModelVersions(
                     tpb.ListModelVersionsRequest(kind=common_pb2.MODEL_KIND_REWARD)
                 )
-                finished = await _fails(stub.CancelJob(tpb.CancelJobRequest(id=job_id)))
+                finished = await rpc_fails(stub.CancelJob(tpb.CancelJobRequest(id=job_id)))
                 assert reused.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert f"was already used for job {job_id} with another spec" in (
                     reused.details() or ""
@@ -292,14 +286,16 @@ async def test_bad_specs_name_their_field(
     async with serving(app, common) as running:
         async with client(running, common, token(Role.ML_ENGINEER)) as ch:
             stub = trainer_pb2_grpc.TrainerServiceStub(ch)
-            errors = [await _fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=s))) for s, *_ in cases]
-            missing = await _fails(stub.GetJob(tpb.GetJobRequest(id="job-nope")))
-            bad_state = await _fails(
+            errors = [
+                await rpc_fails(stub.SubmitJob(tpb.SubmitJobRequest(spec=s))) for s, *_ in cases
+            ]
+            missing = await rpc_fails(stub.GetJob(tpb.GetJobRequest(id="job-nope")))
+            bad_state = await rpc_fails(
                 stub.ListJobs(tpb.ListJobsRequest(states=[tpb.JOB_STATE_UNSPECIFIED]))
             )
             listed = await stub.ListJobs(tpb.ListJobsRequest())
         async with client(running, common, token(Role.CLINICIAN)) as ch:
-            denied = await _fails(
+            denied = await rpc_fails(
                 trainer_pb2_grpc.TrainerServiceStub(ch).ListJobs(tpb.ListJobsRequest())
             )
     for err, (_, code, pattern) in zip(errors, cases, strict=True):
