@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON_SYS ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint test test-fast docs demo up bootstrap bench bench-ppo images clean
+.PHONY: install protos lint test test-fast docs demo up bootstrap bench bench-demo-seeds bench-flags-ablation bench-ppo images clean
 
 # Installs are stamped so repeated `make test` runs skip them until an input changes.
 $(VENV)/.stamp-install: requirements.txt requirements-dev.txt pyproject.toml
@@ -69,11 +69,14 @@ up: install ## start all five services on loopback
 demo: install ## build the model, start the stack, run the pipeline end to end
 	$(VENV)/bin/clinalign demo
 
-bench: install ## run the benchmarks under bench/ (not demo_seeds: make bench-demo-seeds)
-	@for b in $(filter-out bench/demo_seeds.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: install ## run the benchmarks under bench/ (not the whole-demo ones: bench-demo-seeds, bench-flags-ablation)
+	@for b in $(filter-out bench/demo_seeds.py bench/flags_ablation.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 bench-demo-seeds: install ## the whole demo once per seed (0 1 2): run-to-run variance, about an hour
 	$(PY) bench/demo_seeds.py
+
+bench-flags-ablation: install ## the demo's loop with and without the flags' cost model (issue 21), about an hour
+	$(PY) bench/flags_ablation.py
 
 bench-ppo: install ## PPO iterations: ClinAlign against TRL 0.29.1 (bench/ppo.py; makes TRL's venv)
 	$(PY) bench/ppo.py
