@@ -74,13 +74,24 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
+def build_foundation(foundation: Path, seed: int, quick: bool, label: str) -> None:
+    """The foundation model of ``seed`` (the tiny one with ``quick``), built with a step
+    budget only, its progress every 100 steps on stderr."""
+    if quick:
+        build_tiny_model(foundation, seed=seed)
+        return
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step % 100 == 0 or step == total:
+            print(f"[{label}] foundation step {step}/{total}, loss {loss:.3f}", file=sys.stderr)
+
+    bootstrap(foundation, seed=seed, time_budget_s=math.inf, progress=progress)
+
+
 def run_seed(root: Path, seed: int, quick: bool, rule_penalty: str | None) -> dict[str, Any]:
     data_dir = root / f"seed-{seed}"
     foundation = data_dir / "models" / "foundation"
-    if quick:
-        build_tiny_model(foundation, seed=seed)
-    else:
-        bootstrap(foundation, seed=seed, time_budget_s=math.inf)
+    build_foundation(foundation, seed, quick, f"seed {seed}")
     plan = (Plan.quick() if quick else Plan.full()).seeded(seed)
     if rule_penalty is not None:
         plan = replace(plan, ppo={**plan.ppo, "rule_penalty": rule_penalty})

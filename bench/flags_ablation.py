@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -44,7 +43,9 @@ from typing import Any
 
 from clinalign.common.config import CommonSettings
 from clinalign.demo import Plan, run_demo
-from clinalign.foundation.build import bootstrap, build_tiny_model
+
+# The sibling benchmark: a script's directory is first on sys.path.
+from demo_seeds import build_foundation
 
 ARMS = {"with": "with_flags_cost_model", "without": "without"}
 LOOP_POLICY = ("rlhf-2", "rlhf-2-refused")
@@ -99,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     foundation = args.foundation
     if foundation is None:
         foundation = root / "foundation"
-        if args.quick:
-            build_tiny_model(foundation, seed=args.seed)
-        else:
-            bootstrap(foundation, seed=args.seed, time_budget_s=math.inf)
+        build_foundation(foundation, args.seed, args.quick, "foundation")
     arms = {
         ARMS[arm]: arm_figures(run_arm(root, arm, args.seed, foundation, args.quick))
         for arm in args.arms
