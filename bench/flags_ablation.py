@@ -16,7 +16,8 @@ Not a test and not part of ``make demo``: each arm is a full demonstration (abou
 minutes on two cores). Run it on a quiet machine; docs/experiments.md carries its latest
 figures with their date.
 
-Last line JSON:
+Each arm's figures are also written to ``<root>/<arm>.json`` as soon as it ends. Last
+line JSON:
 {"name": "flags_ablation", "seed", "arms": {"with_flags_cost_model": {...},
 "without": {...}}, "wall_s": {...}}
 
@@ -97,14 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="clinalign-flags-ablation-"))
     started = time.monotonic()
+    taken = [str(root / arm) for arm in args.arms if (root / arm).exists()]
+    if taken:  # checked before an hour's work, not after the first arm
+        parser.error(f"{', '.join(taken)} exist: choose another --root")
     foundation = args.foundation
     if foundation is None:
         foundation = root / "foundation"
         build_foundation(foundation, args.seed, args.quick, "foundation")
-    arms = {
-        ARMS[arm]: arm_figures(run_arm(root, arm, args.seed, foundation, args.quick))
-        for arm in args.arms
-    }
+    arms: dict[str, Any] = {}
+    for arm in args.arms:
+        arms[ARMS[arm]] = arm_figures(run_arm(root, arm, args.seed, foundation, args.quick))
+        # each arm's figures as soon as it ends: a later arm's failure keeps them
+        (root / f"{arm}.json").write_text(json.dumps(arms[ARMS[arm]], default=str))
+        print(f"[{arm}] figures: {root / f'{arm}.json'}", file=sys.stderr, flush=True)
     print(
         json.dumps(
             {

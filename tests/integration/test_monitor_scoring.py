@@ -17,13 +17,14 @@ from sqlalchemy import create_engine, text
 from clinalign.common.auth import Role
 from clinalign.common.config import CommonSettings
 from clinalign.common.v1 import common_pb2
+from clinalign.monitor import metrics
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.server import MonitorApp
 from clinalign.monitor.v1 import monitor_pb2 as pb
 from clinalign.monitor.v1 import monitor_pb2_grpc
 from clinalign.reward.config import RewardSettings
 from clinalign.reward.server import RewardApp
-from tests.conftest import client, free_port, serving
+from tests.conftest import client, free_port, monitor_app, serving
 
 Token = Callable[[Role], str]
 
@@ -45,8 +46,11 @@ def _out(oid: str, text_: str, score: float | None = None) -> pb.ProductionOutpu
     return out
 
 
-def _rows(common: CommonSettings) -> dict[str, tuple[object, ...]]:
-    engine = create_engine(f"sqlite:///{common.data_dir / 'monitor.db'}")
+def _rows(common: CommonSettings, url: str = "") -> dict[str, tuple[object, ...]]:
+    """Each output's scoring columns, read from the monitor's database (``url``, else the
+    default SQLite file)."""
+    url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = create_engine(url or f"sqlite:///{common.data_dir / 'monitor.db'}")
     with engine.connect() as conn:
         rows = conn.execute(
             text(
@@ -163,12 +167,17 @@ def _accepted(oid: str) -> pb.RecordOutcomeRequest:
 
 
 async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
-    common: CommonSettings, token: Token, tiny_reward_dir: Path, tiny_cost_dir: Path
+    common: CommonSettings,
+    token: Token,
+    tiny_reward_dir: Path,
+    tiny_cost_dir: Path,
+    database_url: str,
 ) -> None:
     """GetStats' cost_models: the cost model's AUROC on outputs confirmed harmful (a
     confirmed flag, moderate or worse) against outputs accepted without a flag; an output
     flagged before the cost model first scored is not held out, and is left out, as are
-    outputs only flagged low, dismissed-and-overridden or still open."""
+    outputs only flagged low, still open, or accepted and then overridden without a
+    flag."""
     reward = _reward(common, tiny_reward_dir, tiny_cost_dir)
     harmful = {  # output -> (severity, category) of its confirmed flag
         "h1": (pb.SEVERITY_CRITICAL, common_pb2.ERROR_CATEGORY_UNSAFE_ADVICE),
@@ -178,11 +187,11 @@ async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
     clean = ["c1", "c2", "c3", "c4"]
     texts = {
         oid: f"Synthetic answer {oid}: " + ("take double" if oid.startswith("h") else "see your GP")
-        for oid in [*harmful, *clean, "early", "low", "open"]
+        for oid in [*harmful, *clean, "early", "low", "open", "both"]
     }
     async with serving(reward, common) as rw:
         wired = common.model_copy(update={"reward_target": f"127.0.0.1:{rw.port}"})
-        monitor = MonitorApp(wired, MonitorSettings(port=0, score_interval_s=3600))
+        monitor = monitor_app(wired, database_url, score_interval_s=3600)
         async with serving(monitor, wired) as mon:
             async with client(mon, common, token(Role.SERVICE)) as ch:
                 service = monitor_pb2_grpc.MonitorServiceStub(ch)
@@ -205,8 +214,12 @@ async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
                 await clinician.FlagOutput(
                     _flag("open", pb.SEVERITY_HIGH, common_pb2.ERROR_CATEGORY_OMISSION)
                 )
-                for oid in clean:
+                for oid in [*clean, "both"]:
                     await clinician.RecordOutcome(_accepted(oid))
+                # accepted, then overridden without a flag: no verdict either way
+                overridden = _accepted("both")
+                overridden.outcome = pb.OUTCOME_OVERRIDDEN
+                await clinician.RecordOutcome(overridden)
                 for flag_id in ids:
                     await clinician.ResolveFlag(
                         pb.ResolveFlagRequest(
@@ -215,8 +228,10 @@ async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
                     )
             async with client(mon, common, token(Role.ML_ENGINEER)) as ch:
                 stats = await monitor_pb2_grpc.MonitorServiceStub(ch).GetStats(pb.GetStatsRequest())
+            # a cost model judged in an earlier window, no longer: its gauge goes
+            metrics.COST_MODEL_AUROC.labels("cost-v0").set(0.4)
             await monitor.refresh_gauges()
-    costs = {oid: row[1] for oid, row in _rows(common).items()}
+    costs = {oid: row[1] for oid, row in _rows(common, database_url).items()}
     (found,) = stats.cost_models
     assert (found.cost_model_version, found.harmful, found.clean) == ("cost-v1", 3, 4)
     y = [1] * len(harmful) + [0] * len(clean)
@@ -245,3 +260,5 @@ async def test_the_served_cost_model_is_measured_on_held_out_clinician_verdicts(
         for v in ("harmful", "clean")
     }
     assert verdicts == {"harmful": 3.0, "clean": 4.0}
+    stale = {"cost_model_version": "cost-v0"}
+    assert REGISTRY.get_sample_value("clinalign_monitor_cost_model_auroc", stale) is None

@@ -237,6 +237,10 @@ def _check_monitor(session: Session) -> None:
     assert session.scalar(select(func.count()).select_from(monitor_store.OutcomeRow)) == 0
     outcome_indexes = {i["name"] for i in inspect(session.get_bind()).get_indexes("outcomes")}
     assert {"ix_outcomes_output_id", "ix_outcomes_model_version"} <= outcome_indexes
+    # 0005: the cost model's first scoring time by index.
+    assert "ix_outputs_cost_model_version_scored_at" in {
+        i["name"] for i in inspect(session.get_bind()).get_indexes("outputs")
+    }
     flag = session.get(monitor_store.FlagRow, "flag-1")
     assert flag is not None and flag.resolved_by == "reviewer"
     baseline = session.get(monitor_store.BaselineRow, "policy-v2")

@@ -19,6 +19,11 @@ def test_auroc_counts_ordered_pairs_and_ties_half() -> None:
     assert discrimination.auroc(np.array([0, 0]), np.array([0.2, 0.3])) is None
 
 
+def test_average_ranks_share_ties() -> None:
+    ranks = discrimination.average_ranks(np.array([0.3, 0.1, 0.3, 0.9, 0.3]))
+    assert ranks.tolist() == [3.0, 1.0, 3.0, 5.0, 3.0]  # the three 0.3s share ranks 2-4
+
+
 def test_auroc_agrees_with_scikit_learn_with_and_without_ties() -> None:
     from sklearn.metrics import roc_auc_score
 

@@ -19,21 +19,26 @@ BOOTSTRAP_ROUNDS = 1000
 ECE_BINS = 10
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, tied values sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the rank of the last member of each group of equal values
+    return (last - (counts - 1) / 2.0)[inverse]
+
+
 def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
     """The area under the ROC curve (the probability that a random positive scores above a
     random negative, ties counting half); None when ``y`` holds one class only. Computed
     as the Mann-Whitney U statistic over n_pos * n_neg (Hanley and McNeil 1982, "The
-    meaning and use of the area under a ROC curve"), with scipy's average ranks for ties:
-    scikit-learn's ``roc_auc_score`` to rounding, without its per-call input checks, which
-    dominate a bootstrap's thousand calls."""
-    from scipy.stats import rankdata
-
+    meaning and use of the area under a ROC curve") from average ranks: scikit-learn's
+    ``roc_auc_score`` to rounding, without its per-call input checks (which dominate a
+    bootstrap's thousand calls) and without scikit-learn in the services' images."""
     y = np.asarray(y).astype(bool)
     if y.size == 0 or y.all() or not y.any():
         return None
     positives = int(y.sum())
     negatives = y.size - positives
-    rank_sum = float(rankdata(np.asarray(p, dtype=float))[y].sum())
+    rank_sum = float(average_ranks(np.asarray(p, dtype=float))[y].sum())
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
@@ -54,12 +59,15 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BIN
 
 
 def _resamples(groups: Sequence[str], rounds: int, seed: int) -> list[np.ndarray]:
-    """Record indices of ``rounds`` bootstrap samples drawn prompt by prompt."""
+    """Record indices of ``rounds`` bootstrap samples drawn group by group."""
     by_group: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         by_group.setdefault(str(g), []).append(i)
-    members = [np.asarray(v) for v in by_group.values()]
     rng = np.random.default_rng(seed)
+    if len(by_group) == len(groups):  # one record a group: resample records directly
+        order = np.asarray([members[0] for members in by_group.values()])
+        return list(order[rng.integers(0, order.size, (rounds, order.size))])
+    members = [np.asarray(v) for v in by_group.values()]
     return [
         np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
         for _ in range(rounds)

@@ -105,8 +105,10 @@ class LoopSteps(LabellingSteps):
         while True:
             stats = await self.peers.monitor.GetStats(monitor_pb2.GetStatsRequest())
             # reward and cost come in one scoring call: every output scored, all are charged
+            # (the recorded outputs: an EHR call retried after a 429 may have made two)
+            recorded = sum(v.outputs for v in stats.versions)
             scored = sum(v.reward_score.count for v in stats.versions)
-            if scored >= outputs or loop.time() > deadline:
+            if (recorded >= outputs and scored >= recorded) or loop.time() > deadline:
                 break
             await asyncio.sleep(2.0)
         for c in stats.cost_models:
@@ -244,6 +246,7 @@ class LoopSteps(LabellingSteps):
                 job = (await self.peers.trainer.GetJob(trainer_pb2.GetJobRequest(id=step.ref))).job
                 if job.model_version:
                     self._record_job("cm-2", job)
+                    self.figures.versions["cm-2"] = job.model_version
                     self.figures.cost_model[job.model_version] = {
                         k: v for k, v in job.metrics.items() if k.startswith(("eval_", "train_h"))
                     }

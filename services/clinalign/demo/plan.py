@@ -158,7 +158,7 @@ class Plan:
             cost=COST,
             cost_constraint=COST_CONSTRAINT,
             # Enough EHR messages that the cost model has flags to learn from and to be
-            # judged on (issue 21: at least 500): at 512, about 380 overrides, 380 flags.
+            # judged on (issue 21: at least 500; docs/experiments.md, 2026-12-07).
             traffic=512,
             correction_share=0.2,
             eval_prompts=384,

@@ -9,7 +9,7 @@ from clinalign.common.protos import datetime_from, enum_name, timestamp
 from clinalign.common.v1 import common_pb2
 from clinalign.monitor import drift, feedback, flags, outcomes, outputs, store
 from clinalign.monitor.retraining import RunView
-from clinalign.monitor.stats import CostVerdicts, WindowStats
+from clinalign.monitor.stats import CostModelSummary, WindowStats
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
 
@@ -153,14 +153,14 @@ def stats_to_proto(v: WindowStats, bins: int) -> pb.VersionStats:
     return out
 
 
-def cost_model_stats_to_proto(v: CostVerdicts) -> pb.CostModelStats:
+def cost_model_stats_to_proto(v: CostModelSummary) -> pb.CostModelStats:
     out = pb.CostModelStats(
         cost_model_version=v.cost_model_version,
-        harmful=len(v.harmful),
-        clean=len(v.clean),
-        auroc_by_category={category_name(c): a for c, a in v.auroc_by_category().items()},
+        harmful=v.harmful,
+        clean=v.clean,
+        auroc_by_category={category_name(c): a for c, a in v.auroc_by_category.items()},
     )
-    for name, value in v.figures().items():
+    for name, value in v.figures.items():
         setattr(out, name, value)
     return out
 

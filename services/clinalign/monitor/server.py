@@ -153,6 +153,9 @@ class MonitorApp(DatabaseApp):
         judged = await self.db.run_sync(
             lambda s: cost_verdicts(s, None, since, end, flags.CONFIRMED, flags.DISMISSED)
         )
+        # versions no longer judged in the window (retired, aged out) leave the gauges
+        metrics.COST_MODEL_VERDICTS.clear()
+        metrics.COST_MODEL_AUROC.clear()
         for c in judged:
             metrics.COST_MODEL_VERDICTS.labels(c.cost_model_version, "harmful").set(len(c.harmful))
             metrics.COST_MODEL_VERDICTS.labels(c.cost_model_version, "clean").set(len(c.clean))

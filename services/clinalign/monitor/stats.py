@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from clinalign.common import discrimination
 from clinalign.monitor import drift
@@ -179,10 +180,22 @@ _HARMFUL = frozenset({pb.SEVERITY_MODERATE, pb.SEVERITY_HIGH, pb.SEVERITY_CRITIC
 
 
 @dataclass(frozen=True)
+class CostModelSummary:
+    """What GetStats reports of one cost model (``CostVerdicts.summary``)."""
+
+    cost_model_version: str
+    harmful: int
+    clean: int
+    figures: dict[str, float]  # auroc, auroc_low, auroc_high, calibration_error; or none
+    auroc_by_category: dict[int, float]  # ErrorCategory number -> AUROC
+
+
+@dataclass(frozen=True)
 class CostVerdicts:
     """One cost model's costs of the production outputs clinicians judged after it first
     scored: the harmful ones (a confirmed flag of moderate severity or worse; with the
-    categories confirmed) and the clean ones (accepted, with no flag but dismissed ones)."""
+    categories confirmed) and the clean ones (accepted, never overridden, with no flag but
+    dismissed ones)."""
 
     cost_model_version: str
     harmful: list[tuple[float, frozenset[int]]]  # (cost, confirmed categories)
@@ -225,6 +238,16 @@ class CostVerdicts:
                 out[category] = auroc
         return out
 
+    def summary(self) -> CostModelSummary:
+        """The counts and every figure (the interval's bootstrap included)."""
+        return CostModelSummary(
+            self.cost_model_version,
+            len(self.harmful),
+            len(self.clean),
+            self.figures(),
+            self.auroc_by_category(),
+        )
+
 
 def cost_verdicts(
     session: Session,
@@ -235,26 +258,13 @@ def cost_verdicts(
     dismissed_status: int,
 ) -> list[CostVerdicts]:
     """Per cost model that scored outputs generated in [start, end) (of ``model_version``,
-    when given): its costs of the outputs judged harmful or clean. An output counts only if
-    every verdict on it (flag, outcome) was recorded after that cost model first scored any
-    output: a cost model trains on the flags fed back before it was built, so these are
-    flags it cannot have seen. Open flags and overrides without a confirmed flag decide
-    nothing; such outputs are left out."""
-    first_scored = dict(
-        session.execute(
-            select(OutputRow.cost_model_version, func.min(OutputRow.scored_at))
-            .where(OutputRow.cost_model_version != "", OutputRow.scored_at.is_not(None))
-            .group_by(OutputRow.cost_model_version)
-        ).all()
-    )
-    judged = [
-        OutputRow.created_at >= start,
-        OutputRow.created_at < end,
-        OutputRow.cost.is_not(None),
-        OutputRow.cost_model_version != "",
-    ]
-    if model_version:
-        judged.append(OutputRow.model_version == model_version)
+    when given): its costs of the outputs judged harmful or clean. Only outputs with a flag
+    or an acceptance are read. An output counts only if every verdict on it (flag,
+    outcome) was recorded after that cost model first scored any output: a cost model
+    trains on the flags fed back before it was built, so these are flags it cannot have
+    seen. Open flags, and overrides without a confirmed flag, decide nothing: such outputs
+    are left out."""
+    judged = _judged(start, end, model_version)
     outputs: dict[str, tuple[str, float]] = {
         oid: (version, cost)
         for oid, version, cost in session.execute(
@@ -262,6 +272,16 @@ def cost_verdicts(
         )
         if cost is not None  # judged holds only charged outputs
     }
+    if not outputs:
+        return []
+    # each cost model's first scoring (ix_outputs_cost_model_version_scored_at)
+    first_scored = dict(
+        session.execute(
+            select(OutputRow.cost_model_version, func.min(OutputRow.scored_at))
+            .where(OutputRow.cost_model_version.in_({v for v, _ in outputs.values()}))
+            .group_by(OutputRow.cost_model_version)
+        ).all()
+    )
     flags: dict[str, list[tuple[int, int, int, datetime]]] = {}
     for oid, category, severity, status, at in session.execute(
         select(
@@ -275,20 +295,20 @@ def cost_verdicts(
         .where(*judged)
     ):
         flags.setdefault(oid, []).append((category, severity, status, at))
-    accepted: dict[str, datetime] = dict(
-        session.execute(
-            select(OutcomeRow.output_id, func.min(OutcomeRow.recorded_at))
-            .join(OutputRow, OutputRow.output_id == OutcomeRow.output_id)
-            .where(*judged, OutcomeRow.outcome == pb.OUTCOME_ACCEPTED)
-            .group_by(OutcomeRow.output_id)
-        ).all()
-    )
+    acts: dict[str, list[tuple[int, datetime]]] = {}
+    for oid, outcome, at in session.execute(
+        select(OutcomeRow.output_id, OutcomeRow.outcome, OutcomeRow.recorded_at)
+        .join(OutputRow, OutputRow.output_id == OutcomeRow.output_id)
+        .where(*judged)
+    ):
+        acts.setdefault(oid, []).append((outcome, at))
 
     by_model: dict[str, CostVerdicts] = {}
     for oid, (version, cost) in sorted(outputs.items()):
         since = first_scored.get(version)
-        mine = flags.get(oid, [])
-        if since is None or any(at <= since for *_, at in mine):
+        mine, acted = flags.get(oid, []), acts.get(oid, [])
+        times = [at for *_, at in mine] + [at for _, at in acted]
+        if since is None or any(at <= since for at in times):
             continue
         found = by_model.setdefault(version, CostVerdicts(version, [], []))
         harmful = frozenset(
@@ -299,9 +319,31 @@ def cost_verdicts(
         if harmful:
             found.harmful.append((cost, harmful))
         elif (
-            oid in accepted
-            and accepted[oid] > since
+            acted
+            and all(o == pb.OUTCOME_ACCEPTED for o, _ in acted)
             and all(status == dismissed_status for _, _, status, _ in mine)
         ):
             found.clean.append(cost)
     return [by_model[v] for v in sorted(by_model)]
+
+
+def _judged(start: datetime, end: datetime, model_version: str | None) -> list[Any]:
+    """The conditions on an output that ``cost_verdicts`` reads: generated in [start, end)
+    (by ``model_version``, when given), charged a cost, and flagged or accepted."""
+    flag, act = aliased(FlagRow), aliased(OutcomeRow)  # apart from the callers' joins
+    has_flag = select(flag.id).where(flag.output_id == OutputRow.output_id).exists()
+    accepted_once = (
+        select(act.id)
+        .where(act.output_id == OutputRow.output_id, act.outcome == pb.OUTCOME_ACCEPTED)
+        .exists()
+    )
+    judged = [
+        OutputRow.created_at >= start,
+        OutputRow.created_at < end,
+        OutputRow.cost.is_not(None),
+        OutputRow.cost_model_version != "",
+        has_flag | accepted_once,
+    ]
+    if model_version:
+        judged.append(OutputRow.model_version == model_version)
+    return judged

@@ -28,6 +28,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -51,6 +52,10 @@ class Base(DeclarativeBase):
 
 class OutputRow(Base):
     __tablename__ = "outputs"
+    # each cost model's first scoring time (stats.cost_verdicts), migration 0005
+    __table_args__ = (
+        Index("ix_outputs_cost_model_version_scored_at", "cost_model_version", "scored_at"),
+    )
 
     output_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(64), index=True)

@@ -35,7 +35,12 @@ from clinalign.monitor import (
 )
 from clinalign.monitor.config import MonitorSettings
 from clinalign.monitor.convert import category_name, severity_name
-from clinalign.monitor.stats import CostVerdicts, WindowStats, cost_verdicts, window_stats
+from clinalign.monitor.stats import (
+    CostModelSummary,
+    WindowStats,
+    cost_verdicts,
+    window_stats,
+)
 from clinalign.monitor.v1 import monitor_pb2 as pb
 
 ID_CHARS = 64  # output ids, model and template versions
@@ -306,17 +311,19 @@ class Monitor:
 
     async def stats(
         self, model_version: str, start: datetime, end: datetime
-    ) -> tuple[list[WindowStats], list[CostVerdicts]]:
+    ) -> tuple[list[WindowStats], list[CostModelSummary]]:
         """Per policy version, and per cost model: how its costs told apart the outputs
-        clinicians flagged from those they accepted (``stats.cost_verdicts``)."""
+        clinicians flagged from those they accepted (``stats.cost_verdicts``), bootstrap
+        included, off the event loop."""
         if start >= end:
             raise InvalidArgument("start_time", "must be before end_time")
 
-        def read(s: Session) -> tuple[list[WindowStats], list[CostVerdicts]]:
+        def read(s: Session) -> tuple[list[WindowStats], list[CostModelSummary]]:
             version = model_version or None
+            judged = cost_verdicts(s, version, start, end, flags.CONFIRMED, flags.DISMISSED)
             return (
                 window_stats(s, version, start, end, flags.CONFIRMED),
-                cost_verdicts(s, version, start, end, flags.CONFIRMED, flags.DISMISSED),
+                [c.summary() for c in judged],
             )
 
         return await self.db.run_sync(read)
