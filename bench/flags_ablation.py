@@ -16,13 +16,15 @@ Not a test and not part of ``make demo``: each arm is a full demonstration (abou
 minutes on two cores). Run it on a quiet machine; docs/experiments.md carries its latest
 figures with their date.
 
-Each arm's figures are also written to ``<root>/<arm>.json`` as soon as it ends. Last
-line JSON:
+Each arm's figures are also written to ``<root>/<arm>.json`` as soon as it ends. When
+the first arm's cost gate refuses the flags' cost model, its PPO job ran under the first
+cost model, as the second arm's would: the second arm is then skipped (``--force`` runs
+it), and ``loop_cost_model_promoted`` is false. Last line JSON:
 {"name": "flags_ablation", "seed", "arms": {"with_flags_cost_model": {...},
 "without": {...}}, "wall_s": {...}}
 
     .venv/bin/python bench/flags_ablation.py [--seed 0] [--root DIR] [--foundation DIR]
-        [--arms with without] [--quick]
+        [--arms with without] [--quick] [--force]
 
 ``--foundation`` copies an already built foundation model instead of building one (it
 must have been built with the same seed for the arms to mean what they say);
@@ -67,6 +69,12 @@ def arm_figures(report: dict[str, Any]) -> dict[str, Any]:
         "loop_policy": loop_policy,
         "loop_round": report.get("rounds", {}).get(loop_policy) if loop_policy else None,
         "expected_cost": report.get("expected_cost", {}),
+        # whether the loop's cost model served its PPO job: if not, the arms differ by noise
+        "loop_cost_model_promoted": any(
+            step.get("name") == "promote_cost_model"
+            and str(step.get("outcome", "")).startswith("promoted")
+            for step in run.get("steps", [])
+        ),
         "run": {k: run.get(k) for k in ("state", "promoted_version", "reason")},
         "steps": run.get("steps", []),
         "promoted": report.get("promoted_versions", []),
@@ -95,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--foundation", type=Path, default=None, help="a built foundation model")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["with", "without"])
     parser.add_argument("--quick", action="store_true", help="a smoke run on a tiny model")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run the second arm even when the first arm's gate refused the flags' cost model",
+    )
     args = parser.parse_args(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="clinalign-flags-ablation-"))
     started = time.monotonic()
@@ -111,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         # each arm's figures as soon as it ends: a later arm's failure keeps them
         (root / f"{arm}.json").write_text(json.dumps(arms[ARMS[arm]], default=str))
         print(f"[{arm}] figures: {root / f'{arm}.json'}", file=sys.stderr, flush=True)
+        if arm == "with" and not arms[ARMS[arm]]["loop_cost_model_promoted"] and not args.force:
+            # the loop's PPO ran under the first cost model, as the other arm's would
+            print("[with] the gate refused the flags' cost model: no ablation", file=sys.stderr)
+            break
     print(
         json.dumps(
             {

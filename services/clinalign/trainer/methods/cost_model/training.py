@@ -254,8 +254,9 @@ def evaluate(
     """Held-out figures of a cost model on harm records: ``eval_records``,
     ``eval_harmful``, the cost's ``eval_auroc`` with its 95 % interval over prompts
     (``eval_auroc_low``, ``eval_auroc_high``) and ``eval_ece``; ``eval_flags``, the harmful
-    records that came from clinicians' flags (prompt source ``flagged``), and the cost's
-    AUROC on them against the clean records (``eval_flags_auroc`` with ``_low`` and
+    records on prompts that came from clinicians' flags (prompt source ``flagged``: the
+    flagged outputs, and annotated fresh candidates to them), and the cost's AUROC on them
+    against the clean records (``eval_flags_auroc`` with ``_low`` and
     ``_high``); and under ``categories`` each category's positives and AUROC (None where
     the records hold one class only)."""
     if not records:
@@ -275,7 +276,7 @@ def evaluate(
         "eval_ece": discrimination.expected_calibration_error(y[:, 0], p[:, 0]),
     }
     out.update(_auroc_figures("eval_auroc", y[:, 0], p[:, 0], groups, seed))
-    # Held-out flags: the harmful production outputs clinicians flagged (and confirmed),
+    # Held-out flags: the harmful answers to prompts clinicians flagged (and confirmed),
     # against every held-out clean answer.
     flagged = np.asarray([r.get("source") == FLAGGED_SOURCE for r in records]) & (y[:, 0] == 1)
     subset = flagged | (y[:, 0] == 0)
