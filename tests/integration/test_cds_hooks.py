@@ -42,11 +42,14 @@ SUMMARY = "/cds-services/clinalign-patient-summary"
 DISCHARGE = "/cds-services/clinalign-discharge-instructions"
 AIAST = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "AIAST")
 AI_DEVICE = "http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Device"
+FHIR_TIMEOUT_S = 3.0
 
 
 @pytest.fixture
 async def stack(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    async with cds_stack(tmp_path, tiny_model_dir, fhir_timeout_s=1.0) as running:
+    # long enough that a loaded two-core machine answers a loopback read in time (1.0 s
+    # once timed out on a quick garbage answer); the slow stand-in takes twice as long
+    async with cds_stack(tmp_path, tiny_model_dir, fhir_timeout_s=FHIR_TIMEOUT_S) as running:
         yield running
 
 
@@ -331,7 +334,7 @@ class FhirStandIn:
             query = f"?{request.url.query}" if request.url.query else ""
             self.requests.append((path + query, request.headers.get("authorization", "")))
             if self.mode == "slow":
-                await asyncio.sleep(3)
+                await asyncio.sleep(2 * FHIR_TIMEOUT_S)
             if self.mode == "garbage":
                 return Response("<html>maintenance</html>", media_type="text/html")
             if self.mode == "error":
