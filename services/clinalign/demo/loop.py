@@ -245,11 +245,7 @@ class LoopSteps(LabellingSteps):
             if step.name == "cost_model_job":
                 job = (await self.peers.trainer.GetJob(trainer_pb2.GetJobRequest(id=step.ref))).job
                 if job.model_version:
-                    self._record_job("cm-2", job)
-                    self.figures.versions["cm-2"] = job.model_version
-                    self.figures.cost_model[job.model_version] = {
-                        k: v for k, v in job.metrics.items() if k.startswith(("eval_", "train_h"))
-                    }
+                    self._record_cost_model("cm-2", job)
             if step.name in ("reward_model_job", "ppo_job"):
                 job = (await self.peers.trainer.GetJob(trainer_pb2.GetJobRequest(id=step.ref))).job
                 label = "rm-2" if step.name == "reward_model_job" else "rlhf-2"

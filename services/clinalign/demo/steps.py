@@ -94,6 +94,14 @@ class Steps:
             )
         ).snapshot
 
+    def _record_cost_model(self, label: str, job: trainer_pb2.Job) -> dict[str, float]:
+        """A cost-model job's version and held-out figures, in the figures; returns them."""
+        self._record_job(label, job)
+        self.figures.versions[label] = job.model_version
+        figures = {k: v for k, v in job.metrics.items() if k.startswith(("eval_", "train_h"))}
+        self.figures.cost_model[job.model_version] = figures
+        return figures
+
     def _record_job(self, label: str, job: trainer_pb2.Job) -> None:
         wall = job.end_time.ToSeconds() - job.start_time.ToSeconds() if job.start_time else 0
         self.figures.jobs.append(

@@ -133,10 +133,7 @@ class TrainingSteps(Steps):
         except DemoError as err:
             self.echo(f"   no cost model: {err}")
             return ""
-        self._record_job(label, job)
-        self.figures.versions[label] = job.model_version
-        figures = {k: v for k, v in job.metrics.items() if k.startswith(("eval_", "train_h"))}
-        self.figures.cost_model[job.model_version] = figures
+        figures = self._record_cost_model(label, job)
         if "eval_auroc" in figures:
             self.echo(
                 f"   {job.model_version}: held-out AUROC {figures['eval_auroc']:.3f} "
