@@ -24,6 +24,7 @@ import json
 import random
 import sys
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 from faker import Faker
@@ -32,6 +33,11 @@ OUT = Path(__file__).resolve().parents[1] / "data" / "deid_independent.jsonl"
 HASH = OUT.with_suffix(".sha256")
 SEED = 18_018
 NOTES = 240
+# The day the set was generated and frozen, and 90 years before it (what Faker made of
+# "-90y" that day): dates are drawn between the two, never relative to today, so the set
+# regenerates the same bytes on any later day.
+FROZEN_ON = date(2026, 12, 7)
+EARLIEST_DATE = date(1936, 12, 7)
 
 COUNTIES = (
     "Kittitas County",
@@ -111,7 +117,7 @@ class Note:
 
 
 def _date(fake: Faker, rng: random.Random) -> str:
-    d = fake.date_between(start_date="-90y", end_date="today")
+    d = fake.date_between(start_date=EARLIEST_DATE, end_date=FROZEN_ON)
     return rng.choice(
         (
             d.strftime("%m/%d/%Y"),
