@@ -80,6 +80,9 @@ def test_dashboard_is_valid_and_reads_exported_metrics() -> None:
         "clinalign_monitor_reward_psi",
         "clinalign_monitor_reward_ks",
         "clinalign_monitor_flag_rate",
+        "clinalign_monitor_cost_mean",
+        "clinalign_monitor_cost_model_auroc",
+        "clinalign_monitor_outcomes",
         "clinalign_trainer_job_progress_ratio",
     ):
         assert wanted in used, wanted
