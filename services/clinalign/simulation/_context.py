@@ -68,13 +68,24 @@ def medicines_by_name() -> tuple[tuple[str, Medication], ...]:
     return tuple(sorted(((m.name.lower(), m) for m in meds), key=lambda p: -len(p[0])))
 
 
+@lru_cache(maxsize=1)
+def _medicine_patterns() -> tuple[tuple[str, re.Pattern[str], Medication], ...]:
+    """`medicines_by_name` with each name's whole-word pattern, compiled once."""
+    return tuple(
+        (name, re.compile(r"\b" + re.escape(name) + r"\b"), med)
+        for name, med in medicines_by_name()
+    )
+
+
 def medicines_named(text: str) -> list[tuple[int, Medication]]:
     """(position, medicine) for every medicine named in `text`, in order of position."""
     lowered = text.lower()
     taken: list[tuple[int, int]] = []
     found: list[tuple[int, Medication]] = []
-    for name, med in medicines_by_name():
-        for match in re.finditer(r"\b" + re.escape(name) + r"\b", lowered):
+    for name, pattern, med in _medicine_patterns():
+        if name not in lowered:  # a substring test first: most texts name one or none
+            continue
+        for match in pattern.finditer(lowered):
             span = match.span()
             if any(s < span[1] and span[0] < e for s, e in taken):
                 continue  # inside a longer name already found
@@ -117,14 +128,25 @@ def _stated_flags(question: str, conditions: tuple[Condition, ...]) -> tuple[Red
     "chest pain") is blanked out first unless it is itself a red-flag sign, so an
     ordinary symptom is not read as a red flag.
     """
-    signs = {f.sign.lower() for c in conditions for f in c.red_flags}
-    symptoms = {s.lower() for c in load_vocabulary().conditions for s in c.symptoms}
+    signs = frozenset(f.sign.lower() for c in conditions for f in c.red_flags)
     blanked = question
-    for symptom in sorted(symptoms - signs, key=len, reverse=True):
-        if any(sign in symptom for sign in signs):
-            blanked = blanked.replace(symptom, " ")
+    for symptom in _symptoms_containing_a_sign(signs):
+        blanked = blanked.replace(symptom, " ")
     flags = {f.sign: f for c in conditions for f in c.red_flags if f.sign.lower() in blanked}
     return tuple(flags.values())
+
+
+@lru_cache(maxsize=256)
+def _symptoms_containing_a_sign(signs: frozenset[str]) -> tuple[str, ...]:
+    """The symptom phrases `_stated_flags` blanks out for these signs, longest first: the
+    ones that contain a sign without being one (the same few sets of signs recur, so this
+    is worked out once per set)."""
+    symptoms = {s.lower() for c in load_vocabulary().conditions for s in c.symptoms}
+    return tuple(
+        symptom
+        for symptom in sorted(symptoms - signs, key=lambda s: (-len(s), s))
+        if any(sign in symptom for sign in signs)
+    )
 
 
 def _stated_cautions(question: str) -> tuple[tuple[Medication, str], ...]:
