@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import uuid
 from pathlib import Path
@@ -320,6 +321,8 @@ class FhirStandIn:
 
         self.mode = "ok"
         self.requests: list[tuple[str, str]] = []  # (path with query, authorization)
+        self.page_size = 0  # > 0: the allergies answer in pages this long, linked by "next"
+        self.next_server = ""  # the next links' server, when not this one
         record = prefetch()
         by_path = {
             f"Patient/{record['patient']['id']}": record["patient"],
@@ -328,6 +331,13 @@ class FhirStandIn:
             "AllergyIntolerance": record["allergies"],
             "Observation": record["observations"],
         }
+        # two more synthetic allergies, so that a paged search has pages to follow
+        allergies = by_path["AllergyIntolerance"]["entry"]
+        for i, name in enumerate(("Latex", "Sulfonamide")):
+            more = copy.deepcopy(allergies[0])
+            more["resource"]["id"] = f"synthetic-allergy-{i}"
+            more["resource"]["code"] = {"text": name}
+            allergies.append(more)
 
         async def read(request: Any) -> Response:
             path = request.path_params["path"]
@@ -341,9 +351,23 @@ class FhirStandIn:
                 return JSONResponse({"resourceType": "OperationOutcome"}, status_code=500)
             if self.mode == "wrong":
                 return JSONResponse({"resourceType": "Practitioner", "id": "x"})
-            return JSONResponse(by_path.get(path, {"resourceType": "Bundle", "entry": []}))
+            found = by_path.get(path, {"resourceType": "Bundle", "entry": []})
+            if path == "AllergyIntolerance" and self.page_size:
+                found = self._page(request, found)
+            return JSONResponse(found)
 
         self.app = Starlette(routes=[Route("/fhir/{path:path}", read)])
+
+    def _page(self, request: Any, bundle: dict[str, Any]) -> dict[str, Any]:
+        n, size = int(request.query_params.get("_page", "0")), self.page_size
+        entries = bundle["entry"]
+        page = {**bundle, "entry": entries[n * size : (n + 1) * size]}
+        if (n + 1) * size < len(entries):
+            nxt = str(request.url.include_query_params(_page=n + 1))
+            if self.next_server:
+                nxt = self.next_server + nxt.split("/fhir", 1)[1]
+            page["link"] = [{"relation": "next", "url": nxt}]
+        return page
 
 
 async def test_missing_prefetch_is_read_from_the_fhir_server(stack: CdsStack) -> None:
@@ -387,6 +411,39 @@ async def test_missing_prefetch_is_read_from_the_fhir_server(stack: CdsStack) ->
             assert await _outputs(ch) == before  # nothing drafted
     async with stack.http() as http:
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_paged_search_is_read_to_its_last_page(stack: CdsStack) -> None:
+    """Allergies in pages of one: the gateway follows each next link on the FHIR server
+    with the EHR's token and drafts from all three; a next link off the server is a 502
+    naming the allergies' link, and nothing is asked of that other server."""
+    fhir = FhirStandIn()
+    fhir.page_size = 1
+    port = free_port()
+    async with serving_http(fhir.app, port, what="the FHIR stand-in"):
+        body = hook_request()
+        body["fhirServer"] = f"http://127.0.0.1:{port}/fhir"
+        del body["prefetch"]["allergies"]
+        (card,) = (await call_hook(stack, SUMMARY, body))["cards"]
+        schema("card").validate(card)
+        patient = body["context"]["patientId"]
+        allergy_reads = [(p, a) for p, a in fhir.requests if p.startswith("AllergyIntolerance")]
+        assert allergy_reads == [
+            (f"AllergyIntolerance?patient={patient}", "Bearer stand-in-token"),
+            (f"AllergyIntolerance?patient={patient}&_page=1", "Bearer stand-in-token"),
+            (f"AllergyIntolerance?patient={patient}&_page=2", "Bearer stand-in-token"),
+        ]
+        # next links to another server: never followed with the EHR's token
+        fhir.next_server = f"http://localhost:{port}/fhir"
+        fhir.requests.clear()
+        await refused(
+            stack,
+            SUMMARY,
+            502,
+            "prefetch.allergies.link",
+            body=body | {"hookInstance": str(uuid.uuid4())},
+        )
+        assert [p for p, _ in fhir.requests if "_page" in p] == []
 
 
 async def _outputs(ch: Any) -> int:

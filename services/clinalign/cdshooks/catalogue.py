@@ -34,6 +34,10 @@ SEARCHES: dict[str, str] = {
     "allergies": "AllergyIntolerance",
     "observations": "Observation",
 }
+# Searches a draft needs whole: an allergy or a medicine on a later page left out is a
+# safety fault, so every page of these is read (FHIR paging, a searchset's "next" link).
+# Observations ask for the newest 50 and stop at the first page.
+WHOLE_SEARCHES = frozenset({"conditions", "medications", "allergies"})
 
 
 @dataclass(frozen=True)

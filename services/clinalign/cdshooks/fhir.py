@@ -7,22 +7,33 @@ name, about the context's patient.
 Each read has a deadline and a size limit, follows no redirect and must answer FHIR JSON;
 a server that is slow is a 504 and one that fails or answers anything else a 502, each
 naming the prefetch key, so the EHR can tell its FHIR server's fault from its own request's.
-The reads run at once (one per missing key)."""
+The reads run at once (one per missing key).
+
+A search the draft needs whole (``catalogue.WHOLE_SEARCHES``: conditions, medications,
+allergies) is read page by page, following each searchset Bundle's ``next`` link (FHIR
+paging) on the same server only, so the token never leaves it; up to ``MAX_PAGES`` pages
+and ``hooks.MAX_ENTRIES`` entries, beyond which the hook is refused rather than drafted
+from part of the record. A prefetched search that is one page of several (it has a
+``next`` link) is completed the same way, or refused when the gateway cannot read the
+server."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx2
 
-from clinalign.cdshooks.errors import BadRequest
-from clinalign.cdshooks.hooks import CheckedHook
+from clinalign.cdshooks.catalogue import SEARCHES, WHOLE_SEARCHES
+from clinalign.cdshooks.errors import BadGateway, BadRequest
+from clinalign.cdshooks.hooks import MAX_ENTRIES, CheckedHook, searchset
 from clinalign.cdshooks.outbound import TokenRefused, read_json
 from clinalign.cdshooks.smart import BackendServices
 
 TOKEN = re.compile(r"\{\{context\.([A-Za-z]+)\}\}")
+MAX_PAGES = 20  # of one search, its first page included
 
 
 def query(template: str, context: dict[str, str]) -> str:
@@ -30,6 +41,30 @@ def query(template: str, context: dict[str, str]) -> str:
     replaced by the context's values (FHIR ids, checked before, so they need no escaping;
     every token a service's templates use is in its required context)."""
     return TOKEN.sub(lambda m: context[m.group(1)], template)
+
+
+def next_page(value: Any) -> str | None:
+    """The ``next`` link of a searchset Bundle (FHIR paging), or None."""
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        return None
+    links = value.get("link")
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
+
+
+def on_server(url: str, server: str) -> str | None:
+    """``url`` (resolved against ``server``) when it is on that FHIR server: the same scheme,
+    host and port, under its base path; else None."""
+    base = server.rstrip("/") + "/"
+    absolute = urljoin(base, url)
+    a, b = urlsplit(absolute), urlsplit(base)
+    same = (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
+    if not same or not a.path.startswith(b.path) or "/../" in f"{unquote(a.path)}/":
+        return None
+    return absolute
 
 
 class FhirFetcher:
@@ -53,17 +88,30 @@ class FhirFetcher:
         own token is used only for a FHIR server registered for that EHR."""
         templates = hook.service.prefetch
         keys = [k for k in templates if hook.prefetch.get(k) is None]
-        if not keys:
+        # prefetched searches that are one page of several: the rest is read
+        partial = [k for k in templates if k in WHOLE_SEARCHES and next_page(hook.prefetch.get(k))]
+        if not keys and not partial:
             return {}
+        for key in partial:  # the EHR's own page is the EHR's fault when it is wrong: 400
+            searchset(hook.prefetch[key], SEARCHES[key], f"prefetch.{key}")
         server, token = hook.fhir_server, hook.fhir_token
         smart = self.smart if server and self.smart and self.smart.serves(server, issuer) else None
         if server is None or (token is None and smart is None):
+            if keys:
+                raise BadRequest(
+                    f"prefetch.{keys[0]}",
+                    f"is missing; send the result of {templates[keys[0]]!r}, or fhirServer "
+                    "and fhirAuthorization for the service to read it",
+                )
             raise BadRequest(
-                f"prefetch.{keys[0]}",
-                f"is missing; send the result of {templates[keys[0]]!r}, or fhirServer and "
-                "fhirAuthorization for the service to read it",
+                f"prefetch.{partial[0]}.link",
+                "is one page of the search (it has a 'next' link); send every page, or "
+                "fhirServer and fhirAuthorization for the service to read the rest",
             )
-        urls = {k: query(templates[k], hook.context) for k in keys}
+        base = server.rstrip("/")
+        # key -> its prefetched first page, or None to read it; in template order
+        firsts = {k: hook.prefetch.get(k) for k in templates if k in keys or k in partial}
+        urls = {k: f"{base}/{query(templates[k], hook.context)}" for k in keys}
         async with httpx2.AsyncClient(
             timeout=self.timeout_s, follow_redirects=False, transport=self.transport
         ) as http:
@@ -73,7 +121,7 @@ class FhirFetcher:
                     assert smart is not None
                     bearer = await smart.token(http, server)
                 found = await asyncio.gather(
-                    *(self._read(http, server, bearer, k, urls[k]) for k in keys),
+                    *(self._search(http, base, bearer, k, urls.get(k), firsts[k]) for k in firsts),
                     return_exceptions=True,
                 )
                 refused = any(isinstance(r, TokenRefused) for r in found)
@@ -83,15 +131,56 @@ class FhirFetcher:
         for result in found:  # the first key's fault, in template order, whichever came first
             if isinstance(result, BaseException):
                 raise result
-        return dict(zip(keys, found, strict=True))
+        return dict(zip(firsts, found, strict=True))
 
-    async def _read(
-        self, http: httpx2.AsyncClient, server: str, token: str, key: str, path: str
+    async def _search(
+        self,
+        http: httpx2.AsyncClient,
+        server: str,
+        token: str,
+        key: str,
+        url: str | None,
+        first: Any,
     ) -> Any:
+        """What ``key``'s template names (read from ``url``, or ``first`` as prefetched),
+        with every further page of a search the draft needs whole."""
+        if first is None:
+            assert url is not None
+            first = await self._read(http, token, key, url)
+        if key not in WHOLE_SEARCHES or not isinstance(first, dict):
+            return first
+        entries = first.get("entry", [])
+        if not isinstance(entries, list):
+            return first  # refused as the search's own fault when the bundle is read
+        entries = list(entries)
+        field = f"prefetch.{key}"
+        pages, link = 1, next_page(first)
+        while link is not None:
+            page_url = on_server(link, server)
+            if page_url is None:
+                raise BadGateway(f"{field}.link", "the search's next page is not on fhirServer")
+            if pages == MAX_PAGES:
+                raise BadGateway(field, f"fhirServer's search has more than {MAX_PAGES} pages")
+            page = await self._read(http, token, key, page_url)
+            pages += 1
+            more = page.get("entry", []) if isinstance(page, dict) else None
+            if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
+                raise BadGateway(f"{field}.resourceType", "fhirServer's next page is no Bundle")
+            if not isinstance(more, list):
+                raise BadGateway(f"{field}.entry", "fhirServer's next page: must be an array")
+            entries += more
+            if len(entries) > MAX_ENTRIES:
+                raise BadGateway(
+                    f"{field}.entry", f"fhirServer's search has more than {MAX_ENTRIES} entries"
+                )
+            link = next_page(page)
+        return {k: v for k, v in first.items() if k != "link"} | {"entry": entries}
+
+    async def _read(self, http: httpx2.AsyncClient, token: str, key: str, url: str) -> Any:
         return await read_json(
             http,
             "GET",
-            f"{server.rstrip('/')}/{path}",
+            url,
             field=f"prefetch.{key}",
             what="fhirServer",
             max_bytes=self.max_bytes,

@@ -174,11 +174,13 @@ def bundle_from(prefetch: dict[str, Any], service: CdsService, patient_id: str) 
         raise BadRequest("prefetch.patient.id", "must be context.patientId")
     entries: list[dict[str, Any]] = [{"resource": patient}]
     for key, kind in SEARCHES.items():
-        entries += [{"resource": r} for r in _searchset(prefetch[key], kind, f"prefetch.{key}")]
+        entries += [{"resource": r} for r in searchset(prefetch[key], kind, f"prefetch.{key}")]
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
-def _searchset(value: Any, kind: str, field: str) -> list[dict[str, Any]]:
+def searchset(value: Any, kind: str, field: str) -> list[dict[str, Any]]:
+    """The ``kind`` resources of a searchset Bundle (its OperationOutcomes left out); 400
+    naming ``field`` when it is anything else."""
     bundle = _object(value, field)
     if bundle.get("resourceType") != "Bundle":
         raise BadRequest(f"{field}.resourceType", f"must be 'Bundle' (a {kind} search result)")
