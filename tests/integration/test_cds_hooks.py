@@ -414,9 +414,10 @@ async def test_missing_prefetch_is_read_from_the_fhir_server(stack: CdsStack) ->
 
 
 async def test_a_paged_search_is_read_to_its_last_page(stack: CdsStack) -> None:
-    """Allergies in pages of one: the gateway follows each next link on the FHIR server
-    with the EHR's token and drafts from all three; a next link off the server is a 502
-    naming the allergies' link, and nothing is asked of that other server."""
+    """Allergies in pages of one: the gateway reads all three pages from the FHIR server
+    with the EHR's token before it drafts (which pages reach the record is
+    tests/unit/test_cds_hooks_paging.py's); a next link off the server is a 502 naming the
+    allergies' link, and nothing is asked of that other server."""
     fhir = FhirStandIn()
     fhir.page_size = 1
     port = free_port()

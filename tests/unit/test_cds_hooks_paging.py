@@ -14,8 +14,8 @@ import httpx2
 import pytest
 
 from clinalign.cdshooks.catalogue import SERVICES
-from clinalign.cdshooks.errors import BadGateway, BadRequest
-from clinalign.cdshooks.fhir import MAX_PAGES, FhirFetcher, next_page, on_server
+from clinalign.cdshooks.errors import BadGateway, BadRequest, GatewayTimeout
+from clinalign.cdshooks.fhir import MAX_PAGES, FhirFetcher, MalformedLink, next_page, on_server
 from clinalign.cdshooks.hooks import MAX_ENTRIES, check_hook, hook_call
 from tests.cds_hooks_support import hook_request
 
@@ -103,12 +103,29 @@ async def test_every_page_of_a_search_the_draft_needs_whole_is_read() -> None:
     assert kinds.count("AllergyIntolerance") == 5
 
 
-async def test_relative_next_links_resolve_on_the_server() -> None:
+@pytest.mark.parametrize(
+    "link",
+    [
+        "AllergyIntolerance?patient={patient}&_page={page}",  # relative
+        "https://ehr.example:443/fhir/AllergyIntolerance?patient={patient}&_page={page}",
+        # HAPI FHIR's page links: the base URL with a query
+        "https://ehr.example/fhir?_getpages=abc&patient={patient}&_page={page}",
+    ],
+)
+async def test_next_links_on_the_server_are_followed(link: str) -> None:
     body = hook()
     server = PagingServer(patient_of(body), total=3)
-    server.link = lambda page: f"AllergyIntolerance?patient={patient_of(body)}&_page={page}"
-    fetched = await fetch(body, server)
-    assert len(fetched["allergies"]["entry"]) == 3
+    server.link = lambda page: link.format(patient=patient_of(body), page=page)
+
+    def answer(req: httpx2.Request) -> httpx2.Response:
+        if "_getpages" in str(req.url):  # HAPI: the page is a query on the base
+            server.asked.append(str(req.url))
+            return httpx2.Response(200, json=server.page(int(req.url.params["_page"])))
+        return server(req)
+
+    checked = check_hook(body, SUMMARY)
+    fetched = await FhirFetcher(1.0, 1 << 20, httpx2.MockTransport(answer)).missing(checked, "ehr")
+    assert [a["resource"]["id"] for a in fetched["allergies"]["entry"]] == ["a-0", "a-1", "a-2"]
 
 
 async def test_observations_stop_at_their_first_page() -> None:
@@ -137,7 +154,10 @@ async def test_observations_stop_at_their_first_page() -> None:
         "https://ehr.example:8443/fhir/AllergyIntolerance?_page=1",  # another port
         "https://ehr.example/admin/AllergyIntolerance?_page=1",  # outside the base path
         "https://ehr.example/fhir/../admin?_page=1",
-        "https://ehr.example/fhir@elsewhere.example/x",
+        "https://ehr.example/fhir/%2e%2e/admin?_page=1",
+        "https://ehr.example@elsewhere.example/fhir/x",  # userinfo: the host is elsewhere
+        "https://ehr.example\\@elsewhere.example/fhir/x",
+        "//elsewhere.example/fhir/AllergyIntolerance?_page=1",
     ],
 )
 async def test_a_next_page_off_the_server_is_refused_and_never_asked(link: str) -> None:
@@ -149,6 +169,7 @@ async def test_a_next_page_off_the_server_is_refused_and_never_asked(link: str) 
     with pytest.raises(BadGateway) as caught:
         await fetch(body, server)
     assert caught.value.field == "prefetch.allergies.link"
+    assert caught.value.message == "the search's next page is not on fhirServer"
     assert all(u.startswith(f"{SERVER}/") for u in server.asked)
     assert len([u for u in server.asked if "AllergyIntolerance" in u]) == 1
 
@@ -216,12 +237,85 @@ def test_next_page_reads_only_a_bundles_next_link() -> None:
     assert next_page({"resourceType": "Bundle", "link": [{"relation": "self", "url": "x"}]}) is None
     assert next_page({"resourceType": "Patient", "link": [link]}) is None
     assert next_page({"resourceType": "Bundle", "link": "not a list"}) is None
-    assert next_page({"resourceType": "Bundle", "link": [{"relation": "next", "url": 3}]}) is None
     assert next_page(None) is None
+    for url in (3, "", " ", None):  # a next page there is, but where is unknown
+        with pytest.raises(MalformedLink):
+            next_page({"resourceType": "Bundle", "link": [{"relation": "next", "url": url}]})
+
+
+async def test_a_malformed_next_link_is_refused_not_taken_for_the_last_page() -> None:
+    body = hook()
+    server = PagingServer(patient_of(body), total=4)
+    broken = server.page
+    server.page = lambda n: {**broken(n), "link": [{"relation": "next", "url": 3}]}  # type: ignore[method-assign]
+    with pytest.raises(BadGateway) as caught:
+        await fetch(body, server)
+    assert caught.value.field == "prefetch.allergies.link"
+    assert caught.value.message == "fhirServer's page: its next link has no url"
+    prefetched = hook(missing=())
+    prefetched["prefetch"]["allergies"] = server.page(0)
+    with pytest.raises(BadRequest) as caught_400:
+        await fetch(prefetched, server)
+    assert caught_400.value.field == "prefetch.allergies.link"
+
+
+async def test_a_next_link_back_to_a_page_already_read_is_refused() -> None:
+    body = hook()
+    server = PagingServer(patient_of(body), total=6)
+    server.link = lambda page: f"{SERVER}/AllergyIntolerance?_page=1"  # page 1 links to itself
+    with pytest.raises(BadGateway) as caught:
+        await fetch(body, server)
+    assert caught.value.field == "prefetch.allergies.link"
+    assert caught.value.message == "the search's next page is one already read"
+    assert len([u for u in server.asked if "AllergyIntolerance" in u]) == 2
+
+
+async def test_all_pages_of_a_search_share_one_deadline() -> None:
+    """Each page answers within the deadline, the search as a whole does not: 504."""
+    import asyncio
+
+    body = hook()
+    server = PagingServer(patient_of(body), total=12)
+
+    async def slow(req: httpx2.Request) -> httpx2.Response:
+        await asyncio.sleep(0.15)
+        return server(req)
+
+    checked = check_hook(body, SUMMARY)
+    with pytest.raises(GatewayTimeout) as caught:
+        await FhirFetcher(0.5, 1 << 20, httpx2.MockTransport(slow)).missing(checked, "ehr")
+    assert caught.value.field == "prefetch.allergies"
+    assert "did not answer the search within 0.5 s" in caught.value.message
+
+
+async def test_a_prefetched_page_linking_off_the_server_is_the_ehrs_fault() -> None:
+    body = hook(missing=())
+    server = PagingServer(patient_of(body), total=5)
+    server.link = lambda page: f"https://elsewhere.example/fhir/AllergyIntolerance?_page={page}"
+    body["prefetch"]["allergies"] = server.page(0)
+    with pytest.raises(BadRequest) as caught:
+        await fetch(body, server)
+    assert caught.value.field == "prefetch.allergies.link"
+    assert server.asked == []
+
+
+@pytest.mark.parametrize(
+    "server", [f"{SERVER}?tenant=a", f"{SERVER}#x", "https://user@ehr.example/fhir"]
+)
+def test_fhir_server_must_be_a_plain_base_url(server: str) -> None:
+    body = hook_request()
+    body["fhirServer"] = server
+    with pytest.raises(BadRequest) as caught:
+        check_hook(body, SUMMARY)
+    assert caught.value.field == "fhirServer"
+    assert "without credentials, query or fragment" in caught.value.message
 
 
 def test_on_server_keeps_scheme_host_port_and_base_path() -> None:
     assert on_server("https://EHR.example/fhir/x?a=1", SERVER) == "https://EHR.example/fhir/x?a=1"
+    assert on_server("https://ehr.example/fhir?_getpages=a", SERVER) is not None
+    assert on_server("https://ehr.example:443/fhir/x", SERVER) is not None
+    assert on_server("https://ehr.example:x/fhir/x", SERVER) is None
     assert on_server("/fhir/x", SERVER) == f"{SERVER}/x"
     assert on_server("//elsewhere.example/fhir/x", SERVER) is None
     assert on_server("https://ehr.example/fhirx/a", SERVER) is None

@@ -11,11 +11,13 @@ The reads run at once (one per missing key).
 
 A search the draft needs whole (``catalogue.WHOLE_SEARCHES``: conditions, medications,
 allergies) is read page by page, following each searchset Bundle's ``next`` link (FHIR
-paging) on the same server only, so the token never leaves it; up to ``MAX_PAGES`` pages
-and ``hooks.MAX_ENTRIES`` entries, beyond which the hook is refused rather than drafted
-from part of the record. A prefetched search that is one page of several (it has a
-``next`` link) is completed the same way, or refused when the gateway cannot read the
-server."""
+paging) on the same server only (its scheme, host, port and base path), so the token never
+leaves it; up to ``MAX_PAGES`` pages and ``hooks.MAX_ENTRIES`` entries, all its pages
+within the one deadline, beyond which the hook is refused rather than drafted from part of
+the record. A ``next`` link that is malformed, off the server or back to a page already
+read is refused too: the rest of the search is unknown. A prefetched search that is one
+page of several (it has a ``next`` link) is completed the same way, or refused (400) when
+the gateway cannot read the server."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import httpx2
 
 from clinalign.cdshooks.catalogue import SEARCHES, WHOLE_SEARCHES
-from clinalign.cdshooks.errors import BadGateway, BadRequest
+from clinalign.cdshooks.errors import BadGateway, BadRequest, GatewayTimeout
 from clinalign.cdshooks.hooks import MAX_ENTRIES, CheckedHook, searchset
 from clinalign.cdshooks.outbound import TokenRefused, read_json
 from clinalign.cdshooks.smart import BackendServices
@@ -43,28 +45,46 @@ def query(template: str, context: dict[str, str]) -> str:
     return TOKEN.sub(lambda m: context[m.group(1)], template)
 
 
+class MalformedLink(ValueError):
+    """A searchset's ``next`` link without a URL."""
+
+
 def next_page(value: Any) -> str | None:
-    """The ``next`` link of a searchset Bundle (FHIR paging), or None."""
+    """The ``next`` link of a searchset Bundle (FHIR paging), or None when it has none;
+    `MalformedLink` when its next link has no URL."""
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
         return None
     links = value.get("link")
     for link in links if isinstance(links, list) else ():
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
-            return url if isinstance(url, str) and url else None
+            if not isinstance(url, str) or not url.strip():
+                raise MalformedLink("its next link has no url")
+            return url
     return None
 
 
 def on_server(url: str, server: str) -> str | None:
     """``url`` (resolved against ``server``) when it is on that FHIR server: the same scheme,
-    host and port, under its base path; else None."""
+    host and port (a default port written out or not), and its path the base path or under
+    it (HAPI's page links are the base with a query); else None."""
     base = server.rstrip("/") + "/"
-    absolute = urljoin(base, url)
+    absolute = urljoin(base, url.strip())
     a, b = urlsplit(absolute), urlsplit(base)
-    same = (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
-    if not same or not a.path.startswith(b.path) or "/../" in f"{unquote(a.path)}/":
+    try:
+        same = (a.scheme, a.hostname, _port(a)) == (b.scheme, b.hostname, _port(b))
+    except ValueError:  # a port that is no number
+        return None
+    under = a.path == b.path.rstrip("/") or a.path.startswith(b.path)
+    if not same or a.username is not None or not under or "\\" in absolute:
+        return None
+    if "/../" in f"{unquote(a.path)}/" or "/./" in f"{unquote(a.path)}/":
         return None
     return absolute
+
+
+def _port(parts: Any) -> int | None:
+    return parts.port or {"https": 443, "http": 80}.get(parts.scheme)
 
 
 class FhirFetcher:
@@ -83,17 +103,15 @@ class FhirFetcher:
         self.smart = smart  # the gateway's own access to the FHIR servers registered there
 
     async def missing(self, hook: CheckedHook, issuer: str) -> dict[str, Any]:
-        """The results of the service's templates whose keys the hook's prefetch lacks;
-        {} when none do. ``issuer`` is the verified EHR that sent the hook: the gateway's
-        own token is used only for a FHIR server registered for that EHR."""
+        """The results of the service's templates whose keys the hook's prefetch lacks, and
+        the whole of each prefetched search that is one page of several; {} when there are
+        none. ``issuer`` is the verified EHR that sent the hook: the gateway's own token is
+        used only for a FHIR server registered for that EHR."""
         templates = hook.service.prefetch
         keys = [k for k in templates if hook.prefetch.get(k) is None]
-        # prefetched searches that are one page of several: the rest is read
-        partial = [k for k in templates if k in WHOLE_SEARCHES and next_page(hook.prefetch.get(k))]
+        partial = [k for k in templates if k in WHOLE_SEARCHES and _prefetched_next(hook, k)]
         if not keys and not partial:
             return {}
-        for key in partial:  # the EHR's own page is the EHR's fault when it is wrong: 400
-            searchset(hook.prefetch[key], SEARCHES[key], f"prefetch.{key}")
         server, token = hook.fhir_server, hook.fhir_token
         smart = self.smart if server and self.smart and self.smart.serves(server, issuer) else None
         if server is None or (token is None and smart is None):
@@ -108,6 +126,10 @@ class FhirFetcher:
                 "is one page of the search (it has a 'next' link); send every page, or "
                 "fhirServer and fhirAuthorization for the service to read the rest",
             )
+        for key in partial:  # the EHR's own page is the EHR's fault when it is wrong: 400
+            searchset(hook.prefetch[key], SEARCHES[key], f"prefetch.{key}")
+            if on_server(str(_prefetched_next(hook, key)), server) is None:
+                raise BadRequest(f"prefetch.{key}.link", "its next page is not on fhirServer")
         base = server.rstrip("/")
         # key -> its prefetched first page, or None to read it; in template order
         firsts = {k: hook.prefetch.get(k) for k in templates if k in keys or k in partial}
@@ -143,7 +165,25 @@ class FhirFetcher:
         first: Any,
     ) -> Any:
         """What ``key``'s template names (read from ``url``, or ``first`` as prefetched),
-        with every further page of a search the draft needs whole."""
+        with every further page of a search the draft needs whole, all within the
+        deadline."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._pages(http, server, token, key, url, first)
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"prefetch.{key}", f"fhirServer did not answer the search within {self.timeout_s} s"
+            ) from None
+
+    async def _pages(
+        self,
+        http: httpx2.AsyncClient,
+        server: str,
+        token: str,
+        key: str,
+        url: str | None,
+        first: Any,
+    ) -> Any:
         if first is None:
             assert url is not None
             first = await self._read(http, token, key, url)
@@ -154,18 +194,21 @@ class FhirFetcher:
             return first  # refused as the search's own fault when the bundle is read
         entries = list(entries)
         field = f"prefetch.{key}"
-        pages, link = 1, next_page(first)
-        while link is not None:
+        seen: set[str] = set()
+        page = first
+        while (link := _next(page, field)) is not None:
             page_url = on_server(link, server)
             if page_url is None:
                 raise BadGateway(f"{field}.link", "the search's next page is not on fhirServer")
-            if pages == MAX_PAGES:
+            if page_url in seen:
+                raise BadGateway(f"{field}.link", "the search's next page is one already read")
+            if len(seen) + 1 == MAX_PAGES:
                 raise BadGateway(field, f"fhirServer's search has more than {MAX_PAGES} pages")
+            seen.add(page_url)
             page = await self._read(http, token, key, page_url)
-            pages += 1
-            more = page.get("entry", []) if isinstance(page, dict) else None
             if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
                 raise BadGateway(f"{field}.resourceType", "fhirServer's next page is no Bundle")
+            more = page.get("entry", [])
             if not isinstance(more, list):
                 raise BadGateway(f"{field}.entry", "fhirServer's next page: must be an array")
             entries += more
@@ -173,7 +216,6 @@ class FhirFetcher:
                 raise BadGateway(
                     f"{field}.entry", f"fhirServer's search has more than {MAX_ENTRIES} entries"
                 )
-            link = next_page(page)
         return {k: v for k, v in first.items() if k != "link"} | {"entry": entries}
 
     async def _read(self, http: httpx2.AsyncClient, token: str, key: str, url: str) -> Any:
@@ -187,3 +229,19 @@ class FhirFetcher:
             timeout_s=self.timeout_s,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
         )
+
+
+def _prefetched_next(hook: CheckedHook, key: str) -> str | None:
+    """The next link of a prefetched search; 400 naming it when it is malformed."""
+    try:
+        return next_page(hook.prefetch.get(key))
+    except MalformedLink as err:
+        raise BadRequest(f"prefetch.{key}.link", str(err)) from None
+
+
+def _next(page: dict[str, Any], field: str) -> str | None:
+    """The next link of a page the server sent; 502 naming it when it is malformed."""
+    try:
+        return next_page(page)
+    except MalformedLink as err:
+        raise BadGateway(f"{field}.link", f"fhirServer's page: {err}") from None

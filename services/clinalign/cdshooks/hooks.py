@@ -19,6 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from clinalign.cdshooks.catalogue import SEARCHES, CdsService
 from clinalign.cdshooks.errors import BadGateway, BadRequest
@@ -147,6 +148,11 @@ def _check_fhir_access(request: dict[str, Any]) -> None:
             check_url(_text(server, "fhirServer"), "fhirServer")
         except OidcConfigError:
             raise BadRequest("fhirServer", "must be an https:// URL") from None
+        parts = urlsplit(server)
+        if parts.query or parts.fragment or parts.username is not None:
+            raise BadRequest(
+                "fhirServer", "must be the FHIR base URL, without credentials, query or fragment"
+            )
     grant = request.get("fhirAuthorization")
     if grant is None:
         return
