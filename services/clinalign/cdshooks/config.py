@@ -73,8 +73,9 @@ class CdsHooksSettings(ServiceSettings):
         5.0,
         gt=0,
         le=60,
-        description="Deadline of each read of missing prefetch from the EHR's fhirServer; "
-        "past it the hook gets 504 naming the prefetch key.",
+        description="Deadline of each read of missing prefetch from the EHR's fhirServer, "
+        "all pages of a paged search together; past it the hook gets 504 naming the "
+        "prefetch key.",
     )
     fhir_max_bytes: int = Field(
         4 << 20,
