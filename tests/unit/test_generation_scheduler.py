@@ -113,6 +113,21 @@ async def test_length_finish_and_seeded_sampling_repeats(backend: LocalBackend) 
     assert long.finish_reason == LENGTH and long.completion_tokens == 3
 
 
+async def test_a_seeded_request_samples_the_same_alone_or_batched(backend: LocalBackend) -> None:
+    """The demo seeds its labelling drafts so that a plan repeats itself: a seeded request
+    draws from its own generator, whoever shares its batch."""
+    prompt, *others = _questions(6)
+    seeded = Sampling(temperature=1.0, max_new_tokens=16, seed=7)
+    alone = await collect(backend.stream(prompt, seeded))
+    unseeded = Sampling(temperature=1.0, max_new_tokens=16)
+    batched = await asyncio.gather(
+        *(collect(backend.stream(q, unseeded)) for q in others[:3]),
+        collect(backend.stream(prompt, seeded)),
+        *(collect(backend.stream(q, unseeded)) for q in others[3:]),
+    )
+    assert batched[3].text == alone.text
+
+
 async def test_cancelled_stream_leaves_the_batch(backend: LocalBackend) -> None:
     many = Sampling(temperature=0.0, max_new_tokens=400)
     events = backend.stream(_questions(1)[0], many)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import zlib
 
 from clinalign.common.v1 import common_pb2
 from clinalign.demo.plan import GUIDELINE_VERSION, PAIRS_BATCH
@@ -65,12 +66,17 @@ class LabellingSteps(Steps):
         return labels
 
     async def _drafts(self, prompt: str, policy: str) -> list[str]:
+        # Seeded by the plan's seed and the prompt, not by arrival: the generation service
+        # draws each seeded request from its own generator, so the same plan samples the
+        # same answers however the concurrent requests were batched (up to floating-point
+        # differences between batch shapes).
+        seed = zlib.crc32(f"{self.plan.seed}:{prompt}".encode()) & 0x3FFFFFFF
         resp = await self.peers.generation.GenerateCandidates(
             generation_pb2.GenerateCandidatesRequest(
                 input=generation_pb2.GenerationInput(prompt=prompt),
                 n=2,
                 sampling=generation_pb2.SamplingParams(
-                    temperature=1.0, max_new_tokens=self.plan.max_new_tokens
+                    temperature=1.0, max_new_tokens=self.plan.max_new_tokens, seed=seed
                 ),
                 model_versions=[policy],
             ),
