@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import httpx2
 
@@ -78,12 +79,11 @@ def on_server(url: str, server: str) -> str | None:
     under = a.path == b.path.rstrip("/") or a.path.startswith(b.path)
     if not same or a.username is not None or not under or "\\" in absolute:
         return None
-    if "/../" in f"{unquote(a.path)}/" or "/./" in f"{unquote(a.path)}/":
-        return None
-    return absolute
+    path = f"{unquote(a.path)}/"
+    return None if "/../" in path or "/./" in path else absolute
 
 
-def _port(parts: Any) -> int | None:
+def _port(parts: SplitResult) -> int | None:
     return parts.port or {"https": 443, "http": 80}.get(parts.scheme)
 
 
@@ -109,7 +109,12 @@ class FhirFetcher:
         used only for a FHIR server registered for that EHR."""
         templates = hook.service.prefetch
         keys = [k for k in templates if hook.prefetch.get(k) is None]
-        partial = [k for k in templates if k in WHOLE_SEARCHES and _prefetched_next(hook, k)]
+        # prefetched searches that are one page of several -> their next link
+        partial = {
+            k: link
+            for k in templates
+            if k in WHOLE_SEARCHES and (link := _prefetched_next(hook, k)) is not None
+        }
         if not keys and not partial:
             return {}
         server, token = hook.fhir_server, hook.fhir_token
@@ -122,13 +127,13 @@ class FhirFetcher:
                     "and fhirAuthorization for the service to read it",
                 )
             raise BadRequest(
-                f"prefetch.{partial[0]}.link",
+                f"prefetch.{next(iter(partial))}.link",
                 "is one page of the search (it has a 'next' link); send every page, or "
                 "fhirServer and fhirAuthorization for the service to read the rest",
             )
         for key in partial:  # the EHR's own page is the EHR's fault when it is wrong: 400
             searchset(hook.prefetch[key], SEARCHES[key], f"prefetch.{key}")
-            if on_server(str(_prefetched_next(hook, key)), server) is None:
+            if on_server(partial[key], server) is None:
                 raise BadRequest(f"prefetch.{key}.link", "its next page is not on fhirServer")
         base = server.rstrip("/")
         # key -> its prefetched first page, or None to read it; in template order
@@ -143,7 +148,12 @@ class FhirFetcher:
                     assert smart is not None
                     bearer = await smart.token(http, server)
                 found = await asyncio.gather(
-                    *(self._search(http, base, bearer, k, urls.get(k), firsts[k]) for k in firsts),
+                    *(
+                        self._within_deadline(
+                            k, self._search(http, base, bearer, k, urls.get(k), firsts[k])
+                        )
+                        for k in firsts
+                    ),
                     return_exceptions=True,
                 )
                 refused = any(isinstance(r, TokenRefused) for r in found)
@@ -155,6 +165,16 @@ class FhirFetcher:
                 raise result
         return dict(zip(firsts, found, strict=True))
 
+    async def _within_deadline(self, key: str, search: Awaitable[Any]) -> Any:
+        """``search`` (every page of it) within the one deadline; 504 naming ``key``."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await search
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"prefetch.{key}", f"fhirServer did not answer the search within {self.timeout_s} s"
+            ) from None
+
     async def _search(
         self,
         http: httpx2.AsyncClient,
@@ -165,25 +185,7 @@ class FhirFetcher:
         first: Any,
     ) -> Any:
         """What ``key``'s template names (read from ``url``, or ``first`` as prefetched),
-        with every further page of a search the draft needs whole, all within the
-        deadline."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return await self._pages(http, server, token, key, url, first)
-        except TimeoutError:
-            raise GatewayTimeout(
-                f"prefetch.{key}", f"fhirServer did not answer the search within {self.timeout_s} s"
-            ) from None
-
-    async def _pages(
-        self,
-        http: httpx2.AsyncClient,
-        server: str,
-        token: str,
-        key: str,
-        url: str | None,
-        first: Any,
-    ) -> Any:
+        with every further page of a search the draft needs whole."""
         if first is None:
             assert url is not None
             first = await self._read(http, token, key, url)
